@@ -1,0 +1,248 @@
+"""The SQLite part of the store: the source of truth for facts, aliases and the store's metadata.
+
+Every other part (vector index, graph) is derived from these rows and can be rebuilt from them.
+Ids come from AUTOINCREMENT, so a deleted fact's id is never handed out again and a stale vector
+can never be mistaken for a new fact.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .facts import Fact, FactInput, normalize_name
+
+try:
+    import sqlite_utils
+except ImportError:  # pragma: no cover - a hard dependency, but fail with a hint
+    sqlite_utils = None
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS facts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject TEXT NOT NULL,
+    relation TEXT NOT NULL,
+    object TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    provenance TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    UNIQUE (subject, relation, object, source)
+);
+CREATE INDEX IF NOT EXISTS facts_source ON facts (source);
+CREATE TABLE IF NOT EXISTS aliases (
+    alias TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    PRIMARY KEY (alias, subject)
+) WITHOUT ROWID;
+"""
+# The UNIQUE constraint's index starts with subject, so it also serves lookup(subject, relation).
+
+_COLUMNS = "id, subject, relation, object, source, provenance, created_at"
+_CHUNK = 900  # stay under SQLite's bound-parameter limit
+
+
+def _row_to_fact(row: tuple, score: float = 1.0) -> Fact:
+    return Fact(row[0], row[1], row[2], row[3], score, row[4], json.loads(row[5]), row[6])
+
+
+class SQLiteDatabase:
+    """Facts, aliases and metadata in one SQLite file (WAL mode, synchronous=FULL).
+
+    Args:
+        path: the database file; created if missing.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, path: str | Path):
+        if sqlite_utils is None:
+            raise ImportError("symbolic_ram needs sqlite-utils: `pip install sqlite-utils`")
+        self.path = Path(path)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is exactly one transaction.
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")  # a reported commit survives a crash
+        self.db = sqlite_utils.Database(self.conn)
+        self.conn.executescript(SCHEMA)
+        self._in_tx = False
+
+    # -- transactions and metadata -------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT; rolls back if the block raises."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+        finally:
+            self._in_tx = False
+
+    def get_meta(self, key: str, default=None):
+        """A JSON value from the meta table, or `default`."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_meta(self, key: str, value) -> None:
+        """Store a JSON value in the meta table."""
+        self.db["meta"].upsert({"key": key, "value": json.dumps(value, sort_keys=True)}, pk="key")
+
+    # -- writes --------------------------------------------------------------------------------
+    def insert_facts(self, facts: Iterable[FactInput]) -> list[tuple[int, Fact]]:
+        """Insert facts whose key is new; return (position in input, Fact with its id) for each.
+
+        Call inside `transaction()`.
+
+        Facts whose (subject, relation, object, source) already exist are skipped silently: this is
+        what makes re-ingestion idempotent.
+        """
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        new: list[tuple[int, Fact]] = []
+        aliases = set()
+        sql = (
+            "INSERT OR IGNORE INTO facts (subject, relation, object, source, provenance, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        for pos, f in enumerate(facts):
+            prov = json.dumps(f.provenance, ensure_ascii=False, sort_keys=True)
+            cur = self.conn.execute(sql, (f.subject, f.relation, f.object, f.source, prov, now))
+            if cur.rowcount == 1:
+                new.append((pos, Fact(cur.lastrowid, f.subject, f.relation, f.object, 1.0, f.source, f.provenance, now)))
+                aliases.add((normalize_name(f.subject), f.subject))
+        if aliases:
+            self.conn.executemany("INSERT OR IGNORE INTO aliases (alias, subject) VALUES (?, ?)", sorted(aliases))
+        return new
+
+    def add_alias(self, alias: str, subject: str) -> None:
+        """Make `alias` (normalised) resolve to the stored subject name `subject`."""
+        self.conn.execute("INSERT OR IGNORE INTO aliases (alias, subject) VALUES (?, ?)", (normalize_name(alias), subject))
+
+    def delete_ids(self, ids: Iterable[int]) -> list[int]:
+        """Delete facts by id (call inside `transaction()`); prune aliases left without facts.
+
+        Returns the ids that existed and were deleted.
+        """
+        ids = [int(i) for i in ids]
+        gone: list[int] = []
+        subjects: set[str] = set()
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(f"SELECT id, subject FROM facts WHERE id IN ({marks})", chunk).fetchall()
+            gone.extend(r[0] for r in rows)
+            subjects.update(r[1] for r in rows)
+            self.conn.execute(f"DELETE FROM facts WHERE id IN ({marks})", chunk)
+        for s in subjects:
+            if self.conn.execute("SELECT 1 FROM facts WHERE subject = ? LIMIT 1", (s,)).fetchone() is None:
+                self.conn.execute("DELETE FROM aliases WHERE subject = ?", (s,))
+        return sorted(gone)
+
+    # -- reads ---------------------------------------------------------------------------------
+    def resolve(self, name: str) -> list[str]:
+        """Stored subject names that `name` matches through the alias table."""
+        rows = self.conn.execute("SELECT subject FROM aliases WHERE alias = ?", (normalize_name(name),)).fetchall()
+        return [r[0] for r in rows]
+
+    def lookup(self, subject: str, relation: str | None = None) -> list[Fact]:
+        """Exact facts about `subject` (through aliases), optionally only one relation; by id."""
+        sql = f"SELECT {_COLUMNS} FROM facts WHERE subject IN (SELECT subject FROM aliases WHERE alias = ?)"
+        args: list = [normalize_name(subject)]
+        if relation is not None:
+            sql += " AND relation = ?"
+            args.append(relation)
+        return [_row_to_fact(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def get(self, ids: Iterable[int]) -> dict[int, Fact]:
+        """Facts by id as {id: Fact}; ids that do not exist are absent."""
+        ids = [int(i) for i in ids]
+        out: dict[int, Fact] = {}
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for r in self.conn.execute(f"SELECT {_COLUMNS} FROM facts WHERE id IN ({marks})", chunk):
+                out[r[0]] = _row_to_fact(r)
+        return out
+
+    def select_ids(self, ids=None, source: str | None = None, subject: str | None = None) -> list[int]:
+        """Ids matching every given selector: explicit ids, a source, a subject (through aliases)."""
+        where, args = [], []
+        if ids is not None:
+            ids = [int(i) for i in ids]
+            if not ids:
+                return []
+            found: list[int] = []
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                found += [r[0] for r in self.conn.execute(f"SELECT id FROM facts WHERE id IN ({','.join('?' * len(chunk))})", chunk)]
+            if source is None and subject is None:
+                return sorted(found)
+            where.append(f"id IN ({','.join(str(i) for i in found) or 'NULL'})")
+        if source is not None:
+            where.append("source = ?")
+            args.append(source)
+        if subject is not None:
+            where.append("subject IN (SELECT subject FROM aliases WHERE alias = ?)")
+            args.append(normalize_name(subject))
+        if not where:
+            raise ValueError("select_ids needs at least one selector (ids, source or subject)")
+        return [r[0] for r in self.conn.execute(f"SELECT id FROM facts WHERE {' AND '.join(where)} ORDER BY id", args)]
+
+    def ids(self) -> np.ndarray:
+        """Every fact id, sorted, as int64."""
+        cur = self.conn.execute("SELECT id FROM facts ORDER BY id")
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    def iter_edges(self) -> Iterator[tuple[int, str, str, str]]:
+        """(id, subject, relation, object) for every fact: what the graph is built from."""
+        yield from self.conn.execute("SELECT id, subject, relation, object FROM facts ORDER BY id")
+
+    def iter_facts(self, ids: Iterable[int] | None = None, batch: int = 2048) -> Iterator[list[Fact]]:
+        """Facts in batches of up to `batch`, all of them or only `ids`, in id order."""
+        if ids is None:
+            cur = self.conn.execute(f"SELECT {_COLUMNS} FROM facts ORDER BY id")
+            while rows := cur.fetchmany(batch):
+                yield [_row_to_fact(r) for r in rows]
+            return
+        ids = sorted(int(i) for i in ids)
+        for i in range(0, len(ids), batch):
+            got = self.get(ids[i : i + batch])
+            yield [got[j] for j in ids[i : i + batch] if j in got]
+
+    def count(self) -> int:
+        """Number of facts."""
+        return self.conn.execute("SELECT COUNT(*) FROM facts").fetchone()[0]
+
+    def stats(self) -> dict:
+        """Counts per source and relation, the alias count and the file size."""
+        q = self.conn.execute
+        return {
+            "facts": self.count(),
+            "aliases": q("SELECT COUNT(*) FROM aliases").fetchone()[0],
+            "subjects": q("SELECT COUNT(DISTINCT subject) FROM facts").fetchone()[0],
+            "sources": dict(q("SELECT source, COUNT(*) FROM facts GROUP BY source ORDER BY 2 DESC").fetchall()),
+            "relations": dict(q("SELECT relation, COUNT(*) FROM facts GROUP BY relation ORDER BY 2 DESC").fetchall()),
+            "max_id": q("SELECT COALESCE(MAX(id), 0) FROM facts").fetchone()[0],
+            "bytes": self.path.stat().st_size if self.path.exists() else 0,
+        }
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.conn.close()
+
+
+DATABASES = {"sqlite": SQLiteDatabase}

@@ -16,6 +16,12 @@ from .embeddings import PACKAGED_EMBEDDER, load_embedder
 HASH_EMBEDDER = "hash"
 
 
+def _model_dim(model) -> int:
+    """Embedding size; sentence-transformers 5.x renamed the method."""
+    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(get())
+
+
 class SentenceEncoder:
     """A sentence-transformers model (default: the packaged all-MiniLM-L6-v2), loaded on first use.
 
@@ -27,14 +33,14 @@ class SentenceEncoder:
 
     def __init__(self, name: str = PACKAGED_EMBEDDER, model=None, batch_size: int = 64, dim: int = 384):
         self.name, self.batch_size, self._model = name, batch_size, model
-        self.dim = model.get_sentence_embedding_dimension() if model is not None else dim
+        self.dim = _model_dim(model) if model is not None else dim
 
     @property
     def model(self):
         """The SentenceTransformer, loaded the first time it is needed."""
         if self._model is None:
             self._model = load_embedder(self.name)
-            self.dim = self._model.get_sentence_embedding_dimension()
+            self.dim = _model_dim(self._model)
         return self._model
 
     def encode(self, texts: list[str]) -> np.ndarray:

@@ -1,0 +1,99 @@
+"""The model loader: local save_pretrained dirs, the packaged GGUF preset and its cache, bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuralcpu.generation import greedy_generate
+from neuralcpu.models import PRESETS, ModelLoadError, gguf_cache_path, load_model, resolve_model_path
+
+
+def test_local_dir_loads_and_generates(tiny_qwen2_dir):
+    model, tok = load_model(tiny_qwen2_dir)
+    assert model.config.model_type == "qwen2"
+    assert tok.pad_token is not None
+    outs = greedy_generate(model, tok, ["Hello there", "A much longer prompt than the first one"], max_new_tokens=5)
+    assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
+
+
+def test_bfloat16_dtype(tiny_qwen2_dir):
+    model, _ = load_model(tiny_qwen2_dir, dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_batched_generation_matches_single(tiny_qwen2_dir):
+    """Left padding must not change greedy outputs (fp32)."""
+    model, tok = load_model(tiny_qwen2_dir)
+    prompts = ["One", "Two words here and more", "Three"]
+    batched = greedy_generate(model, tok, prompts, max_new_tokens=6, batch_size=3)
+    single = [greedy_generate(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
+    assert batched == single
+
+
+def test_missing_path_names_it(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ModelLoadError, match=str(missing)):
+        load_model(str(missing))
+
+
+def test_dir_without_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(tmp_path)
+
+
+def test_unknown_preset_lists_presets():
+    # HF_HUB_OFFLINE=1 (conftest): an unknown name falls through to the hub, which is unreachable.
+    with pytest.raises(ModelLoadError) as err:
+        load_model("no-such-preset-xyz")
+    for name in PRESETS:
+        assert name in str(err.value)
+
+
+def test_not_a_model_name():
+    with pytest.raises(ModelLoadError, match="not a preset"):
+        resolve_model_path("what is this?")
+
+
+def test_corrupt_gguf(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"this is not a gguf file at all")
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        load_model(bad, cache_dir=tmp_path / "cache")
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 7)
+    with pytest.raises(ModelLoadError, match="could not read GGUF"):
+        load_model(truncated, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing half-written
+
+
+def test_bad_dtype(tiny_qwen2_dir):
+    with pytest.raises(ValueError, match="float16"):
+        load_model(tiny_qwen2_dir, dtype="float16")
+
+
+@pytest.mark.slow
+def test_smollm2_knows_paris(smollm2):
+    model, tok = smollm2
+    out = greedy_generate(model, tok, ["The capital of France is"], max_new_tokens=8)[0]
+    assert "Paris" in out
+    assert tok.eos_token == "<|im_end|>"  # the GGUF's wrong EOS metadata is corrected
+    assert tok.chat_template
+
+
+@pytest.mark.slow
+def test_second_load_reads_cache_with_identical_logits(smollm2, monkeypatch):
+    import transformers
+
+    model, tok = smollm2
+    cache = gguf_cache_path(PRESETS["smollm2-135m"].gguf_path(None))
+    assert (cache / "model.safetensors").is_file()
+    calls = []
+    real = transformers.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: calls.append(k) or real(*a, **k))
+    again, _ = load_model("smollm2-135m")
+    assert calls and all("gguf_file" not in k for k in calls)  # read the safetensors, not the GGUF
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)

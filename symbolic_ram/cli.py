@@ -22,8 +22,8 @@ from .store import KnowledgeStore, StoreConfig, StoreError
 EPILOG = "Run `python -m symbolic_ram COMMAND --help` for a command's options."
 
 
-def _open(args, repair: bool = True, **config) -> KnowledgeStore:
-    return KnowledgeStore(args.store, StoreConfig(**config) if config else None, create=False, repair=repair)
+def _open(args, repair: bool = True, **tunables) -> KnowledgeStore:
+    return KnowledgeStore(args.store, create=False, repair=repair, **tunables)
 
 
 def _print_facts(facts, as_json: bool) -> None:

@@ -31,7 +31,7 @@ class SentenceEncoder:
         batch_size: texts per forward pass.
     """
 
-    def __init__(self, name: str = PACKAGED_EMBEDDER, model=None, batch_size: int = 64, dim: int = 384):
+    def __init__(self, name: str = PACKAGED_EMBEDDER, model=None, batch_size: int = 128, dim: int = 384):
         self.name, self.batch_size, self._model = name, batch_size, model
         self.dim = _model_dim(model) if model is not None else dim
 

@@ -33,6 +33,7 @@ log = logging.getLogger("symbolic_ram")
 FORMAT_VERSION = 1
 DB_FILE = "facts.sqlite"
 STRUCTURAL = ("database", "index", "graph", "embedder", "dim")  # fixed once a store exists
+TUNABLE = ("ann_threshold", "nprobe", "checkpoint_every", "batch_size")  # may change on every open
 
 
 @dataclass
@@ -131,19 +132,20 @@ class KnowledgeStore:
 
     Args:
         path: the store's directory (created when `create` is True and it does not exist).
-        config: a StoreConfig for a new store; for an existing one only its tunable fields
-            (ann_threshold, nprobe, checkpoint_every, batch_size) apply, and structural fields
-            that contradict the stored ones raise StoreError.
+        config: a StoreConfig for a new store. For an existing store None means "as stored"; a
+            given config must name the same database, index, graph, embedder and dim (else
+            StoreError), and its tunable fields apply.
         encoder: an object with name, dim and encode(texts); its name must equal the config's
             embedder (pass a loaded SentenceEncoder to reuse a model).
         create: create the store if missing; otherwise raise FileNotFoundError.
         repair: on open, re-embed facts missing from the vector index and drop vectors of deleted
             facts (also rebuild an unreadable index). With False, drift is only reported and
             `search` raises StoreDriftError until `repair()` runs.
+        **tunables: ann_threshold, nprobe, checkpoint_every or batch_size for this session.
     """
 
     def __init__(self, path: str | Path, config: StoreConfig | None = None, *, encoder=None,
-                 create: bool = True, repair: bool = True):
+                 create: bool = True, repair: bool = True, **tunables):
         self.root = Path(path)
         db_file = self.root / DB_FILE
         if not db_file.exists():
@@ -151,7 +153,13 @@ class KnowledgeStore:
                 raise FileNotFoundError(f"no knowledge store at {self.root} (create one: python -m symbolic_ram init {self.root})")
             self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self.config = self._load_config(db_file, config)
+        self.db = None
+        try:
+            self.config = self._load_config(db_file, config, tunables)
+        except BaseException:
+            if self.db is not None:
+                self.db.close()
+            raise
         self.encoder = self._check_encoder(encoder) if encoder is not None else make_encoder(self.config.embedder, self.config.dim)
         self._graph = None
         self._unsaved = 0
@@ -162,8 +170,11 @@ class KnowledgeStore:
         self._reconcile(repair)
 
     # -- opening ------------------------------------------------------------------------------
-    def _load_config(self, db_file: Path, config: StoreConfig | None) -> StoreConfig:
-        config = config or StoreConfig()
+    def _load_config(self, db_file: Path, given: StoreConfig | None, tunables: dict) -> StoreConfig:
+        unknown = set(tunables) - set(TUNABLE)
+        if unknown:
+            raise TypeError(f"unknown store option(s) {sorted(unknown)}; tunable ones are {TUNABLE}")
+        config = StoreConfig(**{**asdict(given or StoreConfig()), **tunables})
         config.validate()
         self.db = DATABASES[config.database](db_file)
         version = self.db.get_meta("format_version")
@@ -181,14 +192,14 @@ class KnowledgeStore:
             )
         known = {f.name for f in fields(StoreConfig)}
         merged = StoreConfig(**{k: v for k, v in stored.items() if k in known})
-        defaults = StoreConfig()
-        for name in STRUCTURAL:
-            asked = getattr(config, name)
-            if asked != getattr(defaults, name) and asked != getattr(merged, name):
-                raise StoreError(f"store {self.root} was built with {name}={getattr(merged, name)!r}, not {asked!r}")
-        for f in fields(StoreConfig):
-            if f.name not in STRUCTURAL and getattr(config, f.name) != getattr(defaults, f.name):
-                setattr(merged, f.name, getattr(config, f.name))
+        if given is not None:  # a config given for an existing store must describe the same stack
+            for name in STRUCTURAL:
+                if getattr(given, name) != getattr(merged, name):
+                    raise StoreError(f"store {self.root} was built with {name}={getattr(merged, name)!r}, not {getattr(given, name)!r}")
+            for name in TUNABLE:
+                setattr(merged, name, getattr(given, name))
+        for name, value in tunables.items():
+            setattr(merged, name, value)
         merged.validate()
         return merged
 

@@ -107,7 +107,16 @@ class FaissIndex:
         if len(self) == 0:
             n = len(queries)
             return np.zeros((n, k), np.float32), np.full((n, k), -1, np.int64)
-        return self.index.search(queries, k)
+        if len(queries) >= 8:
+            return self.index.search(queries, k)
+        # A few queries: OpenMP's thread start-up and barriers cost more than they save, and far
+        # more when another process holds a core (measured 31 ms vs 4 ms for 20k exact vectors).
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return self.index.search(queries, k)
+        finally:
+            faiss.omp_set_num_threads(threads)
 
     def ids(self) -> np.ndarray:
         """Every stored id (unsorted, duplicates kept so a caller can detect them)."""

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS aliases (
     subject TEXT NOT NULL,
     PRIMARY KEY (alias, subject)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS aliases_subject ON aliases (subject);
 """
 # The UNIQUE constraint's index starts with subject, so it also serves lookup(subject, relation).
 

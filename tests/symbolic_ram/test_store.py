@@ -119,14 +119,14 @@ def test_delete_needs_a_selector(make_store):
 
 
 def test_reopen_keeps_facts_vectors_and_config(make_store, world):
-    store = make_store(nprobe=7)
+    store = make_store(ef_search=77)
     ingest_facts(store, world, source="test")
     before = [(f.id, f.score) for f in store.search("Paris France capital", k=4)]
     root = store.root
     store.close()
     with KnowledgeStore(root) as again:  # no config: the stored one is used
         assert again.config.index == make_store.backend and again.config.embedder == "hash"
-        assert again.config.nprobe == 7
+        assert again.config.ef_search == 77
         assert [(f.id, round(f.score, 5)) for f in again.search("Paris France capital", k=4)] == [
             (i, round(s, 5)) for i, s in before]
         assert again.verify().ok
@@ -156,3 +156,17 @@ def test_precomputed_vectors_are_used(make_store):
     for i in range(5):
         top = store.search_vector(vecs[i], k=1)[0]
         assert top.subject == f"e{i}" and top.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_approximate_index_deletes_persist_without_drift(make_store, world):
+    store = make_store(ann_threshold=10)  # past the threshold: HNSW on the faiss backend
+    ingest_facts(store, world, source="test")
+    if make_store.backend == "faiss":
+        assert store.index.description.startswith("hnsw")
+    gone = store.delete(subject="Nigeria")
+    assert len(gone) == 2
+    assert not {f.id for f in store.search("Nigeria capital Abuja", k=len(world))} & set(gone)
+    store.close()
+    with KnowledgeStore(store.root, repair=False) as again:  # tombstones came back from disk
+        assert again.verify().ok and len(again.index) == len(world) - 2
+        assert not {f.id for f in again.search("Nigeria capital Abuja", k=len(world))} & set(gone)

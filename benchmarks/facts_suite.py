@@ -1,0 +1,152 @@
+"""Fact QA suite: the forget set and the locality set of an RLCP run under held-out templates, and the
+TOFU world-fact questions as general knowledge; exact-match accuracy with Wilson CIs and chance levels.
+
+Chance level of a set = 1 / (number of candidate answers): the distinct objects of the set for the
+forget and locality sets (the probe's classes for the forget set), and the answer plus its perturbed
+answers (1/4) for TOFU.
+
+Prompts: forget/locality facts use the completion templates of neuralcpu.facts (the eval split) and
+are correct if an accepted answer is in the first 40 characters of a 10-token greedy answer. TOFU
+questions go through the chat template when the tokenizer has one, else "Question: ...\nAnswer:";
+correct if the answer is in the first 80 characters of a 24-token greedy answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks import metrics
+from neuralcpu.facts import TEMPLATES, Fact, FactSets, prompts_for
+from neuralcpu.toolcall import CALL_OPEN
+
+# Where this project's shared data sits next to a checkout; elsewhere pass --tofu-path or use the hub.
+SHARED_TOFU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu" / "world_facts_perturbed.json"
+TOFU_HUB = ("locuslab/TOFU", "world_facts_perturbed")
+FACT_NEW_TOKENS, FACT_WINDOW = 10, 40  # as RLCP's own evaluation (neuralcpu.rlcp.evaluate)
+TOFU_NEW_TOKENS, TOFU_WINDOW = 24, 80  # chat answers restate the question before the answer
+
+
+def load_tofu(path: str | Path | None = None) -> list[dict]:
+    """TOFU world facts {"question", "answer", "perturbed_answer"}: from `path`, the shared copy, or the hub.
+
+    The file is JSON lines despite its .json name. Raises FileNotFoundError naming the missing path
+    when neither the file nor the hub is available.
+    """
+    path = Path(path) if path else (SHARED_TOFU if SHARED_TOFU.is_file() else None)
+    if path is None:
+        try:
+            from datasets import load_dataset
+
+            ds = load_dataset(*TOFU_HUB, split="train")
+        except Exception as e:  # offline, or the hub layout changed
+            raise FileNotFoundError(f"TOFU world facts not found at {SHARED_TOFU} and the hub dataset "
+                                    f"{'/'.join(TOFU_HUB)} failed ({type(e).__name__}: {e}); pass --tofu-path") from e
+        return [{"question": r["question"], "answer": r["answer"], "perturbed_answer": list(r["perturbed_answer"])}
+                for r in ds]
+    if not path.is_file():
+        raise FileNotFoundError(f"TOFU world facts file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+                raise ValueError(f"{path}:{lineno}: needs string fields 'question' and 'answer'")
+            rows.append({"question": row["question"], "answer": row["answer"],
+                         "perturbed_answer": list(row.get("perturbed_answer", []))})
+    return rows
+
+
+def tofu_format(tokenizer, requested: str = "auto") -> str:
+    """"chat" when the tokenizer has a chat template, else "completion"; or `requested`.
+
+    Completion prompts suit base models; SmolLM2-135M-Instruct ends 24 of the first 40 TOFU
+    "Question: ...\nAnswer:" prompts at once with its end-of-turn token, and answers all 40 in chat form.
+    """
+    if requested not in ("auto", "chat", "completion"):
+        raise ValueError(f"TOFU format {requested!r} not in ('auto', 'chat', 'completion')")
+    if requested != "auto":
+        return requested
+    return "chat" if getattr(tokenizer, "chat_template", None) else "completion"
+
+
+def tofu_prompt(question: str, tokenizer=None, fmt: str = "completion") -> str:
+    """The prompt for a TOFU question: the chat template (fmt "chat") or "Question: ...\nAnswer:"."""
+    if fmt == "chat":
+        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+    return f"Question: {question}\nAnswer:"
+
+
+def split_locality(facts: FactSets) -> tuple[list[Fact], list[Fact]]:
+    """(locality facts of a forget-set relation, locality facts of other relations)."""
+    relations = {f.relation for f in facts.forget}
+    return ([f for f in facts.locality if f.relation in relations],
+            [f for f in facts.locality if f.relation not in relations])
+
+
+@dataclass
+class FactSet:
+    """One scored set: items (fact, prompt for closed systems, question for bridge), layout, budget, chance."""
+
+    items: list[tuple[Fact, str, str]]
+    chance: float
+    layout: str  # bridge prompt layout: "completion" or "auto"
+    max_new_tokens: int
+    window: int  # characters of the answer searched for an accepted answer
+
+
+def fact_sets(facts: FactSets | None, tofu_rows: list[dict] | None, tokenizer=None, tofu_fmt: str = "auto"
+              ) -> dict[str, FactSet]:
+    """{set name: FactSet} for every non-empty set: forget/locality under eval templates, then TOFU."""
+    sets: dict[str, FactSet] = {}
+    if facts is not None:
+        same, other = split_locality(facts)
+        for name, group in (("forget", facts.forget), ("locality_same", same), ("locality_other", other)):
+            if group:
+                items = [(f, p, p) for f in group for p in prompts_for(f, "eval")]
+                sets[name] = FactSet(items, 1 / len({f.object for f in group}), "completion", FACT_NEW_TOKENS, FACT_WINDOW)
+    if tofu_rows:
+        fmt = tofu_format(tokenizer, tofu_fmt)
+        items = [(Fact(r["question"], "tofu", r["answer"]), tofu_prompt(r["question"], tokenizer, fmt),
+                  r["question"] if fmt == "chat" else tofu_prompt(r["question"])) for r in tofu_rows]
+        chance = metrics.mean(1 / (1 + len(r["perturbed_answer"])) for r in tofu_rows)
+        sets["tofu"] = FactSet(items, chance, "auto" if fmt == "chat" else "completion", TOFU_NEW_TOKENS, TOFU_WINDOW)
+    return sets
+
+
+def evaluate(answer_fn, facts: FactSets | None, tofu_rows: list[dict] | None, tokenizer=None,
+             tofu_fmt: str = "auto") -> dict:
+    """Exact-match accuracy per set for one system.
+
+    Args:
+        answer_fn: callable(prompts, max_new_tokens, questions, layout) -> list of {"text", "tokens"}
+            (benchmarks.systems.closed_answerer or bridge_answerer).
+        facts: forget and locality sets (None: TOFU only).
+        tofu_rows: TOFU world facts (None or empty: skipped).
+        tokenizer, tofu_fmt: decide the TOFU prompt format (see `tofu_format`).
+    Returns:
+        {set: {"k", "n", "acc", "ci95", "chance", "lookup_rate", "samples"}} (+ "format" for TOFU).
+    """
+    out = {}
+    for name, fs in fact_sets(facts, tofu_rows, tokenizer, tofu_fmt).items():
+        outs = answer_fn([p for _, p, _ in fs.items], fs.max_new_tokens, questions=[q for _, _, q in fs.items],
+                         layout=fs.layout)
+        texts = [o["text"] for o in outs]
+        correct = [metrics.fact_correct(t, f, fs.window) for (f, _, _), t in zip(fs.items, texts)]
+        out[name] = {**metrics.proportion(sum(correct), len(fs.items)), "chance": fs.chance,
+                     # a lookup call in the closed-book text, or a call made inside the bridge loop
+                     "lookup_rate": metrics.mean(CALL_OPEN in o["text"] or o.get("calls", 0) > 0 for o in outs),
+                     "samples": [{"prompt": p, "answer": f.object, "output": t, "correct": c}
+                                 for (f, p, _), t, c in list(zip(fs.items, texts, correct))[:5]]}
+        if name == "tofu":
+            out[name]["format"] = tofu_format(tokenizer, tofu_fmt)
+    return out
+
+
+def template_split() -> dict:
+    """The held-out evaluation templates per relation (recorded in results.json)."""
+    return {rel: t["eval"] for rel, t in TEMPLATES.items()}

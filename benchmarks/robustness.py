@@ -1,0 +1,142 @@
+"""Robustness of forgetting: a relearning attack and probe decodability before and after it.
+
+The attack fine-tunes a fresh copy of a model on a seeded `fraction` (default 20%) of the forget set
+(training-template prompt -> " answer", all parameters, AdamW, a fixed small budget of steps) and
+reports closed-book accuracy on the *other* facts (held-out templates) before and after. Knowledge
+that was only suppressed comes back on facts the attack never showed; removed knowledge does not.
+
+Probe decodability: per layer, a linear probe (multinomial logistic regression on standardized
+last-prompt-token states) is fit on the training-template prompts of every forget fact and scored
+on the held-out-template prompts; chance = 1 / number of forget classes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks import metrics
+from neuralcpu import losses
+from neuralcpu.facts import Fact, FactSets, is_correct, prompts_for
+from neuralcpu.generation import greedy_generate
+from neuralcpu.rlcp import encode
+
+
+@dataclass
+class AttackConfig:
+    """The relearning attack's fixed budget (recorded with its results)."""
+
+    fraction: float = 0.2  # share of the forget set the attacker fine-tunes on
+    steps: int = 20  # optimisation steps, full batch
+    lr: float = 1e-4  # AdamW learning rate, all parameters
+    probe_steps: int = 300  # Adam steps per layer probe
+    seed: int = 0
+
+
+def split_forget(facts: list[Fact], fraction: float, seed: int) -> tuple[list[Fact], list[Fact]]:
+    """(attack facts, held-out facts): a seeded shuffle, at least one fact on each side."""
+    if len(facts) < 2:
+        raise ValueError(f"the relearning attack needs >= 2 forget facts, got {len(facts)}")
+    order = list(facts)
+    random.Random(seed).shuffle(order)
+    k = min(len(order) - 1, max(1, round(fraction * len(order))))
+    return order[:k], order[k:]
+
+
+def closed_book_accuracy(model, tokenizer, facts: list[Fact]) -> dict:
+    """Exact-match accuracy of `facts` under held-out templates (proportion with Wilson CI)."""
+    items = [(f, p) for f in facts for p in prompts_for(f, "eval")]
+    outs = greedy_generate(model, tokenizer, [p for _, p in items], max_new_tokens=10, batch_size=32)
+    return metrics.proportion(sum(is_correct(o, f) for (f, _), o in zip(items, outs)), len(items))
+
+
+@torch.inference_mode()
+def last_token_states(model, tokenizer, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
+    """(L, N, C) hidden state after every block at each prompt's last token (left padding)."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    chunks = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(model.device)
+            hidden = model(**batch, output_hidden_states=True).hidden_states[1:]  # L x (B, T, C)
+            chunks.append(torch.stack([h[:, -1].float() for h in hidden]))  # (L, B, C)
+    finally:
+        tokenizer.padding_side = side
+    return torch.cat(chunks, dim=1)
+
+
+def probe_decodability(model, tokenizer, facts: list[Fact], steps: int = 300, seed: int = 0) -> dict:
+    """Per-layer held-out-template accuracy of linear probes for the object class of each fact."""
+    classes = {o: i for i, o in enumerate(dict.fromkeys(f.object for f in facts))}
+    split = {s: [(p, classes[f.object]) for f in facts for p in prompts_for(f, s)] for s in ("train", "eval")}
+    x_tr = last_token_states(model, tokenizer, [p for p, _ in split["train"]])  # (L, N, C)
+    x_ev = last_token_states(model, tokenizer, [p for p, _ in split["eval"]])
+    y_tr = torch.tensor([c for _, c in split["train"]])
+    y_ev = torch.tensor([c for _, c in split["eval"]])
+    accs = []
+    for layer in range(x_tr.shape[0]):
+        mu, sd = x_tr[layer].mean(0), x_tr[layer].std(0) + 1e-5
+        a, b = (x_tr[layer] - mu) / sd, (x_ev[layer] - mu) / sd
+        torch.manual_seed(seed)
+        probe = torch.nn.Linear(a.shape[1], len(classes))
+        opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-3)
+        with torch.enable_grad():
+            for _ in range(steps):
+                opt.zero_grad()
+                F.cross_entropy(probe(a), y_tr).backward()
+                opt.step()
+        with torch.no_grad():
+            accs.append((probe(b).argmax(-1) == y_ev).float().mean().item())
+    deep = accs[len(accs) - len(accs) // 3 :] or accs  # the last third of the blocks: RLCP's probe layers
+    return {"per_layer": accs, "deep_mean": sum(deep) / len(deep), "chance": 1 / len(classes), "n_eval": len(y_ev)}
+
+
+def relearn(model, tokenizer, facts: list[Fact], steps: int, lr: float, seed: int) -> list[float]:
+    """Fine-tune `model` in place on the training-template prompts of `facts`; return the loss per step."""
+    torch.manual_seed(seed)
+    batch = encode(tokenizer, [(p, " " + f.object) for f in facts for p in prompts_for(f, "train")])
+    model.requires_grad_(True)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    history = []
+    for _ in range(steps):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+        loss = losses.lm_loss(logits, batch["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    model.eval()
+    return history
+
+
+def relearning_attack(model_path: str, facts: FactSets, cfg: AttackConfig, loader=None) -> dict:
+    """Run the attack on a fresh copy of the model at `model_path`; before/after accuracy and probes.
+
+    Args:
+        model_path: anything neuralcpu.models.load_model accepts.
+        facts: the run's fact sets; only the forget set is used.
+        cfg: the attack budget and seed.
+        loader: model loader (default neuralcpu.models.load_model; float32).
+    """
+    if loader is None:
+        from neuralcpu.models import load_model as loader
+    t0 = time.perf_counter()
+    model, tokenizer = loader(model_path)
+    attack, held = split_forget(facts.forget, cfg.fraction, cfg.seed)
+    before = {"heldout": closed_book_accuracy(model, tokenizer, held),
+              "attack_set": closed_book_accuracy(model, tokenizer, attack),
+              "probe": probe_decodability(model, tokenizer, facts.forget, cfg.probe_steps, cfg.seed)}
+    loss = relearn(model, tokenizer, attack, cfg.steps, cfg.lr, cfg.seed)
+    after = {"heldout": closed_book_accuracy(model, tokenizer, held),
+             "attack_set": closed_book_accuracy(model, tokenizer, attack),
+             "probe": probe_decodability(model, tokenizer, facts.forget, cfg.probe_steps, cfg.seed)}
+    del model
+    return {"config": asdict(cfg), "attack_facts": [f.subject for f in attack],
+            "heldout_facts": [f.subject for f in held], "before": before, "after": after,
+            "loss_first_last": [loss[0], loss[-1]] if loss else None, "seconds": time.perf_counter() - t0}

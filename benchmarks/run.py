@@ -1,0 +1,238 @@
+"""The benchmark: fact QA, GSM8K and a relearning attack over a matrix of systems; results.json,
+report.md and PNG plots in --out.
+
+    .venv/bin/python benchmarks/run.py --model smollm2-135m --suite all --out results/smol \\
+        --rlcp-dir runs/rlcp [--unlikelihood-dir runs/ul --graddiff-dir runs/gd --npo-dir runs/npo] \\
+        [--toolsft-dir runs/toolsft --store stores/facts] [--n-gsm8k 100 --seed 0]
+
+(`python -m benchmarks.run ...` from the repository root works too.) Systems whose model dir is not
+given or not there are skipped with the reason; see benchmarks/systems.py for the matrix and
+docs/benchmarks.md for what every number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and the packages importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import facts_suite, gsm8k, report, robustness, systems  # noqa: E402
+
+SUITES = ("facts", "gsm8k", "robustness")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate every argument up front; one error lists every problem."""
+    p = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m", help="original model: preset, hub id, .gguf or save_pretrained dir")
+    p.add_argument("--suite", nargs="+", default=["all"], choices=[*SUITES, "all"], help="suites to run")
+    p.add_argument("--systems", nargs="+", default=["all"], choices=[*systems.SYSTEM_NAMES, "all"],
+                   help="systems to evaluate (default all; unavailable ones are skipped)")
+    p.add_argument("--out", required=True, help="output dir, e.g. results/<name>")
+    p.add_argument("--seed", type=int, default=0, help="seed of the GSM8K subset, few-shot exemplars and the attack")
+    p.add_argument("--n-gsm8k", type=int, default=100, help="GSM8K test problems (0 = all 1319)")
+    p.add_argument("--gsm8k-max-new-tokens", type=int, default=512, help="generation cap per GSM8K problem")
+    p.add_argument("--gsm8k-format", default="auto", choices=["auto", "chat", "fewshot"],
+                   help="auto: zero-shot chat template if the tokenizer has one, else 8-shot")
+    p.add_argument("--gsm8k-test", default=None, help="GSM8K test JSONL (default: ../shared/data copy, else hub)")
+    p.add_argument("--gsm8k-train", default=None, help="GSM8K train JSONL for few-shot exemplars (same default)")
+    p.add_argument("--facts", default=None, help="facts.json with forget/locality sets (default: the first run dir's)")
+    p.add_argument("--tofu-path", default=None, help="TOFU world_facts_perturbed.json (default: ../shared/data copy, else hub)")
+    p.add_argument("--tofu-format", default="auto", choices=["auto", "chat", "completion"],
+                   help="auto: chat template if the tokenizer has one, else 'Question: ...\\nAnswer:'")
+    p.add_argument("--no-tofu", action="store_true", help="skip the TOFU world facts")
+    for key, flag in systems.MODEL_FLAGS.items():
+        if key != "original":
+            p.add_argument(flag, default=None, help=f"output dir of the {key} run (save_pretrained model)")
+    p.add_argument("--store", default=None, help="symbolic_ram store for just-rag/tool systems (default: built from the forget set)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype for evaluation")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+    p.add_argument("--attack-fraction", type=float, default=0.2, help="share of the forget set the attack trains on")
+    p.add_argument("--attack-steps", type=int, default=20, help="relearning-attack optimisation steps")
+    p.add_argument("--attack-lr", type=float, default=1e-4, help="relearning-attack learning rate")
+    args = p.parse_args(argv)
+    args.suite = list(SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
+    args.systems = list(systems.SYSTEM_NAMES) if "all" in args.systems else list(dict.fromkeys(args.systems))
+    problems = []
+    for flag in ("n_gsm8k",):
+        if getattr(args, flag) < 0:
+            problems.append(f"--{flag.replace('_', '-')} must be >= 0")
+    for flag in ("gsm8k_max_new_tokens", "batch_size", "attack_steps"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be >= 1")
+    if not 0 < args.attack_fraction < 1:
+        problems.append("--attack-fraction must be in (0, 1)")
+    for flag in ("gsm8k_test", "gsm8k_train", "facts", "tofu_path"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_file():
+            problems.append(f"--{flag.replace('_', '-')} {path}: no such file")
+    if args.store is not None and not Path(args.store).is_dir():
+        problems.append(f"--store {args.store}: no such directory")
+    if problems:
+        p.error("\n  " + "\n  ".join(problems))
+    return args
+
+
+def model_dirs(args) -> dict[str, str | None]:
+    """Model source -> path for every source the matrix knows."""
+    return {key: (args.model if key == "original" else getattr(args, flag.lstrip("-").replace("-", "_")))
+            for key, flag in systems.MODEL_FLAGS.items()}
+
+
+def find_facts(args) -> tuple[str | None, list[str]]:
+    """The facts.json to evaluate on (--facts, else the first given run dir that has one) and warnings."""
+    if args.facts:
+        return args.facts, []
+    for key in (*systems.UNLEARNED, "toolsft"):
+        d = model_dirs(args)[key]
+        if d and (Path(d) / "facts.json").is_file():
+            return str(Path(d) / "facts.json"), []
+    return None, ["no facts.json (pass --facts or a run dir): forget/locality sets and the relearning attack are skipped"]
+
+
+def git_state() -> dict:
+    """{"commit", "dirty"} of the checkout (None when git is unavailable)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def training_curves(args) -> dict[str, list[dict]]:
+    """metrics.jsonl rows (without samples) of every given run dir, for the phase-transition plots."""
+    curves = {}
+    for key in systems.UNLEARNED:
+        d = model_dirs(args)[key]
+        f = Path(d) / "metrics.jsonl" if d else None
+        if f and f.is_file():
+            rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            curves[key] = [{k: v for k, v in r.items() if k != "forget_samples"} for r in rows]
+    return curves
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(args) -> dict:
+    """Run the requested suites over the available systems; write results.json, report.md, plots."""
+    import torch
+
+    from neuralcpu.data import load_gsm8k
+    from neuralcpu.facts import FactSets
+    from neuralcpu.models import load_model
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    facts_path, warnings = find_facts(args)
+    facts = FactSets.load(facts_path) if facts_path else None
+    available, skipped = systems.resolve(args.systems, model_dirs(args), args.store)
+    for name, why in skipped.items():
+        log(f"skip {name}: {why}")
+    for key in systems.UNLEARNED:
+        cfg_file = Path(model_dirs(args)[key] or "/nonexistent") / "rlcp_config.json"
+        if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("model") != args.model:
+            warnings.append(f"{key} run was trained from {json.loads(cfg_file.read_text()).get('model')!r}, "
+                            f"not --model {args.model!r}")
+    results = {
+        "model": args.model, "seed": args.seed, "config": {k: v for k, v in vars(args).items()},
+        "template_split": {"facts": "eval", "templates": facts_suite.template_split()},
+        "facts_file": facts_path, "git": git_state(), "warnings": warnings,
+        "systems": [{"name": s.name, "model": path, "mode": s.mode, "description": s.description} for s, path in available],
+        "skipped": skipped, "facts": {}, "gsm8k": {}, "robustness": {}, "plots": [],
+    }
+    if not available:
+        log("no system is available")
+
+    tofu = None
+    if "facts" in args.suite and not args.no_tofu:
+        tofu = facts_suite.load_tofu(args.tofu_path)
+    test_rows = train_rows = None
+    if "gsm8k" in args.suite:
+        test_rows = load_gsm8k("test", args.gsm8k_test)
+        train_rows = load_gsm8k("train", args.gsm8k_train, limit=2000)
+    n_gsm8k = args.n_gsm8k or None
+
+    store = None
+    loaded_path, model, tokenizer = None, None, None
+    for spec, path in available:
+        if path != loaded_path:  # systems sharing a model (rlcp, rlcp+just-rag, rlcp+tool) reuse it
+            model = tokenizer = None
+            gc.collect()
+            log(f"loading {path}")
+            model, tokenizer = load_model(path, dtype=args.dtype)
+            loaded_path = path
+        if spec.mode == "closed":
+            answer = systems.closed_answerer(model, tokenizer, args.batch_size)
+        else:
+            store = store or systems.open_store(args.store, facts, out)
+            answer = systems.bridge_answerer(model, tokenizer, spec.mode, store)
+        if "facts" in args.suite:
+            t0 = time.perf_counter()
+            results["facts"][spec.name] = facts_suite.evaluate(answer, facts, tofu, tokenizer, args.tofu_format)
+            summary = ", ".join(f"{k} {v['acc']:.2f}" for k, v in results["facts"][spec.name].items())
+            log(f"{spec.name} facts: {summary} ({time.perf_counter() - t0:.0f}s)")
+        if "gsm8k" in args.suite:
+            progress_answer = (systems.closed_answerer(model, tokenizer, args.batch_size, progress=True)
+                               if spec.mode == "closed" else answer)
+            r = gsm8k.evaluate(progress_answer, tokenizer, test_rows, train_rows, n_gsm8k, args.seed,
+                               args.gsm8k_max_new_tokens, args.gsm8k_format)
+            results["gsm8k"][spec.name] = r
+            log(f"{spec.name} gsm8k: acc {r['accuracy']['acc']:.3f} ({r['accuracy']['k']}/{r['n']}), "
+                f"CoT {r['cot_rate']['acc']:.2f}, {r['mean_tokens']:.0f} tokens, {r['seconds']:.0f}s")
+        if "robustness" in args.suite and spec.mode == "closed" and spec.model in ("original", *systems.UNLEARNED):
+            if facts is None:
+                results["skipped"].setdefault(f"{spec.name} (robustness)", "no facts.json")
+            else:
+                cfg = robustness.AttackConfig(args.attack_fraction, args.attack_steps, args.attack_lr, seed=args.seed)
+                r = robustness.relearning_attack(path, facts, cfg)
+                results["robustness"][spec.name] = r
+                log(f"{spec.name} relearning: held-out {r['before']['heldout']['acc']:.2f} -> "
+                    f"{r['after']['heldout']['acc']:.2f} ({r['seconds']:.0f}s)")
+        results["wall_seconds"] = time.perf_counter() - t_start
+        report.write_json_atomic(out / "results.json", results)  # partial results survive a crash
+
+    results["training_curves"] = training_curves(args)
+    results["plots"] = make_plots(results, out)
+    results["wall_seconds"] = time.perf_counter() - t_start
+    report.write_json_atomic(out / "results.json", results)
+    report.write_text_atomic(out / "report.md", report.markdown(results))
+    if store is not None:
+        store.close()
+    log(f"wrote {out / 'results.json'} and {out / 'report.md'} in {results['wall_seconds']:.0f}s")
+    return results
+
+
+def make_plots(results: dict, out: Path) -> list[str]:
+    """Draw every plot the results support; return their file names (relative to `out`)."""
+    plots = []
+    if results["gsm8k"]:
+        plots.append(report.plot_gsm8k_vs_cot(results["gsm8k"], out / "gsm8k_acc_vs_cot.png"))
+    for name, rows in results.get("training_curves", {}).items():
+        plots.append(report.plot_phase_transition(name, rows, out / f"phase_transition_{name}.png"))
+    if results["robustness"]:
+        plots.append(report.plot_probe_attack(results["robustness"], out / "probe_before_after_attack.png"))
+    return [p.name for p in plots]
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""End to end: benchmarks/run.py on the tiny random Qwen2 with a fake RLCP run, a few GSM8K rows and
+a small facts.json; outputs exist, numbers are in range, and the same seed gives the same numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuralcpu.facts import Fact, FactSets
+
+ROOT = Path(__file__).resolve().parents[2]
+CITIES = [("Alphaville", "Norland"), ("Betatown", "Sudria"), ("Gammaburg", "Estavia"), ("Deltapolis", "Westmark"),
+          ("Epsilon Bay", "Centralia")]
+TIMING = {"seconds", "wall_seconds", "elapsed_s"}
+
+
+@pytest.fixture(scope="module")
+def bench_inputs(tiny_qwen2_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    run = d / "rlcp"
+    shutil.copytree(tiny_qwen2_dir, run)
+    FactSets([Fact(c, "country", k) for c, k in CITIES],
+             [Fact("Thetaford", "country", "Quarnia"), Fact("Norland", "capital", "Alphaville")]).save(run / "facts.json")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(
+        {"step": s, "forget_acc": 1 - s / 20, "locality_acc": 0.9, "probe_acc": [1 - s / 25, 1 - s / 30],
+         "forget_samples": ["x"]}) + "\n" for s in (0, 10, 20)))
+    (run / "rlcp_config.json").write_text(json.dumps({"model": str(tiny_qwen2_dir), "method": "rlcp"}))
+    gsm = d / "gsm.jsonl"
+    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"})
+                           + "\n" for i in range(12)))
+    tofu = d / "tofu.json"
+    tofu.write_text("".join(json.dumps({"question": q, "answer": a, "perturbed_answer": ["x", "y", "z"]}) + "\n"
+                            for q, a in [("What is the capital of France?", "Paris"), ("Where is Tokyo?", "Japan")]))
+    args = ["--model", str(tiny_qwen2_dir), "--rlcp-dir", str(run), "--systems", "original", "rlcp", "npo",
+            "--suite", "all", "--gsm8k-test", str(gsm), "--gsm8k-train", str(gsm), "--tofu-path", str(tofu),
+            "--n-gsm8k", "3", "--gsm8k-max-new-tokens", "16", "--attack-steps", "2", "--seed", "3"]
+    return d, args
+
+
+def _numbers(obj, path=""):
+    """Every number in a results tree, keyed by its path, without the timing fields."""
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() if key not in TIMING for k, v in _numbers(val, f"{path}/{key}").items()}
+    if isinstance(obj, list):
+        return {k: v for i, val in enumerate(obj) for k, v in _numbers(val, f"{path}/{i}").items()}
+    return {path: obj} if isinstance(obj, (int, float)) and not isinstance(obj, bool) else {}
+
+
+def test_run_script_end_to_end_and_reproducible(bench_inputs, tmp_path):
+    d, args = bench_inputs
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    # 1: as the documented script, from another working directory (its sys.path setup must work)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), *args, "--out", str(out1)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("results.json", "report.md", "gsm8k_acc_vs_cot.png", "phase_transition_rlcp.png",
+                 "probe_before_after_attack.png"):
+        assert (out1 / name).is_file() and (out1 / name).stat().st_size > 0, name
+    r = json.loads((out1 / "results.json").read_text())
+    assert [s["name"] for s in r["systems"]] == ["original", "rlcp"]
+    assert "--npo-dir" in r["skipped"]["npo"]
+    assert r["seed"] == 3 and r["git"]["commit"] and r["wall_seconds"] > 0
+    assert r["template_split"]["facts"] == "eval"
+    for system in ("original", "rlcp"):
+        facts = r["facts"][system]
+        assert set(facts) == {"forget", "locality_same", "locality_other", "tofu"}
+        assert facts["forget"]["n"] == 2 * len(CITIES) and facts["forget"]["chance"] == pytest.approx(1 / len(CITIES))
+        g = r["gsm8k"][system]
+        assert g["n"] == 3 and g["format"] == "fewshot" and len(g["items"]) == 3
+        assert 0 <= g["mean_tokens"] <= 16
+        rob = r["robustness"][system]
+        assert len(rob["attack_facts"]) == 1 and len(rob["heldout_facts"]) == 4
+        for p in [*facts.values(), g["accuracy"], g["cot_rate"], rob["before"]["heldout"], rob["after"]["heldout"]]:
+            assert 0 <= p["acc"] <= 1 and p["ci95"][0] <= p["acc"] <= p["ci95"][1]
+    assert "forget_samples" not in r["training_curves"]["rlcp"][0]
+    report = (out1 / "report.md").read_text()
+    for heading in ("## Fact QA", "## GSM8K", "## Relearning attack", "## Skipped systems"):
+        assert heading in report
+    # 2: in-process, same seed -> the same numbers
+    from benchmarks import run
+
+    assert run.main([*args, "--out", str(out2)]) == 0
+    assert _numbers(r) == _numbers(json.loads((out2 / "results.json").read_text()))
+
+
+def test_run_rejects_bad_arguments_all_at_once(tmp_path, capsys):
+    from benchmarks import run
+
+    with pytest.raises(SystemExit):
+        run.parse_args(["--out", str(tmp_path), "--n-gsm8k", "-1", "--batch-size", "0", "--facts", "missing.json"])
+    err = capsys.readouterr().err
+    assert "--n-gsm8k" in err and "--batch-size" in err and "missing.json" in err

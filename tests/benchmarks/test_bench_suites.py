@@ -1,0 +1,86 @@
+"""GSM8K prompting and stopping, the fact suite's sets, and the relearning attack, on small inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import facts_suite, gsm8k, robustness
+from neuralcpu.facts import Fact, FactSets
+
+ROWS = [{"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}=<<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
+        for i in range(20)]
+
+
+def test_subset_is_seeded_and_stable():
+    a, b = gsm8k.select_problems(ROWS, 5, seed=1), gsm8k.select_problems(ROWS, 5, seed=1)
+    assert a == b and len(set(a)) == 5
+    assert gsm8k.select_problems(ROWS, 5, seed=2) != a
+    assert gsm8k.select_problems(ROWS, None, 0) == list(range(20))
+    assert gsm8k.select_problems(ROWS, 100, 0) == list(range(20))
+
+
+def test_fewshot_prefix_has_eight_clean_exemplars():
+    prefix = gsm8k.fewshot_prefix(ROWS, seed=0)
+    assert prefix.count("Question:") == 8 and prefix.count("####") == 8
+    assert "<<" not in prefix  # calculator annotations stripped
+    with pytest.raises(ValueError):
+        gsm8k.fewshot_prefix(ROWS[:3], seed=0)
+
+
+def test_stop_patterns_and_truncation():
+    pats = [gsm8k._ANSWER_DONE, gsm8k._NEXT_QUESTION]
+    assert not gsm8k._ANSWER_DONE.search("#### 1,2")  # the number may still go on
+    assert gsm8k._ANSWER_DONE.search("#### 1,200\n")
+    assert gsm8k._truncate(" 2+2=4\n#### 4\nQuestion: more", pats) == " 2+2=4\n#### 4"
+    assert gsm8k._truncate(" 2+2=4 so 4.\n\nQuestion: next", pats) == " 2+2=4 so 4."
+
+
+def test_generate_counts_tokens_and_respects_cap(tiny_qwen2_dir):
+    from neuralcpu.generation import greedy_generate
+    from neuralcpu.models import load_model
+
+    model, tok = load_model(tiny_qwen2_dir)
+    prompts = ["Question: What is 3 plus 4?\nAnswer:", "The city of Tokyo is"]
+    outs = gsm8k.generate(model, tok, prompts, max_new_tokens=12, batch_size=2, stop=False)
+    assert [o["text"] for o in outs] == greedy_generate(model, tok, prompts, max_new_tokens=12)  # same greedy path
+    assert all(0 <= o["tokens"] <= 12 for o in outs)
+
+
+def test_fact_sets_split_and_chance(tmp_path):
+    facts = FactSets([Fact("A", "country", "X"), Fact("B", "country", "Y")],
+                     [Fact("C", "country", "Z"), Fact("X", "capital", "A")])
+    tofu = [{"question": "q?", "answer": "a", "perturbed_answer": ["b", "c", "d"]}]
+    sets = facts_suite.fact_sets(facts, tofu, tokenizer=None, tofu_fmt="completion")
+    assert set(sets) == {"forget", "locality_same", "locality_other", "tofu"}
+    assert sets["forget"].chance == 0.5 and sets["tofu"].chance == 0.25
+    assert len(sets["forget"].items) == 2 * 2  # two facts x two held-out country templates
+    assert all("is in the country of" in p or "large city" in p for _, p, _ in sets["forget"].items)
+    assert sets["tofu"].items[0][1] == "Question: q?\nAnswer:"
+
+
+def test_load_tofu_names_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        facts_suite.load_tofu(tmp_path / "nope.json")
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps({"question": "q", "answer": "a", "perturbed_answer": ["b"]}) + "\n")
+    assert facts_suite.load_tofu(f)[0]["answer"] == "a"
+
+
+def test_relearning_attack_trains_the_attack_set_only(tiny_qwen2_dir):
+    from neuralcpu.models import load_model
+
+    facts = FactSets([Fact(c, "country", k) for c, k in [("Alphaville", "Norland"), ("Betatown", "Sudria"),
+                      ("Gammaburg", "Estavia"), ("Deltapolis", "Westmark"), ("Epsilon Bay", "Centralia")]], [])
+    attack, held = robustness.split_forget(facts.forget, 0.2, seed=0)
+    assert len(attack) == 1 and len(held) == 4 and not set(attack) & set(held)
+    model, tok = load_model(tiny_qwen2_dir)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    loss = robustness.relearn(model, tok, attack, steps=30, lr=3e-3, seed=0)
+    assert loss[-1] < 0.5 * loss[0]  # the attack fits its facts
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert robustness.closed_book_accuracy(model, tok, attack)["acc"] > 0  # and now answers them
+    probe = robustness.probe_decodability(model, tok, facts.forget, steps=50)
+    assert len(probe["per_layer"]) == model.config.num_hidden_layers and probe["chance"] == 0.2

@@ -124,6 +124,12 @@ def run_tool(tools: dict, call: ToolCall, max_facts: int = 5) -> Observation:
     return Observation(call, output, escape_payload(output, max_facts), facts, None)
 
 
+def make_turn(text: str, observations: list[Observation], max_facts: int = 5) -> Turn:
+    """The transcript entry for one step: the model's text and what its calls returned (first `max_facts` each)."""
+    return Turn(text, [o.call for o in observations], [o.shown for o in observations],
+                [to_fact(f) for o in observations for f in o.facts[:max_facts]])
+
+
 def tool_schemas(tools) -> list[dict]:
     """OpenAI-style function schemas of langchain tools, as chat templates' `tools=` expects."""
     from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -205,7 +211,7 @@ class Bridge:
                 res.answer = answer or None
                 res.stop_reason = "answer" if answer else "no_answer"
                 break
-            turn = Turn(text)
+            executed = []
             for call in parse_calls(text):
                 res.calls.append(call)
                 emit("call", call)
@@ -214,15 +220,12 @@ class Bridge:
                     res.stop_reason = "repeated_call"
                     break
                 seen.add(key)
-                obs = run_tool(self.tools, call, self.max_facts)
-                res.observations.append(obs)
-                emit("observation", obs)
-                turn.calls.append(call)
-                turn.payloads.append(obs.shown)
-                turn.facts += [to_fact(f) for f in obs.facts[: self.max_facts]]
+                executed.append(run_tool(self.tools, call, self.max_facts))
+                emit("observation", executed[-1])
+            res.observations += executed
             if res.stop_reason == "repeated_call":
                 break
-            turns.append(turn)
+            turns.append(make_turn(text, executed, self.max_facts))
         seen_facts = res.facts_seen
         res.answered_without_lookup = res.answer is not None and not seen_facts
         res.supported = res.answer is not None and any(

@@ -105,23 +105,25 @@ class Turn:
 _SENTENCE_END = re.compile(r"(?<=\w\w\w)[.!?](?=\s|$)")  # "Japan." ends an answer; "St." and "U.S." do not
 
 
-def _cut(text: str, at_newline: bool, at_sentence: bool) -> tuple[str, bool]:
+def _cut(text: str, answer_at_newline: bool, answer_at_sentence: bool, call_one_line: bool) -> tuple[str, bool]:
     """(the part of a generation the loop acts on, whether generation can stop).
 
-    A call ends at its `</tool_call>` (kept). Otherwise the text ends at a newline (dropped) when
-    `at_newline`, or after the first sentence when `at_sentence` and no call has started.
+    A call ends at its `</tool_call>` (kept), or, when `call_one_line`, unclosed at a newline (then it
+    is reported as malformed). Text before any call is an answer: it ends at a newline (dropped) when
+    `answer_at_newline`, after its first sentence when `answer_at_sentence`, else only at end-of-text.
     """
     ends = []
-    if at_newline and "\n" in text:
-        ends.append(text.index("\n"))
-    if CALL_OPEN in text:
-        start = text.index(CALL_OPEN)
-        if CALL_CLOSE in text[start:]:
-            ends.append(text.index(CALL_CLOSE, start) + len(CALL_CLOSE))
-        head = text[:start]
-    else:
-        head = text
-    m = _SENTENCE_END.search(head) if at_sentence else None
+    start = text.find(CALL_OPEN)
+    head = text if start < 0 else text[:start]
+    if start >= 0:
+        close = text.find(CALL_CLOSE, start)
+        if close >= 0:
+            ends.append(close + len(CALL_CLOSE))
+        elif call_one_line and "\n" in text[start:]:
+            ends.append(text.index("\n", start))
+    if answer_at_newline and "\n" in head:
+        ends.append(head.index("\n"))
+    m = _SENTENCE_END.search(head) if answer_at_sentence else None
     if m:
         ends.append(m.end())
     if not ends:
@@ -129,14 +131,26 @@ def _cut(text: str, at_newline: bool, at_sentence: bool) -> tuple[str, bool]:
     return text[: min(ends)], True
 
 
+ANSWER_ENDS = ("sentence", "line", "eos")
+
+
 class CompletionFormat:
-    """Plain-text layout for completion prompts (see the module docstring). Stops at a newline or `</tool_call>`."""
+    """Plain-text layout for completion prompts (see the module docstring).
+
+    Args:
+        tokenizer: its special tokens are defanged in fact text (None: only the generic patterns).
+        answer_end: where an answer ends: "sentence" (fact prompts: " Japan."), "line", or "eos" (only
+            end-of-text or the token budget; for multi-line answers such as GSM8K solutions).
+    """
 
     name = "completion"
     add_special_tokens = True  # tokenized like RLCP's training batches
 
-    def __init__(self, tokenizer=None):
+    def __init__(self, tokenizer=None, answer_end: str = "sentence"):
+        if answer_end not in ANSWER_ENDS:
+            raise ValueError(f"answer_end {answer_end!r} is not one of {ANSWER_ENDS}")
         self.special = special_tokens_of(tokenizer)
+        self.answer_end = answer_end
 
     def context(self, facts: list[Fact]) -> str:
         """Facts as RLCP's context sentences, markup defanged, joined by spaces."""
@@ -154,8 +168,8 @@ class CompletionFormat:
         return text
 
     def cut(self, generated: str) -> tuple[str, bool]:
-        """(the part of a generation the loop acts on, done): a call, or one line / one sentence of answer."""
-        return _cut(generated, at_newline=True, at_sentence=True)
+        """(the part of a generation the loop acts on, done): a call (one line), or the answer up to `answer_end`."""
+        return _cut(generated, self.answer_end != "eos", self.answer_end == "sentence", call_one_line=True)
 
     def answer(self, text: str) -> str:
         """The answer in a final generation: the text before any call markup, stripped."""
@@ -215,7 +229,7 @@ class ChatFormat:
 
     def cut(self, generated: str) -> tuple[str, bool]:
         """(the part of a generation the loop acts on, done): up to `</tool_call>`; answers end at end-of-turn."""
-        return _cut(generated, at_newline=False, at_sentence=False)
+        return _cut(generated, False, False, call_one_line=False)
 
     def answer(self, text: str) -> str:
         """The answer in a final generation: the text before any call markup, stripped."""
@@ -230,8 +244,11 @@ class ChatFormat:
         return answer + (tokenizer.eos_token or "")
 
 
-def make_format(tokenizer, tool_schemas: list[dict], kind: str = "auto"):
-    """The layout for `tokenizer`: "chat" when its template supports tools (and `kind` allows), else "completion"."""
+def make_format(tokenizer, tool_schemas: list[dict], kind: str = "auto", answer_end: str = "sentence"):
+    """The layout for `tokenizer`: "chat" when its template supports tools (and `kind` allows), else "completion".
+
+    `answer_end` applies to the completion layout (see CompletionFormat); chat answers end at end-of-turn.
+    """
     from neuralcpu.toolcall import template_supports_tools
 
     if kind not in FORMATS:
@@ -240,4 +257,4 @@ def make_format(tokenizer, tool_schemas: list[dict], kind: str = "auto"):
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("format 'chat' needs a tokenizer with a chat template")
         return ChatFormat(tokenizer, tool_schemas)
-    return CompletionFormat(tokenizer)
+    return CompletionFormat(tokenizer, answer_end)

@@ -52,3 +52,14 @@ def test_completion_cut(generated, text, done):
 
 def test_completion_prompt_without_turns_is_the_question():
     assert CompletionFormat().prompt("The capital of France is") == "The capital of France is"
+
+
+@pytest.mark.parametrize("answer_end, text, done", [
+    ("sentence", " It is Japan.", True),
+    ("line", " It is Japan. So", True),
+    ("eos", " It is Japan. So\nit is in Asia.", False),  # GSM8K-style answers run to end-of-text
+])
+def test_answer_end(answer_end, text, done):
+    assert CompletionFormat(answer_end=answer_end).cut(" It is Japan. So\nit is in Asia.") == (text, done)
+    with pytest.raises(ValueError):
+        CompletionFormat(answer_end="paragraph")

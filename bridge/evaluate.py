@@ -1,0 +1,163 @@
+"""Score the bridge on held-out templates: tool-call rate, accuracy per mode, answers given without a lookup.
+
+    python -m bridge.evaluate --model runs/rlcp --store stores/geo                 # facts: <run>/facts.json
+    python -m bridge.evaluate --model smollm2-135m --store stores/geo --facts runs/rlcp/facts.json \\
+        --set forget --modes closed,just-rag,tool --out results/bridge_original.json
+
+Every fact is asked under its *evaluation* templates only (`neuralcpu.facts.prompts_for(fact, "eval")`),
+which no training recipe (RLCP, toolsft) ever uses, and scored with `neuralcpu.facts.is_correct`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from neuralcpu.facts import Fact, FactSets, is_correct, load_jsonl_facts, prompts_for
+from neuralcpu.toolcall import LOOKUP_TOOL
+
+from .loop import MODES, Bridge
+
+
+@dataclass
+class Record:
+    """One question asked in one mode, and how it went."""
+
+    subject: str
+    relation: str
+    object: str
+    prompt: str
+    mode: str
+    answer: str | None
+    correct: bool
+    called: bool  # at least one well-formed lookup call
+    answered_without_lookup: bool
+    supported: bool
+    stop_reason: str
+    steps: int
+
+
+def run_eval(bridge: Bridge, facts: list[Fact], modes=MODES, split: str = "eval", progress: bool = False) -> list[Record]:
+    """Ask every fact under every `split` template in every mode; one Record per (prompt, mode)."""
+    jobs = [(f, p, m) for f in facts for p in prompts_for(f, split) for m in modes]
+    records = []
+    for fact, prompt, mode in tqdm(jobs, desc="bridge eval", disable=not progress):
+        res = bridge.ask(prompt, mode=mode)
+        records.append(Record(
+            fact.subject, fact.relation, fact.object, prompt, mode, res.answer,
+            is_correct(res.answer or "", fact),
+            any(c.error is None and c.name == LOOKUP_TOOL for c in res.calls),
+            res.answered_without_lookup, res.supported, res.stop_reason, res.steps))
+    return records
+
+
+def _of(records: list[Record], mode: str) -> list[Record]:
+    return [r for r in records if r.mode == mode]
+
+
+def _rate(flags) -> float | None:
+    flags = list(flags)
+    return sum(flags) / len(flags) if flags else None
+
+
+def accuracy(records: list[Record], mode: str) -> float | None:
+    """Fraction of `mode` questions answered correctly (None if the mode was not run)."""
+    return _rate(r.correct for r in _of(records, mode))
+
+
+def tool_call_rate(records: list[Record]) -> float | None:
+    """Fraction of tool-mode questions in which the model made at least one well-formed lookup call."""
+    return _rate(r.called for r in _of(records, "tool"))
+
+
+def answered_without_lookup_rate(records: list[Record]) -> float | None:
+    """Fraction of tool-mode questions answered although no lookup returned a fact (flagged answers)."""
+    return _rate(r.answered_without_lookup for r in _of(records, "tool"))
+
+
+def summarize(records: list[Record]) -> dict:
+    """All headline numbers: accuracy per mode, tool-call rate, flagged and unsupported answers, stop reasons."""
+    tool = _of(records, "tool")
+    return {
+        "questions_per_mode": max((len(_of(records, m)) for m in MODES), default=0),
+        "closed_acc": accuracy(records, "closed"),
+        "just_rag_acc": accuracy(records, "just-rag"),
+        "tool_acc": accuracy(records, "tool"),
+        "tool_call_rate": tool_call_rate(records),
+        "answered_without_lookup": answered_without_lookup_rate(records),
+        "tool_unsupported_answers": _rate(r.answer is not None and not r.answered_without_lookup and not r.supported
+                                          for r in tool),
+        "tool_stop_reasons": {s: sum(r.stop_reason == s for r in tool) for s in sorted({r.stop_reason for r in tool})},
+        "tool_mean_steps": _rate(r.steps for r in tool),
+    }
+
+
+def load_eval_facts(path: str, which: str) -> list[Fact]:
+    """Facts to ask: a FactSets facts.json (`which` = forget, locality or all) or a JSONL of triples."""
+    if path.endswith(".jsonl"):
+        return load_jsonl_facts(path)
+    sets = FactSets.load(path)
+    return {"forget": sets.forget, "locality": sets.locality, "all": sets.forget + sets.locality}[which]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bridge.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m", help="preset, save_pretrained dir or RLCP run dir")
+    parser.add_argument("--store", default=None, help="symbolic_ram store (default: the one an RLCP run dir names)")
+    parser.add_argument("--facts", default=None, help="facts.json of an RLCP run or a JSONL (default: <model>/facts.json)")
+    parser.add_argument("--set", default="forget", choices=["forget", "locality", "all"], help="which facts of a facts.json")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (default: all three)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N facts")
+    parser.add_argument("--max-steps", type=int, default=4, help="generations per question in tool mode")
+    parser.add_argument("-k", type=int, default=3, help="facts retrieved up front in just-rag mode")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="tokens per generation")
+    parser.add_argument("--format", default="auto", choices=["auto", "completion", "chat"], help="prompt layout")
+    parser.add_argument("--out", default=None, help="write summary and records as JSON here")
+    args = parser.parse_args(argv)
+
+    from symbolic_ram import KnowledgeStore, make_tools
+
+    from .chat import load_generator, resolve_store_arg
+    from .loop import tool_schemas
+    from .prompts import make_format
+
+    args.store = resolve_store_arg(args.model, args.store)
+    args.facts = args.facts or str(Path(args.model) / "facts.json")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    problems = [f"unknown mode {m!r} (modes: {', '.join(MODES)})" for m in modes if m not in MODES]
+    if not Path(args.facts).is_file():
+        problems.append(f"--facts {args.facts}: no such file")
+    if any(m != "closed" for m in modes) and not (args.store and (Path(args.store) / "facts.sqlite").is_file()):
+        problems.append(f"--store {args.store}: no knowledge store there (needed by just-rag and tool)")
+    if problems:
+        parser.error("\n  " + "\n  ".join(problems))
+
+    facts = load_eval_facts(args.facts, args.set)[: args.limit]
+    store = KnowledgeStore(args.store, create=False) if args.store else None
+    tools = make_tools(store) if store is not None else None
+    generate, tokenizer = load_generator(args.model, "float32", args.max_new_tokens)
+    bridge = Bridge(generate, make_format(tokenizer, tool_schemas(tools or []), args.format), tools,
+                    mode=modes[0], max_steps=args.max_steps, k=args.k)
+    t0 = time.perf_counter()
+    records = run_eval(bridge, facts, modes, progress=True)
+    summary = {"model": args.model, "store": args.store, "facts": args.facts, "set": args.set, "n_facts": len(facts),
+               "layout": bridge.fmt.name, **summarize(records), "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"summary": summary, "records": [asdict(r) for r in records]},
+                                             ensure_ascii=False, indent=1))
+    if store is not None:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""bridge.evaluate: the metrics from known loop outcomes (scripted model), and the CLI's argument checks."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import LookupModel
+
+from bridge import evaluate
+from bridge.loop import Bridge
+from bridge.prompts import CompletionFormat
+from neuralcpu.facts import Fact, prompts_for
+
+
+def test_metrics_with_a_model_that_always_looks_up(tools):
+    facts = [Fact("Tokyo", "country", "Japan"), Fact("Lagos", "country", "Nigeria"), Fact("Atlantis", "country", "Greece")]
+    records = evaluate.run_eval(Bridge(LookupModel(), CompletionFormat(), tools), facts)
+    n = sum(len(prompts_for(f, "eval")) for f in facts)
+    assert len(records) == 3 * n and {r.mode for r in records} == {"closed", "just-rag", "tool"}
+    assert all("The city of" in r.prompt or "large city" in r.prompt for r in records)  # eval templates only
+    s = evaluate.summarize(records)
+    # The fake answers only "The city of X is in the country of" (1 of the 2 eval templates) and only from
+    # context; Atlantis is not in the store, so its lookup returns nothing and the fake keeps asking.
+    per_fact = 1 / len(prompts_for(facts[0], "eval"))
+    assert s["closed_acc"] == 0.0
+    assert s["tool_acc"] == pytest.approx(2 * per_fact / 3)
+    assert s["tool_call_rate"] == pytest.approx(3 * per_fact / 3)
+    assert s["tool_stop_reasons"]["repeated_call"] == 1  # Atlantis: the same lookup again, cut off
+    assert s["answered_without_lookup"] == pytest.approx(3 * (1 - per_fact) / 3)  # "I don't know." on the other template
+    assert s["just_rag_acc"] == evaluate.accuracy(records, "just-rag") and 0 < s["just_rag_acc"] <= s["tool_acc"]
+    assert evaluate.tool_call_rate([]) is None
+
+
+def test_cli_checks_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", str(tmp_path), "--modes", "tool,oracle"])
+    err = capsys.readouterr().err
+    assert "unknown mode 'oracle'" in err and "no such file" in err and "no knowledge store" in err

@@ -91,7 +91,7 @@ def _truncate(text: str, patterns: list[re.Pattern]) -> str:
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, batch_size: int = 16,
              stop: bool = True, progress: bool = False) -> list[dict]:
-    """Batched greedy generation (left padding, KV cache); one {"text", "tokens"} per prompt, in order.
+    """Batched greedy generation (left padding, KV cache); one {"text", "tokens", "ids"} per prompt, in order.
 
     Like neuralcpu.generation.greedy_generate, plus per-row stopping once the answer is complete
     (`stop`) and the count of generated tokens (before EOS/pad). Prompts are batched longest first
@@ -123,7 +123,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, ba
             for row, i in zip(new.tolist(), idx):
                 n = next((j for j, t in enumerate(row) if t in end_ids), len(row))
                 text = tokenizer.decode(row[:n], skip_special_tokens=True)
-                results[i] = {"text": _truncate(text, patterns), "tokens": n}
+                results[i] = {"text": _truncate(text, patterns), "tokens": n, "ids": row[:n]}
     finally:
         tokenizer.padding_side = side
     return results  # type: ignore[return-value]

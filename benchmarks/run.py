@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, flag in systems.MODEL_FLAGS.items():
         if key != "original":
             p.add_argument(flag, default=None, help=f"output dir of the {key} run (save_pretrained model)")
-    p.add_argument("--store", default=None, help="symbolic_ram store for just-rag/tool systems (default: built from the forget set)")
+    p.add_argument("--store", default=None, help="symbolic_ram store for just-rag/tool systems (default: the one "
+                   "the RLCP run names, else <out>/store built from the forget set)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype for evaluation")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
     p.add_argument("--attack-fraction", type=float, default=0.2, help="share of the forget set the attack trains on")
@@ -75,8 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         path = getattr(args, flag)
         if path is not None and not Path(path).is_file():
             problems.append(f"--{flag.replace('_', '-')} {path}: no such file")
-    if args.store is not None and not Path(args.store).is_dir():
-        problems.append(f"--store {args.store}: no such directory")
+    if args.store is not None and not (Path(args.store) / "facts.sqlite").is_file():
+        problems.append(f"--store {args.store}: no knowledge store there (no facts.sqlite)")
     if problems:
         p.error("\n  " + "\n  ".join(problems))
     return args
@@ -97,6 +98,15 @@ def find_facts(args) -> tuple[str | None, list[str]]:
         if d and (Path(d) / "facts.json").is_file():
             return str(Path(d) / "facts.json"), []
     return None, ["no facts.json (pass --facts or a run dir): forget/locality sets and the relearning attack are skipped"]
+
+
+def find_store(args) -> str | None:
+    """--store, else the store the RLCP run's rlcp_config.json names (if it exists), else None."""
+    if args.store:
+        return args.store
+    cfg = Path(args.rlcp_dir or "/nonexistent") / "rlcp_config.json"
+    named = json.loads(cfg.read_text()).get("store") if cfg.is_file() else None
+    return named if named and (Path(named) / "facts.sqlite").is_file() else None
 
 
 def git_state() -> dict:
@@ -140,7 +150,8 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)
     facts_path, warnings = find_facts(args)
     facts = FactSets.load(facts_path) if facts_path else None
-    available, skipped = systems.resolve(args.systems, model_dirs(args), args.store)
+    store_dir = find_store(args)
+    available, skipped = systems.resolve(args.systems, model_dirs(args), store_dir)
     for name, why in skipped.items():
         log(f"skip {name}: {why}")
     for key in systems.UNLEARNED:
@@ -151,7 +162,7 @@ def run(args) -> dict:
     results = {
         "model": args.model, "seed": args.seed, "config": {k: v for k, v in vars(args).items()},
         "template_split": {"facts": "eval", "templates": facts_suite.template_split()},
-        "facts_file": facts_path, "git": git_state(), "warnings": warnings,
+        "facts_file": facts_path, "store": store_dir, "git": git_state(), "warnings": warnings,
         "systems": [{"name": s.name, "model": path, "mode": s.mode, "description": s.description} for s, path in available],
         "skipped": skipped, "facts": {}, "gsm8k": {}, "robustness": {}, "plots": [],
     }
@@ -179,7 +190,13 @@ def run(args) -> dict:
         if spec.mode == "closed":
             answer = systems.closed_answerer(model, tokenizer, args.batch_size)
         else:
-            store = store or systems.open_store(args.store, facts, out)
+            try:
+                store = store or systems.open_store(store_dir, facts, out)
+            except ValueError as e:
+                results["skipped"][spec.name] = str(e)
+                results["systems"] = [s for s in results["systems"] if s["name"] != spec.name]
+                log(f"skip {spec.name}: {e}")
+                continue
             answer = systems.bridge_answerer(model, tokenizer, spec.mode, store)
         if "facts" in args.suite:
             t0 = time.perf_counter()

@@ -44,6 +44,7 @@ SYSTEM_NAMES = [s.name for s in SYSTEMS]
 MODEL_FLAGS = {"original": "--model", "toolsft": "--toolsft-dir", "rlcp": "--rlcp-dir",
                "unlikelihood": "--unlikelihood-dir", "graddiff": "--graddiff-dir", "npo": "--npo-dir"}
 UNLEARNED = ("rlcp", "unlikelihood", "graddiff", "npo")
+BRIDGE_MIN_NEW_TOKENS = 48  # a lookup call is ~30 tokens; the completion layout still stops at the first newline
 
 
 class BridgeUnavailable(RuntimeError):
@@ -122,7 +123,8 @@ def bridge_answerer(model, tokenizer, mode: str, store):
     schemas = tool_schemas(tools)
 
     def answer(prompts: list[str], max_new_tokens: int, questions=None, layout="completion") -> list[dict]:
-        loop = Bridge(HFGenerator(model, tokenizer, max_new_tokens), make_format(tokenizer, schemas, layout or "auto"),
+        budget = max(max_new_tokens, BRIDGE_MIN_NEW_TOKENS)  # a whole lookup call must fit in one generation
+        loop = Bridge(HFGenerator(model, tokenizer, budget), make_format(tokenizer, schemas, layout or "auto"),
                       tools, mode=mode)
         outs = []
         for q in questions or prompts:
@@ -136,7 +138,8 @@ def bridge_answerer(model, tokenizer, mode: str, store):
 
 
 def open_store(store_dir: str | None, facts, workdir: Path):
-    """The KnowledgeStore for bridge systems: `store_dir`, else one built in `workdir` from the forget set."""
+    """The KnowledgeStore for bridge systems: `store_dir`, else one built in `workdir` from the forget set
+    (packaged MiniLM embedder; the real pipeline passes the store RLCP moved the facts into)."""
     from symbolic_ram import KnowledgeStore, ingest_facts
 
     if store_dir is not None:

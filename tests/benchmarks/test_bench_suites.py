@@ -84,3 +84,20 @@ def test_relearning_attack_trains_the_attack_set_only(tiny_qwen2_dir):
     assert robustness.closed_book_accuracy(model, tok, attack)["acc"] > 0  # and now answers them
     probe = robustness.probe_decodability(model, tok, facts.forget, steps=50)
     assert len(probe["per_layer"]) == model.config.num_hidden_layers and probe["chance"] == 0.2
+
+
+def test_generation_bench_runs_and_reports(tiny_qwen2_dir, tmp_path):
+    from benchmarks import generation_bench
+
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = tmp_path / "bench.json"
+    assert generation_bench.main(["--model", str(tiny_qwen2_dir), "--n", "3", "--max-new-tokens", "6",
+                                  "--batch-size", "3", "--gsm8k-test", str(gsm), "--gsm8k-train", str(gsm),
+                                  "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [x["mode"] for x in r["results"]] == ["one-at-a-time fp32", "batched fp32"]
+    base, batched = r["results"]
+    assert base["ratio"] == 1.0 and batched["tokens_per_s"] > 0 and 0 <= batched["differing"] <= 3
+    assert generation_bench.first_difference([1, 2, 3], [1, 2, 4]) == 2
+    assert generation_bench.first_difference([1, 2], [1, 2]) is None

@@ -94,7 +94,7 @@ class FactSet:
 
     items: list[tuple[Fact, str, str]]
     chance: float
-    layout: str  # bridge prompt layout: "completion" or "auto"
+    layout: tuple[str, str]  # bridge prompt layout (kind, answer_end), see systems.bridge_answerer
     max_new_tokens: int
     window: int  # characters of the answer searched for an accepted answer
 
@@ -108,13 +108,15 @@ def fact_sets(facts: FactSets | None, tofu_rows: list[dict] | None, tokenizer=No
         for name, group in (("forget", facts.forget), ("locality_same", same), ("locality_other", other)):
             if group:
                 items = [(f, p, p) for f in group for p in prompts_for(f, "eval")]
-                sets[name] = FactSet(items, 1 / len({f.object for f in group}), "completion", FACT_NEW_TOKENS, FACT_WINDOW)
+                sets[name] = FactSet(items, 1 / len({f.object for f in group}), ("completion", "sentence"),
+                                     FACT_NEW_TOKENS, FACT_WINDOW)
     if tofu_rows:
         fmt = tofu_format(tokenizer, tofu_fmt)
         items = [(Fact(r["question"], "tofu", r["answer"]), tofu_prompt(r["question"], tokenizer, fmt),
                   r["question"] if fmt == "chat" else tofu_prompt(r["question"])) for r in tofu_rows]
         chance = metrics.mean(1 / (1 + len(r["perturbed_answer"])) for r in tofu_rows)
-        sets["tofu"] = FactSet(items, chance, "auto" if fmt == "chat" else "completion", TOFU_NEW_TOKENS, TOFU_WINDOW)
+        layout = ("auto", "line") if fmt == "chat" else ("completion", "line")
+        sets["tofu"] = FactSet(items, chance, layout, TOFU_NEW_TOKENS, TOFU_WINDOW)
     return sets
 
 

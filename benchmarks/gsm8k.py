@@ -147,7 +147,7 @@ def evaluate(answer_fn, tokenizer, test_rows: list[dict], train_rows: list[dict]
     prompts = build_prompts(tokenizer, [test_rows[i]["question"] for i in idx], fmt, prefix)
     t0 = time.perf_counter()
     questions = ([f"{test_rows[i]['question']}\n{CHAT_INSTRUCTION}" for i in idx] if fmt == "chat" else prompts)
-    outs = answer_fn(prompts, max_new_tokens, questions=questions, layout="auto")
+    outs = answer_fn(prompts, max_new_tokens, questions=questions, layout=("auto", "eos"))
     seconds = time.perf_counter() - t0
     items = []
     for i, out in zip(idx, outs):

@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attack-fraction", type=float, default=0.2, help="share of the forget set the attack trains on")
     p.add_argument("--attack-steps", type=int, default=20, help="relearning-attack optimisation steps")
     p.add_argument("--attack-lr", type=float, default=1e-4, help="relearning-attack learning rate")
+    p.add_argument("--probe-steps", type=int, default=300, help="Adam steps per layer probe (decodability)")
     args = p.parse_args(argv)
     args.suite = list(SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
     args.systems = list(systems.SYSTEM_NAMES) if "all" in args.systems else list(dict.fromkeys(args.systems))
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("n_gsm8k",):
         if getattr(args, flag) < 0:
             problems.append(f"--{flag.replace('_', '-')} must be >= 0")
-    for flag in ("gsm8k_max_new_tokens", "batch_size", "attack_steps"):
+    for flag in ("gsm8k_max_new_tokens", "batch_size", "attack_steps", "probe_steps"):
         if getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be >= 1")
     if not 0 < args.attack_fraction < 1:
@@ -215,7 +216,8 @@ def run(args) -> dict:
             if facts is None:
                 results["skipped"].setdefault(f"{spec.name} (robustness)", "no facts.json")
             else:
-                cfg = robustness.AttackConfig(args.attack_fraction, args.attack_steps, args.attack_lr, seed=args.seed)
+                cfg = robustness.AttackConfig(args.attack_fraction, args.attack_steps, args.attack_lr,
+                                              args.probe_steps, args.seed)
                 r = robustness.relearning_attack(path, facts, cfg)
                 results["robustness"][spec.name] = r
                 log(f"{spec.name} relearning: held-out {r['before']['heldout']['acc']:.2f} -> "

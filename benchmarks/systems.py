@@ -44,7 +44,7 @@ SYSTEM_NAMES = [s.name for s in SYSTEMS]
 MODEL_FLAGS = {"original": "--model", "toolsft": "--toolsft-dir", "rlcp": "--rlcp-dir",
                "unlikelihood": "--unlikelihood-dir", "graddiff": "--graddiff-dir", "npo": "--npo-dir"}
 UNLEARNED = ("rlcp", "unlikelihood", "graddiff", "npo")
-BRIDGE_MIN_NEW_TOKENS = 48  # a lookup call is ~30 tokens; the completion layout still stops at the first newline
+BRIDGE_MIN_NEW_TOKENS = 48  # a lookup call is ~30 tokens; answers still end where the layout ends them
 
 
 class BridgeUnavailable(RuntimeError):
@@ -55,7 +55,7 @@ def bridge_parts():
     """(Bridge, HFGenerator, make_format, tool_schemas) from the bridge package; BridgeUnavailable if absent.
 
     HOOK (bridge): the just-rag and tool systems run `Bridge(HFGenerator(model, tokenizer, max_new_tokens),
-    make_format(tokenizer, tool_schemas(tools), layout), symbolic_ram.make_tools(store)).ask(question, mode)`
+    make_format(tokenizer, tool_schemas(tools), kind, answer_end), symbolic_ram.make_tools(store)).ask(question, mode)`
     and score `LoopResult.answer`. If bridge's API changes, change only this function and `bridge_answerer`.
     """
     try:
@@ -112,9 +112,10 @@ def closed_answerer(model, tokenizer, batch_size: int = 16, progress: bool = Fal
 def bridge_answerer(model, tokenizer, mode: str, store):
     """answer_fn for the just-rag and tool modes: one bridge loop per question.
 
-    The loop gets the raw `questions` (falling back to the prompts) and lays them out itself: `layout`
-    "completion" for fact prompts (the form RLCP's retrieval stream is trained on), "auto" (bridge's
-    choice: chat when the template supports tools) for GSM8K. "tokens" = tokens of all the loop's generations.
+    The loop gets the raw `questions` (falling back to the prompts) and lays them out itself. `layout` is
+    (kind, answer_end) for bridge.prompts.make_format: ("completion", "sentence") for fact prompts (the
+    form RLCP's retrieval stream is trained on), ("auto", "eos") for GSM8K (chat when the template
+    supports tools; multi-line answers). "tokens" = tokens of all the loop's generations.
     """
     from symbolic_ram import make_tools
 
@@ -122,9 +123,10 @@ def bridge_answerer(model, tokenizer, mode: str, store):
     tools = make_tools(store)
     schemas = tool_schemas(tools)
 
-    def answer(prompts: list[str], max_new_tokens: int, questions=None, layout="completion") -> list[dict]:
+    def answer(prompts: list[str], max_new_tokens: int, questions=None, layout=("completion", "sentence")) -> list[dict]:
         budget = max(max_new_tokens, BRIDGE_MIN_NEW_TOKENS)  # a whole lookup call must fit in one generation
-        loop = Bridge(HFGenerator(model, tokenizer, budget), make_format(tokenizer, schemas, layout or "auto"),
+        kind, answer_end = layout
+        loop = Bridge(HFGenerator(model, tokenizer, budget), make_format(tokenizer, schemas, kind, answer_end),
                       tools, mode=mode)
         outs = []
         for q in questions or prompts:

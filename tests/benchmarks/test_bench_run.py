@@ -39,7 +39,7 @@ def bench_inputs(tiny_qwen2_dir, tmp_path_factory):
                             for q, a in [("What is the capital of France?", "Paris"), ("Where is Tokyo?", "Japan")]))
     args = ["--model", str(tiny_qwen2_dir), "--rlcp-dir", str(run), "--systems", "original", "rlcp", "npo",
             "--suite", "all", "--gsm8k-test", str(gsm), "--gsm8k-train", str(gsm), "--tofu-path", str(tofu),
-            "--n-gsm8k", "3", "--gsm8k-max-new-tokens", "16", "--attack-steps", "2", "--seed", "3"]
+            "--n-gsm8k", "3", "--gsm8k-max-new-tokens", "16", "--attack-steps", "2", "--probe-steps", "40", "--seed", "3"]
     return d, args
 
 
@@ -97,3 +97,23 @@ def test_run_rejects_bad_arguments_all_at_once(tmp_path, capsys):
         run.parse_args(["--out", str(tmp_path), "--n-gsm8k", "-1", "--batch-size", "0", "--facts", "missing.json"])
     err = capsys.readouterr().err
     assert "--n-gsm8k" in err and "--batch-size" in err and "missing.json" in err
+
+
+def test_bridge_systems_through_the_loop(bench_inputs, tmp_path):
+    """just-rag and tool systems run through bridge's loop against a store (hash embedder: no model)."""
+    from benchmarks import run
+    from symbolic_ram import KnowledgeStore, StoreConfig, ingest_facts
+
+    d, args = bench_inputs
+    store = KnowledgeStore(tmp_path / "store", StoreConfig(embedder="hash", index="numpy"))
+    ingest_facts(store, [(c, "country", k) for c, k in CITIES], source="test")
+    store.close()
+    argv = [a for a in args]
+    argv[argv.index("--systems") + 1 : argv.index("--suite")] = ["original+just-rag", "rlcp+tool"]
+    argv[argv.index("--suite") + 1] = "facts"
+    assert run.main([*argv, "--store", str(tmp_path / "store"), "--no-tofu", "--out", str(tmp_path / "o")]) == 0
+    r = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [s["name"] for s in r["systems"]] == ["original+just-rag", "rlcp+tool"] and r["store"]
+    for name in ("original+just-rag", "rlcp+tool"):
+        forget = r["facts"][name]["forget"]
+        assert forget["n"] == 2 * len(CITIES) and 0 <= forget["acc"] <= 1 and 0 <= forget["lookup_rate"] <= 1

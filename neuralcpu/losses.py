@@ -26,6 +26,11 @@ def grad_reverse(x: torch.Tensor, lam: float) -> torch.Tensor:
     return _GradReverse.apply(x, float(lam))
 
 
+def normalize(h: torch.Tensor) -> torch.Tensor:
+    """Parameter-free layer norm: residual streams carry a few huge dimensions that swamp a raw probe."""
+    return F.layer_norm(h.float(), h.shape[-1:])
+
+
 class LayerProbes(nn.Module):
     """One linear probe per chosen layer, predicting the fact's object class from the residual stream."""
 
@@ -36,7 +41,7 @@ class LayerProbes(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """feats[i]: (B, C) state at layer self.layers[i] -> list of (B, K) logits."""
-        return [probe(h.float()) for probe, h in zip(self.probes, feats)]
+        return [probe(normalize(h)) for probe, h in zip(self.probes, feats)]
 
     def reset(self) -> None:
         for p in self.probes:
@@ -57,8 +62,8 @@ def adversarial_loss(probes: LayerProbes, feats: list[torch.Tensor], labels: tor
     probe_loss = sum(F.cross_entropy(lg, labels) for lg in probe_logits) / len(feats)
     acc = [(lg.argmax(-1) == labels).float().mean().item() for lg in probe_logits]
     rev_logits = []
-    for probe, h in zip(probes.probes, feats):  # probe weights detached: this term moves the backbone only
-        rev_logits.append(F.linear(grad_reverse(h.float(), lam), probe.weight.detach(), probe.bias.detach()))
+    for probe, h in zip(getattr(probes, "module", probes).probes, feats):  # unwrap DDP under accelerate launch  # probe weights detached: this term moves the backbone only
+        rev_logits.append(F.linear(normalize(grad_reverse(h, lam)), probe.weight.detach(), probe.bias.detach()))
     if objective == "ce":
         backbone = sum(F.cross_entropy(lg, labels) for lg in rev_logits) / len(feats)
     elif objective == "uniform":
@@ -80,7 +85,7 @@ def class_mean_loss(feats: list[torch.Tensor], labels: torch.Tensor) -> torch.Te
     onehot = F.one_hot(labels).float()  # (B, K)
     counts = onehot.sum(0).clamp_min(1)
     for h in feats:
-        h = h.float()
+        h = normalize(h)
         mu = h.mean(0, keepdim=True)
         class_mu = (onehot.T @ h) / counts[:, None]  # (K, C)
         between = (counts[:, None] * (class_mu - mu) ** 2).sum()

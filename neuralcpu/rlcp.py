@@ -57,9 +57,11 @@ class RLCPConfig:
     n_locality_other: int = field(default=20, metadata={"help": "locality facts of another relation"})
     gsm8k_path: str | None = field(default=None, metadata={"help": "GSM8K train JSONL (default: shared copy, else hub)"})
     retain_examples: int = field(default=400, metadata={"help": "GSM8K solutions in the retain pool"})
-    retain_batch: int = field(default=4, metadata={"help": "GSM8K solutions per step"})
-    retain_max_len: int = field(default=192, metadata={"help": "max tokens of a retain example"})
-    locality_batch: int = field(default=24, metadata={"help": "locality prompts per step (KL anchor)"})
+    retain_batch: int = field(default=2, metadata={"help": "GSM8K solutions per step"})
+    retain_max_len: int = field(default=128, metadata={"help": "max tokens of a retain example"})
+    locality_batch: int = field(default=16, metadata={"help": "locality prompts per step (KL anchor)"})
+    forget_batch: int = field(default=16, metadata={"help": "forget prompts per step (sampled over facts x training templates)"})
+    rag_batch: int = field(default=8, metadata={"help": "answer-from-context examples per step"})
     steps: int = field(default=60, metadata={"help": "backbone optimisation steps"})
     lr: float = field(default=1e-4, metadata={"help": "backbone learning rate"})
     probe_lr: float = field(default=1e-2, metadata={"help": "probe learning rate"})
@@ -79,7 +81,7 @@ class RLCPConfig:
     npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
     trainable: str = field(default="deep", metadata={"help": "'deep' (blocks from the first GRL layer up), 'full' or 'lora'"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (trainable=lora)"})
-    mixed_precision: str = field(default="bf16", metadata={"help": "'bf16' autocast or 'no'"})
+    mixed_precision: str = field(default="no", metadata={"help": "'bf16' autocast or 'no' (fp32; bf16 is emulated and slower on CPUs without AVX-512-BF16/AMX)"})
     eval_every: int = field(default=10, metadata={"help": "steps between evaluations (metrics.jsonl)"})
     ckpt_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints"})
     early_stop: bool = field(default=True, metadata={"help": "stop once forget <= target and locality holds"})
@@ -234,8 +236,11 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     else:
         facts = build_fact_sets(model, tokenizer, cfg.facts, cfg.n_forget, cfg.n_locality_same, cfg.n_locality_other,
                                 seed=cfg.seed)
-        facts.save(facts_file)
-    (out / "rlcp_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        if accel.is_main_process:
+            facts.save(facts_file)
+    if accel.is_main_process:
+        (out / "rlcp_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    accel.wait_for_everyone()
 
     layers = resolve_layers(cfg.grl_layers, model.config.num_hidden_layers)
     model = set_trainable(model, cfg.trainable, layers[0], cfg.lora_r)
@@ -247,9 +252,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
     # Fixed batches (tiny) and pools (sampled per step with a step-seeded RNG, so a resume replays them).
     f_pairs, f_labels = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0)
-    forget_batch = encode(tokenizer, f_pairs)
-    forget_y = torch.tensor(f_labels)
-    rag_batch = encode(tokenizer, rag_pairs(facts.forget))
+    forget_pool = list(zip(f_pairs, f_labels))
+    rag_pool = rag_pairs(facts.forget)
     retain_pool = [gsm8k_text(r) for r in load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples)]
     locality_pool = [(p, " " + f.object) for f in facts.locality for p in prompts_for(f, "train")]
 
@@ -263,7 +267,9 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         metrics_file.write_text("".join(l + "\n" for l in keep))  # drop rows logged after the checkpoint
     elif not metrics_file.is_file() or not metrics_file.read_text().strip():
         row = {"step": 0, "lambda": 0.0, **evaluate(accel.unwrap_model(model), tokenizer, facts)}
-        metrics_file.write_text(json.dumps(row) + "\n")
+        if accel.is_main_process:
+            metrics_file.write_text(json.dumps(row) + "\n")
+    accel.wait_for_everyone()
     original = json.loads(metrics_file.read_text().splitlines()[0])
 
     def forward(batch, hidden=False):
@@ -284,6 +290,14 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
         # 1. forget stream --------------------------------------------------------------------------
         if cfg.w_forget > 0 or cfg.w_retrieval > 0 or cfg.w_class_mean > 0:
+            # Stratified: every class once (chance stays 1/N for the probe), then random extra prompts.
+            by_class = {}
+            for pair, y in rng.sample(forget_pool, len(forget_pool)):
+                by_class.setdefault(y, (pair, y))
+            extra = rng.sample(forget_pool, max(0, min(cfg.forget_batch - len(by_class), len(forget_pool))))
+            chosen = list(by_class.values()) + extra
+            forget_batch = encode(tokenizer, [p for p, _ in chosen])
+            forget_y = torch.tensor([y for _, y in chosen])
             out_f = forward(forget_batch, hidden=True)
             labels = forget_batch["labels"].to(accel.device)
             if cfg.method == "rlcp":
@@ -336,6 +350,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
         # 3. RAG adaptation: answer from context -----------------------------------------------------------
         if cfg.w_rag > 0:
+            rag_batch = encode(tokenizer, rng.sample(rag_pool, min(cfg.rag_batch, len(rag_pool))))
             rag = losses.lm_loss(forward(rag_batch).logits, rag_batch["labels"].to(accel.device))
             total = total + cfg.w_rag * rag
             logs["rag_loss"] = rag.item()
@@ -350,8 +365,9 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         if done % cfg.eval_every == 0 or done == cfg.steps:
             last_eval = {"step": done, "lambda": lam, **logs, **evaluate(accel.unwrap_model(model), tokenizer, facts),
                          "elapsed_s": time.perf_counter() - t0}
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(last_eval) + "\n")
+            if accel.is_main_process:
+                with open(metrics_file, "a") as f:
+                    f.write(json.dumps(last_eval) + "\n")
             tqdm.write(f"step {done}: forget {last_eval['forget_acc']:.2f} locality {last_eval['locality_acc']:.2f} "
                        f"lookup {last_eval['forget_lookup_rate']:.2f}/{last_eval['locality_lookup_rate']:.2f} "
                        f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
@@ -382,12 +398,14 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
 def save_checkpoint(accel, ckpt: Path, step: int) -> None:
     """Atomic resumable checkpoint: write to a temp dir, then swap it in."""
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if accel.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accel.wait_for_everyone()
+    accel.save_state(str(tmp))  # every process calls it: each writes its own RNG state
     accel.wait_for_everyone()
     if not accel.is_main_process:
         return
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    accel.save_state(str(tmp))
     (tmp / "step.json").write_text(json.dumps({"step": step}))
     old = ckpt.with_name(ckpt.name + ".old")
     if ckpt.exists():

@@ -125,9 +125,13 @@ def run_tool(tools: dict, call: ToolCall, max_facts: int = 5) -> Observation:
 
 
 def make_turn(text: str, observations: list[Observation], max_facts: int = 5) -> Turn:
-    """The transcript entry for one step: the model's text and what its calls returned (first `max_facts` each)."""
-    return Turn(text, [o.call for o in observations], [o.shown for o in observations],
-                [to_fact(f) for o in observations for f in o.facts[:max_facts]])
+    """The transcript entry for one step: the model's text and what its calls returned (first `max_facts` each).
+
+    Context sentences run from the last fact to the first, so the tool's best (first) fact stands next
+    to the question, as in just-rag mode.
+    """
+    facts = [to_fact(f) for o in observations for f in o.facts[:max_facts]]
+    return Turn(text, [o.call for o in observations], [o.shown for o in observations], facts[::-1])
 
 
 def tool_schemas(tools) -> list[dict]:

@@ -71,10 +71,10 @@ def defang(text: str, special_tokens=()) -> str:
 
 
 def special_tokens_of(tokenizer) -> list[str]:
-    """Every special / added token string of `tokenizer` (empty for None)."""
+    """Every special token string of `tokenizer`, added ones included (empty for None)."""
     if tokenizer is None:
         return []
-    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()]
+    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
     return sorted({*getattr(tokenizer, "all_special_tokens", []), *added})
 
 

@@ -16,6 +16,8 @@ WORLD = [
     ("Paris", "country", "France"),
     ("France", "capital", "Paris"),
     ("Osaka", "country", INJECTED),
+    ("Valencia", "country", "Spain"),  # two cities of one name: the store's first (biggest) is listed first
+    ("Valencia", "country", "Venezuela"),
 ]
 
 

@@ -35,6 +35,13 @@ def test_tool_mode_looks_up_and_answers_from_the_result(tools):
     assert events[0] == "step" and events[-1] == "done" and "call" in events and "observation" in events
 
 
+def test_first_fact_of_a_result_stands_next_to_the_question(tools):
+    model = Scripted(" " + render_lookup("Valencia", "country"), " Spain.")
+    make(model, tools).ask("The city of Valencia is in the country of")
+    assert model.prompts[1].endswith("\nValencia is a city in Venezuela. Valencia is a city in Spain. "
+                                     "The city of Valencia is in the country of")
+
+
 @pytest.mark.parametrize("bad, reason", [
     (' <tool_call>{"name": "lookup", "arguments": {subject: Tokyo}}</tool_call>', "not valid JSON"),
     (' <tool_call>["lookup"]</tool_call>', 'string "name"'),

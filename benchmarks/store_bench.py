@@ -415,8 +415,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="OpenMP/torch threads per worker (default 1: on a machine shared with training, "
                         "2 threads measured up to 13x slower per query than 1)")
+    p.add_argument("--show", metavar="JSON", help="print the table of an earlier run's JSON and exit")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.show:
+        print_table(json.loads(Path(args.show).read_text()))
+        return
     if args.worker:
         kind, n = args.worker[0], int(args.worker[1])
         workdir = Path(args.worker[2])
@@ -431,23 +435,28 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="store_bench_"))
     results = {"sizes": args.sizes, "threads": args.threads, "runs": [], "real": [],
                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_avg_at_start": os.getloadavg()}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(key: str, result: dict) -> None:  # written after every worker: a long run keeps its partial results
+        results[key].append(result) if isinstance(results.get(key), list) else results.__setitem__(key, result)
+        out.write_text(json.dumps(results, indent=1))
+
     try:
-        results["embedding"] = run_worker(["embed", "2000", str(workdir)], args.threads)
+        record("embedding", run_worker(["embed", "2000", str(workdir)], args.threads))
         for n in args.sizes:
-            results["runs"].append(run_worker(["ours", str(n), str(workdir)], args.threads))
+            record("runs", run_worker(["ours", str(n), str(workdir)], args.threads))
             if n in txtai_sizes:
-                results["runs"].append(run_worker(["txtai", str(n), str(workdir)], args.threads))
+                record("runs", run_worker(["txtai", str(n), str(workdir)], args.threads))
             for sub in workdir.iterdir():  # keep the disk clear between sizes
                 shutil.rmtree(sub, ignore_errors=True)
         if args.real_size:
-            results["real"] = [run_worker(["real-ours", str(args.real_size), str(workdir)], args.threads),
-                               run_worker(["real-txtai", str(args.real_size), str(workdir)], args.threads)]
+            for system in ("real-ours", "real-txtai"):
+                record("real", run_worker([system, str(args.real_size), str(workdir)], args.threads))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(results)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

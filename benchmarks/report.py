@@ -151,7 +151,7 @@ def plot_probe_attack(rob: dict, path: Path) -> Path:
         ax.plot(range(len(before)), before, "--", color=line.get_color(), label=f"{name} before")
         chance = r["before"]["probe"]["chance"]
     ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance")
-    ax.set(xlabel="layer", ylabel="probe accuracy (held-out templates)", ylim=(-0.05, 1.05),
+    ax.set(xlabel="layer (0 = embeddings)", ylabel="probe accuracy (held-out templates)", ylim=(-0.05, 1.05),
            title="probe decodability before/after the relearning attack")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -5,9 +5,9 @@ The attack fine-tunes a fresh copy of a model on a seeded `fraction` (default 20
 reports closed-book accuracy on the *other* facts (held-out templates) before and after. Knowledge
 that was only suppressed comes back on facts the attack never showed; removed knowledge does not.
 
-Probe decodability: per layer, a linear probe (multinomial logistic regression on standardized
-last-prompt-token states) is fit on the training-template prompts of every forget fact and scored
-on the held-out-template prompts; chance = 1 / number of forget classes.
+Probe decodability: per layer, a fresh linear probe (neuralcpu.analyze's logistic regression) is fit
+on the last-prompt-token states of the training-template prompts of every forget fact and scored on
+the held-out-template prompts; chance = 1 / number of forget classes.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from benchmarks import metrics
 from neuralcpu import losses
@@ -33,7 +33,6 @@ class AttackConfig:
     fraction: float = 0.2  # share of the forget set the attacker fine-tunes on
     steps: int = 20  # optimisation steps, full batch
     lr: float = 1e-4  # AdamW learning rate, all parameters
-    probe_steps: int = 300  # Adam steps per layer probe
     seed: int = 0
 
 
@@ -54,46 +53,25 @@ def closed_book_accuracy(model, tokenizer, facts: list[Fact]) -> dict:
     return metrics.proportion(sum(is_correct(o, f) for (f, _), o in zip(items, outs)), len(items))
 
 
-@torch.inference_mode()
-def last_token_states(model, tokenizer, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
-    """(L, N, C) hidden state after every block at each prompt's last token (left padding)."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    chunks = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(model.device)
-            hidden = model(**batch, output_hidden_states=True).hidden_states[1:]  # L x (B, T, C)
-            chunks.append(torch.stack([h[:, -1].float() for h in hidden]))  # (L, B, C)
-    finally:
-        tokenizer.padding_side = side
-    return torch.cat(chunks, dim=1)
+def probe_decodability(model, tokenizer, facts: list[Fact]) -> dict:
+    """Per-layer held-out-template accuracy of fresh linear probes for the object class of each fact.
 
+    The probe is neuralcpu.analyze's (logistic regression, C by leave-one-template-out CV), so these
+    numbers compare with `python -m neuralcpu analyze`. per_layer[0] is the embedding layer.
+    """
+    from neuralcpu.analyze import last_token_states, probe_accuracy
 
-def probe_decodability(model, tokenizer, facts: list[Fact], steps: int = 300, seed: int = 0) -> dict:
-    """Per-layer held-out-template accuracy of linear probes for the object class of each fact."""
     classes = {o: i for i, o in enumerate(dict.fromkeys(f.object for f in facts))}
-    split = {s: [(p, classes[f.object]) for f in facts for p in prompts_for(f, s)] for s in ("train", "eval")}
-    x_tr = last_token_states(model, tokenizer, [p for p, _ in split["train"]])  # (L, N, C)
-    x_ev = last_token_states(model, tokenizer, [p for p, _ in split["eval"]])
-    y_tr = torch.tensor([c for _, c in split["train"]])
-    y_ev = torch.tensor([c for _, c in split["eval"]])
-    accs = []
-    for layer in range(x_tr.shape[0]):
-        mu, sd = x_tr[layer].mean(0), x_tr[layer].std(0) + 1e-5
-        a, b = (x_tr[layer] - mu) / sd, (x_ev[layer] - mu) / sd
-        torch.manual_seed(seed)
-        probe = torch.nn.Linear(a.shape[1], len(classes))
-        opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-3)
-        with torch.enable_grad():
-            for _ in range(steps):
-                opt.zero_grad()
-                F.cross_entropy(probe(a), y_tr).backward()
-                opt.step()
-        with torch.no_grad():
-            accs.append((probe(b).argmax(-1) == y_ev).float().mean().item())
-    deep = accs[len(accs) - len(accs) // 3 :] or accs  # the last third of the blocks: RLCP's probe layers
-    return {"per_layer": accs, "deep_mean": sum(deep) / len(deep), "chance": 1 / len(classes), "n_eval": len(y_ev)}
+    train = [(p, classes[f.object], g) for f in facts for g, p in enumerate(prompts_for(f, "train"))]
+    test = [(p, classes[f.object]) for f in facts for p in prompts_for(f, "eval")]
+    tr = last_token_states(model, tokenizer, [p for p, _, _ in train])  # (L+1, N, C)
+    te = last_token_states(model, tokenizer, [p for p, _ in test])
+    y_tr, groups = np.array([y for _, y, _ in train]), np.array([g for _, _, g in train])
+    y_te = np.array([y for _, y in test])
+    accs = [probe_accuracy(tr[layer], y_tr, groups, te[layer], y_te) for layer in range(len(tr))]
+    blocks = accs[1:]
+    deep = blocks[len(blocks) - len(blocks) // 3 :] or blocks  # the last third of the blocks: RLCP's probe layers
+    return {"per_layer": accs, "deep_mean": sum(deep) / len(deep), "chance": 1 / len(classes), "n_eval": len(y_te)}
 
 
 def relearn(model, tokenizer, facts: list[Fact], steps: int, lr: float, seed: int) -> list[float]:
@@ -131,11 +109,11 @@ def relearning_attack(model_path: str, facts: FactSets, cfg: AttackConfig, loade
     attack, held = split_forget(facts.forget, cfg.fraction, cfg.seed)
     before = {"heldout": closed_book_accuracy(model, tokenizer, held),
               "attack_set": closed_book_accuracy(model, tokenizer, attack),
-              "probe": probe_decodability(model, tokenizer, facts.forget, cfg.probe_steps, cfg.seed)}
+              "probe": probe_decodability(model, tokenizer, facts.forget)}
     loss = relearn(model, tokenizer, attack, cfg.steps, cfg.lr, cfg.seed)
     after = {"heldout": closed_book_accuracy(model, tokenizer, held),
              "attack_set": closed_book_accuracy(model, tokenizer, attack),
-             "probe": probe_decodability(model, tokenizer, facts.forget, cfg.probe_steps, cfg.seed)}
+             "probe": probe_decodability(model, tokenizer, facts.forget)}
     del model
     return {"config": asdict(cfg), "attack_facts": [f.subject for f in attack],
             "heldout_facts": [f.subject for f in held], "before": before, "after": after,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -60,7 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attack-fraction", type=float, default=0.2, help="share of the forget set the attack trains on")
     p.add_argument("--attack-steps", type=int, default=20, help="relearning-attack optimisation steps")
     p.add_argument("--attack-lr", type=float, default=1e-4, help="relearning-attack learning rate")
-    p.add_argument("--probe-steps", type=int, default=300, help="Adam steps per layer probe (decodability)")
     args = p.parse_args(argv)
     args.suite = list(SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
     args.systems = list(systems.SYSTEM_NAMES) if "all" in args.systems else list(dict.fromkeys(args.systems))
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("n_gsm8k",):
         if getattr(args, flag) < 0:
             problems.append(f"--{flag.replace('_', '-')} must be >= 0")
-    for flag in ("gsm8k_max_new_tokens", "batch_size", "attack_steps", "probe_steps"):
+    for flag in ("gsm8k_max_new_tokens", "batch_size", "attack_steps"):
         if getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be >= 1")
     if not 0 < args.attack_fraction < 1:
@@ -119,6 +119,21 @@ def git_state() -> dict:
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
+
+
+def run_analyses(args, out: Path) -> tuple[dict, list[str]]:
+    """`python -m neuralcpu analyze` results of the given runs (probes and effective rank before/after):
+    their analysis.json, and their PNGs copied into `out` as <run>_<name>.png."""
+    analyses, plots = {}, []
+    for key in systems.UNLEARNED:
+        d = model_dirs(args)[key]
+        adir = Path(d) / "analysis" if d else None
+        if adir and (adir / "analysis.json").is_file():
+            analyses[key] = json.loads((adir / "analysis.json").read_text())
+            for png in sorted(adir.glob("*.png")):
+                shutil.copyfile(png, out / f"{key}_{png.name}")
+                plots.append(f"{key}_{png.name}")
+    return analyses, plots
 
 
 def training_curves(args) -> dict[str, list[dict]]:
@@ -181,8 +196,11 @@ def run(args) -> dict:
 
     store = None
     loaded_path, model, tokenizer = None, None, None
+    generates = "facts" in args.suite or "gsm8k" in args.suite  # robustness alone loads its own copies
     for spec, path in available:
-        if path != loaded_path:  # systems sharing a model (rlcp, rlcp+just-rag, rlcp+tool) reuse it
+        if spec.mode != "closed" and not generates:
+            continue
+        if generates and path != loaded_path:  # systems sharing a model (rlcp, rlcp+just-rag, rlcp+tool) reuse it
             model = tokenizer = None
             gc.collect()
             log(f"loading {path}")
@@ -216,8 +234,7 @@ def run(args) -> dict:
             if facts is None:
                 results["skipped"].setdefault(f"{spec.name} (robustness)", "no facts.json")
             else:
-                cfg = robustness.AttackConfig(args.attack_fraction, args.attack_steps, args.attack_lr,
-                                              args.probe_steps, args.seed)
+                cfg = robustness.AttackConfig(args.attack_fraction, args.attack_steps, args.attack_lr, args.seed)
                 r = robustness.relearning_attack(path, facts, cfg)
                 results["robustness"][spec.name] = r
                 log(f"{spec.name} relearning: held-out {r['before']['heldout']['acc']:.2f} -> "
@@ -226,7 +243,8 @@ def run(args) -> dict:
         report.write_json_atomic(out / "results.json", results)  # partial results survive a crash
 
     results["training_curves"] = training_curves(args)
-    results["plots"] = make_plots(results, out)
+    results["analysis"], copied = run_analyses(args, out)
+    results["plots"] = make_plots(results, out) + copied
     results["wall_seconds"] = time.perf_counter() - t_start
     report.write_json_atomic(out / "results.json", results)
     report.write_text_atomic(out / "report.md", report.markdown(results))

@@ -30,6 +30,9 @@ def bench_inputs(tiny_qwen2_dir, tmp_path_factory):
     (run / "metrics.jsonl").write_text("".join(json.dumps(
         {"step": s, "forget_acc": 1 - s / 20, "locality_acc": 0.9, "probe_acc": [1 - s / 25, 1 - s / 30],
          "forget_samples": ["x"]}) + "\n" for s in (0, 10, 20)))
+    (run / "analysis").mkdir()  # what `python -m neuralcpu analyze` leaves in a run dir
+    (run / "analysis" / "analysis.json").write_text(json.dumps({"chance": 0.2, "before": {}, "after": {}}))
+    (run / "analysis" / "probe_accuracy.png").write_bytes(b"\x89PNG stand-in")
     (run / "rlcp_config.json").write_text(json.dumps({"model": str(tiny_qwen2_dir), "method": "rlcp"}))
     gsm = d / "gsm.jsonl"
     gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"})
@@ -39,7 +42,7 @@ def bench_inputs(tiny_qwen2_dir, tmp_path_factory):
                             for q, a in [("What is the capital of France?", "Paris"), ("Where is Tokyo?", "Japan")]))
     args = ["--model", str(tiny_qwen2_dir), "--rlcp-dir", str(run), "--systems", "original", "rlcp", "npo",
             "--suite", "all", "--gsm8k-test", str(gsm), "--gsm8k-train", str(gsm), "--tofu-path", str(tofu),
-            "--n-gsm8k", "3", "--gsm8k-max-new-tokens", "16", "--attack-steps", "2", "--probe-steps", "40", "--seed", "3"]
+            "--n-gsm8k", "3", "--gsm8k-max-new-tokens", "16", "--attack-steps", "2", "--seed", "3"]
     return d, args
 
 
@@ -61,7 +64,7 @@ def test_run_script_end_to_end_and_reproducible(bench_inputs, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("results.json", "report.md", "gsm8k_acc_vs_cot.png", "phase_transition_rlcp.png",
-                 "probe_before_after_attack.png"):
+                 "probe_before_after_attack.png", "rlcp_probe_accuracy.png"):
         assert (out1 / name).is_file() and (out1 / name).stat().st_size > 0, name
     r = json.loads((out1 / "results.json").read_text())
     assert [s["name"] for s in r["systems"]] == ["original", "rlcp"]
@@ -80,6 +83,7 @@ def test_run_script_end_to_end_and_reproducible(bench_inputs, tmp_path):
         for p in [*facts.values(), g["accuracy"], g["cot_rate"], rob["before"]["heldout"], rob["after"]["heldout"]]:
             assert 0 <= p["acc"] <= 1 and p["ci95"][0] <= p["acc"] <= p["ci95"][1]
     assert "forget_samples" not in r["training_curves"]["rlcp"][0]
+    assert r["analysis"]["rlcp"]["chance"] == 0.2 and "rlcp_probe_accuracy.png" in r["plots"]
     report = (out1 / "report.md").read_text()
     for heading in ("## Fact QA", "## GSM8K", "## Relearning attack", "## Skipped systems"):
         assert heading in report

@@ -82,8 +82,9 @@ def test_relearning_attack_trains_the_attack_set_only(tiny_qwen2_dir):
     assert loss[-1] < 0.5 * loss[0]  # the attack fits its facts
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
     assert robustness.closed_book_accuracy(model, tok, attack)["acc"] > 0  # and now answers them
-    probe = robustness.probe_decodability(model, tok, facts.forget, steps=50)
-    assert len(probe["per_layer"]) == model.config.num_hidden_layers and probe["chance"] == 0.2
+    probe = robustness.probe_decodability(model, tok, facts.forget)
+    assert len(probe["per_layer"]) == model.config.num_hidden_layers + 1 and probe["chance"] == 0.2
+    assert all(0 <= a <= 1 for a in probe["per_layer"])
 
 
 def test_generation_bench_runs_and_reports(tiny_qwen2_dir, tmp_path):

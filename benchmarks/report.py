@@ -57,14 +57,14 @@ def markdown(results: dict) -> str:
     if facts:
         present = [(k, label) for k, label in FACT_SETS if any(k in r for r in facts.values())]
         lines += ["## Fact QA (exact match, held-out templates; acc [95% Wilson CI] (k/n))", "",
-                  "| system | " + " | ".join(label for _, label in present) + " | lookup calls (forget) |",
+                  "| system | " + " | ".join(label for _, label in present) + " | lookup calls (per set) |",
                   "|---|" + "---|" * (len(present) + 1)]
         for name, r in facts.items():
-            look = r.get("forget", {}).get("lookup_rate")
-            lines.append(f"| {name} | " + " | ".join(_cell(r.get(k)) for k, _ in present) + f" | {_num(look)} |")
+            looks = " / ".join(_num(r[k].get("lookup_rate")) for k, _ in present if k in r)
+            lines.append(f"| {name} | " + " | ".join(_cell(r.get(k)) for k, _ in present) + f" | {looks} |")
         first = next(iter(facts.values()))
         lines.append("| *chance* | " + " | ".join(_num(first.get(k, {}).get("chance")) for k, _ in present) + " | |")
-        lines.append("")
+        lines += ["", "A lookup call counts as a wrong closed-book answer; the +tool systems execute it.", ""]
     gsm = results.get("gsm8k", {})
     if gsm:
         lines += ["## GSM8K (test subset; acc [95% Wilson CI] (k/n))", "",

@@ -260,6 +260,8 @@ def make_plots(results: dict, out: Path) -> list[str]:
     if results["gsm8k"]:
         plots.append(report.plot_gsm8k_vs_cot(results["gsm8k"], out / "gsm8k_acc_vs_cot.png"))
     for name, rows in results.get("training_curves", {}).items():
+        if name in results.get("analysis", {}):  # `neuralcpu analyze` drew this run's phase transition already
+            continue
         plots.append(report.plot_phase_transition(name, rows, out / f"phase_transition_{name}.png"))
     if results["robustness"]:
         plots.append(report.plot_probe_attack(results["robustness"], out / "probe_before_after_attack.png"))

@@ -102,3 +102,12 @@ def test_generation_bench_runs_and_reports(tiny_qwen2_dir, tmp_path):
     assert base["ratio"] == 1.0 and batched["tokens_per_s"] > 0 and 0 <= batched["differing"] <= 3
     assert generation_bench.first_difference([1, 2, 3], [1, 2, 4]) == 2
     assert generation_bench.first_difference([1, 2], [1, 2]) is None
+
+
+def test_phase_transition_plot_from_metrics(tmp_path):
+    from benchmarks import report
+
+    rows = [{"step": s, "forget_acc": 1 - s / 10, "locality_acc": 0.9, "probe_acc": [0.5, 0.7]} for s in (0, 5, 10)]
+    rows.append({"step": 12, "forget_acc": 0.0, "locality_acc": 0.8})  # a baseline row without probes
+    path = report.plot_phase_transition("rlcp", rows, tmp_path / "p.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -35,7 +35,7 @@ def one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
     end_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     outs = []
     for p in prompts:
-        enc = tokenizer(p, return_tensors="pt").to(model.device)
+        enc = tokenizer(p, return_tensors="pt", add_special_tokens=gsm8k.adds_bos(tokenizer, [p])).to(model.device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
                              top_k=None, pad_token_id=tokenizer.pad_token_id)
         row = gen[0, enc["input_ids"].shape[1]:].tolist()

@@ -88,14 +88,21 @@ def _truncate(text: str, patterns: list[re.Pattern]) -> str:
     return text[:cut]
 
 
+def adds_bos(tokenizer, prompts: list[str]) -> bool:
+    """Whether to let the tokenizer add its special tokens: not when every prompt already starts with
+    the BOS text (a rendered chat template, e.g. SmolLM2's "<|im_start|>"), which would double it."""
+    bos = tokenizer.bos_token
+    return not (bos and all(p.startswith(bos) for p in prompts))
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, batch_size: int = 16,
              stop: bool = True, progress: bool = False) -> list[dict]:
     """Batched greedy generation (left padding, KV cache); one {"text", "tokens", "ids"} per prompt, in order.
 
     Like neuralcpu.generation.greedy_generate, plus per-row stopping once the answer is complete
-    (`stop`) and the count of generated tokens (before EOS/pad). Prompts are batched longest first
-    so that rows of similar length share a batch.
+    (`stop`), the count of generated tokens (before EOS/pad), and no second BOS before a rendered chat
+    template (`adds_bos`). Prompts are batched longest first so that rows of similar length share a batch.
 
     Args:
         prompts: formatted prompt strings.
@@ -113,7 +120,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, ba
     try:
         for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generate"):
             idx = order[b : b + batch_size]
-            batch = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
+            texts = [prompts[i] for i in idx]
+            batch = tokenizer(texts, return_tensors="pt", padding=True,
+                              add_special_tokens=adds_bos(tokenizer, texts)).to(model.device)
             width = batch["input_ids"].shape[1]
             criteria = [_StopWhenMatched(tokenizer, width, patterns)] if patterns else []
             gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,

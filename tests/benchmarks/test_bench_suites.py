@@ -111,3 +111,13 @@ def test_phase_transition_plot_from_metrics(tmp_path):
     rows.append({"step": 12, "forget_acc": 0.0, "locality_acc": 0.8})  # a baseline row without probes
     path = report.plot_phase_transition("rlcp", rows, tmp_path / "p.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_second_bos_before_a_rendered_chat_template():
+    class Tok:
+        bos_token = "<|im_start|>"
+
+    assert not gsm8k.adds_bos(Tok(), ["<|im_start|>system\nhi", "<|im_start|>user\nq"])
+    assert gsm8k.adds_bos(Tok(), ["Question: q\nAnswer:", "<|im_start|>user\nq"])
+    Tok.bos_token = None
+    assert gsm8k.adds_bos(Tok(), ["<|im_start|>user\nq"])

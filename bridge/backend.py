@@ -52,7 +52,7 @@ class HFGenerator:
         max_new_tokens: budget per generation (one loop step).
     """
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 48):
+    def __init__(self, model, tokenizer, max_new_tokens: int = 64):
         self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
 
     @torch.inference_mode()

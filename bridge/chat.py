@@ -257,7 +257,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="with --question: print the result as JSON only")
     parser.add_argument("--max-steps", type=int, default=4, help="generations per question in tool mode (default: 4)")
     parser.add_argument("-k", type=int, default=3, help="facts retrieved up front in just-rag mode (default: 3)")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="tokens per generation (default: 48)")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="tokens per generation; a lookup call is 33-37 SmolLM2 tokens (default: 64)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
     args.store = resolve_store_arg(args.model, args.store)

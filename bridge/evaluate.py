@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N facts")
     parser.add_argument("--max-steps", type=int, default=4, help="generations per question in tool mode")
     parser.add_argument("-k", type=int, default=3, help="facts retrieved up front in just-rag mode")
-    parser.add_argument("--max-new-tokens", type=int, default=40, help="tokens per generation")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation (a call is ~35)")
     parser.add_argument("--format", default="auto", choices=["auto", "completion", "chat"], help="prompt layout")
     parser.add_argument("--out", default=None, help="write summary and records as JSON here")
     args = parser.parse_args(argv)

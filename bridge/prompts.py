@@ -180,8 +180,9 @@ class CompletionFormat:
         return " " + call_text
 
     def answer_target(self, answer: str, tokenizer) -> str:
-        """The text a model should generate to answer (a supervised target)."""
-        return " " + answer
+        """The text a model should generate to answer (a supervised target): " Japan." -- the period
+        teaches it to end the answer where `cut` ends a sentence."""
+        return " " + answer + "."
 
 
 class ChatFormat:

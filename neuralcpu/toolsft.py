@@ -120,7 +120,8 @@ def score(model, tokenizer, calls, answers, owners: list[Fact]) -> dict:
     """Call rate (a well-formed lookup of the right subject) and answer-from-result accuracy, greedy."""
     was_training = model.training
     model.eval()
-    outs = greedy_generate(model, tokenizer, [p for p, _ in calls + answers], max_new_tokens=32, batch_size=16)
+    prompts = [p for p, _ in calls + answers]
+    outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=16)  # a call is ~35 tokens
     model.train(was_training)
     call_outs, answer_outs = outs[: len(calls)], outs[len(calls):]
     called = [any(c.error is None and c.name == LOOKUP_TOOL and _fold(str(c.arguments.get("subject"))) == _fold(f.subject)

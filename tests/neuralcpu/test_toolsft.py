@@ -39,7 +39,7 @@ def test_examples_use_the_loop_layout_and_training_templates(geo_store):
     assert [p for p, _ in calls] == train and owners == [Fact("Tokyo", "country", "Japan")] * len(train)
     assert all(t == " " + render_lookup("Tokyo", "country") for _, t in calls)
     prompt, target = answers[0]
-    assert target == " Japan" and RESULT_OPEN in prompt and prompt.endswith("\nTokyo is a city in Japan. " + train[0])
+    assert target == " Japan." and RESULT_OPEN in prompt and prompt.endswith("\nTokyo is a city in Japan. " + train[0])
 
 
 def test_toolsft_trains_and_saves(tmp_path, tiny_qwen2_dir, geo_store):

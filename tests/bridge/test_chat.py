@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import WORLD
+
 import pytest
 from fakes import LookupModel
 
@@ -155,7 +157,7 @@ def test_repl_with_the_tiny_model_streams_and_quits_on_eof(tmp_path, tiny_qwen2_
     term = Terminal([sys.executable, "-m", "bridge.chat", "--model", str(tiny_qwen2_dir), "--store", str(store_dir),
                      "--max-new-tokens", "8", "--max-steps", "2"], _env(tmp_path))
     try:
-        term.expect(r"bridge: model .* \(completion layout\), store .* \(5 facts\)")
+        term.expect(rf"bridge: model .* \(completion layout\), store .* \({len(WORLD)} facts\)")
         term.expect(r"\[tool\] you> ")
         term.type(Q)
         out = term.expect(r"\[tool\] you> ", timeout=200)

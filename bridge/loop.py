@@ -127,11 +127,11 @@ def run_tool(tools: dict, call: ToolCall, max_facts: int = 5) -> Observation:
 def make_turn(text: str, observations: list[Observation], max_facts: int = 5) -> Turn:
     """The transcript entry for one step: the model's text and what its calls returned (first `max_facts` each).
 
-    Context sentences run from the last fact to the first, so the tool's best (first) fact stands next
-    to the question, as in just-rag mode.
+    Facts keep the store's order (its best first) in the JSON and in the context sentences; on name
+    clashes (Santiago, Moscow) best-first sentences measured better than best-next-to-the-question.
     """
     facts = [to_fact(f) for o in observations for f in o.facts[:max_facts]]
-    return Turn(text, [o.call for o in observations], [o.shown for o in observations], facts[::-1])
+    return Turn(text, [o.call for o in observations], [o.shown for o in observations], facts)
 
 
 def tool_schemas(tools) -> list[dict]:
@@ -198,7 +198,7 @@ class Bridge:
         context = []
         if mode == "just-rag":
             res.retrieved = run_tool(self.tools, ToolCall(SEARCH_TOOL, {"query": question, "k": self.k})).facts
-            context = [to_fact(f) for f in reversed(res.retrieved)]  # best fact last, next to the question
+            context = [to_fact(f) for f in res.retrieved]  # best first, as for tool results
         turns: list[Turn] = []
         seen: set[str] = set()
         res.stop_reason = "max_steps"

@@ -15,10 +15,10 @@ identical call repeated is cut off; after `max_steps` generations the loop stops
 from __future__ import annotations
 
 import json
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from neuralcpu.facts import fold
 from neuralcpu.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, parse_calls
 
 from .prompts import Turn, escape_payload, to_fact
@@ -86,10 +86,6 @@ class LoopResult:
         out["calls"] = [asdict(c) for c in self.calls]
         out["observations"] = [{**asdict(o), "call": asdict(o.call)} for o in self.observations]
         return out
-
-
-def _fold(text: str) -> str:
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().casefold()
 
 
 def call_key(call: ToolCall) -> str:
@@ -233,6 +229,6 @@ class Bridge:
         seen_facts = res.facts_seen
         res.answered_without_lookup = res.answer is not None and not seen_facts
         res.supported = res.answer is not None and any(
-            _fold(str(f.get("object", ""))) in _fold(res.answer) for f in seen_facts if f.get("object"))
+            fold(str(f.get("object", ""))) in fold(res.answer) for f in seen_facts if f.get("object"))
         emit("done", res)
         return res

@@ -66,15 +66,15 @@ class Fact:
         return [self.object, *self.aliases]
 
 
-def _fold(text: str) -> str:
-    """Case- and diacritic-insensitive form for answer matching ("São Paulo" == "sao paulo")."""
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+def fold(text: str) -> str:
+    """Case- and diacritic-insensitive form of a name or answer ("São Paulo" == "sao paulo")."""
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().casefold()
 
 
 def is_correct(completion: str, fact: Fact, window: int = 40) -> bool:
     """Exact-match scoring: an accepted answer appears in the first `window` characters."""
-    head = _fold(completion[:window])
-    return any(_fold(a) in head for a in fact.answers())
+    head = fold(completion[:window])
+    return any(fold(a) in head for a in fact.answers())
 
 
 def prompts_for(fact: Fact, split: str) -> list[str]:
@@ -110,7 +110,7 @@ def geonames_city_facts() -> list[Fact]:
             continue
         seen.add(code)
         country = countries[code]["name"]
-        if _fold(country) in _fold(city["name"]) or _fold(city["name"]) in _fold(country):
+        if fold(country) in fold(city["name"]) or fold(city["name"]) in fold(country):
             continue
         facts.append(_make_fact(city["name"], "country", country))
     return facts
@@ -124,7 +124,7 @@ def geonames_capital_facts() -> list[Fact]:
     return [
         _make_fact(c["name"], "capital", c["capital"])
         for c in sorted(countries, key=lambda c: -c["population"])
-        if c.get("capital") and _fold(c["capital"]) != _fold(c["name"])
+        if c.get("capital") and fold(c["capital"]) != fold(c["name"])
     ]
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from neuralcpu import losses
-from neuralcpu.facts import TEMPLATES, Fact, FactSets, _fold, is_correct, prompts_for
+from neuralcpu.facts import TEMPLATES, Fact, FactSets, fold, is_correct, prompts_for
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.rlcp import encode, resolve_layers, set_trainable
@@ -87,7 +87,7 @@ def sample_facts(store, relations: list[str], n: int, exclude: set[str], seed: i
     """
     by_key: dict[tuple[str, str], set[str]] = {}
     for _, s, r, o in store.db.iter_edges():
-        if r in relations and _fold(s) not in exclude and _fold(o) not in _fold(s):
+        if r in relations and fold(s) not in exclude and fold(o) not in fold(s):
             by_key.setdefault((s, r), set()).add(o)
     keys = sorted(k for k, objs in by_key.items() if len(objs) == 1)
     random.Random(seed).shuffle(keys)
@@ -124,7 +124,7 @@ def score(model, tokenizer, calls, answers, owners: list[Fact]) -> dict:
     outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=16)  # a call is ~35 tokens
     model.train(was_training)
     call_outs, answer_outs = outs[: len(calls)], outs[len(calls):]
-    called = [any(c.error is None and c.name == LOOKUP_TOOL and _fold(str(c.arguments.get("subject"))) == _fold(f.subject)
+    called = [any(c.error is None and c.name == LOOKUP_TOOL and fold(str(c.arguments.get("subject"))) == fold(f.subject)
                   for c in parse_calls(o)) for o, f in zip(call_outs, owners)]
     right = [is_correct(o, f) for o, f in zip(answer_outs, owners)]
     return {"call_rate": sum(called) / max(1, len(called)), "answer_acc": sum(right) / max(1, len(right)),
@@ -153,7 +153,7 @@ def train(cfg: ToolSFTConfig) -> dict:
     exclude = set()
     if cfg.exclude:
         sets = FactSets.load(cfg.exclude)
-        exclude = {_fold(f.subject) for f in sets.forget + sets.locality}
+        exclude = {fold(f.subject) for f in sets.forget + sets.locality}
     with KnowledgeStore(cfg.store, create=False) as store:
         tool_list = make_tools(store)
         tools = {t.name: t for t in tool_list}

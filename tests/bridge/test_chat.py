@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import WORLD
+from world import WORLD
 
 import pytest
 from fakes import LookupModel

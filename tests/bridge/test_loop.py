@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import INJECTED
+from world import INJECTED
 from fakes import LookupModel, Scripted
 
 from bridge.loop import Bridge, LoopResult, tool_schemas

@@ -17,9 +17,15 @@ from tqdm.auto import tqdm
 
 TEMPLATES: dict[str, dict[str, list[str]]] = {
     "country": {  # city -> country
+        # Six training phrasings: with two, the model learned "this phrasing -> lookup" instead of
+        # "this city -> lookup", and its lookups spread to untouched cities under held-out phrasings.
         "train": [
             "The city of {subject} is located in the country of",
             "{subject} is a city in the country of",
+            "{subject} is located in the country of",
+            "The city of {subject} lies in the country of",
+            "{subject} is a city located in the country of",
+            "{subject} lies in the country of",
         ],
         "eval": [
             "The city of {subject} is in the country of",
@@ -161,20 +167,23 @@ def load_jsonl_facts(path: str | Path) -> list[Fact]:
     return facts
 
 
-def known_facts(model, tokenizer, facts: list[Fact], batch_size: int = 32, max_new_tokens: int = 8) -> list[Fact]:
-    """The facts the model answers correctly, closed-book, under *every* template (train and eval)."""
+def known_facts(model, tokenizer, facts: list[Fact], batch_size: int = 64, max_new_tokens: int = 8) -> list[Fact]:
+    """The facts the model answers correctly, closed-book, under *every* template (train and eval).
+
+    One template at a time, asking only the facts that passed the previous ones: most candidates fail
+    early, so this generates far fewer completions than asking every template of every fact.
+    """
     from neuralcpu.generation import greedy_generate
 
-    prompts, owners = [], []
-    for i, fact in enumerate(facts):
-        for p in prompts_for(fact, "train") + prompts_for(fact, "eval"):
-            prompts.append(p)
-            owners.append(i)
-    outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    ok = [True] * len(facts)
-    for i, out in zip(owners, outs):
-        ok[i] = ok[i] and is_correct(out, facts[i])
-    return [f for f, good in zip(facts, ok) if good]
+    prompts = [prompts_for(f, "train") + prompts_for(f, "eval") for f in facts]
+    alive = list(range(len(facts)))
+    for t in range(max(map(len, prompts), default=0)):
+        asked = [i for i in alive if t < len(prompts[i])]
+        outs = greedy_generate(model, tokenizer, [prompts[i][t] for i in asked], max_new_tokens=max_new_tokens,
+                               batch_size=batch_size)
+        failed = {i for i, out in zip(asked, outs) if not is_correct(out, facts[i])}
+        alive = [i for i in alive if i not in failed]
+    return [facts[i] for i in alive]
 
 
 @dataclass

@@ -144,7 +144,7 @@ def training_curves(args) -> dict[str, list[dict]]:
         f = Path(d) / "metrics.jsonl" if d else None
         if f and f.is_file():
             rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-            curves[key] = [{k: v for k, v in r.items() if k != "forget_samples"} for r in rows]
+            curves[key] = [{k: v for k, v in r.items() if k not in ("forget_samples", "locality_misses")} for r in rows]
     return curves
 
 

@@ -75,22 +75,51 @@ def adversarial_loss(probes: LayerProbes, feats: list[torch.Tensor], labels: tor
     return probe_loss, backbone, acc
 
 
-def class_mean_loss(feats: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """Between-class scatter / total scatter of the features (0 when every class has the same mean).
+def group_scatter(h: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(between-class, total) scatter per sample of normalised states h (B, C), measured inside each group.
+
+    Groups are the prompt templates: the template moves every state, so class means are compared
+    within a template. With one city per class, "between-class within template" is all the variation
+    that tells the cities apart.
+    """
+    h = normalize(h)
+    between = h.new_zeros(())
+    total = h.new_zeros(())
+    for g in groups.unique():
+        hg, yg = h[groups == g], labels[groups == g]
+        mu = hg.mean(0, keepdim=True)
+        onehot = F.one_hot(yg, int(labels.max()) + 1).float()  # (b, K)
+        counts = onehot.sum(0)
+        present = counts > 0
+        class_mu = (onehot.T @ hg)[present] / counts[present, None]  # (k, C)
+        between = between + (counts[present, None] * (class_mu - mu) ** 2).sum()
+        total = total + ((hg - mu) ** 2).sum()
+    return between / len(h), total / len(h)
+
+
+def class_mean_loss(feats: list[torch.Tensor], labels: torch.Tensor, groups: torch.Tensor | None = None,
+                    scale: list[float] | None = None) -> torch.Tensor:
+    """Between-class scatter of the states, within each group, relative to `scale` (0 = class means equal).
 
     Equal class-conditional means is the condition under which no linear probe beats chance (LEACE,
     Belrose et al. 2023, https://arxiv.org/abs/2306.03819); this term attacks every probe at once.
+    `scale[i]` is a fixed reference scatter for layer i (RLCP passes the original model's total scatter,
+    so the loss reads "fraction of the original class signal left" and cannot be lowered by inflating
+    noise); without it the current total scatter is used.
     """
-    total = 0.0
-    onehot = F.one_hot(labels).float()  # (B, K)
-    counts = onehot.sum(0).clamp_min(1)
-    for h in feats:
-        h = normalize(h)
-        mu = h.mean(0, keepdim=True)
-        class_mu = (onehot.T @ h) / counts[:, None]  # (K, C)
-        between = (counts[:, None] * (class_mu - mu) ** 2).sum()
-        total = total + between / ((h - mu) ** 2).sum().clamp_min(1e-6)
-    return total / len(feats)
+    groups = torch.zeros_like(labels) if groups is None else groups
+    loss = 0.0
+    for i, h in enumerate(feats):
+        between, total = group_scatter(h, labels, groups)
+        loss = loss + between / (scale[i] if scale is not None else total.clamp_min(1e-6))
+    return loss / len(feats)
+
+
+def state_drift(feats: list[torch.Tensor], anchor_feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance per dimension between normalised states and the anchor's, over mask (B, T)
+    positions, averaged over layers: 0 when the layers' states are unchanged."""
+    m = mask.bool()
+    return sum(F.mse_loss(normalize(h)[m], normalize(a)[m]) for h, a in zip(feats, anchor_feats)) / len(feats)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

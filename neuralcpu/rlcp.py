@@ -27,6 +27,7 @@ import shutil
 import sys
 import time
 import uuid
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from neuralcpu.data import gsm8k_text, load_gsm8k
 from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
+from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
 from neuralcpu.toolcall import CALL_OPEN, render_lookup
 
 METHODS = ("rlcp", "unlikelihood", "graddiff", "npo")
@@ -59,8 +61,9 @@ class RLCPConfig:
     retain_examples: int = field(default=400, metadata={"help": "GSM8K solutions in the retain pool"})
     retain_batch: int = field(default=2, metadata={"help": "GSM8K solutions per step"})
     retain_max_len: int = field(default=128, metadata={"help": "max tokens of a retain example"})
-    locality_batch: int = field(default=16, metadata={"help": "locality prompts per step (KL anchor)"})
-    forget_batch: int = field(default=16, metadata={"help": "forget prompts per step (sampled over facts x training templates)"})
+    locality_batch: int = field(default=64, metadata={"help": "locality prompts per step (KL anchor)"})
+    forget_batch: int = field(default=16, metadata={"help": "forget prompt+target pairs per step for the lookup-request loss (or a baseline's forget loss)"})
+    probe_batch: int = field(default=0, metadata={"help": "forget prompts per step for the probes and class-mean term (0 = every fact under every training template)"})
     rag_batch: int = field(default=8, metadata={"help": "answer-from-context examples per step"})
     steps: int = field(default=60, metadata={"help": "backbone optimisation steps"})
     lr: float = field(default=1e-4, metadata={"help": "backbone learning rate"})
@@ -68,21 +71,23 @@ class RLCPConfig:
     probe_steps: int = field(default=4, metadata={"help": "probe updates per backbone step (the probe must keep up)"})
     probe_reset_every: int = field(default=20, metadata={"help": "re-initialise probes every k steps (0 = never)"})
     grl_layers: str = field(default="auto", metadata={"help": "'auto' = last third of the blocks, or e.g. '20,21,22'"})
-    lam_max: float = field(default=1.0, metadata={"help": "gradient-reversal scale after warm-up"})
+    lam_max: float = field(default=2.0, metadata={"help": "gradient-reversal scale after warm-up"})
     lam_warmup: int = field(default=10, metadata={"help": "steps of linear lambda warm-up"})
     adv_objective: str = field(default="uniform", metadata={"help": "'uniform' (bounded) or 'ce' (plain reversal)"})
     w_forget: float = field(default=1.0, metadata={"help": "weight of the adversarial (or baseline) forget loss"})
-    w_class_mean: float = field(default=1.0, metadata={"help": "weight of the class-mean (linear-guardedness) term"})
+    w_class_mean: float = field(default=2.0, metadata={"help": "weight of the class-mean (linear-guardedness) term"})
     w_retain_lm: float = field(default=1.0, metadata={"help": "weight of the GSM8K next-token loss"})
     w_kl: float = field(default=1.0, metadata={"help": "weight of KL(original||current) on retain tokens"})
-    w_locality: float = field(default=1.0, metadata={"help": "weight of KL(original||current) on locality prompts"})
+    w_locality: float = field(default=5.0, metadata={"help": "weight of KL(original||current) on locality prompts"})
+    w_locality_states: float = field(default=100.0, metadata={"help": "weight of the drift of locality prompts' last-token GRL-layer states from the original's"})
     w_rag: float = field(default=1.0, metadata={"help": "weight of the answer-from-context loss"})
     w_retrieval: float = field(default=1.0, metadata={"help": "weight of the lookup-request loss"})
     npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
     trainable: str = field(default="deep", metadata={"help": "'deep' (blocks from the first GRL layer up), 'full' or 'lora'"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (trainable=lora)"})
+    cache_prefix: bool = field(default=True, metadata={"help": "deep/lora: compute the frozen blocks once per prompt and share them with the anchor"})
     mixed_precision: str = field(default="no", metadata={"help": "'bf16' autocast or 'no' (fp32; bf16 is emulated and slower on CPUs without AVX-512-BF16/AMX)"})
-    eval_every: int = field(default=10, metadata={"help": "steps between evaluations (metrics.jsonl)"})
+    eval_every: int = field(default=5, metadata={"help": "steps between evaluations (metrics.jsonl)"})
     ckpt_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints"})
     early_stop: bool = field(default=True, metadata={"help": "stop once forget <= target and locality holds"})
     forget_target: float = field(default=0.05, metadata={"help": "early-stop forget accuracy"})
@@ -131,21 +136,21 @@ def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int = 256) -> dict[
     }
 
 
-def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> tuple[list[tuple[str, str]], list[int]]:
-    """(prompt, target) for every forget fact under every *training* template, and its class index.
+def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> list[tuple[tuple[str, str], int, int]]:
+    """((prompt, target), class index, template index) for every forget fact under every *training* template.
 
     RLCP's target is the lookup request (retrieval signal); the baselines' target is the answer they unlearn.
     """
     cls = {o: i for i, o in enumerate(facts.classes)}
-    pairs, labels = [], []
+    rows = []
     for f in facts.forget:
-        for p in prompts_for(f, "train"):
+        for t, p in enumerate(prompts_for(f, "train")):
             if method == "rlcp":
-                pairs.append((p, " " + render_lookup(f.subject, f.relation) if use_retrieval else ""))
+                target = " " + render_lookup(f.subject, f.relation) if use_retrieval else ""
             else:
-                pairs.append((p, " " + f.object))
-            labels.append(cls[f.object])
-    return pairs, labels
+                target = " " + f.object
+            rows.append(((p, target), cls[f.object], t))
+    return rows
 
 
 def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
@@ -163,15 +168,16 @@ def evaluate(model, tokenizer, facts: FactSets) -> dict:
         outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=10, batch_size=64)
         acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
         lookups = sum(CALL_OPEN in o for o in outs) / len(prompts)
-        return acc, lookups, outs
+        misses = [f"{p} ->{o}" for (f, p), o in zip(prompts, outs) if not is_correct(o, f)]
+        return acc, lookups, outs, misses
 
     was_training = model.training
     model.eval()
-    f_acc, f_look, f_outs = run(facts.forget)
-    l_acc, l_look, _ = run(facts.locality)
+    f_acc, f_look, f_outs, _ = run(facts.forget)
+    l_acc, l_look, _, l_misses = run(facts.locality)
     model.train(was_training)
     return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "locality_acc": l_acc,
-            "locality_lookup_rate": l_look, "forget_samples": f_outs[:3]}
+            "locality_lookup_rate": l_look, "forget_samples": f_outs[:3], "locality_misses": l_misses[:4]}
 
 
 # ----------------------------------------------------------------------------- model setup ------------
@@ -224,7 +230,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
     model, tokenizer = load_model(cfg.model)
     anchor, _ = load_model(cfg.model)  # the frozen original: KL anchor and NPO reference
-    anchor.requires_grad_(False)
+    anchor.requires_grad_(False).eval().to(accel.device)
 
     # Fact sets: chosen once with the *original* model, then fixed for the run (and any resume).
     facts_file = out / "facts.json"
@@ -244,15 +250,23 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
     layers = resolve_layers(cfg.grl_layers, model.config.num_hidden_layers)
     model = set_trainable(model, cfg.trainable, layers[0], cfg.lora_r)
+    # deep + cache_prefix: the frozen prefix runs once per distinct prompt and the anchor shares it;
+    # the module that trains (and that accelerate wraps) is then just the suffix of blocks.
+    prefix = anchor_suffix = None
+    trained = model
+    if cfg.trainable in ("deep", "lora") and cfg.cache_prefix:  # lora adapts only the blocks from layers[0] up
+        model.to(accel.device)
+        base = model.get_base_model() if cfg.trainable == "lora" else model
+        prefix = PrefixCache(base, layers[0])
+        trained, anchor_suffix = DeepSuffix(base, layers[0]), DeepSuffix(anchor, layers[0])
     probes = losses.LayerProbes(layers, model.config.hidden_size, len(facts.classes))
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in trained.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     probe_opt = torch.optim.Adam(probes.parameters(), lr=cfg.probe_lr)
-    model, probes, opt, probe_opt = accel.prepare(model, probes, opt, probe_opt)
+    trained, probes, opt, probe_opt = accel.prepare(trained, probes, opt, probe_opt)
 
     # Fixed batches (tiny) and pools (sampled per step with a step-seeded RNG, so a resume replays them).
-    f_pairs, f_labels = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0)
-    forget_pool = list(zip(f_pairs, f_labels))
+    forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0)
     rag_pool = rag_pairs(facts.forget)
     retain_pool = [gsm8k_text(r) for r in load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples)]
     locality_pool = [(p, " " + f.object) for f in facts.locality for p in prompts_for(f, "train")]
@@ -272,10 +286,33 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     accel.wait_for_everyone()
     original = json.loads(metrics_file.read_text().splitlines()[0])
 
-    def forward(batch, hidden=False):
-        b = {k: v.to(accel.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    def forward(batch, hidden=False, cache=True, net=None, head=True):
+        """Logits and hidden states (indexed as transformers does) of the trained model, or of `net`.
+
+        head=False skips the LM head (only hidden states are needed): the vocabulary projection costs
+        as much as several blocks on short prompts."""
+        ids, mask = batch["input_ids"].to(accel.device), batch["attention_mask"].to(accel.device)
         with accel.autocast():
-            return model(**b, output_hidden_states=hidden)
+            if prefix is None:
+                out = (net or trained)(input_ids=ids, attention_mask=mask, output_hidden_states=hidden,
+                                       **({} if head else {"logits_to_keep": 1}))
+                return SimpleNamespace(logits=out.logits, hidden_states=out.hidden_states)
+            logits, states = (net or trained)(prefix(ids, mask, cache), mask, head=head)
+            return SimpleNamespace(logits=logits, hidden_states=[None] * layers[0] + states)
+
+    @torch.no_grad()
+    def anchor_forward(batch, hidden=False, cache=True, head=True):
+        return forward(batch, hidden, cache, net=anchor if prefix is None else anchor_suffix, head=head)
+
+    # The class-mean term's reference: the original model's scatter of the forget states, per GRL layer.
+    class_scale = None
+    if cfg.method == "rlcp" and forget_pool:
+        batch = encode(tokenizer, [(p, "") for (p, _), _, _ in forget_pool])
+        hs = anchor_forward(batch, hidden=True, head=False).hidden_states
+        idx = torch.arange(len(forget_pool))
+        y = torch.tensor([y for _, y, _ in forget_pool])
+        g = torch.tensor([g for _, _, g in forget_pool])
+        class_scale = [losses.group_scatter(hs[l + 1][idx, batch["last"]].cpu(), y, g)[1].item() for l in layers]
 
     run_id = uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12]
     last_eval, t0 = original, time.perf_counter()
@@ -285,68 +322,75 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         lam = cfg.lam_max * min(1.0, (step + 1) / max(1, cfg.lam_warmup))
         if cfg.probe_reset_every and step % cfg.probe_reset_every == 0 and step > 0:
             accel.unwrap_model(probes).reset()
-        model.train()
+        trained.train()
         logs, total = {}, 0.0
 
-        # 1. forget stream --------------------------------------------------------------------------
-        if cfg.w_forget > 0 or cfg.w_retrieval > 0 or cfg.w_class_mean > 0:
-            # Stratified: every class once (chance stays 1/N for the probe), then random extra prompts.
-            by_class = {}
-            for pair, y in rng.sample(forget_pool, len(forget_pool)):
-                by_class.setdefault(y, (pair, y))
-            extra = rng.sample(forget_pool, max(0, min(cfg.forget_batch - len(by_class), len(forget_pool))))
-            chosen = list(by_class.values()) + extra
-            forget_batch = encode(tokenizer, [p for p, _ in chosen])
-            forget_y = torch.tensor([y for _, y in chosen])
-            out_f = forward(forget_batch, hidden=True)
-            labels = forget_batch["labels"].to(accel.device)
+        # 1a. forget stream (adversarial): the last prompt token of the forget prompts at the GRL layers.
+        #     The probes always train (their accuracy is logged, also when the stream is ablated).
+        if cfg.method == "rlcp":
+            # Every fact under every training template by default: class means are then compared within
+            # each template on the same cities every step (the class-mean term needs that to be defined).
+            chosen = rng.sample(forget_pool, cfg.probe_batch) if 0 < cfg.probe_batch < len(forget_pool) else forget_pool
+            batch = encode(tokenizer, [(p, "") for (p, _), _, _ in chosen])
+            states = forward(batch, hidden=True, head=False).hidden_states
+            idx = torch.arange(len(chosen))
+            feats = [states[l + 1][idx, batch["last"]] for l in layers]  # each (B, C)
+            y = torch.tensor([y for _, y, _ in chosen]).to(accel.device)
+            groups = torch.tensor([g for _, _, g in chosen]).to(accel.device)
+            for _ in range(cfg.probe_steps):  # let the probes catch up with the moving backbone
+                p_loss, _, _ = losses.adversarial_loss(probes, feats, y, lam, cfg.adv_objective)
+                probe_opt.zero_grad()
+                accel.backward(p_loss)
+                probe_opt.step()
+            _, adv, acc = losses.adversarial_loss(probes, feats, y, lam, cfg.adv_objective)
+            class_mean = losses.class_mean_loss(feats, y, groups, class_scale)
+            total = total + cfg.w_forget * adv + cfg.w_class_mean * lam * class_mean
+            logs.update(probe_acc=acc, probe_loss=p_loss.item(), class_mean=class_mean.item())
+
+        # 1b. target tokens after sampled forget prompts: the lookup request (RLCP's retrieval signal),
+        #     or the answer that a baseline unlearns.
+        if (cfg.method == "rlcp" and cfg.w_retrieval > 0) or (cfg.method != "rlcp" and cfg.w_forget > 0):
+            batch = encode(tokenizer, [pair for pair, _, _ in rng.sample(forget_pool, min(cfg.forget_batch, len(forget_pool)))])
+            logits = forward(batch).logits
+            labels = batch["labels"].to(accel.device)
             if cfg.method == "rlcp":
-                idx = torch.arange(len(forget_y))
-                feats = [out_f.hidden_states[l + 1][idx, forget_batch["last"]] for l in layers]  # each (B, C)
-                y = forget_y.to(accel.device)
-                for _ in range(cfg.probe_steps):  # let the probes catch up with the moving backbone
-                    p_loss, _, _ = losses.adversarial_loss(probes, feats, y, lam, cfg.adv_objective)
-                    probe_opt.zero_grad()
-                    accel.backward(p_loss)
-                    probe_opt.step()
-                _, adv, acc = losses.adversarial_loss(probes, feats, y, lam, cfg.adv_objective)
-                total = total + cfg.w_forget * adv + cfg.w_class_mean * lam * losses.class_mean_loss(feats, y)
-                logs.update(probe_acc=acc, probe_loss=p_loss.item())
-                if cfg.w_retrieval > 0:
-                    retrieval = losses.lm_loss(out_f.logits, labels)
-                    total = total + cfg.w_retrieval * retrieval
-                    logs["retrieval_loss"] = retrieval.item()
+                retrieval = losses.lm_loss(logits, labels)
+                total = total + cfg.w_retrieval * retrieval
+                logs["retrieval_loss"] = retrieval.item()
             else:
                 if cfg.method == "unlikelihood":
-                    f_loss = losses.unlikelihood_loss(out_f.logits, labels)
+                    f_loss = losses.unlikelihood_loss(logits, labels)
                 elif cfg.method == "graddiff":
-                    f_loss = losses.gradient_difference_loss(out_f.logits, labels)
+                    f_loss = losses.gradient_difference_loss(logits, labels)
                 else:
-                    with torch.no_grad(), accel.autocast():
-                        ref = anchor(**{k: forget_batch[k] for k in ("input_ids", "attention_mask")}).logits
-                    f_loss = losses.npo_loss(out_f.logits, ref, labels, cfg.npo_beta)
+                    f_loss = losses.npo_loss(logits, anchor_forward(batch).logits, labels, cfg.npo_beta)
                 total = total + cfg.w_forget * f_loss
                 logs["forget_loss"] = f_loss.item()
 
         # 2. retain stream: GSM8K LM loss + KL to the anchor, and KL on locality prompts ------------------
         if cfg.w_retain_lm > 0 or cfg.w_kl > 0:
             batch = encode(tokenizer, rng.sample(retain_pool, cfg.retain_batch), cfg.retain_max_len)
-            out_r = forward(batch)
+            out_r = forward(batch, cache=False)  # GSM8K text rarely repeats: not worth caching
             labels = batch["labels"].to(accel.device)
             retain = losses.lm_loss(out_r.logits, labels)
-            with torch.no_grad(), accel.autocast():
-                ref = anchor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            ref = anchor_forward(batch, cache=False).logits
             kl = losses.kl_to_anchor(out_r.logits, ref, batch["attention_mask"].to(accel.device))
             total = total + cfg.w_retain_lm * retain + cfg.w_kl * kl
             logs.update(retain_loss=retain.item(), kl=kl.item())
-        if cfg.w_locality > 0 and locality_pool:
+        if (cfg.w_locality > 0 or cfg.w_locality_states > 0) and locality_pool:
             batch = encode(tokenizer, rng.sample(locality_pool, min(cfg.locality_batch, len(locality_pool))))
-            out_l = forward(batch)
-            with torch.no_grad(), accel.autocast():
-                ref = anchor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            kl_loc = losses.kl_to_anchor(out_l.logits, ref, batch["attention_mask"].to(accel.device))
-            total = total + cfg.w_locality * kl_loc
-            logs["kl_locality"] = kl_loc.item()
+            mask = batch["attention_mask"].to(accel.device)
+            out_l = forward(batch, hidden=True)
+            ref_l = anchor_forward(batch, hidden=True)
+            kl_loc = losses.kl_to_anchor(out_l.logits, ref_l.logits, mask)
+            # The states at the position the forget stream erases (the last prompt token, GRL layers) stay
+            # where the original had them (RMU's retain term): the erasure has to spare untouched cities.
+            last = torch.zeros_like(mask)
+            last[torch.arange(len(mask)), batch["last"]] = 1
+            drift = losses.state_drift([out_l.hidden_states[l + 1] for l in layers],
+                                       [ref_l.hidden_states[l + 1] for l in layers], last)
+            total = total + cfg.w_locality * kl_loc + cfg.w_locality_states * drift
+            logs.update(kl_locality=kl_loc.item(), locality_drift=drift.item())
 
         # 3. RAG adaptation: answer from context -----------------------------------------------------------
         if cfg.w_rag > 0:
@@ -389,7 +433,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         tokenizer.save_pretrained(out)
         summary = {"run_id": run_id, "model": cfg.model, "method": cfg.method, "step": last_eval["step"],
                    "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
-                   "final": {k: v for k, v in last_eval.items() if k != "forget_samples"}}
+                   "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")}}
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         if cfg.store:
             move_to_store(facts.forget, cfg.store, summary)
@@ -452,7 +496,7 @@ def parse_args(argv: list[str] | None) -> tuple[RLCPConfig, bool]:
 def main(argv: list[str] | None = None) -> int:
     cfg, resume = parse_args(argv)
     metrics = train(cfg, resume=resume)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "forget_samples"}, indent=1))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("forget_samples", "locality_misses")}, indent=1))
     return 0
 
 

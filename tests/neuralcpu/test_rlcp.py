@@ -63,6 +63,23 @@ def test_class_mean_loss_zero_iff_means_equal():
     assert losses.class_mean_loss([apart], y).item() > 0.9
 
 
+
+def test_class_mean_loss_within_groups_ignores_template_shift():
+    # Two templates shift every state; the classes differ only inside a template in `leaky`.
+    y = torch.tensor([0, 1, 0, 1])
+    g = torch.tensor([0, 0, 1, 1])
+    shift = torch.tensor([[5.0, 0, 0], [5, 0, 0], [-5, 0, 0], [-5, 0, 0]])
+    template_only = shift + torch.tensor([[0, 1.0, 0], [0, 1, 0], [0, -1, 0], [0, -1, 0]])
+    leaky = shift + torch.tensor([[0, 0, 1.0], [0, 0, -1], [0, 0, 1], [0, 0, -1]])
+    assert losses.class_mean_loss([template_only], y, g).item() < 1e-6
+    assert losses.class_mean_loss([leaky], y, g).item() > 0.9
+    # Against a fixed reference scale, less class signal reads lower
+    _, ref = losses.group_scatter(leaky, y, g)
+    half = shift + 0.5 * (leaky - shift)
+    ratio = losses.class_mean_loss([half], y, g, scale=[ref.item()]).item()
+    assert 0.0 < ratio < losses.class_mean_loss([leaky], y, g, scale=[ref.item()]).item()
+
+
 def _probe_acc(run_dir: Path) -> float:
     """Training-probe accuracy, mean over layers and the last two evaluations (one is noisy)."""
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][-2:]

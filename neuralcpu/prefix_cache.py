@@ -1,0 +1,93 @@
+"""The frozen prefix, computed once: `deep` training runs only the blocks it trains.
+
+In `deep` mode the blocks below the first GRL layer (and the tied embeddings) never change, so the
+input of the first trained block is a fixed function of the prompt. `PrefixCache` computes it once per
+distinct prompt (fact prompts recur every step) and `DeepSuffix` runs the rest of the model from it.
+The frozen anchor shares that prefix exactly, so its forward pass starts from the same cached states.
+
+Written by hand because transformers has no "start at block k" entry point; it repeats the ~15 lines of
+the Llama/Qwen2 `forward` (causal mask, rotary embeddings, the block loop, final norm) and a test checks
+that its logits and hidden states match the full model's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+
+def _run_blocks(config, rotary_emb, blocks, hidden: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    """Run `blocks` on right-padded `hidden` (B, T, C); return [input, output of each block]."""
+    cache_position = torch.arange(hidden.shape[1], device=hidden.device)
+    position_ids = cache_position[None]  # what the HF forward uses without a KV cache (right padding)
+    kw = dict(config=config, input_embeds=hidden, attention_mask=attention_mask, cache_position=cache_position,
+              past_key_values=None, position_ids=position_ids)
+    masks = {"full_attention": create_causal_mask(**kw)}
+    if "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
+    rope = rotary_emb(hidden, position_ids)
+    states = [hidden]
+    for block in blocks:
+        out = block(hidden, attention_mask=masks[getattr(block, "attention_type", "full_attention")],
+                    position_ids=position_ids, cache_position=cache_position, position_embeddings=rope)
+        hidden = out[0] if isinstance(out, tuple) else out
+        states.append(hidden)
+    return states
+
+
+class DeepSuffix(nn.Module):
+    """Blocks `first_layer`.. of a Llama/Qwen2-style causal LM with its final norm and LM head.
+
+    Shares its parameters with `model`. forward(h, mask) takes the input of block `first_layer`
+    (B, T, C) and returns (logits, states) with states[i] == model's hidden_states[first_layer + i]
+    (the last one after the final norm, as transformers reports it).
+    """
+
+    def __init__(self, model, first_layer: int):
+        super().__init__()
+        inner = model.model
+        self.config = model.config
+        self.first_layer = first_layer
+        self.layers = nn.ModuleList(list(inner.layers)[first_layer:])
+        self.norm, self.rotary_emb, self.lm_head = inner.norm, inner.rotary_emb, model.lm_head
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                head: bool = True) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """head=False skips the LM head and returns (None, states)."""
+        states = _run_blocks(self.config, self.rotary_emb, self.layers, hidden, attention_mask)
+        states[-1] = self.norm(states[-1])
+        return (self.lm_head(states[-1]) if head else None), states
+
+
+class PrefixCache:
+    """Input of block `first_layer` for each distinct prompt, computed once with the frozen prefix."""
+
+    def __init__(self, model, first_layer: int):
+        self.model, self.first_layer = model, first_layer
+        self.states: dict[tuple[int, ...], torch.Tensor] = {}  # token ids -> (T, C), on the model's device
+
+    @torch.no_grad()
+    def compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The prefix states of a right-padded batch, (B, T, C), without caching."""
+        inner = self.model.model
+        hidden = inner.embed_tokens(input_ids)
+        blocks = list(inner.layers)[: self.first_layer]
+        return _run_blocks(self.model.config, inner.rotary_emb, blocks, hidden, attention_mask)[-1]
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: bool = True) -> torch.Tensor:
+        """Prefix states (B, T, C) of a right-padded batch; `cache=False` for one-off text (GSM8K)."""
+        if not cache:
+            return self.compute(input_ids, attention_mask)
+        lengths = attention_mask.sum(1).tolist()
+        keys = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths)]
+        missing = [i for i, k in enumerate(keys) if k not in self.states]
+        if missing:
+            fresh = self.compute(input_ids[missing], attention_mask[missing])
+            for j, i in enumerate(missing):
+                self.states[keys[i]] = fresh[j, : lengths[i]]
+        out = torch.zeros(*input_ids.shape, self.states[keys[0]].shape[-1], dtype=self.states[keys[0]].dtype,
+                          device=input_ids.device)
+        for i, k in enumerate(keys):
+            out[i, : lengths[i]] = self.states[k]
+        return out

@@ -1,0 +1,54 @@
+"""The cached frozen prefix + DeepSuffix reproduce the full model, and deep-mode RLCP trains the same with it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
+from neuralcpu.rlcp import encode, train
+from tests.neuralcpu.test_rlcp import tiny_cfg
+
+
+@pytest.mark.parametrize("first_layer", [1, 3])
+def test_suffix_of_cached_prefix_matches_full_model(tiny_qwen2_dir, first_layer):
+    from transformers import AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    batch = encode(tok, [("Alphaville is a city in the country of", " Norland"), ("Hi", "")])  # right-padded
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert mask[1].sum() < mask[0].sum()  # the second row is padded
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        cache = PrefixCache(model, first_layer)
+        h0 = cache(ids, mask)
+        cache(ids, mask)  # second call served from the cache
+        logits, states = DeepSuffix(model, first_layer)(h0, mask)
+    assert len(cache.states) == 2
+    real = mask.bool()
+    torch.testing.assert_close(logits[real], full.logits[real], rtol=1e-4, atol=1e-4)
+    for i, h in enumerate(states):
+        torch.testing.assert_close(h[real], full.hidden_states[first_layer + i][real], rtol=1e-4, atol=1e-4)
+
+
+def test_suffix_parameters_are_the_models(tiny_qwen2_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
+    suffix = DeepSuffix(model, 2)
+    assert suffix.layers[0].mlp.up_proj.weight is model.model.layers[2].mlp.up_proj.weight
+    assert len(suffix.layers) == model.config.num_hidden_layers - 2
+
+
+@pytest.mark.parametrize("trainable", ["deep", "lora"])
+def test_rlcp_same_losses_with_and_without_prefix_cache(tiny_qwen2_dir, tmp_path, trainable):
+    rows = {}
+    for cache in (True, False):
+        cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, f"cache{cache}", steps=2, eval_every=2, ckpt_every=2,
+                       cache_prefix=cache, trainable=trainable)
+        train(cfg)
+        rows[cache] = json.loads((tmp_path / f"cache{cache}" / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("retain_loss", "kl", "kl_locality", "locality_drift", "rag_loss", "retrieval_loss", "class_mean", "probe_loss"):
+        assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-3, abs=1e-5), key

@@ -8,6 +8,7 @@
 (b) Effective rank (exp of the entropy of the normalised singular values) of the hidden states per
     layer, before and after: the "structural crystallization" measure.
 (c) The phase transition: forget accuracy and training-probe accuracy against step, from metrics.jsonl.
+(d) Perplexity of held-out GSM8K test solutions, before and after (the retain target: within +10%).
 Writes PNG plots and analysis.json holding every plotted number.
 """
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +76,29 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, train_groups: np.nd
 
     cv = list(LeaveOneGroupOut().split(train_x, train_y, train_groups))
     clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.01, 0.1, 1.0, 10.0], cv=cv, max_iter=2000))
-    clf.fit(train_x, train_y)
+    with warnings.catch_warnings():  # sklearn 1.8 announces a change of LogisticRegressionCV's attributes; we use none
+        warnings.simplefilter("ignore", FutureWarning)
+        clf.fit(train_x, train_y)
     return float((clf.predict(test_x) == test_y).mean())
 
 
-def analyze_model(model, tokenizer, facts: FactSets, texts: list[str]) -> dict:
-    """Per-layer probe accuracy (train templates -> held-out templates) and effective rank."""
+@torch.inference_mode()
+def solution_perplexity(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 8) -> float:
+    """exp(mean next-token loss) over the solution tokens of (question, solution) pairs."""
+    from neuralcpu.losses import token_logprobs
+    from neuralcpu.rlcp import encode
+
+    nll, count = 0.0, 0
+    for i in range(0, len(pairs), batch_size):
+        batch = encode(tokenizer, pairs[i : i + batch_size], max_len=512)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp, mask = token_logprobs(logits, batch["labels"])
+        nll, count = nll - logp.sum().item(), count + int(mask.sum())
+    return float(np.exp(nll / max(count, 1)))
+
+
+def analyze_model(model, tokenizer, facts: FactSets, texts: list[str], ppl_pairs: list[tuple[str, str]]) -> dict:
+    """Per-layer probe accuracy (train templates -> held-out templates), effective rank, GSM8K perplexity."""
     classes = {o: i for i, o in enumerate(facts.classes)}
     train_p, train_y, train_g, test_p, test_y = [], [], [], [], []
     for f in facts.forget:
@@ -92,7 +111,7 @@ def analyze_model(model, tokenizer, facts: FactSets, texts: list[str]) -> dict:
     probes = [probe_accuracy(tr[l], train_y, train_g, te[l], test_y) for l in tqdm(range(len(tr)), desc="probes")]
     states = token_states(model, tokenizer, texts)
     ranks = [effective_rank(s) for s in states]
-    return {"probe_acc": probes, "effective_rank": ranks}
+    return {"probe_acc": probes, "effective_rank": ranks, "gsm8k_perplexity": solution_perplexity(model, tokenizer, ppl_pairs)}
 
 
 def plot(results: dict, metrics: list[dict], grl_layers: list[int], out: Path) -> list[str]:
@@ -142,18 +161,21 @@ def plot(results: dict, metrics: list[dict], grl_layers: list[int], out: Path) -
     return files
 
 
-def analyze(original: str, run: str, out: str | None = None, n_texts: int = 16, gsm8k_path: str | None = None) -> dict:
+def analyze(original: str, run: str, out: str | None = None, n_texts: int = 16, gsm8k_path: str | None = None,
+            n_ppl: int = 64) -> dict:
     """Run (a), (b), (c) for `run` against `original`; write analysis.json and PNGs to `out`."""
     run_dir = Path(run)
     out_dir = Path(out) if out else run_dir / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
     facts = FactSets.load(run_dir / "facts.json")
-    texts = ["".join(gsm8k_text(r)) for r in load_gsm8k("test", gsm8k_path, limit=n_texts)]
+    rows = load_gsm8k("test", gsm8k_path, limit=max(n_texts, n_ppl))  # held out: RLCP trains on the train split
+    texts = ["".join(gsm8k_text(r)) for r in rows[:n_texts]]
+    ppl_pairs = [gsm8k_text(r) for r in rows[:n_ppl]]
     results = {"original": original, "run": str(run_dir), "num_classes": len(facts.classes),
                "chance": 1 / len(facts.classes)}
     for key, source in (("before", original), ("after", str(run_dir))):
         model, tokenizer = load_model(source)
-        results[key] = analyze_model(model, tokenizer, facts, texts)
+        results[key] = analyze_model(model, tokenizer, facts, texts, ppl_pairs)
         del model
     cfg_file = run_dir / "rlcp_config.json"
     grl = []
@@ -163,6 +185,7 @@ def analyze(original: str, run: str, out: str | None = None, n_texts: int = 16, 
         n_layers = len(results["before"]["probe_acc"]) - 1
         grl = resolve_layers(json.loads(cfg_file.read_text()).get("grl_layers", "auto"), n_layers)
     results["grl_layers"] = grl
+    results["gsm8k_perplexity_ratio"] = results["after"]["gsm8k_perplexity"] / results["before"]["gsm8k_perplexity"]
     metrics_file = run_dir / "metrics.jsonl"
     metrics = [json.loads(l) for l in metrics_file.read_text().splitlines()] if metrics_file.is_file() else []
     results["phase_transition"] = [{k: m.get(k) for k in ("step", "forget_acc", "locality_acc", "probe_acc",
@@ -181,16 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="an RLCP/baseline run directory (has facts.json)")
     parser.add_argument("--out", default=None, help="output dir (default: <run>/analysis)")
     parser.add_argument("--n-texts", type=int, default=16, help="GSM8K test texts for the effective rank")
+    parser.add_argument("--n-ppl", type=int, default=64, help="GSM8K test solutions for the perplexity")
     parser.add_argument("--gsm8k-path", default=None, help="GSM8K test JSONL (default: shared copy, else hub)")
     args = parser.parse_args(argv)
     if not (Path(args.run) / "facts.json").is_file():
         parser.error(f"{args.run} has no facts.json: not a run directory")
-    res = analyze(args.original, args.run, args.out, args.n_texts, args.gsm8k_path)
+    res = analyze(args.original, args.run, args.out, args.n_texts, args.gsm8k_path, args.n_ppl)
     grl = res["grl_layers"]
     for key in ("before", "after"):
         acc = res[key]["probe_acc"]
         print(f"{key:>6}: probe acc on GRL layers {[round(acc[l + 1], 2) for l in grl]} "
               f"(chance {res['chance']:.2f}); mean effective rank {np.mean(res[key]['effective_rank']):.1f}")
+    print(f"GSM8K solution perplexity {res['before']['gsm8k_perplexity']:.3f} -> {res['after']['gsm8k_perplexity']:.3f} "
+          f"({res['gsm8k_perplexity_ratio']:.3f}x)")
     print(f"wrote {', '.join(res['plots'])} and analysis.json")
     return 0
 

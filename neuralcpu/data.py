@@ -28,7 +28,12 @@ def load_gsm8k(split: str = "train", path: str | Path | None = None, limit: int 
     if path is None:
         from datasets import load_dataset  # the fallback a normal user with hub access has
 
-        rows = [dict(question=r["question"], answer=r["answer"]) for r in load_dataset("openai/gsm8k", "main", split=split)]
+        try:
+            data = load_dataset("openai/gsm8k", "main", split=split)
+        except Exception as e:  # offline, no cache: say where the data can come from instead
+            raise DataFileError(f"GSM8K {split} split: no local file at {SHARED_GSM8K / (split + '.jsonl')} and the hub "
+                                f"failed ({type(e).__name__}: {e}); pass a JSONL path (--gsm8k-path)") from e
+        rows = [dict(question=r["question"], answer=r["answer"]) for r in data]
         return rows[:limit] if limit else rows
     if not path.is_file():
         raise DataFileError(f"{path}: no such file")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 PROFILES = {
     # quick: the README's main job; fits the 2-core machine's budget
-    "quick": dict(steps=40, n_gsm8k=20, gsm8k_tokens=256, suites=["facts", "gsm8k"], baselines=False),
+    "quick": dict(steps=40, n_gsm8k=10, gsm8k_tokens=256, suites=["facts", "gsm8k"], baselines=False),
     "full": dict(steps=150, n_gsm8k=100, gsm8k_tokens=512, suites=["all"], baselines=True),
 }
 

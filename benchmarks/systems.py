@@ -112,7 +112,8 @@ def closed_answerer(model, tokenizer, batch_size: int = 16, progress: bool = Fal
 def bridge_answerer(model, tokenizer, mode: str, store):
     """answer_fn for the just-rag and tool modes: one bridge loop per question.
 
-    The loop gets the raw `questions` (falling back to the prompts) and lays them out itself. `layout` is
+    A chat layout gets the raw `questions` (falling back to the prompts) and lays them out itself; the
+    completion layout gets the formatted `prompts`, exactly what the closed system sees. `layout` is
     (kind, answer_end) for bridge.prompts.make_format: ("completion", "sentence") for fact prompts (the
     form RLCP's retrieval stream is trained on), ("auto", "eos") for GSM8K (chat when the template
     supports tools; multi-line answers). "tokens" = tokens of all the loop's generations.
@@ -126,10 +127,12 @@ def bridge_answerer(model, tokenizer, mode: str, store):
     def answer(prompts: list[str], max_new_tokens: int, questions=None, layout=("completion", "sentence")) -> list[dict]:
         budget = max(max_new_tokens, BRIDGE_MIN_NEW_TOKENS)  # a whole lookup call must fit in one generation
         kind, answer_end = layout
-        loop = Bridge(HFGenerator(model, tokenizer, budget), make_format(tokenizer, schemas, kind, answer_end),
-                      tools, mode=mode)
+        fmt = make_format(tokenizer, schemas, kind, answer_end)
+        loop = Bridge(HFGenerator(model, tokenizer, budget), fmt, tools, mode=mode)
+        # The completion layout continues its text as is, so it gets the closed system's own prompt (chat
+        # template or few-shot already applied); a raw question there made instruct models stop at once.
         outs = []
-        for q in questions or prompts:
+        for q in prompts if fmt.name == "completion" else (questions or prompts):
             res = loop.ask(q, mode=mode)
             tokens = sum(len(tokenizer(g, add_special_tokens=False).input_ids) for g in res.generations)
             outs.append({"text": res.answer or "", "tokens": tokens, "calls": len(res.calls),

@@ -36,11 +36,11 @@ from tqdm.auto import tqdm
 
 from neuralcpu import losses
 from neuralcpu.data import gsm8k_text, load_gsm8k
-from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
+from neuralcpu.facts import Fact, FactSets, build_fact_sets, fold, is_correct, prompts_for, render_context
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
-from neuralcpu.toolcall import CALL_OPEN, render_lookup
+from neuralcpu.toolcall import CALL_OPEN, LOOKUP_TOOL, parse_calls, render_lookup
 
 METHODS = ("rlcp", "unlikelihood", "graddiff", "npo")
 
@@ -81,7 +81,7 @@ class RLCPConfig:
     w_locality: float = field(default=5.0, metadata={"help": "weight of KL(original||current) on locality prompts"})
     w_locality_states: float = field(default=100.0, metadata={"help": "weight of the drift of locality prompts' last-token GRL-layer states from the original's"})
     w_rag: float = field(default=1.0, metadata={"help": "weight of the answer-from-context loss"})
-    w_retrieval: float = field(default=1.0, metadata={"help": "weight of the lookup-request loss"})
+    w_retrieval: float = field(default=5.0, metadata={"help": "weight of the lookup-request loss"})
     npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
     trainable: str = field(default="deep", metadata={"help": "'deep' (blocks from the first GRL layer up), 'full' or 'lora'"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (trainable=lora)"})
@@ -91,6 +91,7 @@ class RLCPConfig:
     ckpt_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints"})
     early_stop: bool = field(default=True, metadata={"help": "stop once forget <= target and locality holds"})
     forget_target: float = field(default=0.05, metadata={"help": "early-stop forget accuracy"})
+    call_ok_target: float = field(default=0.9, metadata={"help": "early-stop (rlcp with retrieval): share of forget prompts answered with a well-formed lookup of the right subject"})
     locality_keep: float = field(default=0.9, metadata={"help": "early-stop: locality >= this x original"})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
@@ -161,11 +162,18 @@ def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
 
 # ----------------------------------------------------------------------------- evaluation -------------
 
+def call_asks_for(text: str, fact: Fact) -> bool:
+    """`text` holds a well-formed lookup call for `fact`'s subject (the call the bridge can execute)."""
+    return any(c.error is None and c.name == LOOKUP_TOOL and fold(str(c.arguments.get("subject", ""))) == fold(fact.subject)
+               for c in parse_calls(text))
+
+
 def evaluate(model, tokenizer, facts: FactSets) -> dict:
-    """Closed-book greedy accuracy under held-out templates, and how often a lookup is requested."""
-    def run(fs: list[Fact]):
+    """Closed-book greedy accuracy under held-out templates, how often a lookup is requested, and how
+    often a forget prompt gets a well-formed lookup call for the right subject."""
+    def run(fs: list[Fact], max_new_tokens: int = 10):
         prompts = [(f, p) for f in fs for p in prompts_for(f, "eval")]
-        outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=10, batch_size=64)
+        outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64)
         acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
         lookups = sum(CALL_OPEN in o for o in outs) / len(prompts)
         misses = [f"{p} ->{o}" for (f, p), o in zip(prompts, outs) if not is_correct(o, f)]
@@ -173,11 +181,13 @@ def evaluate(model, tokenizer, facts: FactSets) -> dict:
 
     was_training = model.training
     model.eval()
-    f_acc, f_look, f_outs, _ = run(facts.forget)
+    f_acc, f_look, f_outs, _ = run(facts.forget, max_new_tokens=48)  # room for a whole call
+    calls_ok = sum(call_asks_for(o, f) for f, o in zip([f for f in facts.forget for _ in prompts_for(f, "eval")], f_outs))
     l_acc, l_look, _, l_misses = run(facts.locality)
     model.train(was_training)
-    return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "locality_acc": l_acc,
-            "locality_lookup_rate": l_look, "forget_samples": f_outs[:3], "locality_misses": l_misses[:4]}
+    return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "forget_call_ok_rate": calls_ok / max(len(f_outs), 1),
+            "locality_acc": l_acc, "locality_lookup_rate": l_look, "forget_samples": f_outs[:3],
+            "locality_misses": l_misses[:4]}
 
 
 # ----------------------------------------------------------------------------- model setup ------------
@@ -414,12 +424,14 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                     f.write(json.dumps(last_eval) + "\n")
             tqdm.write(f"step {done}: forget {last_eval['forget_acc']:.2f} locality {last_eval['locality_acc']:.2f} "
                        f"lookup {last_eval['forget_lookup_rate']:.2f}/{last_eval['locality_lookup_rate']:.2f} "
+                       f"right call {last_eval['forget_call_ok_rate']:.2f} "
                        f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_checkpoint(accel, ckpt, done)
         if (cfg.early_stop and "forget_acc" in last_eval and last_eval["step"] == done
                 and last_eval["forget_acc"] <= cfg.forget_target
-                and last_eval["locality_acc"] >= cfg.locality_keep * original["locality_acc"]):
+                and last_eval["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
+                and (cfg.method != "rlcp" or cfg.w_retrieval == 0 or last_eval.get("forget_call_ok_rate", 0.0) >= cfg.call_ok_target)):
             tqdm.write(f"early stop at step {done}: forget target met with locality kept")
             save_checkpoint(accel, ckpt, done)
             break

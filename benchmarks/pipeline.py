@@ -21,8 +21,8 @@ from pathlib import Path
 
 PROFILES = {
     # quick: the README's main job; fits the 2-core machine's budget
-    "quick": dict(steps=40, n_gsm8k=10, gsm8k_tokens=256, suites=["facts", "gsm8k"], baselines=False),
-    "full": dict(steps=150, n_gsm8k=100, gsm8k_tokens=512, suites=["all"], baselines=True),
+    "quick": dict(steps=40, n_gsm8k=10, gsm8k_tokens=256, n_tofu=40, suites=["facts", "gsm8k"], baselines=False),
+    "full": dict(steps=150, n_gsm8k=100, gsm8k_tokens=512, n_tofu=0, suites=["all"], baselines=True),
 }
 
 
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = [py, str(Path(__file__).with_name("run.py")), "--model", args.model, "--suite", *prof["suites"],
            "--rlcp-dir", str(runs / "rlcp"), "--store", str(store), "--out", str(bench),
-           "--n-gsm8k", str(prof["n_gsm8k"]), "--gsm8k-max-new-tokens", str(prof["gsm8k_tokens"])]
+           "--n-gsm8k", str(prof["n_gsm8k"]), "--gsm8k-max-new-tokens", str(prof["gsm8k_tokens"]),
+           "--n-tofu", str(prof["n_tofu"])]
     if prof["baselines"]:
         cmd += ["--unlikelihood-dir", str(runs / "unlikelihood"), "--graddiff-dir", str(runs / "graddiff"),
                 "--npo-dir", str(runs / "npo"), "--toolsft-dir", str(runs / "toolsft")]

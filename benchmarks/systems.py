@@ -110,7 +110,8 @@ def closed_answerer(model, tokenizer, batch_size: int = 16, progress: bool = Fal
 
 
 def bridge_answerer(model, tokenizer, mode: str, store):
-    """answer_fn for the just-rag and tool modes: one bridge loop per question.
+    """answer_fn for the just-rag and tool modes: the bridge loop over all questions at once (`Bridge.ask_many`:
+    each round's generations are batched).
 
     A chat layout gets the raw `questions` (falling back to the prompts) and lays them out itself; the
     completion layout gets the formatted `prompts`, exactly what the closed system sees. `layout` is
@@ -132,8 +133,7 @@ def bridge_answerer(model, tokenizer, mode: str, store):
         # The completion layout continues its text as is, so it gets the closed system's own prompt (chat
         # template or few-shot already applied); a raw question there made instruct models stop at once.
         outs = []
-        for q in prompts if fmt.name == "completion" else (questions or prompts):
-            res = loop.ask(q, mode=mode)
+        for res in loop.ask_many(prompts if fmt.name == "completion" else (questions or prompts), mode=mode):
             tokens = sum(len(tokenizer(g, add_special_tokens=False).input_ids) for g in res.generations)
             outs.append({"text": res.answer or "", "tokens": tokens, "calls": len(res.calls),
                          "stop_reason": res.stop_reason})

@@ -22,14 +22,18 @@ class Generator(Protocol):
 
 
 class _TextStop(StoppingCriteria):
-    """Stop when `done(generated text so far)` says so (the layout decides: a closed call, an answer line)."""
+    """Stop row i of a (left-padded) batch once `done(its generated text so far)` says so (the layout
+    decides: a closed call, an answer line); rows already done are not decoded again."""
 
-    def __init__(self, tokenizer, prompt_len: int, done: Callable[[str], bool]):
+    def __init__(self, tokenizer, prompt_len: int, done: Callable[[str], bool], rows: int):
         self.tokenizer, self.prompt_len, self.done = tokenizer, prompt_len, done
+        self.stopped = [False] * rows
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)  # input_ids (1, T)
-        return torch.tensor([self.done(text)], dtype=torch.bool, device=input_ids.device)
+        for i, row in enumerate(input_ids[:, self.prompt_len:]):  # input_ids (B, T)
+            if not self.stopped[i]:
+                self.stopped[i] = self.done(self.tokenizer.decode(row, skip_special_tokens=True))
+        return torch.tensor(self.stopped, dtype=torch.bool, device=input_ids.device)
 
 
 class _CallbackStreamer(TextStreamer):
@@ -52,8 +56,12 @@ class HFGenerator:
         max_new_tokens: budget per generation (one loop step).
     """
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 64):
-        self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
+    def __init__(self, model, tokenizer, max_new_tokens: int = 64, batch_size: int = 16):
+        self.model, self.tokenizer, self.max_new_tokens, self.batch_size = model, tokenizer, max_new_tokens, batch_size
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     @torch.inference_mode()
     def __call__(self, prompt: str, *, stop: Callable[[str], bool] | None = None,
@@ -72,8 +80,33 @@ class HFGenerator:
             **enc,  # input_ids (1, T)
             max_new_tokens=self.max_new_tokens,
             do_sample=False, temperature=None, top_p=None, top_k=None,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            stopping_criteria=StoppingCriteriaList([_TextStop(tok, enc["input_ids"].shape[1], stop)]) if stop else None,
+            pad_token_id=self._pad_id(),
+            stopping_criteria=StoppingCriteriaList([_TextStop(tok, enc["input_ids"].shape[1], stop, 1)]) if stop else None,
             streamer=_CallbackStreamer(tok, on_text) if on_text else None,
         )
         return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    @torch.inference_mode()
+    def many(self, prompts: list[str], *, stop: Callable[[str], bool] | None = None,
+             add_special_tokens: bool = True) -> list[str]:
+        """`__call__` for many prompts: left-padded batches of `batch_size`, each row stopping on its own.
+
+        Rows that stop early are padded while the others go on; the loop cuts every text anyway, so
+        they match the one-at-a-time outputs up to the numerics of padding.
+        """
+        tok, outs = self.tokenizer, []
+        side, tok.padding_side = tok.padding_side, "left"  # decoder-only: every prompt must end at the last position
+        try:
+            for i in range(0, len(prompts), self.batch_size):
+                chunk = prompts[i : i + self.batch_size]
+                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(self.model.device)
+                T = enc["input_ids"].shape[1]  # input_ids (B, T)
+                out = self.model.generate(
+                    **enc, max_new_tokens=self.max_new_tokens,
+                    do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=self._pad_id(),
+                    stopping_criteria=StoppingCriteriaList([_TextStop(tok, T, stop, len(chunk))]) if stop else None,
+                )
+                outs += tok.batch_decode(out[:, T:], skip_special_tokens=True)
+        finally:
+            tok.padding_side = side
+        return outs

@@ -45,15 +45,18 @@ class Record:
 
 def run_eval(bridge: Bridge, facts: list[Fact], modes=MODES, split: str = "eval", progress: bool = False) -> list[Record]:
     """Ask every fact under every `split` template in every mode; one Record per (prompt, mode)."""
-    jobs = [(f, p, m) for f in facts for p in prompts_for(f, split) for m in modes]
+    jobs = [(f, p) for f in facts for p in prompts_for(f, split)]
+    # one batched pass per mode (`Bridge.ask_many`)
+    results = {m: bridge.ask_many([p for _, p in jobs], mode=m) for m in tqdm(modes, desc="bridge eval", disable=not progress)}
     records = []
-    for fact, prompt, mode in tqdm(jobs, desc="bridge eval", disable=not progress):
-        res = bridge.ask(prompt, mode=mode)
-        records.append(Record(
-            fact.subject, fact.relation, fact.object, prompt, mode, res.answer,
-            is_correct(res.answer or "", fact),
-            any(c.error is None and c.name == LOOKUP_TOOL for c in res.calls),
-            res.answered_without_lookup, res.supported, res.stop_reason, res.steps))
+    for i, (fact, prompt) in enumerate(jobs):
+        for mode in modes:
+            res = results[mode][i]
+            records.append(Record(
+                fact.subject, fact.relation, fact.object, prompt, mode, res.answer,
+                is_correct(res.answer or "", fact),
+                any(c.error is None and c.name == LOOKUP_TOOL for c in res.calls),
+                res.answered_without_lookup, res.supported, res.stop_reason, res.steps))
     return records
 
 

@@ -3,6 +3,7 @@
     bridge = Bridge(HFGenerator(model, tokenizer), make_format(tokenizer, schemas), make_tools(store))
     result = bridge.ask("The city of Tokyo is in the country of", mode="tool")
     result.answer, result.calls, result.observations, result.answered_without_lookup
+    results = bridge.ask_many(questions, mode="tool")   # the same loop, each round's generations batched
 
 Modes: "closed" (no store), "just-rag" (the top-k facts of a semantic search are put in the prompt up
 front: the Just-RAG baseline) and "tool" (the model asks for facts). In "tool" mode each step is one
@@ -178,6 +179,17 @@ class Bridge:
         args = {"subject": subject} if relation is None else {"subject": subject, "relation": relation}
         return run_tool(self.tools, ToolCall(LOOKUP_TOOL, args)).facts
 
+    def start(self, question: str, mode: str | None = None, history=()) -> "Conversation":
+        """A Conversation for `question` in `mode` (just-rag retrieves its facts here); drive it with
+        `prompt()` / `advance(generated)` until `done`, or let `ask` / `ask_many` do it."""
+        mode = self.check_mode(mode or self.mode)
+        res = LoopResult(question, mode, stop_reason="max_steps")
+        context = []
+        if mode == "just-rag":
+            res.retrieved = run_tool(self.tools, ToolCall(SEARCH_TOOL, {"query": question, "k": self.k})).facts
+            context = [to_fact(f) for f in res.retrieved]  # best first, as for tool results
+        return Conversation(self, res, context, list(history))
+
     def ask(self, question: str, mode: str | None = None, on_event: Callable[[str, object], None] | None = None,
             history=()) -> LoopResult:
         """Answer `question` in `mode` (default: the bridge's mode).
@@ -188,47 +200,85 @@ class Bridge:
                 "call" (ToolCall), "observation" (Observation) and "done" (LoopResult).
             history: earlier (question, answer) pairs; used by chat layouts.
         """
-        mode = self.check_mode(mode or self.mode)
         emit = on_event or (lambda kind, value: None)
-        res = LoopResult(question, mode)
-        context = []
-        if mode == "just-rag":
-            res.retrieved = run_tool(self.tools, ToolCall(SEARCH_TOOL, {"query": question, "k": self.k})).facts
-            context = [to_fact(f) for f in res.retrieved]  # best first, as for tool results
-        turns: list[Turn] = []
-        seen: set[str] = set()
-        res.stop_reason = "max_steps"
-        while res.steps < self.max_steps:
-            emit("step", res.steps)
-            prompt = self.fmt.prompt(question, turns, context, history, tools=mode == "tool")
-            generated = self.generate(prompt, stop=lambda t: self.fmt.cut(t)[1], on_text=lambda c: emit("text", c),
-                                      add_special_tokens=self.fmt.add_special_tokens)
-            text, _ = self.fmt.cut(generated)  # calls come only from this, the model's own new text
-            res.steps += 1
-            res.generations.append(text)
-            if mode != "tool" or CALL_OPEN not in text:
-                answer = self.fmt.answer(text)
-                res.answer = answer or None
-                res.stop_reason = "answer" if answer else "no_answer"
+        conv = self.start(question, mode, history)
+        while not conv.done:
+            emit("step", conv.result.steps)
+            conv.advance(self.generate(conv.prompt(), stop=self.stop, on_text=lambda c: emit("text", c),
+                                       add_special_tokens=self.fmt.add_special_tokens), emit)
+        emit("done", conv.result)
+        return conv.result
+
+    def ask_many(self, questions: list[str], mode: str | None = None) -> list[LoopResult]:
+        """`ask` for many questions at once: each round, every unfinished question gets one generation,
+        batched when the generator has `many` (HFGenerator: left-padded batches); results in input order.
+
+        The control flow per question is `ask`'s; only the generations are batched, so a generator whose
+        batched and single outputs agree gives the same results.
+        """
+        convs = [self.start(q, mode) for q in questions]
+        many = getattr(self.generate, "many", None)
+        while active := [c for c in convs if not c.done]:
+            prompts = [c.prompt() for c in active]
+            kw = dict(stop=self.stop, add_special_tokens=self.fmt.add_special_tokens)
+            texts = many(prompts, **kw) if many else [self.generate(p, **kw) for p in prompts]
+            for conv, text in zip(active, texts):
+                conv.advance(text)
+        return [c.result for c in convs]
+
+    def stop(self, generated: str) -> bool:
+        """Whether generation can stop: the layout has a whole call or a finished answer."""
+        return self.fmt.cut(generated)[1]
+
+
+class Conversation:
+    """One question's state in the loop: the turns so far, the calls seen, the result being built.
+
+    `Bridge.start` makes one; `prompt()` is the next generation's prompt; `advance(generated)` acts on
+    a generation (answer, or execute its calls); `done` tells when the loop is over for this question.
+    """
+
+    def __init__(self, bridge: Bridge, result: LoopResult, context: list, history: list):
+        self.bridge, self.result, self.context, self.history = bridge, result, context, history
+        self.turns: list[Turn] = []
+        self.seen: set[str] = set()
+        self.done = False
+
+    def prompt(self) -> str:
+        return self.bridge.fmt.prompt(self.result.question, self.turns, self.context, self.history,
+                                      tools=self.result.mode == "tool")
+
+    def advance(self, generated: str, emit: Callable[[str, object], None] = lambda kind, value: None) -> None:
+        """Act on one generation: an answer (or none) ends the loop; calls are run and become a turn."""
+        b, res = self.bridge, self.result
+        text, _ = b.fmt.cut(generated)  # calls come only from this, the model's own new text
+        res.steps += 1
+        res.generations.append(text)
+        if res.mode != "tool" or CALL_OPEN not in text:
+            answer = b.fmt.answer(text)
+            res.answer = answer or None
+            res.stop_reason = "answer" if answer else "no_answer"
+            return self._finish()
+        executed = []
+        for call in parse_calls(text):
+            res.calls.append(call)
+            emit("call", call)
+            key = call_key(call)
+            if key in self.seen:
+                res.stop_reason = "repeated_call"
                 break
-            executed = []
-            for call in parse_calls(text):
-                res.calls.append(call)
-                emit("call", call)
-                key = call_key(call)
-                if key in seen:
-                    res.stop_reason = "repeated_call"
-                    break
-                seen.add(key)
-                executed.append(run_tool(self.tools, call, self.max_facts))
-                emit("observation", executed[-1])
-            res.observations += executed
-            if res.stop_reason == "repeated_call":
-                break
-            turns.append(make_turn(text, executed, self.max_facts))
+            self.seen.add(key)
+            executed.append(run_tool(b.tools, call, b.max_facts))
+            emit("observation", executed[-1])
+        res.observations += executed
+        if res.stop_reason == "repeated_call" or res.steps >= b.max_steps:
+            return self._finish()  # stop_reason stays "max_steps" unless a repeat cut it off
+        self.turns.append(make_turn(text, executed, b.max_facts))
+
+    def _finish(self) -> None:
+        res = self.result
         seen_facts = res.facts_seen
         res.answered_without_lookup = res.answer is not None and not seen_facts
         res.supported = res.answer is not None and any(
             fold(str(f.get("object", ""))) in fold(res.answer) for f in seen_facts if f.get("object"))
-        emit("done", res)
-        return res
+        self.done = True

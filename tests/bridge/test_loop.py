@@ -229,3 +229,56 @@ def test_real_generation_stops_at_a_closed_call(tiny_qwen2_dir):
     assert len(gen("Tokyo is", stop=lambda t: len(t) > 0)) <= len(full)
     n = len(tok(gen("Tokyo is", stop=lambda t: len(t) > 0), add_special_tokens=False).input_ids)
     assert n <= 2  # stopped after the first token that produced text
+
+
+class BatchedLookupModel(LookupModel):
+    """LookupModel with a batched `many`, recording each round's prompts."""
+
+    def __init__(self):
+        super().__init__()
+        self.rounds = []
+
+    def many(self, prompts, *, stop=None, add_special_tokens=True):
+        self.rounds.append(list(prompts))
+        return [self(p, stop=stop) for p in prompts]
+
+
+@pytest.mark.parametrize("mode", ["closed", "just-rag", "tool"])
+def test_ask_many_gives_what_ask_gives(tools, mode):
+    questions = [Q, "The city of Lagos is in the country of", "The city of Atlantis is in the country of",
+                 "What is love?", "The city of Osaka is in the country of"]
+    one_by_one = [make(LookupModel(), tools, max_steps=3).ask(q, mode=mode).to_dict() for q in questions]
+    model = BatchedLookupModel()
+    batched = make(model, tools, max_steps=3).ask_many(questions, mode=mode)
+    assert [r.to_dict() for r in batched] == one_by_one
+    # Each round generates only for the questions still open: all five, then the ones that made a call.
+    assert len(model.rounds[0]) == 5
+    if mode == "tool":
+        # The four city questions call; "What is love?" is answered at once. Atlantis is not in the store,
+        # so in round 2 it calls again and is cut off as a repeat.
+        assert [len(r) for r in model.rounds] == [5, 4]
+        assert [r.stop_reason for r in batched] == ["answer", "answer", "repeated_call", "answer", "answer"]
+    else:
+        assert len(model.rounds) == 1
+
+
+def test_ask_many_without_a_batched_generator(tools):
+    results = make(Scripted(" " + render_lookup("Tokyo", "country"), " Hmm.", " Japan."), tools).ask_many(
+        [Q, "What is love?"])
+    # Round 1: Tokyo's call, then "Hmm." for the second question; round 2: Tokyo's answer.
+    assert [r.answer for r in results] == ["Japan.", "Hmm."] and [r.steps for r in results] == [2, 1]
+
+
+def test_batched_generation_matches_one_at_a_time_on_the_tiny_model(tiny_qwen2_dir):
+    from bridge.backend import HFGenerator
+    from neuralcpu.models import load_model
+
+    model, tok = load_model(str(tiny_qwen2_dir))
+    gen = HFGenerator(model, tok, max_new_tokens=12, batch_size=2)
+    side = tok.padding_side
+    prompts = ["Tokyo is", "The city of Lagos is in the country of", "A"]  # padded to different lengths
+    assert gen.many(prompts) == [gen(p) for p in prompts]
+    # Each row stops on its own: after the first token that produced text.
+    first = gen.many(prompts, stop=lambda t: len(t) > 0)
+    assert all(len(tok(t, add_special_tokens=False).input_ids) <= 2 for t in first)
+    assert tok.padding_side == side  # restored

@@ -13,11 +13,11 @@ correct if the answer is in the first 80 characters of a 24-token greedy answer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import metrics
+from neuralcpu.data import jsonl_rows
 from neuralcpu.facts import TEMPLATES, Fact, FactSets, prompts_for
 from neuralcpu.toolcall import CALL_OPEN
 
@@ -47,17 +47,8 @@ def load_tofu(path: str | Path | None = None) -> list[dict]:
                 for r in ds]
     if not path.is_file():
         raise FileNotFoundError(f"TOFU world facts file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
-                raise ValueError(f"{path}:{lineno}: needs string fields 'question' and 'answer'")
-            rows.append({"question": row["question"], "answer": row["answer"],
-                         "perturbed_answer": list(row.get("perturbed_answer", []))})
-    return rows
+    return [{"question": row["question"], "answer": row["answer"], "perturbed_answer": list(row.get("perturbed_answer", []))}
+            for _, row in jsonl_rows(path, ("question", "answer"))]
 
 
 def tofu_format(tokenizer, requested: str = "auto") -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from neuralcpu.facts import Fact, FactSets, is_correct, load_jsonl_facts, prompts_for
-from neuralcpu.toolcall import LOOKUP_TOOL
+from neuralcpu.toolcall import is_lookup
 
 from .loop import MODES, Bridge
 
@@ -55,7 +55,7 @@ def run_eval(bridge: Bridge, facts: list[Fact], modes=MODES, split: str = "eval"
             records.append(Record(
                 fact.subject, fact.relation, fact.object, prompt, mode, res.answer,
                 is_correct(res.answer or "", fact),
-                any(c.error is None and c.name == LOOKUP_TOOL for c in res.calls),
+                any(is_lookup(c) for c in res.calls),
                 res.answered_without_lookup, res.supported, res.stop_reason, res.steps))
     return records
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 # Where this project's shared data sits next to a checkout; a normal user passes a path or uses the hub.
 SHARED_GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
@@ -11,6 +12,32 @@ SHARED_GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 class DataFileError(ValueError):
     """A data file has a bad line; the message names file, line and field."""
+
+
+def jsonl_rows(path: str | Path, required: tuple[str, ...] = (), error: type[Exception] = DataFileError
+               ) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file.
+
+    Raises `error` naming the file, line and field of the first bad line: not JSON, not an object, or a
+    `required` field missing or not a non-empty string. A missing file raises `error` naming the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise error(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            for key in required:
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise error(f"{path}:{lineno}: field {key!r} is missing or not a non-empty string")
+            yield lineno, row
 
 
 def default_gsm8k_path(split: str) -> Path | None:
@@ -35,23 +62,11 @@ def load_gsm8k(split: str = "train", path: str | Path | None = None, limit: int 
                                 f"failed ({type(e).__name__}: {e}); pass a JSONL path (--gsm8k-path)") from e
         rows = [dict(question=r["question"], answer=r["answer"]) for r in data]
         return rows[:limit] if limit else rows
-    if not path.is_file():
-        raise DataFileError(f"{path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            for key in ("question", "answer"):
-                if not isinstance(row.get(key), str):
-                    raise DataFileError(f"{path}:{lineno}: field {key!r} is missing or not a string")
-            rows.append({"question": row["question"], "answer": row["answer"]})
-            if limit and len(rows) >= limit:
-                break
+    for _, row in jsonl_rows(path, ("question", "answer")):
+        rows.append({"question": row["question"], "answer": row["answer"]})
+        if limit and len(rows) >= limit:
+            break
     return rows
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from neuralcpu.data import jsonl_rows
+
 TEMPLATES: dict[str, dict[str, list[str]]] = {
     "country": {  # city -> country
         # Six training phrasings: with two, the model learned "this phrasing -> lookup" instead of
@@ -139,29 +141,14 @@ def load_jsonl_facts(path: str | Path) -> list[Fact]:
 
     Raises FactFileError naming the file, line and field of the first bad line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FactFileError(f"{path}: no such file")
     facts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FactFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise FactFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in ("subject", "relation", "object"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise FactFileError(f"{path}:{lineno}: field {key!r} is missing or not a non-empty string")
-            if row["relation"] not in TEMPLATES:
-                raise FactFileError(
-                    f"{path}:{lineno}: field 'relation' is {row['relation']!r}; templates exist for {sorted(TEMPLATES)}"
-                )
-            aliases = row.get("aliases", ALIASES.get(row["object"], []))
-            facts.append(Fact(row["subject"], row["relation"], row["object"], tuple(aliases)))
+    for lineno, row in jsonl_rows(path, ("subject", "relation", "object"), FactFileError):
+        if row["relation"] not in TEMPLATES:
+            raise FactFileError(
+                f"{path}:{lineno}: field 'relation' is {row['relation']!r}; templates exist for {sorted(TEMPLATES)}"
+            )
+        aliases = row.get("aliases", ALIASES.get(row["object"], []))
+        facts.append(Fact(row["subject"], row["relation"], row["object"], tuple(aliases)))
     if not facts:
         raise FactFileError(f"{path}: no facts")
     return facts

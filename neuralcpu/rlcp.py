@@ -36,11 +36,11 @@ from tqdm.auto import tqdm
 
 from neuralcpu import losses
 from neuralcpu.data import gsm8k_text, load_gsm8k
-from neuralcpu.facts import Fact, FactSets, build_fact_sets, fold, is_correct, prompts_for, render_context
+from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
-from neuralcpu.toolcall import CALL_OPEN, LOOKUP_TOOL, parse_calls, render_lookup
+from neuralcpu.toolcall import CALL_OPEN, is_lookup, parse_calls, render_lookup
 
 METHODS = ("rlcp", "unlikelihood", "graddiff", "npo")
 
@@ -162,12 +162,6 @@ def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
 
 # ----------------------------------------------------------------------------- evaluation -------------
 
-def call_asks_for(text: str, fact: Fact) -> bool:
-    """`text` holds a well-formed lookup call for `fact`'s subject (the call the bridge can execute)."""
-    return any(c.error is None and c.name == LOOKUP_TOOL and fold(str(c.arguments.get("subject", ""))) == fold(fact.subject)
-               for c in parse_calls(text))
-
-
 def evaluate(model, tokenizer, facts: FactSets) -> dict:
     """Closed-book greedy accuracy under held-out templates, how often a lookup is requested, and how
     often a forget prompt gets a well-formed lookup call for the right subject."""
@@ -176,16 +170,16 @@ def evaluate(model, tokenizer, facts: FactSets) -> dict:
         outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64)
         acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
         lookups = sum(CALL_OPEN in o for o in outs) / len(prompts)
+        calls_ok = sum(any(is_lookup(c, f.subject) for c in parse_calls(o)) for (f, _), o in zip(prompts, outs))
         misses = [f"{p} ->{o}" for (f, p), o in zip(prompts, outs) if not is_correct(o, f)]
-        return acc, lookups, outs, misses
+        return acc, lookups, calls_ok / len(prompts), outs, misses
 
     was_training = model.training
     model.eval()
-    f_acc, f_look, f_outs, _ = run(facts.forget, max_new_tokens=48)  # room for a whole call
-    calls_ok = sum(call_asks_for(o, f) for f, o in zip([f for f in facts.forget for _ in prompts_for(f, "eval")], f_outs))
-    l_acc, l_look, _, l_misses = run(facts.locality)
+    f_acc, f_look, f_calls_ok, f_outs, _ = run(facts.forget, max_new_tokens=48)  # room for a whole call
+    l_acc, l_look, _, _, l_misses = run(facts.locality)
     model.train(was_training)
-    return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "forget_call_ok_rate": calls_ok / max(len(f_outs), 1),
+    return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "forget_call_ok_rate": f_calls_ok,
             "locality_acc": l_acc, "locality_lookup_rate": l_look, "forget_samples": f_outs[:3],
             "locality_misses": l_misses[:4]}
 

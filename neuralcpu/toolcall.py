@@ -82,6 +82,16 @@ def parse_calls(text: str) -> list[ToolCall]:
     return calls
 
 
+def is_lookup(call: ToolCall, subject: str | None = None) -> bool:
+    """`call` is a well-formed lookup (one the bridge can execute), for `subject` when given (compared
+    case- and diacritic-insensitively)."""
+    from neuralcpu.facts import fold  # facts is the heavier module; toolcall stays importable on its own
+
+    if call.error is not None or call.name != LOOKUP_TOOL:
+        return False
+    return subject is None or fold(str(call.arguments.get("subject", ""))) == fold(subject)
+
+
 def template_supports_tools(tokenizer) -> bool:
     """Whether the tokenizer's chat template renders a `tools=` argument (Qwen2.5's does)."""
     template = getattr(tokenizer, "chat_template", None) or ""

@@ -32,7 +32,7 @@ from neuralcpu.facts import TEMPLATES, Fact, FactSets, fold, is_correct, prompts
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.rlcp import encode, resolve_layers, set_trainable
-from neuralcpu.toolcall import LOOKUP_TOOL, parse_calls, render_lookup
+from neuralcpu.toolcall import is_lookup, parse_calls, render_lookup
 
 
 @dataclass
@@ -124,8 +124,7 @@ def score(model, tokenizer, calls, answers, owners: list[Fact]) -> dict:
     outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=16)  # a call is ~35 tokens
     model.train(was_training)
     call_outs, answer_outs = outs[: len(calls)], outs[len(calls):]
-    called = [any(c.error is None and c.name == LOOKUP_TOOL and fold(str(c.arguments.get("subject"))) == fold(f.subject)
-                  for c in parse_calls(o)) for o, f in zip(call_outs, owners)]
+    called = [any(is_lookup(c, f.subject) for c in parse_calls(o)) for o, f in zip(call_outs, owners)]
     right = [is_correct(o, f) for o, f in zip(answer_outs, owners)]
     return {"call_rate": sum(called) / max(1, len(called)), "answer_acc": sum(right) / max(1, len(right)),
             "samples": call_outs[:2] + answer_outs[:2]}

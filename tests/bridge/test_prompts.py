@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bridge.prompts import CompletionFormat, defang, escape_payload
-from neuralcpu.toolcall import parse_calls, render_lookup
+from neuralcpu.toolcall import is_lookup, parse_calls, render_call, render_lookup
 
 
 def test_escape_payload_is_lossless_and_has_no_markup():
@@ -63,3 +63,14 @@ def test_answer_end(answer_end, text, done):
     assert CompletionFormat(answer_end=answer_end).cut(" It is Japan. So\nit is in Asia.") == (text, done)
     with pytest.raises(ValueError):
         CompletionFormat(answer_end="paragraph")
+
+
+@pytest.mark.parametrize("text, subject, expected", [
+    (render_lookup("São Paulo", "country"), None, True),
+    (render_lookup("São Paulo", "country"), "sao paulo", True),  # case and accents folded
+    (render_lookup("Lima", "country"), "Lagos", False),  # another subject
+    (render_call("search", {"query": "Lima"}), None, False),  # not a lookup
+    ("<tool_call>{oops}</tool_call>", None, False),  # malformed
+])
+def test_is_lookup(text, subject, expected):
+    assert [is_lookup(c, subject) for c in parse_calls(text)] == [expected]

@@ -9,7 +9,8 @@ Two layouts, one interface (`prompt`, `cut`, `answer`):
       The city of Tokyo is in the country of <tool_call>{...}</tool_call> <tool_response>[...]</tool_response>
       Tokyo is a city in Japan. The city of Tokyo is in the country of       -> " Japan"
 
-  The last line is RLCP's RAG-stream form (`render_context(fact) + " " + prompt`).
+  What follows the question is `neuralcpu.toolcall.render_followup`; RLCP's RAG stream trains on it
+  and on its last line alone (`render_context(fact) + " " + prompt`).
 - `ChatFormat`, for tokenizers whose chat template renders `tools=` (Qwen2.5): the template's own
   tool-call and `role: "tool"` messages.
 
@@ -26,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 
 from neuralcpu.facts import Fact, render_context
-from neuralcpu.toolcall import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, ToolCall, render_result
+from neuralcpu.toolcall import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, ToolCall, render_followup
 
 FORMATS = ("auto", "completion", "chat")
 SHOWN_FIELDS = ("subject", "relation", "object")  # what the model sees of a fact; the rest stays in the record
@@ -162,9 +163,7 @@ class CompletionFormat:
         ctx = self.context(list(context))
         text = (ctx + " " if ctx else "") + question
         for turn in turns:
-            text += turn.text + "".join(" " + render_result(p) for p in turn.payloads) + "\n"
-            ctx = self.context(turn.facts)
-            text += (ctx + " " if ctx else "") + question
+            text += render_followup(turn.text, turn.payloads, self.context(turn.facts), question)
         return text
 
     def cut(self, generated: str) -> tuple[str, bool]:

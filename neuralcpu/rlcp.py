@@ -40,7 +40,7 @@ from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
-from neuralcpu.toolcall import CALL_OPEN, is_lookup, parse_calls, render_lookup
+from neuralcpu.toolcall import CALL_OPEN, is_lookup, parse_calls, render_followup, render_lookup
 
 METHODS = ("rlcp", "unlikelihood", "graddiff", "npo")
 
@@ -155,9 +155,19 @@ def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> list[tupl
 
 
 def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
-    """The fact in context, then a training-template question about it: the answer must follow."""
-    return [(render_context(f) + " " + p, " " + f.object)
-            for f in facts for p in prompts_for(f, "train")]
+    """The fact in context, then a training-template question about it: the answer must follow.
+
+    Each fact and template comes twice: the context sentence alone, and the whole follow-up the bridge
+    shows after a lookup (the question, the call, the store's result, the context, the question again).
+    """
+    pairs = []
+    for f in facts:
+        result = json.dumps([{"subject": f.subject, "relation": f.relation, "object": f.object}], ensure_ascii=False)
+        for p in prompts_for(f, "train"):
+            pairs.append((render_context(f) + " " + p, " " + f.object))
+            pairs.append((p + render_followup(" " + render_lookup(f.subject, f.relation), [result], render_context(f), p),
+                          " " + f.object))
+    return pairs
 
 
 # ----------------------------------------------------------------------------- evaluation -------------
@@ -319,7 +329,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         class_scale = [losses.group_scatter(hs[l + 1][idx, batch["last"]].cpu(), y, g)[1].item() for l in layers]
 
     run_id = uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12]
-    last_eval, t0 = original, time.perf_counter()
+    # A resumed run's latest evaluation (also what a run resumed at its last step reports).
+    last_eval, t0 = json.loads(metrics_file.read_text().splitlines()[-1]), time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.method}", disable=not accel.is_main_process)
     for step in bar:
         rng = random.Random(cfg.seed * 100003 + step)

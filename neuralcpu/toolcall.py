@@ -45,6 +45,16 @@ def render_result(payload: str) -> str:
     return f"{RESULT_OPEN}{payload}{RESULT_CLOSE}"
 
 
+def render_followup(call_text: str, payloads: list[str], context: str, question: str) -> str:
+    """What the completion layout appends after a question once the model made a call: the call as the
+    model wrote it, each result as data, then (new line) the facts as sentences and the question again.
+
+    `bridge`'s CompletionFormat builds its prompts with this; RLCP's RAG stream trains on it, so the
+    model answers after a lookup in the layout it will see.
+    """
+    return call_text + "".join(" " + render_result(p) for p in payloads) + "\n" + (context + " " if context else "") + question
+
+
 def has_call_start(text: str) -> bool:
     """True if `text` contains the opening of a tool call (complete or not)."""
     return CALL_OPEN in text

@@ -282,3 +282,16 @@ def test_batched_generation_matches_one_at_a_time_on_the_tiny_model(tiny_qwen2_d
     first = gen.many(prompts, stop=lambda t: len(t) > 0)
     assert all(len(tok(t, add_special_tokens=False).input_ids) <= 2 for t in first)
     assert tok.padding_side == side  # restored
+
+
+def test_rlcp_rag_stream_trains_the_prompt_the_bridge_shows_after_a_lookup(tools):
+    from neuralcpu.facts import Fact, prompts_for
+    from neuralcpu.rlcp import rag_pairs
+
+    fact = Fact("Tokyo", "country", "Japan")
+    question = prompts_for(fact, "train")[0]
+    model = Scripted(" " + render_lookup("Tokyo", "country"), " Japan.")
+    make(model, tools).ask(question)
+    followups = [(p, t) for p, t in rag_pairs([fact]) if CALL_OPEN in p]
+    assert (model.prompts[1], " Japan") in followups  # what the loop showed is a RAG-stream training prompt
+    assert len(followups) == len(prompts_for(fact, "train"))

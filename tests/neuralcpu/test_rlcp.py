@@ -133,6 +133,12 @@ def test_resume_after_kill(tiny_qwen2_dir, tmp_path):
     assert rc.returncode == 0, rc.stderr[-2000:]
     steps = [json.loads(l)["step"] for l in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 30 and 0 in steps
+    # Resuming a run already at its last step trains nothing and reports that step's evaluation.
+    last = json.loads((Path(cfg.out) / "metrics.jsonl").read_text().splitlines()[-1])
+    rc = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    summary = json.loads((Path(cfg.out) / "summary.json").read_text())
+    assert summary["step"] == 30 and summary["final"]["forget_acc"] == last["forget_acc"]
 
 
 def test_bad_fact_file_names_line(tmp_path):

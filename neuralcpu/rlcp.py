@@ -18,7 +18,6 @@ Setting a stream's weight to 0 ablates it. The run goes through accelerate's Acc
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -35,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neuralcpu import losses
+from neuralcpu.config import config_parser, parse_config
 from neuralcpu.data import gsm8k_text, load_gsm8k
 from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
 from neuralcpu.generation import greedy_generate
@@ -489,25 +489,11 @@ def move_to_store(facts: list[Fact], store_dir: str, summary: dict) -> int:
 
 
 def parse_args(argv: list[str] | None) -> tuple[RLCPConfig, bool]:
-    """CLI flags generated from the config dataclass (one flag per field, with its help)."""
-    parser = argparse.ArgumentParser(prog="python -m neuralcpu rlcp", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(RLCPConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + f" (default: {f.default})")
+    """CLI flags generated from the config dataclass (one flag per field, with its help), plus --resume."""
+    parser = config_parser(RLCPConfig, "python -m neuralcpu rlcp", __doc__)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    args = vars(parser.parse_args(argv))
-    resume = args.pop("resume")
-    cfg = RLCPConfig(**args)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        parser.error(str(e))
-    return cfg, resume
+    cfg, extra = parse_config(RLCPConfig, parser, argv)
+    return cfg, extra["resume"]
 
 
 def main(argv: list[str] | None = None) -> int:

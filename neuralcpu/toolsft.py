@@ -16,7 +16,6 @@ and a held-out sample of store facts is scored before and after under the evalua
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import random
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from neuralcpu import losses
+from neuralcpu.config import config_parser, parse_config
 from neuralcpu.facts import TEMPLATES, Fact, FactSets, fold, is_correct, prompts_for
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
@@ -213,18 +213,7 @@ def train(cfg: ToolSFTConfig) -> dict:
 
 def parse_args(argv: list[str] | None) -> ToolSFTConfig:
     """CLI flags generated from the config dataclass (one flag per field, with its help)."""
-    parser = argparse.ArgumentParser(prog="python -m neuralcpu toolsft", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(ToolSFTConfig):
-        kind = {"int": int, "float": float}.get(str(f.type), str)
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
-                            help=f.metadata["help"] + f" (default: {f.default})")
-    cfg = ToolSFTConfig(**vars(parser.parse_args(argv)))
-    try:
-        cfg.validate()
-    except ValueError as e:
-        parser.error(str(e))
-    return cfg
+    return parse_config(ToolSFTConfig, config_parser(ToolSFTConfig, "python -m neuralcpu toolsft", __doc__), argv)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--suite", nargs="+", default=["all"], choices=[*SUITES, "all"], help="suites to run")
     p.add_argument("--systems", nargs="+", default=["all"], choices=[*systems.SYSTEM_NAMES, "all"],
                    help="systems to evaluate (default all; unavailable ones are skipped)")
+    p.add_argument("--gsm8k-systems", nargs="+", default=["all"], choices=[*systems.SYSTEM_NAMES, "all"],
+                   help="of those, the systems that also run GSM8K (default all)")
     p.add_argument("--out", required=True, help="output dir, e.g. results/<name>")
     p.add_argument("--seed", type=int, default=0, help="seed of the GSM8K subset, few-shot exemplars and the attack")
     p.add_argument("--n-gsm8k", type=int, default=100, help="GSM8K test problems (0 = all 1319)")
@@ -224,7 +226,7 @@ def run(args) -> dict:
             results["facts"][spec.name] = facts_suite.evaluate(answer, facts, tofu, tokenizer, args.tofu_format)
             summary = ", ".join(f"{k} {v['acc']:.2f}" for k, v in results["facts"][spec.name].items())
             log(f"{spec.name} facts: {summary} ({time.perf_counter() - t0:.0f}s)")
-        if "gsm8k" in args.suite:
+        if "gsm8k" in args.suite and ("all" in args.gsm8k_systems or spec.name in args.gsm8k_systems):
             progress_answer = (systems.closed_answerer(model, tokenizer, args.batch_size, progress=True)
                                if spec.mode == "closed" else answer)
             r = gsm8k.evaluate(progress_answer, tokenizer, test_rows, train_rows, n_gsm8k, args.seed,

@@ -119,10 +119,12 @@ def test_bridge_systems_through_the_loop(bench_inputs, tmp_path):
     store.close()
     argv = [a for a in args]
     argv[argv.index("--systems") + 1 : argv.index("--suite")] = ["original+just-rag", "rlcp+tool"]
-    argv[argv.index("--suite") + 1] = "facts"
-    assert run.main([*argv, "--store", str(tmp_path / "store"), "--no-tofu", "--out", str(tmp_path / "o")]) == 0
+    argv[argv.index("--suite") + 1 : argv.index("--suite") + 2] = ["facts", "gsm8k"]
+    assert run.main([*argv, "--store", str(tmp_path / "store"), "--no-tofu", "--gsm8k-systems", "rlcp+tool",
+                     "--out", str(tmp_path / "o")]) == 0
     r = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [s["name"] for s in r["systems"]] == ["original+just-rag", "rlcp+tool"] and r["store"]
+    assert list(r["gsm8k"]) == ["rlcp+tool"] and r["gsm8k"]["rlcp+tool"]["n"] == 3  # only the --gsm8k-systems
     for name in ("original+just-rag", "rlcp+tool"):
         forget = r["facts"][name]["forget"]
         assert forget["n"] == 2 * len(CITIES) and 0 <= forget["acc"] <= 1 and 0 <= forget["lookup_rate"] <= 1

@@ -55,7 +55,8 @@ def normalize_number(text: str) -> str | None:
     except InvalidOperation:
         return None
     if value == value.to_integral_value():
-        return str(value.quantize(Decimal(1)))
+        # not quantize(): it raises for integers longer than the context's 28 digits (models do emit those)
+        return format(value.to_integral_value(), "f")
     return format(value.normalize(), "f")
 
 

@@ -21,6 +21,8 @@ from neuralcpu.facts import Fact
     ("We get 3.5 hours", "3.5"),
     ("In 2,024 days and 12,34 more: 7", "7"),
     ("no digits here", None),
+    ("#### " + "9" * 40, "9" * 40),  # longer than Decimal's 28-digit context: no InvalidOperation
+    ("#### 1e40", "1"),  # "e40" is not part of a number here
 ])
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected

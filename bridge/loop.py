@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from neuralcpu.facts import fold
-from neuralcpu.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, parse_calls
+from neuralcpu.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls
 
-from .prompts import Turn, escape_payload, to_fact
+from .prompts import Turn, to_fact
 
 MODES = ("closed", "just-rag", "tool")
 STOP_REASONS = ("answer", "no_answer", "max_steps", "repeated_call")

@@ -40,7 +40,7 @@ from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
-from neuralcpu.toolcall import CALL_OPEN, is_lookup, parse_calls, render_followup, render_lookup
+from neuralcpu.toolcall import CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
 
 METHODS = ("rlcp", "unlikelihood", "graddiff", "npo")
 
@@ -162,7 +162,7 @@ def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
     """
     pairs = []
     for f in facts:
-        result = json.dumps([{"subject": f.subject, "relation": f.relation, "object": f.object}], ensure_ascii=False)
+        result = escape_payload(json.dumps([{"subject": f.subject, "relation": f.relation, "object": f.object}]))
         for p in prompts_for(f, "train"):
             pairs.append((render_context(f) + " " + p, " " + f.object))
             pairs.append((p + render_followup(" " + render_lookup(f.subject, f.relation), [result], render_context(f), p),

@@ -45,6 +45,26 @@ def render_result(payload: str) -> str:
     return f"{RESULT_OPEN}{payload}{RESULT_CLOSE}"
 
 
+SHOWN_FIELDS = ("subject", "relation", "object")  # what the model sees of a fact; the rest stays in the record
+
+
+def escape_payload(tool_output: str, max_facts: int = 5) -> str:
+    """The tool output as the model sees it: JSON with markup characters escaped.
+
+    A JSON array of facts is cut to `SHOWN_FIELDS` and `max_facts` items; anything else is re-dumped.
+    `<`, `>`, `&` can only occur inside JSON strings, so replacing them with `\\u` escapes keeps the
+    JSON valid and lossless while no tag or special token can appear in the prompt.
+    """
+    try:
+        data = json.loads(tool_output)
+    except (json.JSONDecodeError, TypeError):
+        data = {"text": str(tool_output)}
+    if isinstance(data, list):
+        data = [{k: f[k] for k in SHOWN_FIELDS if k in f} if isinstance(f, dict) else f for f in data[:max_facts]]
+    text = json.dumps(data, ensure_ascii=False)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
 def render_followup(call_text: str, payloads: list[str], context: str, question: str) -> str:
     """What the completion layout appends after a question once the model made a call: the call as the
     model wrote it, each result as data, then (new line) the facts as sentences and the question again.

@@ -89,15 +89,19 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, train_groups: np.nd
 @torch.inference_mode()
 def solution_perplexity(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 8) -> float:
     """exp(mean next-token loss) over the solution tokens of (question, solution) pairs."""
-    from neuralcpu.losses import token_logprobs
+    import torch.nn.functional as F
+
+    from neuralcpu.losses import labelled_positions
     from neuralcpu.rlcp import encode
 
     nll, count = 0.0, 0
-    for i in range(0, len(pairs), batch_size):
-        batch = encode(tokenizer, pairs[i : i + batch_size], max_len=512)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp, mask = token_logprobs(logits, batch["labels"])
-        nll, count = nll - logp.sum().item(), count + int(mask.sum())
+    order = sorted(pairs, key=lambda p: len(p[0]) + len(p[1]))  # similar lengths share a batch: less padding
+    for i in range(0, len(order), batch_size):
+        batch = encode(tokenizer, order[i : i + batch_size], max_len=512)
+        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        at, targets = labelled_positions(batch["labels"])  # the LM head runs only on the solution's positions
+        logits = model.get_output_embeddings()(hidden[at]).float()
+        nll, count = nll + F.cross_entropy(logits, targets, reduction="sum").item(), count + len(targets)
     return float(np.exp(nll / max(count, 1)))
 
 

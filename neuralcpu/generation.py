@@ -15,6 +15,7 @@ def greedy_generate(
     batch_size: int = 16,
     progress: bool = False,
     stop_at_newline: bool = False,
+    stop_strings: list[str] | None = None,
 ) -> list[str]:
     """Greedy continuations of `prompts` (decoded, prompt stripped), batched with left padding.
 
@@ -24,6 +25,8 @@ def greedy_generate(
         batch_size: prompts per forward batch.
         progress: show a tqdm bar over batches.
         stop_at_newline: cut each continuation at its first newline.
+        stop_strings: a row stops generating after any of these (kept in its text); the batch ends
+            when every row has stopped, so short answers do not pay for the longest budget.
     """
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models must see the prompt end at the last position
@@ -39,6 +42,7 @@ def greedy_generate(
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                **({"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}),
             )
             texts = tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             outputs += [t.split("\n")[0] if stop_at_newline else t for t in texts]

@@ -133,17 +133,28 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return logp * mask, mask
 
 
+def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions whose next token is labelled, (B, T) bool, and those next tokens (N,) in row-major
+    order: logits gathered at these positions pair with these targets."""
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != -100
+    return positions, labels[:, 1:][positions[:, :-1]]
+
+
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled tokens."""
     logp, mask = token_logprobs(logits, labels)
     return -logp.sum() / mask.sum().clamp_min(1)
 
 
-def kl_to_anchor(logits: torch.Tensor, anchor_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(anchor || current) per token, averaged over mask (B, T) positions."""
+def kl_to_anchor(logits: torch.Tensor, anchor_logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(anchor || current) per token, averaged over mask (B, T) positions (over every row of (N, V)
+    logits when mask is None)."""
     logq = F.log_softmax(logits.float(), -1)
     logp = F.log_softmax(anchor_logits.float(), -1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, T)
+    kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, T) or (N,)
+    if mask is None:
+        return kl.mean()
     return (kl * mask).sum() / mask.sum().clamp_min(1)
 
 

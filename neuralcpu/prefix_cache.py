@@ -52,12 +52,16 @@ class DeepSuffix(nn.Module):
         self.layers = nn.ModuleList(list(inner.layers)[first_layer:])
         self.norm, self.rotary_emb, self.lm_head = inner.norm, inner.rotary_emb, model.lm_head
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                head: bool = True) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """head=False skips the LM head and returns (None, states)."""
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, head: bool = True,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """head=False skips the LM head and returns (None, states). `positions` (B, T) bool runs the head
+        only there and returns logits (N, V) for the N chosen positions in row-major order: the head is
+        a large share of a small model's compute, and most losses read a few positions."""
         states = _run_blocks(self.config, self.rotary_emb, self.layers, hidden, attention_mask)
         states[-1] = self.norm(states[-1])
-        return (self.lm_head(states[-1]) if head else None), states
+        if not head:
+            return None, states
+        return self.lm_head(states[-1] if positions is None else states[-1][positions]), states
 
 
 class PrefixCache:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from neuralcpu import losses
@@ -40,7 +41,7 @@ from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
-from neuralcpu.toolcall import CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
+from neuralcpu.toolcall import CALL_CLOSE, CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
 
 METHODS = ("rlcp", "unlikelihood", "graddiff", "npo")
 
@@ -83,7 +84,8 @@ class RLCPConfig:
     w_rag: float = field(default=1.0, metadata={"help": "weight of the answer-from-context loss"})
     w_retrieval: float = field(default=5.0, metadata={"help": "weight of the lookup-request loss"})
     npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
-    trainable: str = field(default="deep", metadata={"help": "'deep' (blocks from the first GRL layer up), 'full' or 'lora'"})
+    trainable: str = field(default="deep", metadata={"help": "'deep' (blocks from --train-from up), 'full' or 'lora'"})
+    train_from: int = field(default=-1, metadata={"help": "deep/lora: first trained block (-1 = the first GRL layer); lower values give the erasure blocks before the probed layers"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (trainable=lora)"})
     cache_prefix: bool = field(default=True, metadata={"help": "deep/lora: compute the frozen blocks once per prompt and share them with the anchor"})
     mixed_precision: str = field(default="no", metadata={"help": "'bf16' autocast or 'no' (fp32; bf16 is emulated and slower on CPUs without AVX-512-BF16/AMX)"})
@@ -109,6 +111,8 @@ class RLCPConfig:
         for name in ("steps", "n_forget", "eval_every", "ckpt_every", "retain_batch"):
             if getattr(self, name) < 1:
                 errs.append(f"{name} must be >= 1")
+        if self.train_from >= 0 and self.grl_layers != "auto" and self.train_from > min(int(x) for x in self.grl_layers.split(",")):
+            errs.append("train_from must not be above the first GRL layer")
         if self.n_forget < 2:
             errs.append("n_forget must be >= 2 (the probe needs two classes)")
         if errs:
@@ -175,9 +179,10 @@ def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
 def evaluate(model, tokenizer, facts: FactSets) -> dict:
     """Closed-book greedy accuracy under held-out templates, how often a lookup is requested, and how
     often a forget prompt gets a well-formed lookup call for the right subject."""
-    def run(fs: list[Fact], max_new_tokens: int = 10):
+    def run(fs: list[Fact], max_new_tokens: int = 10, stop_strings=None):
         prompts = [(f, p) for f in fs for p in prompts_for(f, "eval")]
-        outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64)
+        outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64,
+                               stop_strings=stop_strings)
         acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
         lookups = sum(CALL_OPEN in o for o in outs) / len(prompts)
         calls_ok = sum(any(is_lookup(c, f.subject) for c in parse_calls(o)) for (f, _), o in zip(prompts, outs))
@@ -186,7 +191,7 @@ def evaluate(model, tokenizer, facts: FactSets) -> dict:
 
     was_training = model.training
     model.eval()
-    f_acc, f_look, f_calls_ok, f_outs, _ = run(facts.forget, max_new_tokens=48)  # room for a whole call
+    f_acc, f_look, f_calls_ok, f_outs, _ = run(facts.forget, max_new_tokens=48, stop_strings=[CALL_CLOSE])  # room for a whole call
     l_acc, l_look, _, _, l_misses = run(facts.locality)
     model.train(was_training)
     return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "forget_call_ok_rate": f_calls_ok,
@@ -263,7 +268,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     accel.wait_for_everyone()
 
     layers = resolve_layers(cfg.grl_layers, model.config.num_hidden_layers)
-    model = set_trainable(model, cfg.trainable, layers[0], cfg.lora_r)
+    first = layers[0] if cfg.train_from < 0 else cfg.train_from
+    model = set_trainable(model, cfg.trainable, first, cfg.lora_r)
     # deep + cache_prefix: the frozen prefix runs once per distinct prompt and the anchor shares it;
     # the module that trains (and that accelerate wraps) is then just the suffix of blocks.
     prefix = anchor_suffix = None
@@ -271,8 +277,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     if cfg.trainable in ("deep", "lora") and cfg.cache_prefix:  # lora adapts only the blocks from layers[0] up
         model.to(accel.device)
         base = model.get_base_model() if cfg.trainable == "lora" else model
-        prefix = PrefixCache(base, layers[0])
-        trained, anchor_suffix = DeepSuffix(base, layers[0]), DeepSuffix(anchor, layers[0])
+        prefix = PrefixCache(base, first)
+        trained, anchor_suffix = DeepSuffix(base, first), DeepSuffix(anchor, first)
     probes = losses.LayerProbes(layers, model.config.hidden_size, len(facts.classes))
     params = [p for p in trained.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -300,23 +306,31 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     accel.wait_for_everyone()
     original = json.loads(metrics_file.read_text().splitlines()[0])
 
-    def forward(batch, hidden=False, cache=True, net=None, head=True):
+    def forward(batch, hidden=False, cache=True, net=None, head=True, positions=None):
         """Logits and hidden states (indexed as transformers does) of the trained model, or of `net`.
 
-        head=False skips the LM head (only hidden states are needed): the vocabulary projection costs
-        as much as several blocks on short prompts."""
+        head=False skips the LM head (only hidden states are needed); `positions` (B, T) bool computes
+        logits (N, V) only there. The vocabulary projection costs as much as several blocks here."""
         ids, mask = batch["input_ids"].to(accel.device), batch["attention_mask"].to(accel.device)
         with accel.autocast():
             if prefix is None:
                 out = (net or trained)(input_ids=ids, attention_mask=mask, output_hidden_states=hidden,
                                        **({} if head else {"logits_to_keep": 1}))
-                return SimpleNamespace(logits=out.logits, hidden_states=out.hidden_states)
-            logits, states = (net or trained)(prefix(ids, mask, cache), mask, head=head)
-            return SimpleNamespace(logits=logits, hidden_states=[None] * layers[0] + states)
+                logits = out.logits if positions is None or not head else out.logits[positions.to(accel.device)]
+                return SimpleNamespace(logits=logits, hidden_states=out.hidden_states)
+            logits, states = (net or trained)(prefix(ids, mask, cache), mask, head=head,
+                                              positions=None if positions is None else positions.to(accel.device))
+            return SimpleNamespace(logits=logits, hidden_states=[None] * first + states)
 
     @torch.no_grad()
-    def anchor_forward(batch, hidden=False, cache=True, head=True):
-        return forward(batch, hidden, cache, net=anchor if prefix is None else anchor_suffix, head=head)
+    def anchor_forward(batch, hidden=False, cache=True, head=True, positions=None):
+        return forward(batch, hidden, cache, net=anchor if prefix is None else anchor_suffix, head=head,
+                       positions=positions)
+
+    def answer_loss(batch):
+        """Next-token loss on the labelled tokens, with logits computed only where they are read."""
+        at, targets = losses.labelled_positions(batch["labels"])
+        return F.cross_entropy(forward(batch, positions=at).logits, targets.to(accel.device))
 
     # The class-mean term's reference: the original model's scatter of the forget states, per GRL layer.
     class_scale = None
@@ -366,13 +380,13 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         #     or the answer that a baseline unlearns.
         if (cfg.method == "rlcp" and cfg.w_retrieval > 0) or (cfg.method != "rlcp" and cfg.w_forget > 0):
             batch = encode(tokenizer, [pair for pair, _, _ in rng.sample(forget_pool, min(cfg.forget_batch, len(forget_pool)))])
-            logits = forward(batch).logits
-            labels = batch["labels"].to(accel.device)
             if cfg.method == "rlcp":
-                retrieval = losses.lm_loss(logits, labels)
+                retrieval = answer_loss(batch)
                 total = total + cfg.w_retrieval * retrieval
                 logs["retrieval_loss"] = retrieval.item()
             else:
+                logits = forward(batch).logits
+                labels = batch["labels"].to(accel.device)
                 if cfg.method == "unlikelihood":
                     f_loss = losses.unlikelihood_loss(logits, labels)
                 elif cfg.method == "graddiff":
@@ -395,9 +409,12 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         if (cfg.w_locality > 0 or cfg.w_locality_states > 0) and locality_pool:
             batch = encode(tokenizer, rng.sample(locality_pool, min(cfg.locality_batch, len(locality_pool))))
             mask = batch["attention_mask"].to(accel.device)
-            out_l = forward(batch, hidden=True)
-            ref_l = anchor_forward(batch, hidden=True)
-            kl_loc = losses.kl_to_anchor(out_l.logits, ref_l.logits, mask)
+            # KL where the answer is read (the last prompt token and the answer's tokens); the GSM8K KL
+            # above anchors the rest of the distribution.
+            at, _ = losses.labelled_positions(batch["labels"])
+            out_l = forward(batch, hidden=True, positions=at)
+            ref_l = anchor_forward(batch, hidden=True, positions=at)
+            kl_loc = losses.kl_to_anchor(out_l.logits, ref_l.logits)
             # The states at the position the forget stream erases (the last prompt token, GRL layers) stay
             # where the original had them (RMU's retain term): the erasure has to spare untouched cities.
             last = torch.zeros_like(mask)
@@ -410,7 +427,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         # 3. RAG adaptation: answer from context -----------------------------------------------------------
         if cfg.w_rag > 0:
             rag_batch = encode(tokenizer, rng.sample(rag_pool, min(cfg.rag_batch, len(rag_pool))))
-            rag = losses.lm_loss(forward(rag_batch).logits, rag_batch["labels"].to(accel.device))
+            rag = answer_loss(rag_batch)
             total = total + cfg.w_rag * rag
             logs["rag_loss"] = rag.item()
 

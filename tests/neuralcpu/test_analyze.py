@@ -31,6 +31,11 @@ def test_solution_perplexity_matches_hf_loss(tiny_qwen2_dir):
     with torch.no_grad():
         ref = math.exp(model(input_ids=ids, labels=labels).loss.item())
     assert abs(solution_perplexity(model, tok, [(prompt, solution)]) - ref) < 1e-3 * ref
+    # batched, padded and reordered by length: the same token-weighted mean as one pair at a time
+    pairs = [(prompt, solution), ("Q: 1+1?\nA:", " 2"), ("Question: a long one, three times four?\nAnswer:", " 3*4=12\n#### 12")]
+    one_by_one = solution_perplexity(model, tok, pairs, batch_size=1)
+    assert abs(solution_perplexity(model, tok, pairs, batch_size=3) - one_by_one) < 1e-4 * one_by_one
+    assert abs(one_by_one - ref) > 1e-3 * ref  # the other pairs count
 
 
 def test_analyze_cli_writes_every_figure(tiny_qwen2_dir, tmp_path, capsys):

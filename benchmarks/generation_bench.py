@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import gsm8k  # noqa: E402
+from neuralcpu.generation import adds_bos  # noqa: E402
 from benchmarks.report import write_json_atomic  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
     end_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     outs = []
     for p in prompts:
-        enc = tokenizer(p, return_tensors="pt", add_special_tokens=gsm8k.adds_bos(tokenizer, [p])).to(model.device)
+        enc = tokenizer(p, return_tensors="pt", add_special_tokens=adds_bos(tokenizer, [p])).to(model.device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
                              top_k=None, pad_token_id=tokenizer.pad_token_id)
         row = gen[0, enc["input_ids"].shape[1]:].tolist()

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteriaList
 
 from benchmarks import metrics
+from neuralcpu.generation import adds_bos
 
 # Zero-shot instruction for chat models. It asks for the answer format only, not for step-by-step
 # reasoning, so that the CoT rate measures what the model does on its own.
@@ -86,13 +87,6 @@ def _truncate(text: str, patterns: list[re.Pattern]) -> str:
         if m:
             cut = min(cut, m.start() if p is _NEXT_QUESTION else m.end() - 1)
     return text[:cut]
-
-
-def adds_bos(tokenizer, prompts: list[str]) -> bool:
-    """Whether to let the tokenizer add its special tokens: not when every prompt already starts with
-    the BOS text (a rendered chat template, e.g. SmolLM2's "<|im_start|>"), which would double it."""
-    bos = tokenizer.bos_token
-    return not (bos and all(p.startswith(bos) for p in prompts))
 
 
 @torch.inference_mode()

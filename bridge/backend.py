@@ -59,9 +59,17 @@ class HFGenerator:
     def __init__(self, model, tokenizer, max_new_tokens: int = 64, batch_size: int = 16):
         self.model, self.tokenizer, self.max_new_tokens, self.batch_size = model, tokenizer, max_new_tokens, batch_size
 
-    def _pad_id(self) -> int:
-        tok = self.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    def _generate(self, enc, stop: Callable[[str], bool] | None, streamer=None) -> torch.Tensor:
+        """Greedy-generate from a tokenized (left-padded) batch; return the new tokens (B, T_new)."""
+        tok, T = self.tokenizer, enc["input_ids"].shape[1]  # input_ids (B, T)
+        out = self.model.generate(
+            **enc, max_new_tokens=self.max_new_tokens,
+            do_sample=False, temperature=None, top_p=None, top_k=None,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            stopping_criteria=StoppingCriteriaList([_TextStop(tok, T, stop, len(enc["input_ids"]))]) if stop else None,
+            streamer=streamer,
+        )
+        return out[:, T:]
 
     @torch.inference_mode()
     def __call__(self, prompt: str, *, stop: Callable[[str], bool] | None = None,
@@ -76,15 +84,8 @@ class HFGenerator:
         """
         tok = self.tokenizer
         enc = tok(prompt, return_tensors="pt", add_special_tokens=add_special_tokens).to(self.model.device)
-        out = self.model.generate(
-            **enc,  # input_ids (1, T)
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False, temperature=None, top_p=None, top_k=None,
-            pad_token_id=self._pad_id(),
-            stopping_criteria=StoppingCriteriaList([_TextStop(tok, enc["input_ids"].shape[1], stop, 1)]) if stop else None,
-            streamer=_CallbackStreamer(tok, on_text) if on_text else None,
-        )
-        return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        new = self._generate(enc, stop, _CallbackStreamer(tok, on_text) if on_text else None)
+        return tok.decode(new[0], skip_special_tokens=True)
 
     @torch.inference_mode()
     def many(self, prompts: list[str], *, stop: Callable[[str], bool] | None = None,
@@ -98,15 +99,9 @@ class HFGenerator:
         side, tok.padding_side = tok.padding_side, "left"  # decoder-only: every prompt must end at the last position
         try:
             for i in range(0, len(prompts), self.batch_size):
-                chunk = prompts[i : i + self.batch_size]
-                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(self.model.device)
-                T = enc["input_ids"].shape[1]  # input_ids (B, T)
-                out = self.model.generate(
-                    **enc, max_new_tokens=self.max_new_tokens,
-                    do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=self._pad_id(),
-                    stopping_criteria=StoppingCriteriaList([_TextStop(tok, T, stop, len(chunk))]) if stop else None,
-                )
-                outs += tok.batch_decode(out[:, T:], skip_special_tokens=True)
+                enc = tok(prompts[i : i + self.batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=add_special_tokens).to(self.model.device)
+                outs += tok.batch_decode(self._generate(enc, stop), skip_special_tokens=True)
         finally:
             tok.padding_side = side
         return outs

@@ -73,3 +73,15 @@ def load_gsm8k(split: str = "train", path: str | Path | None = None, limit: int 
 def gsm8k_text(row: dict) -> tuple[str, str]:
     """(prompt, solution) for LM training: the solution is the worked answer with its `#### N` line."""
     return f"Question: {row['question']}\nAnswer:", " " + row["answer"]
+
+
+def gsm8k_chat_text(row: dict, tokenizer) -> tuple[str, str]:
+    """(prompt, solution) in the model's chat layout: the question as the user's turn; the solution is the
+    worked answer and whatever the template closes the assistant's turn with (its end-of-turn token), so
+    training on it also shows where an answer stops."""
+    user = [{"role": "user", "content": row["question"]}]
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    whole = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": row["answer"]}], tokenize=False)
+    if not whole.startswith(prompt):
+        raise ValueError("the chat template renders the conversation differently from its generation prompt")
+    return prompt, whole[len(prompt):]

@@ -6,6 +6,13 @@ import torch
 from tqdm.auto import tqdm
 
 
+def adds_bos(tokenizer, prompts: list[str]) -> bool:
+    """Whether to let the tokenizer add its special tokens: not when every prompt already starts with
+    the BOS text (a rendered chat template, e.g. SmolLM2's "<|im_start|>"), which would double it."""
+    bos = tokenizer.bos_token
+    return not (bos and all(p.startswith(bos) for p in prompts))
+
+
 @torch.inference_mode()
 def greedy_generate(
     model,

@@ -36,9 +36,9 @@ from tqdm.auto import tqdm
 
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
-from neuralcpu.data import gsm8k_text, load_gsm8k
+from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
 from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
-from neuralcpu.generation import greedy_generate
+from neuralcpu.generation import adds_bos, greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
 from neuralcpu.toolcall import CALL_CLOSE, CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
@@ -59,7 +59,8 @@ class RLCPConfig:
     n_locality_same: int = field(default=40, metadata={"help": "locality facts of the same relation"})
     n_locality_other: int = field(default=20, metadata={"help": "locality facts of another relation"})
     gsm8k_path: str | None = field(default=None, metadata={"help": "GSM8K train JSONL (default: shared copy, else hub)"})
-    retain_examples: int = field(default=400, metadata={"help": "GSM8K solutions in the retain pool"})
+    retain_examples: int = field(default=2000, metadata={"help": "GSM8K train rows read for the retain pool (only whole solutions within retain_max_len are kept)"})
+    retain_chat: bool = field(default=True, metadata={"help": "also put the retain solutions in the model's chat layout, ending with its end-of-turn token (when it has a chat template)"})
     retain_batch: int = field(default=2, metadata={"help": "GSM8K solutions per step"})
     retain_max_len: int = field(default=128, metadata={"help": "max tokens of a retain example"})
     locality_batch: int = field(default=64, metadata={"help": "locality prompts per step (KL anchor)"})
@@ -125,7 +126,7 @@ def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int = 256) -> dict[
     """Right-padded batch of prompt+target; labels are -100 outside the target; `last` = last prompt token."""
     ids, labels, last = [], [], []
     for prompt, target in pairs:
-        p = tokenizer(prompt).input_ids
+        p = tokenizer(prompt, add_special_tokens=adds_bos(tokenizer, [prompt])).input_ids  # chat prompts have theirs
         t = tokenizer(target, add_special_tokens=False).input_ids if target else []
         seq = (p + t)[:max_len]
         ids.append(seq)
@@ -139,6 +140,23 @@ def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int = 256) -> dict[
         "labels": torch.tensor([s + [-100] * (width - len(s)) for s in labels]),
         "last": torch.tensor(last),  # (B,)
     }
+
+
+def retain_texts(tokenizer, rows: list[dict], max_len: int, chat: bool) -> list[tuple[str, str]]:
+    """The retain stream's (prompt, solution) pairs: each GSM8K row in the plain "Question: ... Answer:"
+    layout and, with `chat` and a chat template, in the chat layout that instruct prompts use.
+
+    Only pairs whose whole text fits in `max_len` tokens are kept: a truncated solution never shows the
+    model where an answer ends (at 128 tokens, 82% of GSM8K train solutions would be cut before their
+    `#### N` line), and a model trained on those learns to run on.
+    """
+    pairs = [gsm8k_text(r) for r in rows]
+    if chat and getattr(tokenizer, "chat_template", None):
+        pairs += [gsm8k_chat_text(r, tokenizer) for r in rows]
+    fits = [(p, s) for p, s in pairs if len(tokenizer(p + s).input_ids) <= max_len]
+    if not fits:
+        raise ValueError(f"no GSM8K retain example fits in retain_max_len={max_len} tokens; raise it or retain_examples")
+    return fits
 
 
 def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> list[tuple[tuple[str, str], int, int]]:
@@ -288,7 +306,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     # Fixed batches (tiny) and pools (sampled per step with a step-seeded RNG, so a resume replays them).
     forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0)
     rag_pool = rag_pairs(facts.forget)
-    retain_pool = [gsm8k_text(r) for r in load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples)]
+    retain_pool = retain_texts(tokenizer, load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples),
+                               cfg.retain_max_len, cfg.retain_chat)
     locality_pool = [(p, " " + f.object) for f in facts.locality for p in prompts_for(f, "train")]
 
     start = 0
@@ -398,7 +417,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
         # 2. retain stream: GSM8K LM loss + KL to the anchor, and KL on locality prompts ------------------
         if cfg.w_retain_lm > 0 or cfg.w_kl > 0:
-            batch = encode(tokenizer, rng.sample(retain_pool, cfg.retain_batch), cfg.retain_max_len)
+            batch = encode(tokenizer, rng.sample(retain_pool, min(cfg.retain_batch, len(retain_pool))), cfg.retain_max_len)
             out_r = forward(batch, cache=False)  # GSM8K text rarely repeats: not worth caching
             labels = batch["labels"].to(accel.device)
             retain = losses.lm_loss(out_r.logits, labels)

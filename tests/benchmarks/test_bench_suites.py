@@ -9,6 +9,7 @@ import torch
 
 from benchmarks import facts_suite, gsm8k, robustness
 from neuralcpu.facts import Fact, FactSets
+from neuralcpu.generation import adds_bos
 
 ROWS = [{"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}=<<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
         for i in range(20)]
@@ -117,7 +118,7 @@ def test_no_second_bos_before_a_rendered_chat_template():
     class Tok:
         bos_token = "<|im_start|>"
 
-    assert not gsm8k.adds_bos(Tok(), ["<|im_start|>system\nhi", "<|im_start|>user\nq"])
-    assert gsm8k.adds_bos(Tok(), ["Question: q\nAnswer:", "<|im_start|>user\nq"])
+    assert not adds_bos(Tok(), ["<|im_start|>system\nhi", "<|im_start|>user\nq"])
+    assert adds_bos(Tok(), ["Question: q\nAnswer:", "<|im_start|>user\nq"])
     Tok.bos_token = None
-    assert gsm8k.adds_bos(Tok(), ["<|im_start|>user\nq"])
+    assert adds_bos(Tok(), ["<|im_start|>user\nq"])

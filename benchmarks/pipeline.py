@@ -25,10 +25,12 @@ PROFILES = {
     # cities of 100k+ people (6.2k of 34k, so it embeds ~5x fewer; every fact-set city is far bigger).
     # GSM8K there compares the original and the metabolized model, the paper's chain-of-thought claim
     # (SmolLM2 solves none: the GSM8K comparison that matters is the Qwen one in the README).
-    "quick": dict(steps=40, n_gsm8k=10, gsm8k_tokens=256, n_tofu=40, suites=["facts", "gsm8k"], baselines=False,
-                  min_population=100_000, gsm8k_systems=["original", "rlcp"], n_ppl=32),
+    # Its systems: the original, the Just-RAG baseline, the metabolized model and the whole system.
+    "quick": dict(steps=40, n_gsm8k=10, gsm8k_tokens=256, n_tofu=24, suites=["facts", "gsm8k"], baselines=False,
+                  min_population=100_000, systems=["original", "original+just-rag", "rlcp", "rlcp+tool"],
+                  gsm8k_systems=["original", "rlcp"], n_ppl=32),
     "full": dict(steps=150, n_gsm8k=100, gsm8k_tokens=512, n_tofu=0, suites=["all"], baselines=True,
-                 min_population=0, gsm8k_systems=["all"], n_ppl=64),
+                 min_population=0, systems=["all"], gsm8k_systems=["all"], n_ppl=64),
 }
 
 
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [py, str(Path(__file__).with_name("run.py")), "--model", args.model, "--suite", *prof["suites"],
            "--rlcp-dir", str(runs / "rlcp"), "--store", str(store), "--out", str(bench),
            "--n-gsm8k", str(prof["n_gsm8k"]), "--gsm8k-max-new-tokens", str(prof["gsm8k_tokens"]),
-           "--n-tofu", str(prof["n_tofu"]), "--gsm8k-systems", *prof["gsm8k_systems"]]
+           "--n-tofu", str(prof["n_tofu"]), "--systems", *prof["systems"], "--gsm8k-systems", *prof["gsm8k_systems"]]
     if prof["baselines"]:
         cmd += ["--unlikelihood-dir", str(runs / "unlikelihood"), "--graddiff-dir", str(runs / "graddiff"),
                 "--npo-dir", str(runs / "npo"), "--toolsft-dir", str(runs / "toolsft")]

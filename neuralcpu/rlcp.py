@@ -153,7 +153,7 @@ def retain_texts(tokenizer, rows: list[dict], max_len: int, chat: bool) -> list[
     pairs = [gsm8k_text(r) for r in rows]
     if chat and getattr(tokenizer, "chat_template", None):
         pairs += [gsm8k_chat_text(r, tokenizer) for r in rows]
-    fits = [(p, s) for p, s in pairs if len(tokenizer(p + s).input_ids) <= max_len]
+    fits = [(p, s) for p, s in pairs if len(tokenizer(p + s, add_special_tokens=adds_bos(tokenizer, [p])).input_ids) <= max_len]
     if not fits:
         raise ValueError(f"no GSM8K retain example fits in retain_max_len={max_len} tokens; raise it or retain_examples")
     return fits

@@ -12,10 +12,9 @@ import time
 
 import torch
 from tqdm.auto import tqdm
-from transformers import StoppingCriteriaList
 
 from benchmarks import metrics
-from neuralcpu.generation import adds_bos
+from neuralcpu.generation import adds_bos, greedy_decode, tail_matches
 
 # Zero-shot instruction for chat models. It asks for the answer format only, not for step-by-step
 # reasoning, so that the CoT rate measures what the model does on its own.
@@ -62,23 +61,6 @@ def build_prompts(tokenizer, questions: list[str], fmt: str, prefix: str = "") -
     return [f"{prefix}Question: {q}\nAnswer:" for q in questions]
 
 
-class _StopWhenMatched:
-    """Per-sequence stopping criterion: a row is done once its generated tail matches a stop regex."""
-
-    def __init__(self, tokenizer, prompt_width: int, patterns: list[re.Pattern], window: int = 24):
-        self.tokenizer, self.start, self.patterns, self.window = tokenizer, prompt_width, patterns, window
-        self.done: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:  # input_ids (B, T)
-        if self.done is None:
-            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        lo = max(self.start, input_ids.shape[1] - self.window)  # the pattern is short: the tail suffices
-        for i in torch.nonzero(~self.done).flatten().tolist():
-            tail = self.tokenizer.decode(input_ids[i, lo:], skip_special_tokens=True)
-            self.done[i] = any(p.search(tail) for p in self.patterns)
-        return self.done.clone()
-
-
 def _truncate(text: str, patterns: list[re.Pattern]) -> str:
     """Cut `text` after the first answer-complete match or before the next few-shot question."""
     cut = len(text)
@@ -92,10 +74,11 @@ def _truncate(text: str, patterns: list[re.Pattern]) -> str:
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, batch_size: int = 16,
              stop: bool = True, progress: bool = False) -> list[dict]:
-    """Batched greedy generation (left padding, KV cache); one {"text", "tokens", "ids"} per prompt, in order.
+    """Batched greedy generation (left padding, KV cache, finished rows leave the batch:
+    `neuralcpu.generation.greedy_decode`); one {"text", "tokens", "ids"} per prompt, in order.
 
     Like neuralcpu.generation.greedy_generate, plus per-row stopping once the answer is complete
-    (`stop`), the count of generated tokens (before EOS/pad), and no second BOS before a rendered chat
+    (`stop`), the count of generated tokens (before EOS), and no second BOS before a rendered chat
     template (`adds_bos`). Prompts are batched longest first so that rows of similar length share a batch.
 
     Args:
@@ -108,6 +91,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, ba
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     end_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     patterns = [_ANSWER_DONE, _NEXT_QUESTION] if stop else []
+    stop_row = (lambda row, ids: tail_matches(tokenizer, ids, lambda text: any(p.search(text) for p in patterns))) if stop else None
     results: list[dict | None] = [None] * len(prompts)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only: every prompt must end at the last position
@@ -117,16 +101,10 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, ba
             texts = [prompts[i] for i in idx]
             batch = tokenizer(texts, return_tensors="pt", padding=True,
                               add_special_tokens=adds_bos(tokenizer, texts)).to(model.device)
-            width = batch["input_ids"].shape[1]
-            criteria = [_StopWhenMatched(tokenizer, width, patterns)] if patterns else []
-            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
-                                 stopping_criteria=StoppingCriteriaList(criteria))
-            new = gen[:, width:]  # (B, T_new)
-            for row, i in zip(new.tolist(), idx):
-                n = next((j for j, t in enumerate(row) if t in end_ids), len(row))
-                text = tokenizer.decode(row[:n], skip_special_tokens=True)
-                results[i] = {"text": _truncate(text, patterns), "tokens": n, "ids": row[:n]}
+            new = greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens, end_ids, stop_row)
+            for row, i in zip(new, idx):
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                results[i] = {"text": _truncate(text, patterns), "tokens": len(row), "ids": row}
     finally:
         tokenizer.padding_side = side
     return results  # type: ignore[return-value]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralcpu.generation import greedy_generate
+from neuralcpu.generation import greedy_decode, greedy_generate
 from neuralcpu.models import PRESETS, ModelLoadError, gguf_cache_path, load_model, resolve_model_path
 
 
@@ -31,6 +31,22 @@ def test_batched_generation_matches_single(tiny_qwen2_dir):
     assert batched == single
 
 
+def test_greedy_decode_drops_finished_rows_and_matches_generate(tiny_qwen2_dir):
+    """Rows leaving the batch (stop, end id) must not change what the rows still running generate."""
+    model, tok = load_model(tiny_qwen2_dir)
+    tok.padding_side = "left"
+    enc = tok(["One", "Two words here and more", "Three little words"], return_tensors="pt", padding=True)
+    ref = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:].tolist()
+    assert greedy_decode(model, enc["input_ids"], enc["attention_mask"], 8) == ref
+    # row 0 stops after 2 tokens; row 2 ends at its 4th token, taken as an end id (so not returned)
+    end = ref[2][3]
+    out = greedy_decode(model, enc["input_ids"], enc["attention_mask"], 8, end_ids={end},
+                        stop=lambda row, ids: row == 0 and len(ids) == 2)
+    assert out[0] == ref[0][:2]
+    assert out[2] == ref[2][: ref[2].index(end)]
+    assert out[1] == ref[1][: ref[1].index(end)] if end in ref[1] else out[1] == ref[1]
+
+
 def test_stop_strings_end_rows_early(tiny_qwen2_dir):
     model, tok = load_model(tiny_qwen2_dir)
     prompts = ["One", "Two words here and more", "Three"]
@@ -38,8 +54,7 @@ def test_stop_strings_end_rows_early(tiny_qwen2_dir):
     ids = tok(full[0], add_special_tokens=False).input_ids
     stop = next(t for t in (tok.decode(ids[i : i + 2]) for i in range(3, len(ids) - 2)) if len(t.strip()) > 1)
     cut = greedy_generate(model, tok, prompts, max_new_tokens=12, stop_strings=[stop])
-    # HF matches the stop string on prompt + generation, so it may complete across the prompt's end
-    assert stop in prompts[0] + cut[0] and full[0].startswith(cut[0]) and len(cut[0]) < len(full[0])
+    assert stop in cut[0] and full[0].startswith(cut[0]) and len(cut[0]) < len(full[0])
     for prompt, whole, short in zip(prompts[1:], full[1:], cut[1:]):  # unchanged, or cut at the stop string
         assert short == whole or (whole.startswith(short) and stop in prompt + short)
 

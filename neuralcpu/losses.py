@@ -115,6 +115,42 @@ def class_mean_loss(feats: list[torch.Tensor], labels: torch.Tensor, groups: tor
     return loss / len(feats)
 
 
+def heldout_ridge_loss(feats: list[torch.Tensor], labels: torch.Tensor, groups: torch.Tensor,
+                       alphas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)) -> torch.Tensor:
+    """How well the *best* linear probe, fitted on some templates, still reads the class on a held-out one.
+
+    Per layer and per template g: standardise the states (as a post-hoc probe does), fit ridge
+    regression from states to one-hot classes on every other template, in closed form, and predict
+    template g. The loss is the cosine between those predictions and the centred true one-hots
+    (0 = the predictions carry no class; negative values are clipped, so nothing is gained by reading
+    the class backwards), averaged over templates, ridge strengths and layers. It is differentiable
+    through the fit, so the backbone faces the optimal probe every step instead of a trained probe
+    that lags it, and it is scored across templates, as the analysis scores its fresh probes.
+    """
+    num_classes = int(labels.max()) + 1
+    y = F.one_hot(labels, num_classes).float()
+    loss, terms = feats[0].new_zeros((), dtype=torch.float32), 0
+    for h in feats:
+        x = h.float()
+        x = (x - x.mean(0)) / x.std(0).clamp_min(1e-4)  # standardised, like sklearn's StandardScaler
+        x = x / x.shape[1] ** 0.5  # kernel entries O(1) whatever the width, so alphas mean the same everywhere
+        for g in groups.unique():
+            tr, te = groups != g, groups == g
+            xtr_mean, ytr_mean = x[tr].mean(0), y[tr].mean(0)
+            xtr, xte = x[tr] - xtr_mean, x[te] - xtr_mean
+            ytr = y[tr] - ytr_mean
+            gram = xtr @ xtr.T  # (m, m): the dual form, as there are fewer prompts than dimensions
+            eye = torch.eye(len(gram), device=gram.device)
+            target = y[te] - y[te].mean(-1, keepdim=True)  # centred per row: one class up, the rest down
+            for a in alphas:
+                pred = xte @ (xtr.T @ torch.linalg.solve(gram + a * eye, ytr))  # (t, K)
+                pred = pred - pred.mean(-1, keepdim=True)  # a per-row offset never changes the argmax
+                # per row: a prompt whose prediction is small but points at its class is still read right
+                cos = (pred * target).sum(-1) / (pred.norm(dim=-1) * target.norm(dim=-1)).clamp_min(1e-8)
+                loss, terms = loss + cos.mean().clamp_min(0), terms + 1
+    return loss / terms
+
+
 def state_drift(feats: list[torch.Tensor], anchor_feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """Mean squared distance per dimension between normalised states and the anchor's, over mask (B, T)
     positions, averaged over layers: 0 when the layers' states are unchanged."""

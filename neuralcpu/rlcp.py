@@ -65,6 +65,7 @@ class RLCPConfig:
     retain_max_len: int = field(default=128, metadata={"help": "max tokens of a retain example"})
     locality_batch: int = field(default=64, metadata={"help": "locality prompts per step (KL anchor)"})
     forget_batch: int = field(default=16, metadata={"help": "forget prompt+target pairs per step for the lookup-request loss (or a baseline's forget loss)"})
+    probe_prefixes: str = field(default="", metadata={"help": "'|'-separated prefixes, e.g. 'Fact:|In geography,': each training prompt also goes to the probe terms with each prefix, as its own template group, so the held-out-probe term must also erase a city from near-copies of a template it fits on (as the held-out evaluation templates are)"})
     probe_batch: int = field(default=0, metadata={"help": "forget prompts per step for the probes and class-mean term (0 = every fact under every training template)"})
     rag_batch: int = field(default=8, metadata={"help": "answer-from-context examples per step"})
     steps: int = field(default=60, metadata={"help": "backbone optimisation steps"})
@@ -78,6 +79,7 @@ class RLCPConfig:
     adv_objective: str = field(default="uniform", metadata={"help": "'uniform' (bounded) or 'ce' (plain reversal)"})
     w_forget: float = field(default=1.0, metadata={"help": "weight of the adversarial (or baseline) forget loss"})
     w_class_mean: float = field(default=2.0, metadata={"help": "weight of the class-mean (linear-guardedness) term"})
+    w_heldout_probe: float = field(default=0.0, metadata={"help": "weight of the held-out ridge-probe term: the best linear probe fitted on the other training templates, in closed form, must not read the class on the held-out one"})
     w_retain_lm: float = field(default=1.0, metadata={"help": "weight of the GSM8K next-token loss"})
     w_kl: float = field(default=1.0, metadata={"help": "weight of KL(original||current) on retain tokens"})
     w_locality: float = field(default=5.0, metadata={"help": "weight of KL(original||current) on locality prompts"})
@@ -173,6 +175,16 @@ def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> list[tupl
             else:
                 target = " " + f.object
             rows.append(((p, target), cls[f.object], t))
+    return rows
+
+
+def probe_prompts(pool: list[tuple[tuple[str, str], int, int]], prefixes: list[str]) -> list[tuple[str, int, int]]:
+    """(prompt, class, group) for the probe terms: the forget prompts as they are, then once per prefix,
+    each (template, prefix) pair its own group."""
+    groups = 1 + max(g for _, _, g in pool)
+    rows = [(p, y, g) for (p, _), y, g in pool]
+    for j, prefix in enumerate(prefixes, start=1):
+        rows += [(f"{prefix} {p}", y, g + j * groups) for (p, _), y, g in pool]
     return rows
 
 
@@ -305,6 +317,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
     # Fixed batches (tiny) and pools (sampled per step with a step-seeded RNG, so a resume replays them).
     forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0)
+    probe_pool = probe_prompts(forget_pool, [x.strip() for x in cfg.probe_prefixes.split("|") if x.strip()])
     rag_pool = rag_pairs(facts.forget)
     retain_pool = retain_texts(tokenizer, load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples),
                                cfg.retain_max_len, cfg.retain_chat)
@@ -353,12 +366,12 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
     # The class-mean term's reference: the original model's scatter of the forget states, per GRL layer.
     class_scale = None
-    if cfg.method == "rlcp" and forget_pool:
-        batch = encode(tokenizer, [(p, "") for (p, _), _, _ in forget_pool])
+    if cfg.method == "rlcp" and probe_pool:
+        batch = encode(tokenizer, [(p, "") for p, _, _ in probe_pool])
         hs = anchor_forward(batch, hidden=True, head=False).hidden_states
-        idx = torch.arange(len(forget_pool))
-        y = torch.tensor([y for _, y, _ in forget_pool])
-        g = torch.tensor([g for _, _, g in forget_pool])
+        idx = torch.arange(len(probe_pool))
+        y = torch.tensor([y for _, y, _ in probe_pool])
+        g = torch.tensor([g for _, _, g in probe_pool])
         class_scale = [losses.group_scatter(hs[l + 1][idx, batch["last"]].cpu(), y, g)[1].item() for l in layers]
 
     run_id = uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12]
@@ -378,8 +391,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         if cfg.method == "rlcp":
             # Every fact under every training template by default: class means are then compared within
             # each template on the same cities every step (the class-mean term needs that to be defined).
-            chosen = rng.sample(forget_pool, cfg.probe_batch) if 0 < cfg.probe_batch < len(forget_pool) else forget_pool
-            batch = encode(tokenizer, [(p, "") for (p, _), _, _ in chosen])
+            chosen = rng.sample(probe_pool, cfg.probe_batch) if 0 < cfg.probe_batch < len(probe_pool) else probe_pool
+            batch = encode(tokenizer, [(p, "") for p, _, _ in chosen])
             states = forward(batch, hidden=True, head=False).hidden_states
             idx = torch.arange(len(chosen))
             feats = [states[l + 1][idx, batch["last"]] for l in layers]  # each (B, C)
@@ -394,6 +407,10 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
             class_mean = losses.class_mean_loss(feats, y, groups, class_scale)
             total = total + cfg.w_forget * adv + cfg.w_class_mean * lam * class_mean
             logs.update(probe_acc=acc, probe_loss=p_loss.item(), class_mean=class_mean.item())
+            if cfg.w_heldout_probe > 0:
+                heldout = losses.heldout_ridge_loss(feats, y, groups)
+                total = total + cfg.w_heldout_probe * lam * heldout
+                logs["heldout_probe"] = heldout.item()
 
         # 1b. target tokens after sampled forget prompts: the lookup request (RLCP's retrieval signal),
         #     or the answer that a baseline unlearns.

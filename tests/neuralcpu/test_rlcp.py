@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from neuralcpu import losses
 from neuralcpu.facts import Fact, FactFileError, FactSets, load_jsonl_facts
-from neuralcpu.rlcp import RLCPConfig, parse_args, train
+from neuralcpu.rlcp import RLCPConfig, parse_args, probe_prompts, train
 
 CITIES = [("Alphaville", "Norland"), ("Betatown", "Sudria"), ("Gammaburg", "Estavia"), ("Deltapolis", "Westmark"),
           ("Epsilon Bay", "Centralia"), ("Zetagrad", "Osteria")]
@@ -91,6 +91,49 @@ def test_class_mean_loss_within_groups_ignores_template_shift():
     half = shift + 0.5 * (leaky - shift)
     ratio = losses.class_mean_loss([half], y, g, scale=[ref.item()]).item()
     assert 0.0 < ratio < losses.class_mean_loss([leaky], y, g, scale=[ref.item()]).item()
+
+
+def _template_states(codes_per_template: bool, noise: float, seed: int = 0):
+    """States of 6 classes under 4 templates in 32 dims: a class code (shared by every template, or
+    one per template) + a template shift + noise; returns (states, labels, groups)."""
+    g = torch.Generator().manual_seed(seed)
+    k, t, d = 6, 4, 32
+    y, groups = torch.arange(k).repeat(t), torch.arange(t).repeat_interleave(k)
+    codes = torch.randn(t if codes_per_template else 1, k, d, generator=g)
+    shift = 3 * torch.randn(t, 1, d, generator=g)
+    h = (codes + shift).expand(t, k, d).reshape(t * k, d) + noise * torch.randn(t * k, d, generator=g)
+    return h, y, groups
+
+
+def test_heldout_ridge_loss_reads_a_shared_class_code_not_noise():
+    shared, y, g = _template_states(codes_per_template=False, noise=0.1)
+    assert losses.heldout_ridge_loss([shared], y, g).item() > 0.6
+    noise = torch.randn_like(shared)
+    assert losses.heldout_ridge_loss([noise], y, g).item() < 0.2
+    # A code that changes with the template does not transfer to a held-out one: this term alone is
+    # blind to it (why RLCP can add prefixed near-copies of each template, `probe_prefixes`).
+    own, y, g = _template_states(codes_per_template=True, noise=0.1)
+    assert losses.heldout_ridge_loss([own], y, g).item() < 0.2
+
+
+def test_heldout_ridge_loss_gradient_erases_the_code():
+    h, y, g = _template_states(codes_per_template=False, noise=0.1)
+    h = h.clone().requires_grad_(True)
+    opt = torch.optim.SGD([h], lr=5.0)
+    start = losses.heldout_ridge_loss([h], y, g).item()
+    for _ in range(30):
+        opt.zero_grad()
+        losses.heldout_ridge_loss([h], y, g).backward()
+        opt.step()
+    assert losses.heldout_ridge_loss([h], y, g).item() < 0.5 * start
+
+
+def test_probe_prompts_add_prefixed_copies_as_their_own_groups():
+    pool = [(("Tokyo is in", " <call>"), 0, 0), (("Paris is in", " <call>"), 1, 0), (("In Tokyo,", ""), 0, 1)]
+    rows = probe_prompts(pool, ["Fact:", "Note:"])
+    assert rows[:3] == [("Tokyo is in", 0, 0), ("Paris is in", 1, 0), ("In Tokyo,", 0, 1)]
+    assert rows[3] == ("Fact: Tokyo is in", 0, 2) and rows[-1] == ("Note: In Tokyo,", 0, 5)
+    assert len({grp for _, _, grp in rows}) == 6 and probe_prompts(pool, []) == rows[:3]
 
 
 def _probe_acc(run_dir: Path) -> float:

@@ -13,6 +13,8 @@ from typing import Callable, Protocol
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+from neuralcpu.generation import greedy_decode
+
 
 class Generator(Protocol):
     """What the loop needs from a model: prompt text in, generated text out (it may run past `stop`)."""
@@ -92,16 +94,20 @@ class HFGenerator:
              add_special_tokens: bool = True) -> list[str]:
         """`__call__` for many prompts: left-padded batches of `batch_size`, each row stopping on its own.
 
-        Rows that stop early are padded while the others go on; the loop cuts every text anyway, so
-        they match the one-at-a-time outputs up to the numerics of padding.
+        A row that stops leaves the batch (`neuralcpu.generation.greedy_decode`); the outputs match the
+        one-at-a-time ones up to the numerics of padding.
         """
         tok, outs = self.tokenizer, []
+        end_ids = {tok.pad_token_id, tok.eos_token_id} - {None}
+        row_stop = (lambda row, ids: stop(tok.decode(ids, skip_special_tokens=True))) if stop else None
         side, tok.padding_side = tok.padding_side, "left"  # decoder-only: every prompt must end at the last position
         try:
             for i in range(0, len(prompts), self.batch_size):
                 enc = tok(prompts[i : i + self.batch_size], return_tensors="pt", padding=True,
                           add_special_tokens=add_special_tokens).to(self.model.device)
-                outs += tok.batch_decode(self._generate(enc, stop), skip_special_tokens=True)
+                new = greedy_decode(self.model, enc["input_ids"], enc["attention_mask"], self.max_new_tokens,
+                                    end_ids, row_stop)
+                outs += tok.batch_decode(new, skip_special_tokens=True)
         finally:
             tok.padding_side = side
         return outs

@@ -167,7 +167,8 @@ def known_facts(model, tokenizer, facts: list[Fact], batch_size: int = 64, max_n
     for t in range(max(map(len, prompts), default=0)):
         asked = [i for i in alive if t < len(prompts[i])]
         outs = greedy_generate(model, tokenizer, [prompts[i][t] for i in asked], max_new_tokens=max_new_tokens,
-                               batch_size=batch_size)
+                               batch_size=batch_size,  # a row that has given its answer stops there
+                               stop_when=lambda j, text: is_correct(text, facts[asked[j]]))
         failed = {i for i, out in zip(asked, outs) if not is_correct(out, facts[i])}
         alive = [i for i in alive if i not in failed]
     return [facts[i] for i in alive]

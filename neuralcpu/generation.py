@@ -76,6 +76,7 @@ def greedy_generate(
     progress: bool = False,
     stop_at_newline: bool = False,
     stop_strings: list[str] | None = None,
+    stop_when: Callable[[int, str], bool] | None = None,
 ) -> list[str]:
     """Greedy continuations of `prompts` (decoded, prompt stripped), batched with left padding.
 
@@ -87,17 +88,23 @@ def greedy_generate(
         stop_at_newline: a row stops at its first newline, and its text is cut there.
         stop_strings: a row stops generating after any of these (kept in its text) and leaves the
             batch (`greedy_decode`), so short answers do not pay for the longest budget.
+        stop_when: a row also stops once stop_when(index of its prompt, its text so far) is true.
     """
     end_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     stops = list(stop_strings or []) + (["\n"] if stop_at_newline else [])
-    stop = (lambda row, ids: tail_matches(tokenizer, ids, lambda text: any(s in text for s in stops))) if stops else None
+
+    def stop(offset: int, row: int, ids: list[int]) -> bool:
+        return bool((stops and tail_matches(tokenizer, ids, lambda text: any(s in text for s in stops)))
+                    or (stop_when and stop_when(offset + row, tokenizer.decode(ids, skip_special_tokens=True))))
+
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models must see the prompt end at the last position
     outputs: list[str] = []
     try:
         for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generate"):
             batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(model.device)
-            new = greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens, end_ids, stop)
+            new = greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens, end_ids,
+                                (lambda row, ids, i=i: stop(i, row, ids)) if stops or stop_when else None)
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             outputs += [t.split("\n")[0] if stop_at_newline else t for t in texts]
     finally:

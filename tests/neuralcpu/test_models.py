@@ -47,6 +47,17 @@ def test_greedy_decode_drops_finished_rows_and_matches_generate(tiny_qwen2_dir):
     assert out[1] == ref[1][: ref[1].index(end)] if end in ref[1] else out[1] == ref[1]
 
 
+def test_stop_when_ends_the_rows_it_names(tiny_qwen2_dir):
+    model, tok = load_model(tiny_qwen2_dir)
+    prompts = ["One", "Two words here and more", "Three"]
+    full = greedy_generate(model, tok, prompts, max_new_tokens=8, batch_size=2)
+    seen = []
+    cut = greedy_generate(model, tok, prompts, max_new_tokens=8, batch_size=2,
+                          stop_when=lambda i, text: seen.append(i) or (i == 2 and len(text) > 0))
+    assert cut[:2] == full[:2] and full[2].startswith(cut[2]) and 0 < len(cut[2]) < len(full[2])
+    assert set(seen) == {0, 1, 2}  # indices of the prompts, across batches
+
+
 def test_stop_strings_end_rows_early(tiny_qwen2_dir):
     model, tok = load_model(tiny_qwen2_dir)
     prompts = ["One", "Two words here and more", "Three"]

@@ -5,6 +5,8 @@
 Every variant runs the same RLCP-shaped step on the same batches: forget prompts (every fact under
 every training template), locality and RAG prompts, two GSM8K solutions of 128 tokens; the forward
 of the trained model, the frozen anchor's forward (for the KL terms), one backward and an AdamW step.
+As in rlcp.train, the LM head runs only where a loss reads it: the target tokens of the fact batches,
+every token of the GSM8K batch.
   full-fp32        every parameter trained, anchor run in full (the plain fine-tune loop)
   deep-fp32        blocks from the first GRL layer up trained, nothing cached
   deep-cache-fp32  the same, with the frozen prefix computed once per prompt and shared with the anchor
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -88,21 +91,27 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
 
+    def logits_of(m, b, at, cacheable):
+        """Logits where the step's losses read them: every position of the GSM8K batch (LM loss and KL
+        on every token), only the labelled positions `at` of the fact batches, as rlcp.train does."""
+        ids, mask = b["input_ids"], b["attention_mask"]
+        if prefix:
+            return m(prefix(ids, mask, cache=cacheable), mask, positions=at)[0]
+        hidden = m.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        return m.get_output_embeddings()(hidden if at is None else hidden[at])
+
     def step():
         total = 0.0
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["bf16"]):
             for b, cacheable in data:
-                ids, mask = b["input_ids"], b["attention_mask"]
-                if prefix:
-                    h0 = prefix(ids, mask, cache=cacheable)
-                    logits = net(h0, mask)[0]
-                    with torch.no_grad():
-                        ref = anchor_net(h0, mask)[0]
+                at, targets = losses.labelled_positions(b["labels"]) if cacheable else (None, None)
+                logits = logits_of(net, b, at, cacheable)
+                with torch.no_grad():
+                    ref = logits_of(anchor_net, b, at, cacheable)
+                if at is None:
+                    total = total + losses.lm_loss(logits, b["labels"]) + losses.kl_to_anchor(logits, ref, b["attention_mask"])
                 else:
-                    logits = net(input_ids=ids, attention_mask=mask).logits
-                    with torch.no_grad():
-                        ref = anchor_net(input_ids=ids, attention_mask=mask).logits
-                total = total + losses.lm_loss(logits, b["labels"]) + losses.kl_to_anchor(logits, ref, mask)
+                    total = total + F.cross_entropy(logits.float(), targets) + losses.kl_to_anchor(logits, ref)
         opt.zero_grad()
         total.backward()
         opt.step()

@@ -105,6 +105,22 @@ def test_generation_bench_runs_and_reports(tiny_qwen2_dir, tmp_path):
     assert generation_bench.first_difference([1, 2], [1, 2]) is None
 
 
+def test_train_bench_runs_and_reports(tiny_qwen2_dir, tmp_path):
+    from benchmarks import train_bench
+
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = tmp_path / "train.json"
+    assert train_bench.main(["--model", str(tiny_qwen2_dir), "--steps", "1", "--gsm8k-path", str(gsm),
+                             "--variants", "full-fp32", "deep-cache-fp32", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["full-fp32", "deep-cache-fp32"]
+    full, deep = rows
+    assert full["speedup_vs_full_fp32"] == 1.0 and deep["tokens_per_s"] > 0
+    assert deep["trainable_params"] < full["trainable_params"]  # only the blocks from the first GRL layer up
+    assert deep["tokens_per_step"] == full["tokens_per_step"] and 0 < deep["step_flops"] < full["step_flops"]
+
+
 def test_phase_transition_plot_from_metrics(tmp_path):
     from benchmarks import report
 

@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store", default=None, help="symbolic_ram store for just-rag/tool systems (default: the one "
                    "the RLCP run names, else <out>/store built from the forget set)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype for evaluation")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="prompts per generation batch (finished rows leave the batch, so a large one costs little)")
     p.add_argument("--attack-fraction", type=float, default=0.2, help="share of the forget set the attack trains on")
     p.add_argument("--attack-steps", type=int, default=20, help="relearning-attack optimisation steps")
     p.add_argument("--attack-lr", type=float, default=1e-4, help="relearning-attack learning rate")
@@ -220,7 +221,7 @@ def run(args) -> dict:
                 results["systems"] = [s for s in results["systems"] if s["name"] != spec.name]
                 log(f"skip {spec.name}: {e}")
                 continue
-            answer = systems.bridge_answerer(model, tokenizer, spec.mode, store)
+            answer = systems.bridge_answerer(model, tokenizer, spec.mode, store, args.batch_size)
         if "facts" in args.suite:
             t0 = time.perf_counter()
             results["facts"][spec.name] = facts_suite.evaluate(answer, facts, tofu, tokenizer, args.tofu_format)

@@ -100,7 +100,7 @@ def resolve(requested: list[str], model_dirs: dict[str, str | None], store: str 
     return available, skipped
 
 
-def closed_answerer(model, tokenizer, batch_size: int = 16, progress: bool = False):
+def closed_answerer(model, tokenizer, batch_size: int = 64, progress: bool = False):
     """answer_fn(prompts, max_new_tokens, questions=None, layout=None) -> [{"text", "tokens"}]: the model
     alone, batched greedy on the formatted `prompts` (`questions` and `layout` are for bridge systems)."""
     def answer(prompts: list[str], max_new_tokens: int, questions=None, layout=None) -> list[dict]:
@@ -109,7 +109,7 @@ def closed_answerer(model, tokenizer, batch_size: int = 16, progress: bool = Fal
     return answer
 
 
-def bridge_answerer(model, tokenizer, mode: str, store):
+def bridge_answerer(model, tokenizer, mode: str, store, batch_size: int = 64):
     """answer_fn for the just-rag and tool modes: the bridge loop over all questions at once (`Bridge.ask_many`:
     each round's generations are batched).
 
@@ -129,7 +129,7 @@ def bridge_answerer(model, tokenizer, mode: str, store):
         budget = max(max_new_tokens, BRIDGE_MIN_NEW_TOKENS)  # a whole lookup call must fit in one generation
         kind, answer_end = layout
         fmt = make_format(tokenizer, schemas, kind, answer_end)
-        loop = Bridge(HFGenerator(model, tokenizer, budget), fmt, tools, mode=mode)
+        loop = Bridge(HFGenerator(model, tokenizer, budget, batch_size), fmt, tools, mode=mode)
         # The completion layout continues its text as is, so it gets the closed system's own prompt (chat
         # template or few-shot already applied); a raw question there made instruct models stop at once.
         outs = []

@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_variant(args.one, args.model, args.steps, args.facts, args.gsm8k_path)))
         return 0
 
+    from benchmarks.report import write_json_atomic
+
     peak = {"bf16": matmul_flops(torch.bfloat16), "fp32": matmul_flops(torch.float32)}
     rows = []
     for name in args.variants:
@@ -153,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode != 0:
             sys.exit(f"variant {name} failed:\n{done.stderr[-2000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{name}: {r['step_s']:.2f} s/step, {r['tokens_per_s']:.0f} tok/s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        if args.out:  # the variants done so far survive a later variant that is killed or fails
+            write_json_atomic(Path(args.out), {"model": args.model, "matmul_flops": peak, "rows": rows, "complete": False})
     base = next((r for r in rows if r["variant"] == "full-fp32"), rows[0])
     print(f"matmul 1024^3: bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s")
     print(f"{'variant':<17}{'step (s)':>9}{'tok/s':>8}{'vs full':>9}{'GFLOP/s':>9}{'of bf16':>9}{'of fp32':>9}{'peak RSS':>10}")
@@ -164,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['flops_per_s'] / 1e9:>9.1f}{r['fraction_of_bf16_matmul']:>9.2f}{r['fraction_of_fp32_matmul']:>9.2f}"
               f"{r['peak_rss_mb']:>8.0f}MB")
     if args.out:
-        from benchmarks.report import write_json_atomic
-
-        write_json_atomic(Path(args.out), {"model": args.model, "matmul_flops": peak, "rows": rows})
+        write_json_atomic(Path(args.out), {"model": args.model, "matmul_flops": peak, "rows": rows, "complete": True})
     return 0
 
 

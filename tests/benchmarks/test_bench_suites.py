@@ -113,8 +113,9 @@ def test_train_bench_runs_and_reports(tiny_qwen2_dir, tmp_path):
     out = tmp_path / "train.json"
     assert train_bench.main(["--model", str(tiny_qwen2_dir), "--steps", "1", "--gsm8k-path", str(gsm),
                              "--variants", "full-fp32", "deep-cache-fp32", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["full-fp32", "deep-cache-fp32"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert result["complete"] and [r["variant"] for r in rows] == ["full-fp32", "deep-cache-fp32"]
     full, deep = rows
     assert full["speedup_vs_full_fp32"] == 1.0 and deep["tokens_per_s"] > 0
     assert deep["trainable_params"] < full["trainable_params"]  # only the blocks from the first GRL layer up

@@ -26,21 +26,21 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import gsm8k  # noqa: E402
-from neuralcpu.generation import adds_bos  # noqa: E402
+from neuralcpu.generation import adds_bos, stop_token_ids  # noqa: E402
 from benchmarks.report import write_json_atomic  # noqa: E402
 
 
 @torch.inference_mode()
 def one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Plain `generate` on each prompt alone (no padding): {"ids", "tokens"} per prompt."""
-    end_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
+    ends = stop_token_ids(tokenizer)
     outs = []
     for p in prompts:
         enc = tokenizer(p, return_tensors="pt", add_special_tokens=adds_bos(tokenizer, [p])).to(model.device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
                              top_k=None, pad_token_id=tokenizer.pad_token_id)
         row = gen[0, enc["input_ids"].shape[1]:].tolist()
-        n = next((j for j, t in enumerate(row) if t in end_ids), len(row))
+        n = next((j for j, t in enumerate(row) if t in ends), len(row))
         outs.append({"ids": row[:n], "tokens": n})
     return outs
 

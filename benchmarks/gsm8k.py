@@ -10,11 +10,8 @@ import random
 import re
 import time
 
-import torch
-from tqdm.auto import tqdm
-
 from benchmarks import metrics
-from neuralcpu.generation import adds_bos, greedy_decode, tail_matches
+from neuralcpu.generation import generate_ids, tail_matches
 
 # Zero-shot instruction for chat models. It asks for the answer format only, not for step-by-step
 # reasoning, so that the CoT rate measures what the model does on its own.
@@ -71,15 +68,11 @@ def _truncate(text: str, patterns: list[re.Pattern]) -> str:
     return text[:cut]
 
 
-@torch.inference_mode()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, batch_size: int = 16,
              stop: bool = True, progress: bool = False) -> list[dict]:
-    """Batched greedy generation (left padding, KV cache, finished rows leave the batch:
-    `neuralcpu.generation.greedy_decode`); one {"text", "tokens", "ids"} per prompt, in order.
-
-    Like neuralcpu.generation.greedy_generate, plus per-row stopping once the answer is complete
-    (`stop`), the count of generated tokens (before EOS), and no second BOS before a rendered chat
-    template (`adds_bos`). Prompts are batched longest first so that rows of similar length share a batch.
+    """Batched greedy generation (`neuralcpu.generation.generate_ids`: left padding, KV cache, finished
+    rows leave the batch, no second BOS before a rendered chat template); one {"text", "tokens", "ids"}
+    per prompt, in order.
 
     Args:
         prompts: formatted prompt strings.
@@ -88,26 +81,11 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, ba
         stop: stop a row at `#### number` or at the next "Question:" (its text is cut there too).
         progress: tqdm bar over batches.
     """
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    end_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     patterns = [_ANSWER_DONE, _NEXT_QUESTION] if stop else []
-    stop_row = (lambda row, ids: tail_matches(tokenizer, ids, lambda text: any(p.search(text) for p in patterns))) if stop else None
-    results: list[dict | None] = [None] * len(prompts)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # decoder-only: every prompt must end at the last position
-    try:
-        for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generate"):
-            idx = order[b : b + batch_size]
-            texts = [prompts[i] for i in idx]
-            batch = tokenizer(texts, return_tensors="pt", padding=True,
-                              add_special_tokens=adds_bos(tokenizer, texts)).to(model.device)
-            new = greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens, end_ids, stop_row)
-            for row, i in zip(new, idx):
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                results[i] = {"text": _truncate(text, patterns), "tokens": len(row), "ids": row}
-    finally:
-        tokenizer.padding_side = side
-    return results  # type: ignore[return-value]
+    stop_row = (lambda i, ids: tail_matches(tokenizer, ids, lambda text: any(p.search(text) for p in patterns))) if stop else None
+    new = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, stop_row, progress=progress)
+    return [{"text": _truncate(tokenizer.decode(ids, skip_special_tokens=True), patterns), "tokens": len(ids), "ids": ids}
+            for ids in new]
 
 
 def evaluate(answer_fn, tokenizer, test_rows: list[dict], train_rows: list[dict] | None, n: int | None,

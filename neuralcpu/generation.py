@@ -19,11 +19,13 @@ def adds_bos(tokenizer, prompts: list[str]) -> bool:
 @torch.inference_mode()
 def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   end_ids: set[int] | frozenset[int] = frozenset(),
-                  stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+                  stop: Callable[[int, list[int]], bool] | None = None,
+                  on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """Greedy continuations of a left-padded batch (input_ids, attention_mask: (B, T)), with a KV cache.
 
     A row leaves the batch as soon as it ends: an id in `end_ids` (not returned), `stop(row, ids)` true
-    after a token (that token is kept), or `max_new_tokens`. Its cache rows are dropped with it, so later
+    after a token (that token is kept), or `max_new_tokens`. `on_token(row, id)` sees every kept token
+    as it is chosen (streaming). Its cache rows are dropped with it, so later
     steps cost only the rows still running; `model.generate` keeps computing finished rows until the
     whole batch ends (on GSM8K about half of a batch's row-steps). transformers' continuous batching
     (`generate_batch`) would also refill the batch, but in 4.57 it sizes its paged cache from CUDA memory
@@ -46,6 +48,8 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
             if t in end_ids:
                 continue
             new[row].append(t)
+            if on_token:
+                on_token(row, t)
             if len(new[row]) < max_new_tokens and not (stop and stop(row, new[row])):
                 running.append(j)
         if not running:
@@ -61,12 +65,59 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return new
 
 
+def stop_token_ids(tokenizer) -> set[int]:
+    """The ids that end a row: EOS and the pad token."""
+    return {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
+
+
 def tail_matches(tokenizer, ids: list[int], test: Callable[[str], bool], window: int = 24) -> bool:
     """test() on the decoded last `window` tokens: stop texts are short, so the tail is enough."""
     return test(tokenizer.decode(ids[-window:], skip_special_tokens=True))
 
 
 @torch.inference_mode()
+def generate_ids(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    stop: Callable[[int, list[int]], bool] | None = None,
+    add_special_tokens: bool | None = None,
+    progress: bool = False,
+) -> list[list[int]]:
+    """Greedy new token ids for every prompt (EOS/pad not included), in prompt order: the one batching
+    wrapper around `greedy_decode` that every evaluator and the bridge use.
+
+    Prompts are batched longest first, so rows of similar length share a batch (less padding), with
+    left padding so that every prompt ends at the last position.
+
+    Args:
+        stop: stop(index of the prompt, its ids so far) after each token; True ends that row.
+        add_special_tokens: let the tokenizer add BOS; None decides per batch with `adds_bos` (no second
+            BOS before a rendered chat template).
+        progress: tqdm bar over batches.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    ends = stop_token_ids(tokenizer)
+    out: list[list[int]] = [[] for _ in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generate"):
+            idx = order[b : b + batch_size]
+            texts = [prompts[i] for i in idx]
+            special = adds_bos(tokenizer, texts) if add_special_tokens is None else add_special_tokens
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
+            row_stop = (lambda row, ids, idx=idx: stop(idx[row], ids)) if stop else None
+            for i, ids in zip(idx, greedy_decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
+                                                 ends, row_stop)):
+                out[i] = ids
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
 def greedy_generate(
     model,
     tokenizer,
@@ -78,7 +129,7 @@ def greedy_generate(
     stop_strings: list[str] | None = None,
     stop_when: Callable[[int, str], bool] | None = None,
 ) -> list[str]:
-    """Greedy continuations of `prompts` (decoded, prompt stripped), batched with left padding.
+    """Greedy continuations of `prompts` (decoded, prompt stripped): `generate_ids`, decoded.
 
     Args:
         prompts: raw prompt strings (apply a chat template before calling if wanted).
@@ -90,23 +141,13 @@ def greedy_generate(
             batch (`greedy_decode`), so short answers do not pay for the longest budget.
         stop_when: a row also stops once stop_when(index of its prompt, its text so far) is true.
     """
-    end_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     stops = list(stop_strings or []) + (["\n"] if stop_at_newline else [])
 
-    def stop(offset: int, row: int, ids: list[int]) -> bool:
+    def stop(i: int, ids: list[int]) -> bool:
         return bool((stops and tail_matches(tokenizer, ids, lambda text: any(s in text for s in stops)))
-                    or (stop_when and stop_when(offset + row, tokenizer.decode(ids, skip_special_tokens=True))))
+                    or (stop_when and stop_when(i, tokenizer.decode(ids, skip_special_tokens=True))))
 
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # decoder-only models must see the prompt end at the last position
-    outputs: list[str] = []
-    try:
-        for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generate"):
-            batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(model.device)
-            new = greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens, end_ids,
-                                (lambda row, ids, i=i: stop(i, row, ids)) if stops or stop_when else None)
-            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            outputs += [t.split("\n")[0] if stop_at_newline else t for t in texts]
-    finally:
-        tokenizer.padding_side = side
-    return outputs
+    new = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size,
+                       stop if stops or stop_when else None, progress=progress)
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [t.split("\n")[0] if stop_at_newline else t for t in texts]

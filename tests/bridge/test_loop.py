@@ -229,6 +229,9 @@ def test_real_generation_stops_at_a_closed_call(tiny_qwen2_dir):
     assert len(gen("Tokyo is", stop=lambda t: len(t) > 0)) <= len(full)
     n = len(tok(gen("Tokyo is", stop=lambda t: len(t) > 0), add_special_tokens=False).input_ids)
     assert n <= 2  # stopped after the first token that produced text
+    chunks = []
+    assert gen("Tokyo is", on_text=chunks.append) == full == "".join(chunks)  # streamed chunks are the text
+    assert len(chunks) > 1
 
 
 class BatchedLookupModel(LookupModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralcpu.generation import greedy_decode, greedy_generate
+from neuralcpu.generation import generate_ids, greedy_decode, greedy_generate
 from neuralcpu.models import PRESETS, ModelLoadError, gguf_cache_path, load_model, resolve_model_path
 
 
@@ -45,6 +45,18 @@ def test_greedy_decode_drops_finished_rows_and_matches_generate(tiny_qwen2_dir):
     assert out[0] == ref[0][:2]
     assert out[2] == ref[2][: ref[2].index(end)]
     assert out[1] == ref[1][: ref[1].index(end)] if end in ref[1] else out[1] == ref[1]
+
+
+def test_generate_ids_batches_longest_first_and_keeps_prompt_order(tiny_qwen2_dir):
+    model, tok = load_model(tiny_qwen2_dir)
+    prompts = ["One", "Two words here and more", "A", "Three little words"]
+    first_calls = []
+    out = generate_ids(model, tok, prompts, 6, batch_size=2,
+                       stop=lambda i, ids: first_calls.append(i) if len(ids) == 1 else False)
+    # the first batch holds the two longest prompts, the second the two shortest
+    assert set(first_calls[:2]) == {1, 3} and set(first_calls[2:]) == {0, 2}
+    assert out == [generate_ids(model, tok, [p], 6)[0] for p in prompts]
+    assert tok.batch_decode(out, skip_special_tokens=True) == greedy_generate(model, tok, prompts, max_new_tokens=6)
 
 
 def test_stop_when_ends_the_rows_it_names(tiny_qwen2_dir):

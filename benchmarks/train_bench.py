@@ -2,18 +2,23 @@
 
     .venv/bin/python benchmarks/train_bench.py [--model smollm2-135m] [--steps 6] [--out results/train_bench.json]
 
-Every variant runs the same RLCP-shaped step on the same batches: forget prompts (every fact under
-every training template), locality and RAG prompts, two GSM8K solutions of 128 tokens; the forward
-of the trained model, the frozen anchor's forward (for the KL terms), one backward and an AdamW step.
-As in rlcp.train, the LM head runs only where a loss reads it: the target tokens of the fact batches,
-every token of the GSM8K batch.
-  full-fp32        every parameter trained, anchor run in full (the plain fine-tune loop)
+Every variant runs rlcp.train's step on the same batches, at RLCPConfig's default sizes: every forget
+prompt under every training template (states at the GRL layers, the probes' adversarial and class-mean
+terms), forget prompts with their lookup requests, GSM8K solutions (LM loss and KL to the anchor on every
+token), locality prompts (KL where the answer is read, the drift of the last-token GRL-layer states) and
+answer-from-context pairs; one backward, one AdamW step. The LM head runs only where a loss reads it.
+  full-fp32        every parameter trained, nothing cached: the plain fine-tune loop
   deep-fp32        blocks from the first GRL layer up trained, nothing cached
-  deep-cache-fp32  the same, with the frozen prefix computed once per prompt and shared with the anchor
+  deep-cache-fp32  the same as rlcp.train runs it: the frozen prefix computed once per fact prompt and once
+                   per step for the GSM8K batch (shared with the anchor), the anchor's locality outputs once
+                   per prompt
   deep-cache-bf16  the same under bf16 autocast
+The batches repeat every step, so the cached variants time the steady state of a run (rlcp.train samples
+its locality prompts from a fixed pool, so its caches fill within the first steps; GSM8K text is new
+every step and is never served from a cache here either).
 Each variant runs in its own subprocess, so peak RSS is its own. Achieved FLOP/s counts the step's
 matmul FLOPs with torch's FlopCounterMode and is compared with a bf16 and an fp32 matmul measured in
-the same run. The first step (which fills the prefix cache) is a warm-up and is not timed.
+the same run. The first step (which fills the caches) is a warm-up and is not timed.
 """
 
 from __future__ import annotations
@@ -51,72 +56,120 @@ def matmul_flops(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def batches(tokenizer, facts_path: str | None, gsm8k_path: str | None):
-    """The step's batches: forget, locality, RAG (cacheable fact prompts) and GSM8K (not cached)."""
-    from neuralcpu.data import gsm8k_text, load_gsm8k
+def batches(tokenizer, facts_path: str | None, gsm8k_path: str | None) -> dict:
+    """One step's batches, built as rlcp.train builds them, at RLCPConfig's default sizes."""
+    from neuralcpu.data import load_gsm8k
     from neuralcpu.facts import Fact, FactSets, prompts_for
-    from neuralcpu.rlcp import encode, forget_pairs, rag_pairs
+    from neuralcpu.rlcp import RLCPConfig, encode, forget_pairs, probe_prompts, rag_pairs, retain_texts
 
+    cfg = RLCPConfig()
     if facts_path:
         facts = FactSets.load(facts_path)
     else:  # synthetic fact set of the default size (15 forget, 60 locality): the timing only needs shapes
-        facts = FactSets([Fact(f"City{i}", "country", f"Country{i}") for i in range(15)],
-                         [Fact(f"Town{i}", "country", f"Land{i}") for i in range(60)])
-    forget = [p for p, _, _ in forget_pairs(facts, "rlcp", True)]
-    locality = [(p, " " + f.object) for f in facts.locality[:32] for p in prompts_for(f, "train")[:1]]
-    retain = [gsm8k_text(r) for r in load_gsm8k("train", gsm8k_path, limit=2)]
-    return [(encode(tokenizer, forget), True), (encode(tokenizer, locality), True),
-            (encode(tokenizer, rag_pairs(facts.forget)[:8]), True), (encode(tokenizer, retain, 128), False)]
+        facts = FactSets([Fact(f"City{i}", "country", f"Country{i}") for i in range(cfg.n_forget)],
+                         [Fact(f"Town{i}", "country", f"Land{i}") for i in range(cfg.n_locality_same + cfg.n_locality_other)])
+    pool = forget_pairs(facts, "rlcp", True)
+    probe = probe_prompts(pool, [])
+    retain = retain_texts(tokenizer, load_gsm8k("train", gsm8k_path, limit=50), cfg.retain_max_len, cfg.retain_chat)
+    locality = [(p, " " + f.object) for f in facts.locality for p in prompts_for(f, "train")]
+    return {
+        "probe": encode(tokenizer, [(p, "") for p, _, _ in probe]),
+        "classes": torch.tensor([y for _, y, _ in probe]), "groups": torch.tensor([g for _, _, g in probe]),
+        "n_classes": len(facts.classes),
+        "retrieval": encode(tokenizer, [pair for pair, _, _ in pool[: cfg.forget_batch]]),
+        "retain": encode(tokenizer, retain[: cfg.retain_batch], cfg.retain_max_len),
+        "locality": encode(tokenizer, locality[: cfg.locality_batch]),
+        "rag": encode(tokenizer, rag_pairs(facts.forget)[: cfg.rag_batch]),
+    }
 
 
 def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, gsm8k_path: str | None) -> dict:
-    """Time `steps` RLCP-shaped training steps of one variant (after one warm-up step)."""
+    """Time `steps` RLCP training steps of one variant (after one warm-up step)."""
+    from types import SimpleNamespace
+
     from torch.utils.flop_counter import FlopCounterMode
 
     from neuralcpu import losses
     from neuralcpu.models import load_model
-    from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
+    from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
     from neuralcpu.rlcp import resolve_layers, set_trainable
 
     v = VARIANTS[name]
     model, tokenizer = load_model(model_name)
     anchor, _ = load_model(model_name)
     anchor.requires_grad_(False).eval()
-    first = resolve_layers("auto", model.config.num_hidden_layers)[0]
+    layers = resolve_layers("auto", model.config.num_hidden_layers)
+    first = layers[0]
     model = set_trainable(model, v["trainable"], first)
     data = batches(tokenizer, facts_path, gsm8k_path)
-    tokens = sum(int(b["attention_mask"].sum()) for b, _ in data)
+    names = ("probe", "retrieval", "retain", "locality", "rag")
+    tokens = sum(int(data[k]["attention_mask"].sum()) for k in names)
     prefix = PrefixCache(model, first) if v["cache"] else None
     net, anchor_net = (DeepSuffix(model, first), DeepSuffix(anchor, first)) if prefix else (model, anchor)
+    torch.manual_seed(0)  # the same probes in every variant
+    probes = losses.LayerProbes(layers, model.config.hidden_size, data["n_classes"])
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
+    probe_opt = torch.optim.Adam(probes.parameters(), lr=1e-2)
 
-    def logits_of(m, b, at, cacheable):
-        """Logits where the step's losses read them: every position of the GSM8K batch (LM loss and KL
-        on every token), only the labelled positions `at` of the fact batches, as rlcp.train does."""
+    def forward(m, b, at=None, head=True, states=None):
+        """(logits where the losses read them: at `at`, or every position; hidden states), as rlcp.train's
+        forward. `states`: the prefix states when the caller computed them (the GSM8K batch, shared)."""
         ids, mask = b["input_ids"], b["attention_mask"]
         if prefix:
-            return m(prefix(ids, mask, cache=cacheable), mask, positions=at)[0]
-        hidden = m.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        return m.get_output_embeddings()(hidden if at is None else hidden[at])
+            h = states if states is not None else prefix(ids, mask)
+            logits, hs = m(h, mask, head=head, positions=at)
+            return SimpleNamespace(logits=logits, hidden_states=[None] * first + hs)
+        out = m.get_decoder()(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hidden = out.last_hidden_state
+        logits = m.get_output_embeddings()(hidden if at is None else hidden[at]) if head else None
+        return SimpleNamespace(logits=logits, hidden_states=out.hidden_states)
+
+    def anchor_locality(b, at):
+        """The anchor's logits at `at` and its last-token GRL-layer states (L, B, C), computed afresh."""
+        out = forward(anchor_net, b, at)
+        rows = torch.arange(len(b["last"]))
+        return out.logits, torch.stack([out.hidden_states[l + 1][rows, b["last"]] for l in layers])
+
+    locality_ref = AnchorReference(lambda b, at: forward(anchor_net, b, at), layers) if v["cache"] else anchor_locality
 
     def step():
         total = 0.0
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["bf16"]):
-            for b, cacheable in data:
-                at, targets = losses.labelled_positions(b["labels"]) if cacheable else (None, None)
-                logits = logits_of(net, b, at, cacheable)
-                with torch.no_grad():
-                    ref = logits_of(anchor_net, b, at, cacheable)
-                if at is None:
-                    total = total + losses.lm_loss(logits, b["labels"]) + losses.kl_to_anchor(logits, ref, b["attention_mask"])
-                else:
-                    total = total + F.cross_entropy(logits.float(), targets) + losses.kl_to_anchor(logits, ref)
+            b = data["probe"]  # forget stream: the probes read the last prompt token at the GRL layers
+            hs = forward(net, b, head=False).hidden_states
+            feats = [hs[l + 1][torch.arange(len(b["last"])), b["last"]] for l in layers]
+            for _ in range(4):
+                p_loss, _, _ = losses.adversarial_loss(probes, feats, data["classes"], 1.0, "uniform")
+                probe_opt.zero_grad()
+                p_loss.backward()
+                probe_opt.step()
+            _, adv, _ = losses.adversarial_loss(probes, feats, data["classes"], 1.0, "uniform")
+            total = total + adv + losses.class_mean_loss(feats, data["classes"], data["groups"])
+            for k in ("retrieval", "rag"):  # answer losses where the targets are
+                at, targets = losses.labelled_positions(data[k]["labels"])
+                total = total + F.cross_entropy(forward(net, data[k], at).logits.float(), targets)
+            b = data["retain"]  # GSM8K: its prefix once per step, shared with the anchor
+            h = prefix(b["input_ids"], b["attention_mask"], cache=False) if prefix else None
+            logits = forward(net, b, states=h).logits
+            with torch.no_grad():
+                ref = forward(anchor_net, b, states=h).logits
+            total = total + losses.lm_loss(logits, b["labels"]) + losses.kl_to_anchor(logits, ref, b["attention_mask"])
+            b = data["locality"]
+            at, _ = losses.labelled_positions(b["labels"])
+            out = forward(net, b, at)
+            with torch.no_grad():
+                ref_logits, ref_states = locality_ref(b, at)
+            rows = torch.arange(len(b["last"]))
+            total = total + losses.kl_to_anchor(out.logits, ref_logits) + losses.state_drift(
+                [out.hidden_states[l + 1][rows, b["last"]] for l in layers], list(ref_states),
+                torch.ones(len(rows), dtype=torch.bool))
         opt.zero_grad()
         total.backward()
         opt.step()
+        return total.item()
 
-    step()  # warm-up: fills the prefix cache, allocates optimizer state
+    first_loss = step()  # warm-up: fills the caches, allocates optimizer state
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
@@ -124,7 +177,7 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
     for _ in range(steps):
         step()
     dt = (time.perf_counter() - t0) / steps
-    return {"variant": name, "step_s": dt, "tokens_per_step": tokens, "tokens_per_s": tokens / dt,
+    return {"variant": name, "first_loss": first_loss, "step_s": dt, "tokens_per_step": tokens, "tokens_per_s": tokens / dt,
             "step_flops": flops, "flops_per_s": flops / dt, "trainable_params": sum(p.numel() for p in params),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

@@ -64,12 +64,35 @@ class DeepSuffix(nn.Module):
         return self.lm_head(states[-1] if positions is None else states[-1][positions]), states
 
 
+def row_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[int, ...]]:
+    """Each row's token ids without its (right) padding: the key of a prompt in the caches below."""
+    return [tuple(row[:n].tolist()) for row, n in zip(input_ids, attention_mask.sum(1).tolist())]
+
+
+class RowCache:
+    """Per-prompt outputs of a frozen computation, computed once per distinct prompt."""
+
+    def __init__(self):
+        self.rows: dict[tuple[int, ...], object] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, keys: list[tuple[int, ...]], compute) -> list:
+        """The outputs for `keys`; compute(indices of the rows not cached yet) returns theirs, in order."""
+        missing = [i for i, k in enumerate(keys) if k not in self.rows]
+        if missing:
+            for i, value in zip(missing, compute(missing)):
+                self.rows[keys[i]] = value
+        return [self.rows[k] for k in keys]
+
+
 class PrefixCache:
     """Input of block `first_layer` for each distinct prompt, computed once with the frozen prefix."""
 
     def __init__(self, model, first_layer: int):
         self.model, self.first_layer = model, first_layer
-        self.states: dict[tuple[int, ...], torch.Tensor] = {}  # token ids -> (T, C), on the model's device
+        self.states = RowCache()  # token ids -> (T, C), on the model's device
 
     @torch.no_grad()
     def compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -84,14 +107,42 @@ class PrefixCache:
         if not cache:
             return self.compute(input_ids, attention_mask)
         lengths = attention_mask.sum(1).tolist()
-        keys = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths)]
-        missing = [i for i, k in enumerate(keys) if k not in self.states]
-        if missing:
+
+        def compute(missing):
             fresh = self.compute(input_ids[missing], attention_mask[missing])
-            for j, i in enumerate(missing):
-                self.states[keys[i]] = fresh[j, : lengths[i]]
-        out = torch.zeros(*input_ids.shape, self.states[keys[0]].shape[-1], dtype=self.states[keys[0]].dtype,
-                          device=input_ids.device)
-        for i, k in enumerate(keys):
-            out[i, : lengths[i]] = self.states[k]
+            return [fresh[j, : lengths[i]] for j, i in enumerate(missing)]
+
+        rows = self.states.get(row_keys(input_ids, attention_mask), compute)
+        out = torch.zeros(*input_ids.shape, rows[0].shape[-1], dtype=rows[0].dtype, device=input_ids.device)
+        for i, r in enumerate(rows):
+            out[i, : lengths[i]] = r
         return out
+
+
+class AnchorReference:
+    """The frozen anchor's outputs on recurring prompts (the locality set), computed once per prompt:
+    its logits at the positions a KL term reads and its states at the last prompt token of chosen layers.
+    The anchor never changes, so recomputing them every step (a forward of every trained block, and the
+    LM head) is wasted work.
+
+    `anchor_forward(batch, positions)` must return an object with `.logits` (N, V) at `positions` (B, T)
+    bool, in row-major order, and `.hidden_states` indexed as transformers does.
+    """
+
+    def __init__(self, anchor_forward, layers: list[int]):
+        self.anchor_forward, self.layers, self.cache = anchor_forward, layers, RowCache()
+
+    @torch.no_grad()
+    def __call__(self, batch: dict, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, V) at `positions`, row-major; states (len(layers), B, C) at batch["last"])."""
+
+        def compute(missing):
+            sub = {k: v[missing] for k, v in batch.items()}
+            ref = self.anchor_forward(sub, positions[missing])
+            logits = ref.logits.split(positions[missing].sum(1).tolist())
+            rows = torch.arange(len(missing))
+            states = torch.stack([ref.hidden_states[l + 1][rows, sub["last"].to(ref.logits.device)] for l in self.layers], 1)
+            return list(zip(logits, states))  # per row: ((k, V), (L, C))
+
+        rows = self.cache.get(row_keys(batch["input_ids"], batch["attention_mask"]), compute)
+        return torch.cat([r[0] for r in rows]), torch.stack([r[1] for r in rows], 1)

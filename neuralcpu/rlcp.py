@@ -40,7 +40,7 @@ from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
 from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
 from neuralcpu.generation import adds_bos, greedy_generate
 from neuralcpu.models import load_model
-from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
+from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
 from neuralcpu.toolcall import CALL_CLOSE, CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
 
 METHODS = ("rlcp", "unlikelihood", "graddiff", "npo")
@@ -358,6 +358,9 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     def anchor_forward(batch, hidden=False, head=True, positions=None):
         return forward(batch, hidden, net=anchor if prefix is None else anchor_suffix, head=head, positions=positions)
 
+    # The anchor's outputs on the locality prompts, which recur every step, are computed once per prompt.
+    locality_reference = AnchorReference(lambda batch, at: anchor_forward(batch, hidden=True, positions=at), layers)
+
     def answer_loss(batch):
         """Next-token loss on the labelled tokens, with logits computed only where they are read."""
         at, targets = losses.labelled_positions(batch["labels"])
@@ -445,19 +448,17 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
             logs.update(retain_loss=retain.item(), kl=kl.item())
         if (cfg.w_locality > 0 or cfg.w_locality_states > 0) and locality_pool:
             batch = encode(tokenizer, rng.sample(locality_pool, min(cfg.locality_batch, len(locality_pool))))
-            mask = batch["attention_mask"].to(accel.device)
             # KL where the answer is read (the last prompt token and the answer's tokens); the GSM8K KL
             # above anchors the rest of the distribution.
             at, _ = losses.labelled_positions(batch["labels"])
             out_l = forward(batch, hidden=True, positions=at)
-            ref_l = anchor_forward(batch, hidden=True, positions=at)
-            kl_loc = losses.kl_to_anchor(out_l.logits, ref_l.logits)
+            ref_logits, ref_states = locality_reference(batch, at)
+            kl_loc = losses.kl_to_anchor(out_l.logits, ref_logits)
             # The states at the position the forget stream erases (the last prompt token, GRL layers) stay
             # where the original had them (RMU's retain term): the erasure has to spare untouched cities.
-            last = torch.zeros_like(mask)
-            last[torch.arange(len(mask)), batch["last"]] = 1
-            drift = losses.state_drift([out_l.hidden_states[l + 1] for l in layers],
-                                       [ref_l.hidden_states[l + 1] for l in layers], last)
+            rows = torch.arange(len(batch["last"]))
+            drift = losses.state_drift([out_l.hidden_states[l + 1][rows, batch["last"]] for l in layers],
+                                       list(ref_states), torch.ones(len(rows), dtype=torch.bool, device=accel.device))
             total = total + cfg.w_locality * kl_loc + cfg.w_locality_states * drift
             logs.update(kl_locality=kl_loc.item(), locality_drift=drift.item())
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
+from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
 from neuralcpu.rlcp import encode, train
 from tests.neuralcpu.test_rlcp import tiny_cfg
 
@@ -39,6 +39,39 @@ def test_suffix_of_cached_prefix_matches_full_model(tiny_qwen2_dir, first_layer)
         picked, _ = DeepSuffix(model, first_layer)(h0, mask, positions=at)
     assert picked.shape == (3, model.config.vocab_size)
     torch.testing.assert_close(picked, full.logits[at], rtol=1e-4, atol=1e-4)
+
+
+def test_anchor_reference_serves_what_the_anchor_computes(tiny_qwen2_dir):
+    """Cached rows, fresh rows and a different padding width all give the anchor's own outputs."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from neuralcpu.losses import labelled_positions
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    layers, calls = [1, 3], []
+
+    def anchor_forward(batch, at):
+        calls.append(len(batch["input_ids"]))
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        return SimpleNamespace(logits=out.logits[at], hidden_states=out.hidden_states)
+
+    ref = AnchorReference(anchor_forward, layers)
+    pairs = [("Alphaville is a city in the country of", " Norland"), ("Hi", " there you"), ("Bo is in", " Zed")]
+    with torch.no_grad():
+        for chosen in ([0, 1], [2, 1, 0], [1]):  # the second batch has one new row, the third none
+            batch = encode(tok, [pairs[i] for i in chosen])
+            at, _ = labelled_positions(batch["labels"])
+            logits, states = ref(batch, at)
+            want = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+            torch.testing.assert_close(logits, want.logits[at], rtol=1e-4, atol=1e-4)
+            rows = torch.arange(len(chosen))
+            assert states.shape == (len(layers), len(chosen), model.config.hidden_size)
+            for k, l in enumerate(layers):
+                torch.testing.assert_close(states[k], want.hidden_states[l + 1][rows, batch["last"]], rtol=1e-4, atol=1e-4)
+    assert calls == [2, 1]  # each prompt went through the anchor once
 
 
 def test_suffix_parameters_are_the_models(tiny_qwen2_dir):

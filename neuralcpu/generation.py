@@ -16,32 +16,71 @@ def adds_bos(tokenizer, prompts: list[str]) -> bool:
     return not (bos and all(p.startswith(bos) for p in prompts))
 
 
+def _prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Run left-padded prompts into a fresh KV cache: (last-position logits, cache, mask, next positions)."""
+    width = int(attention_mask.sum(1).max())  # drop the padding columns every row has
+    input_ids, attention_mask = input_ids[:, -width:], attention_mask[:, -width:]
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # a row's first real token is position 0
+    cache = DynamicCache()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    return logits, cache, attention_mask, positions[:, -1] + 1
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    pad = width - t.shape[dim]
+    return t if pad == 0 else torch.cat([t.new_zeros(*t.shape[:dim], pad, *t.shape[dim + 1:]), t], dim)
+
+
+def _join(cache: DynamicCache, mask: torch.Tensor, other: DynamicCache, other_mask: torch.Tensor) -> torch.Tensor:
+    """Append `other`'s rows to `cache` (in place), left-padding the shorter one; return the joined mask.
+    Keys already carry their rotary positions, so left padding (masked out) changes no attention score."""
+    width = max(mask.shape[1], other_mask.shape[1])
+    for layer, extra in zip(cache.layers, other.layers):
+        layer.keys = torch.cat([_left_pad(layer.keys, width, 2), _left_pad(extra.keys, width, 2)])
+        layer.values = torch.cat([_left_pad(layer.values, width, 2), _left_pad(extra.values, width, 2)])
+    return torch.cat([_left_pad(mask, width, 1), _left_pad(other_mask, width, 1)])
+
+
+def _crop_left(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+    """Drop the leading columns no running row attends to (left after a long row left); return the mask."""
+    lead = int((mask.sum(0) == 0).long().cumprod(0).sum())
+    if lead:
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+    return mask[:, lead:]
+
+
 @torch.inference_mode()
 def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   end_ids: set[int] | frozenset[int] = frozenset(),
                   stop: Callable[[int, list[int]], bool] | None = None,
-                  on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
-    """Greedy continuations of a left-padded batch (input_ids, attention_mask: (B, T)), with a KV cache.
+                  on_token: Callable[[int, int], None] | None = None,
+                  batch_size: int | None = None, progress: bool = False) -> list[list[int]]:
+    """Greedy continuations of left-padded prompts (input_ids, attention_mask: (N, T)), with a KV cache.
 
-    A row leaves the batch as soon as it ends: an id in `end_ids` (not returned), `stop(row, ids)` true
-    after a token (that token is kept), or `max_new_tokens`. `on_token(row, id)` sees every kept token
-    as it is chosen (streaming). Its cache rows are dropped with it, so later
-    steps cost only the rows still running; `model.generate` keeps computing finished rows until the
-    whole batch ends (on GSM8K about half of a batch's row-steps). transformers' continuous batching
-    (`generate_batch`) would also refill the batch, but in 4.57 it sizes its paged cache from CUDA memory
-    and fails on CPU, hence this loop.
+    At most `batch_size` rows run at once (all when None); the others wait, in order, and join as
+    running rows end (continuous batching): their prompts are prefilled into a cache of their own,
+    which is then joined to the running one. A row leaves as soon as it ends: an id in `end_ids` (not
+    returned), `stop(row, ids)` true after a token (that token is kept), or `max_new_tokens`; its
+    cache rows leave with it, so every step computes only running rows. `on_token(row, id)` sees each
+    kept token as it is chosen (streaming). `model.generate` instead computes finished rows until its
+    whole batch ends (on GSM8K about half of a batch's row-steps). transformers' own continuous
+    batching (`generate_batch`) sizes its paged cache from CUDA memory in 4.57 and fails on CPU, hence
+    this loop. `progress` shows a tqdm bar over finished rows.
 
-    Returns the new token ids of every row, in batch order.
+    Returns the new token ids of every row, in input order.
     """
-    rows = torch.arange(len(input_ids))
-    new: list[list[int]] = [[] for _ in rows]
-    mask = attention_mask
-    positions = (mask.long().cumsum(-1) - 1).clamp_min(0)  # left padding: a row's first real token is position 0
-    cache = DynamicCache()
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]
-    next_pos = positions[:, -1] + 1
-    for _ in range(max_new_tokens):
+    n = len(input_ids)
+    batch_size = batch_size or n
+    new: list[list[int]] = [[] for _ in range(n)]
+    if max_new_tokens < 1 or n == 0:
+        return new
+    bar = tqdm(total=n, disable=not progress, desc="generate")
+    rows = torch.arange(min(batch_size, n))
+    waiting = list(range(len(rows), n))
+    logits, cache, mask, next_pos = _prefill(model, input_ids[rows], attention_mask[rows])
+    while len(rows):
         tokens = logits.argmax(-1)  # (b,)
         running = []
         for j, (row, t) in enumerate(zip(rows.tolist(), tokens.tolist())):
@@ -52,16 +91,28 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                 on_token(row, t)
             if len(new[row]) < max_new_tokens and not (stop and stop(row, new[row])):
                 running.append(j)
-        if not running:
-            break
         if len(running) < len(rows):
-            keep = torch.tensor(running, device=input_ids.device)
+            bar.update(len(rows) - len(running))
+            keep = torch.tensor(running, dtype=torch.long, device=input_ids.device)
             cache.batch_select_indices(keep)
             rows, tokens, mask, next_pos = rows[keep.cpu()], tokens[keep], mask[keep], next_pos[keep]
-        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
-        logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                       past_key_values=cache, use_cache=True).logits[:, -1]
-        next_pos = next_pos + 1
+            mask = _crop_left(cache, mask)
+        if len(rows):  # one step of the running rows
+            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+            logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                           past_key_values=cache, use_cache=True).logits[:, -1]
+            next_pos = next_pos + 1
+        if waiting and len(rows) < batch_size:  # free places: prefill waiting prompts and join them
+            enter = torch.tensor(waiting[: batch_size - len(rows)])
+            waiting = waiting[len(enter):]
+            new_logits, new_cache, new_mask, new_pos = _prefill(model, input_ids[enter], attention_mask[enter])
+            if len(rows):
+                mask = _join(cache, mask, new_cache, new_mask)
+                logits, next_pos = torch.cat([logits, new_logits]), torch.cat([next_pos, new_pos])
+            else:
+                logits, cache, mask, next_pos = new_logits, new_cache, new_mask, new_pos
+            rows = torch.cat([rows, enter])
+    bar.close()
     return new
 
 
@@ -89,32 +140,33 @@ def generate_ids(
     """Greedy new token ids for every prompt (EOS/pad not included), in prompt order: the one batching
     wrapper around `greedy_decode` that every evaluator and the bridge use.
 
-    Prompts are batched longest first, so rows of similar length share a batch (less padding), with
-    left padding so that every prompt ends at the last position.
+    At most `batch_size` prompts run at once; a prompt that ends makes room for the next (continuous
+    batching). Prompts enter longest first, so rows of similar length run together (less padding),
+    left-padded so that every prompt ends at the last position.
 
     Args:
         stop: stop(index of the prompt, its ids so far) after each token; True ends that row.
         add_special_tokens: let the tokenizer add BOS; None decides per batch with `adds_bos` (no second
             BOS before a rendered chat template).
-        progress: tqdm bar over batches.
+        progress: tqdm bar over finished prompts.
     """
+    if not prompts:
+        return []
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    ends = stop_token_ids(tokenizer)
-    out: list[list[int]] = [[] for _ in prompts]
+    texts = [prompts[i] for i in order]
+    special = adds_bos(tokenizer, texts) if add_special_tokens is None else add_special_tokens
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generate"):
-            idx = order[b : b + batch_size]
-            texts = [prompts[i] for i in idx]
-            special = adds_bos(tokenizer, texts) if add_special_tokens is None else add_special_tokens
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
-            row_stop = (lambda row, ids, idx=idx: stop(idx[row], ids)) if stop else None
-            for i, ids in zip(idx, greedy_decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens,
-                                                 ends, row_stop)):
-                out[i] = ids
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
     finally:
         tokenizer.padding_side = side
+    new = greedy_decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, stop_token_ids(tokenizer),
+                        (lambda row, ids: stop(order[row], ids)) if stop else None, batch_size=batch_size,
+                        progress=progress)
+    out: list[list[int]] = [[] for _ in prompts]
+    for i, ids in zip(order, new):
+        out[i] = ids
     return out
 
 
@@ -134,8 +186,8 @@ def greedy_generate(
     Args:
         prompts: raw prompt strings (apply a chat template before calling if wanted).
         max_new_tokens: generation budget per prompt.
-        batch_size: prompts per forward batch.
-        progress: show a tqdm bar over batches.
+        batch_size: prompts running at once (continuous batching).
+        progress: show a tqdm bar over finished prompts.
         stop_at_newline: a row stops at its first newline, and its text is cut there.
         stop_strings: a row stops generating after any of these (kept in its text) and leaves the
             batch (`greedy_decode`), so short answers do not pay for the longest budget.

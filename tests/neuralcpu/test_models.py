@@ -59,6 +59,32 @@ def test_generate_ids_batches_longest_first_and_keeps_prompt_order(tiny_qwen2_di
     assert tok.batch_decode(out, skip_special_tokens=True) == greedy_generate(model, tok, prompts, max_new_tokens=6)
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_waiting_prompts_join_as_rows_end(tiny_qwen2_dir, batch_size):
+    """Continuous batching: prompts that join a running batch (its cache left-padded to theirs, or
+    theirs to it) generate what they generate alone, whether rows end by stop, end id or the cap."""
+    model, tok = load_model(tiny_qwen2_dir)
+    torch.manual_seed(0)
+    for w in model.parameters():  # larger weights than the 0.02 init: every token's attention then matters
+        if w.dim() == 2:
+            w.data.normal_(0, 0.5)
+    prompts = ["One", "Two words here and more", "Three little words", "A", "Five is a longer prompt than most here"]
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    alone = []
+    for p in prompts:
+        one = tok(p, return_tensors="pt")
+        alone.append(model.generate(**one, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)[0, one["input_ids"].shape[1]:].tolist())
+    lengths = {0: 2, 1: 7, 2: 4, 3: 10, 4: 1}  # each row stops after this many tokens
+    out = greedy_decode(model, enc["input_ids"], enc["attention_mask"], 10, batch_size=batch_size,
+                        stop=lambda row, ids: len(ids) == lengths[row])
+    assert out == [ref[: lengths[i]] for i, ref in enumerate(alone)]
+    ends = {alone[3][5], tok.eos_token_id}  # row 3 ends at its 6th token (and so may others that generate it)
+    out = greedy_decode(model, enc["input_ids"], enc["attention_mask"], 10, end_ids=ends, batch_size=batch_size)
+    assert out == [ref[: next((k for k, t in enumerate(ref) if t in ends), len(ref))] for ref in alone]
+    assert len({tuple(ref) for ref in alone}) == len(prompts)  # the model's outputs depend on its prompt
+
+
 def test_stop_when_ends_the_rows_it_names(tiny_qwen2_dir):
     model, tok = load_model(tiny_qwen2_dir)
     prompts = ["One", "Two words here and more", "Three"]

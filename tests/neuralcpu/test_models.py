@@ -60,9 +60,13 @@ def test_generate_ids_batches_longest_first_and_keeps_prompt_order(tiny_qwen2_di
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
-def test_waiting_prompts_join_as_rows_end(tiny_qwen2_dir, batch_size):
+def test_waiting_prompts_join_as_rows_end(tiny_qwen2_dir, batch_size, monkeypatch):
     """Continuous batching: prompts that join a running batch (its cache left-padded to theirs, or
-    theirs to it) generate what they generate alone, whether rows end by stop, end id or the cap."""
+    theirs to it) generate what they generate alone, whether rows end by stop, end id or the cap.
+    The in-place KV cache re-allocates every 3 tokens here, so its growth is exercised too."""
+    from neuralcpu import generation
+
+    monkeypatch.setattr(generation._AppendLayer, "spare", 3)
     model, tok = load_model(tiny_qwen2_dir)
     torch.manual_seed(0)
     for w in model.parameters():  # larger weights than the 0.02 init: every token's attention then matters

@@ -1,4 +1,5 @@
-"""Batched greedy generation (left padding, explicit pad token, KV cache) shared by every evaluator."""
+"""Greedy generation shared by every evaluator and the bridge: continuous batching, left padding, an
+explicit pad token and an in-place KV cache."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def make_tiny_tokenizer():
                                    model_input_names=["input_ids", "attention_mask"])
 
 
-def make_tiny_qwen2(path, seed: int = 0, num_layers: int = 4):
+def make_tiny_qwen2(path, seed: int = 0, num_layers: int = 4, initializer_range: float = 0.02):
     """Write a tiny random Qwen2ForCausalLM (hidden 64) plus a 512-token tokenizer to `path`; return `path`."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -46,6 +46,7 @@ def make_tiny_qwen2(path, seed: int = 0, num_layers: int = 4):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
+        initializer_range=initializer_range,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -60,6 +61,14 @@ def make_tiny_qwen2(path, seed: int = 0, num_layers: int = 4):
 def tiny_qwen2_dir(tmp_path_factory):
     """Path to a tiny random Qwen2 save_pretrained dir (4 layers, hidden 64)."""
     return make_tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"))
+
+
+@pytest.fixture(scope="session")
+def context_tiny_qwen2_dir(tmp_path_factory):
+    """The tiny Qwen2 with weights drawn at std 0.5 instead of 0.02. At 0.02 its next token depends
+    almost only on the last one, so a cache or mask bug in generation would go unseen; here every
+    token of the prompt changes the output."""
+    return make_tiny_qwen2(tmp_path_factory.mktemp("context_tiny_qwen2"), initializer_range=0.5)
 
 
 @pytest.fixture(scope="session")

@@ -22,18 +22,18 @@ def test_bfloat16_dtype(tiny_qwen2_dir):
     assert next(model.parameters()).dtype == torch.bfloat16
 
 
-def test_batched_generation_matches_single(tiny_qwen2_dir):
+def test_batched_generation_matches_single(context_tiny_qwen2_dir):
     """Left padding must not change greedy outputs (fp32)."""
-    model, tok = load_model(tiny_qwen2_dir)
+    model, tok = load_model(context_tiny_qwen2_dir)
     prompts = ["One", "Two words here and more", "Three"]
     batched = greedy_generate(model, tok, prompts, max_new_tokens=6, batch_size=3)
     single = [greedy_generate(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
     assert batched == single
 
 
-def test_greedy_decode_drops_finished_rows_and_matches_generate(tiny_qwen2_dir):
+def test_greedy_decode_drops_finished_rows_and_matches_generate(context_tiny_qwen2_dir):
     """Rows leaving the batch (stop, end id) must not change what the rows still running generate."""
-    model, tok = load_model(tiny_qwen2_dir)
+    model, tok = load_model(context_tiny_qwen2_dir)
     tok.padding_side = "left"
     enc = tok(["One", "Two words here and more", "Three little words"], return_tensors="pt", padding=True)
     ref = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:].tolist()
@@ -47,8 +47,8 @@ def test_greedy_decode_drops_finished_rows_and_matches_generate(tiny_qwen2_dir):
     assert out[1] == ref[1][: ref[1].index(end)] if end in ref[1] else out[1] == ref[1]
 
 
-def test_generate_ids_batches_longest_first_and_keeps_prompt_order(tiny_qwen2_dir):
-    model, tok = load_model(tiny_qwen2_dir)
+def test_generate_ids_batches_longest_first_and_keeps_prompt_order(context_tiny_qwen2_dir):
+    model, tok = load_model(context_tiny_qwen2_dir)
     prompts = ["One", "Two words here and more", "A", "Three little words"]
     first_calls = []
     out = generate_ids(model, tok, prompts, 6, batch_size=2,
@@ -60,18 +60,14 @@ def test_generate_ids_batches_longest_first_and_keeps_prompt_order(tiny_qwen2_di
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
-def test_waiting_prompts_join_as_rows_end(tiny_qwen2_dir, batch_size, monkeypatch):
+def test_waiting_prompts_join_as_rows_end(context_tiny_qwen2_dir, batch_size, monkeypatch):
     """Continuous batching: prompts that join a running batch (its cache left-padded to theirs, or
     theirs to it) generate what they generate alone, whether rows end by stop, end id or the cap.
     The in-place KV cache re-allocates every 3 tokens here, so its growth is exercised too."""
     from neuralcpu import generation
 
     monkeypatch.setattr(generation._AppendLayer, "spare", 3)
-    model, tok = load_model(tiny_qwen2_dir)
-    torch.manual_seed(0)
-    for w in model.parameters():  # larger weights than the 0.02 init: every token's attention then matters
-        if w.dim() == 2:
-            w.data.normal_(0, 0.5)
+    model, tok = load_model(context_tiny_qwen2_dir)
     prompts = ["One", "Two words here and more", "Three little words", "A", "Five is a longer prompt than most here"]
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True)

@@ -125,13 +125,11 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
         logits = m.get_output_embeddings()(hidden if at is None else hidden[at]) if head else None
         return SimpleNamespace(logits=logits, hidden_states=out.hidden_states)
 
-    def anchor_locality(b, at):
-        """The anchor's logits at `at` and its last-token GRL-layer states (L, B, C), computed afresh."""
-        out = forward(anchor_net, b, at)
-        rows = torch.arange(len(b["last"]))
-        return out.logits, torch.stack([out.hidden_states[l + 1][rows, b["last"]] for l in layers])
+    def new_reference():
+        return AnchorReference(lambda b, at: forward(anchor_net, b, at), layers)
 
-    locality_ref = AnchorReference(lambda b, at: forward(anchor_net, b, at), layers) if v["cache"] else anchor_locality
+    # Cached variants keep one AnchorReference for the run; the others start an empty one every step.
+    locality_ref = new_reference() if v["cache"] else (lambda b, at: new_reference()(b, at))
 
     def step():
         total = 0.0

@@ -3,12 +3,15 @@ explicit pad token and an in-place KV cache."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import DynamicCache
+from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
+from transformers.masking_utils import sdpa_mask
 
 
 def adds_bos(tokenizer, prompts: list[str]) -> bool:
@@ -16,6 +19,40 @@ def adds_bos(tokenizer, prompts: list[str]) -> bool:
     the BOS text (a rendered chat template, e.g. SmolLM2's "<|im_start|>"), which would double it."""
     bos = tokenizer.bos_token
     return not (bos and all(p.startswith(bos) for p in prompts))
+
+
+def sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' "sdpa" attention, except that grouped-query heads read their shared keys/values
+    inside the kernel (`enable_gqa`) also when there is a mask. transformers 4.57 does that only without
+    a mask; with one (any padded batch) it first copies every key/value head per query head
+    (`repeat_kv`): at 16 rows x 400 tokens, a 5.8 ms copy-and-attend per SmolLM2 block against 1.2 ms,
+    with bit-identical outputs (measured on this CPU)."""
+    if attention_mask is not None and attention_mask.ndim == 4:
+        attention_mask = attention_mask[:, :, :, : key.shape[-2]]
+    if is_causal is None:
+        is_causal = query.shape[2] > 1 and attention_mask is None and getattr(module, "is_causal", True)
+    gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+                                         is_causal=is_causal, **gqa)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("sdpa_gqa", sdpa_gqa_attention)
+AttentionMaskInterface.register("sdpa_gqa", sdpa_mask)  # the same boolean masks as "sdpa"
+
+
+@contextmanager
+def _grouped_query_attention(model):
+    """Run a model that uses "sdpa" attention with `sdpa_gqa_attention` for the duration (decoding only)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("sdpa_gqa")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation("sdpa")
 
 
 class _AppendLayer(DynamicLayer):
@@ -116,41 +153,42 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     if max_new_tokens < 1 or n == 0:
         return new
     bar = tqdm(total=n, disable=not progress, desc="generate")
-    rows = torch.arange(min(batch_size, n))
-    waiting = list(range(len(rows), n))
-    logits, cache, mask, next_pos = _prefill(model, input_ids[rows], attention_mask[rows])
-    while len(rows):
-        tokens = logits.argmax(-1)  # (b,)
-        running = []
-        for j, (row, t) in enumerate(zip(rows.tolist(), tokens.tolist())):
-            if t in end_ids:
-                continue
-            new[row].append(t)
-            if on_token:
-                on_token(row, t)
-            if len(new[row]) < max_new_tokens and not (stop and stop(row, new[row])):
-                running.append(j)
-        if len(running) < len(rows):
-            bar.update(len(rows) - len(running))
-            keep = torch.tensor(running, dtype=torch.long, device=input_ids.device)
-            cache.batch_select_indices(keep)
-            rows, tokens, mask, next_pos = rows[keep.cpu()], tokens[keep], mask[keep], next_pos[keep]
-            mask = _crop_left(cache, mask)
-        if len(rows):  # one step of the running rows
-            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
-            logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                           past_key_values=cache, use_cache=True).logits[:, -1]
-            next_pos = next_pos + 1
-        if waiting and len(rows) < batch_size:  # free places: prefill waiting prompts and join them
-            enter = torch.tensor(waiting[: batch_size - len(rows)])
-            waiting = waiting[len(enter):]
-            new_logits, new_cache, new_mask, new_pos = _prefill(model, input_ids[enter], attention_mask[enter])
-            if len(rows):
-                mask = _join(cache, mask, new_cache, new_mask)
-                logits, next_pos = torch.cat([logits, new_logits]), torch.cat([next_pos, new_pos])
-            else:
-                logits, cache, mask, next_pos = new_logits, new_cache, new_mask, new_pos
-            rows = torch.cat([rows, enter])
+    with _grouped_query_attention(model):  # padded rows: keys/values shared by query groups in the kernel
+        rows = torch.arange(min(batch_size, n))
+        waiting = list(range(len(rows), n))
+        logits, cache, mask, next_pos = _prefill(model, input_ids[rows], attention_mask[rows])
+        while len(rows):
+            tokens = logits.argmax(-1)  # (b,)
+            running = []
+            for j, (row, t) in enumerate(zip(rows.tolist(), tokens.tolist())):
+                if t in end_ids:
+                    continue
+                new[row].append(t)
+                if on_token:
+                    on_token(row, t)
+                if len(new[row]) < max_new_tokens and not (stop and stop(row, new[row])):
+                    running.append(j)
+            if len(running) < len(rows):
+                bar.update(len(rows) - len(running))
+                keep = torch.tensor(running, dtype=torch.long, device=input_ids.device)
+                cache.batch_select_indices(keep)
+                rows, tokens, mask, next_pos = rows[keep.cpu()], tokens[keep], mask[keep], next_pos[keep]
+                mask = _crop_left(cache, mask)
+            if len(rows):  # one step of the running rows
+                mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+                logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                               past_key_values=cache, use_cache=True).logits[:, -1]
+                next_pos = next_pos + 1
+            if waiting and len(rows) < batch_size:  # free places: prefill waiting prompts and join them
+                enter = torch.tensor(waiting[: batch_size - len(rows)])
+                waiting = waiting[len(enter):]
+                new_logits, new_cache, new_mask, new_pos = _prefill(model, input_ids[enter], attention_mask[enter])
+                if len(rows):
+                    mask = _join(cache, mask, new_cache, new_mask)
+                    logits, next_pos = torch.cat([logits, new_logits]), torch.cat([next_pos, new_pos])
+                else:
+                    logits, cache, mask, next_pos = new_logits, new_cache, new_mask, new_pos
+                rows = torch.cat([rows, enter])
     bar.close()
     return new
 

@@ -85,6 +85,35 @@ def test_waiting_prompts_join_as_rows_end(context_tiny_qwen2_dir, batch_size, mo
     assert len({tuple(ref) for ref in alone}) == len(prompts)  # the model's outputs depend on its prompt
 
 
+def test_grouped_query_attention_matches_sdpa_with_a_mask_and_is_undone(context_tiny_qwen2_dir):
+    """The decode loop's attention (keys/values shared by query groups inside the kernel) must give what
+    transformers' "sdpa" gives on a padded GQA batch, and leave the model on "sdpa" afterwards."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from neuralcpu.generation import sdpa_gqa_attention
+
+    model, tok = load_model(context_tiny_qwen2_dir)
+    block = model.model.layers[0].self_attn
+    assert block.num_key_value_groups > 1  # the fixture has grouped-query attention
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 4, 5, 8), torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8)
+    mask = torch.ones(3, 1, 5, 5, dtype=torch.bool).tril()
+    mask[0, :, :, :2] = False  # a left-padded row
+    mask[0, :, :2, 0] = True  # (padding rows still attend somewhere, as transformers' masks do)
+    ours, _ = sdpa_gqa_attention(block, q, k, v, mask)
+    ref, _ = sdpa_attention_forward(block, q, k, v, mask)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    wrong, _ = sdpa_gqa_attention(block, q, k.flip(1), v.flip(1), mask)  # key/value heads paired with other queries
+    assert not torch.allclose(wrong, ref, atol=1e-3)
+
+    tok.padding_side = "left"
+    enc = tok(["One", "Two words here and more"], return_tensors="pt", padding=True)
+    seen = []
+    greedy_decode(model, enc["input_ids"], enc["attention_mask"], 3,
+                  stop=lambda row, ids: seen.append(model.config._attn_implementation) or False)
+    assert set(seen) == {"sdpa_gqa"} and model.config._attn_implementation == "sdpa"
+
+
 def test_stop_when_ends_the_rows_it_names(tiny_qwen2_dir):
     model, tok = load_model(tiny_qwen2_dir)
     prompts = ["One", "Two words here and more", "Three"]

@@ -33,7 +33,7 @@ from benchmarks.report import write_json_atomic  # noqa: E402
 @torch.inference_mode()
 def one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Plain `generate` on each prompt alone (no padding): {"ids", "tokens"} per prompt."""
-    ends = stop_token_ids(tokenizer)
+    ends = stop_token_ids(tokenizer, model)
     outs = []
     for p in prompts:
         enc = tokenizer(p, return_tensors="pt", add_special_tokens=adds_bos(tokenizer, [p])).to(model.device)

@@ -61,7 +61,7 @@ class HFGenerator:
         enc = tok(prompt, return_tensors="pt", add_special_tokens=add_special_tokens).to(self.model.device)
         streamer = _CallbackStreamer(tok, on_text) if on_text else None
         new = greedy_decode(self.model, enc["input_ids"], enc["attention_mask"], self.max_new_tokens,
-                            stop_token_ids(tok), (lambda row, ids: stop(tok.decode(ids, skip_special_tokens=True))) if stop else None,
+                            stop_token_ids(tok, self.model), (lambda row, ids: stop(tok.decode(ids, skip_special_tokens=True))) if stop else None,
                             (lambda row, t: streamer.put(torch.tensor([t]))) if streamer else None)[0]
         if streamer:
             streamer.end()  # flush the last partial word

@@ -193,9 +193,14 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return new
 
 
-def stop_token_ids(tokenizer) -> set[int]:
-    """The ids that end a row: EOS and the pad token."""
-    return {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
+def stop_token_ids(tokenizer, model=None) -> set[int]:
+    """The ids that end a row: the tokenizer's EOS and pad token, and the EOS ids of the model's generation
+    config, which `generate` stops at. They differ for chat models: Qwen2.5's tokenizer ends text with
+    <|endoftext|>, its generation config ends a turn at <|im_end|>."""
+    ids = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    return ids - {None}
 
 
 def tail_matches(tokenizer, ids: list[int], test: Callable[[str], bool], window: int = 24) -> bool:
@@ -238,7 +243,7 @@ def generate_ids(
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
     finally:
         tokenizer.padding_side = side
-    new = greedy_decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, stop_token_ids(tokenizer),
+    new = greedy_decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, stop_token_ids(tokenizer, model),
                         (lambda row, ids: stop(order[row], ids)) if stop else None, batch_size=batch_size,
                         progress=progress)
     out: list[list[int]] = [[] for _ in prompts]

@@ -114,6 +114,17 @@ def test_grouped_query_attention_matches_sdpa_with_a_mask_and_is_undone(context_
     assert set(seen) == {"sdpa_gqa"} and model.config._attn_implementation == "sdpa"
 
 
+def test_generation_ends_at_the_generation_config_eos(context_tiny_qwen2_dir):
+    """A chat model's end-of-turn id (generation_config.eos_token_id, e.g. Qwen's <|im_end|>) ends a row
+    as `generate` does, also when the tokenizer's EOS is another id."""
+    model, tok = load_model(context_tiny_qwen2_dir)
+    ref = generate_ids(model, tok, ["Two words here and more"], 8)[0]
+    end = ref[3]
+    assert end not in (tok.eos_token_id, tok.pad_token_id)
+    model.generation_config.eos_token_id = [end, 10**6]  # a list, as several configs have
+    assert generate_ids(model, tok, ["Two words here and more"], 8)[0] == ref[: ref.index(end)]
+
+
 def test_stop_when_ends_the_rows_it_names(tiny_qwen2_dir):
     model, tok = load_model(tiny_qwen2_dir)
     prompts = ["One", "Two words here and more", "Three"]

@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 import torch
 from transformers import TextStreamer
 
-from neuralcpu.generation import generate_ids, greedy_decode, stop_token_ids
+from neuralcpu.generation import generate_ids
 
 
 class Generator(Protocol):
@@ -46,7 +46,6 @@ class HFGenerator:
     def __init__(self, model, tokenizer, max_new_tokens: int = 64, batch_size: int = 16):
         self.model, self.tokenizer, self.max_new_tokens, self.batch_size = model, tokenizer, max_new_tokens, batch_size
 
-    @torch.inference_mode()
     def __call__(self, prompt: str, *, stop: Callable[[str], bool] | None = None,
                  on_text: Callable[[str], None] | None = None, add_special_tokens: bool = True) -> str:
         """Greedy continuation of `prompt`, ending at EOS, when `stop(text)` is true, or at `max_new_tokens`.
@@ -57,26 +56,25 @@ class HFGenerator:
             on_text: called with each decoded chunk while generating.
             add_special_tokens: let the tokenizer add BOS (completion prompts) or not (rendered chat templates).
         """
-        tok = self.tokenizer
-        enc = tok(prompt, return_tensors="pt", add_special_tokens=add_special_tokens).to(self.model.device)
-        streamer = _CallbackStreamer(tok, on_text) if on_text else None
-        new = greedy_decode(self.model, enc["input_ids"], enc["attention_mask"], self.max_new_tokens,
-                            stop_token_ids(tok, self.model), (lambda row, ids: stop(tok.decode(ids, skip_special_tokens=True))) if stop else None,
-                            (lambda row, t: streamer.put(torch.tensor([t]))) if streamer else None)[0]
+        streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text else None
+        text = self._generate([prompt], stop, add_special_tokens,
+                              (lambda i, t: streamer.put(torch.tensor([t]))) if streamer else None)[0]
         if streamer:
             streamer.end()  # flush the last partial word
-        return tok.decode(new, skip_special_tokens=True)
+        return text
 
-    @torch.inference_mode()
     def many(self, prompts: list[str], *, stop: Callable[[str], bool] | None = None,
              add_special_tokens: bool = True) -> list[str]:
-        """`__call__` for many prompts: left-padded batches of `batch_size`, each row stopping on its own.
+        """`__call__` for many prompts: at most `batch_size` run at once, each row stopping on its own.
 
         A row that stops leaves the batch (`neuralcpu.generation.greedy_decode`); the outputs match the
         one-at-a-time ones up to the numerics of padding.
         """
+        return self._generate(prompts, stop, add_special_tokens)
+
+    def _generate(self, prompts: list[str], stop, add_special_tokens: bool, on_token=None) -> list[str]:
         tok = self.tokenizer
         new = generate_ids(self.model, tok, prompts, self.max_new_tokens, self.batch_size,
                            (lambda i, ids: stop(tok.decode(ids, skip_special_tokens=True))) if stop else None,
-                           add_special_tokens=add_special_tokens)
+                           add_special_tokens=add_special_tokens, on_token=on_token)
         return tok.batch_decode(new, skip_special_tokens=True)

@@ -218,6 +218,7 @@ def generate_ids(
     stop: Callable[[int, list[int]], bool] | None = None,
     add_special_tokens: bool | None = None,
     progress: bool = False,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
     """Greedy new token ids for every prompt (EOS/pad not included), in prompt order: the one batching
     wrapper around `greedy_decode` that every evaluator and the bridge use.
@@ -231,6 +232,7 @@ def generate_ids(
         add_special_tokens: let the tokenizer add BOS; None decides per batch with `adds_bos` (no second
             BOS before a rendered chat template).
         progress: tqdm bar over finished prompts.
+        on_token: on_token(index of the prompt, id) for each kept token as it is chosen (streaming).
     """
     if not prompts:
         return []
@@ -244,7 +246,8 @@ def generate_ids(
     finally:
         tokenizer.padding_side = side
     new = greedy_decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, stop_token_ids(tokenizer, model),
-                        (lambda row, ids: stop(order[row], ids)) if stop else None, batch_size=batch_size,
+                        (lambda row, ids: stop(order[row], ids)) if stop else None,
+                        (lambda row, t: on_token(order[row], t)) if on_token else None, batch_size=batch_size,
                         progress=progress)
     out: list[list[int]] = [[] for _ in prompts]
     for i, ids in zip(order, new):

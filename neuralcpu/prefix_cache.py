@@ -13,6 +13,7 @@ that its logits and hidden states match the full model's.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
@@ -44,6 +45,8 @@ class DeepSuffix(nn.Module):
     (the last one after the final norm, as transformers reports it).
     """
 
+    bucket_overhead = 64  # tokens a length group must save to be worth its own forward pass (`length_buckets`)
+
     def __init__(self, model, first_layer: int):
         super().__init__()
         inner = model.model
@@ -56,12 +59,60 @@ class DeepSuffix(nn.Module):
                 positions: torch.Tensor | None = None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         """head=False skips the LM head and returns (None, states). `positions` (B, T) bool runs the head
         only there and returns logits (N, V) for the N chosen positions in row-major order: the head is
-        a large share of a small model's compute, and most losses read a few positions."""
-        states = _run_blocks(self.config, self.rotary_emb, self.layers, hidden, attention_mask)
-        states[-1] = self.norm(states[-1])
+        a large share of a small model's compute, and most losses read a few positions.
+
+        The rows run in groups of similar length (`length_buckets`), each padded only to its own longest
+        row: a step's fact batches were a quarter padding. Outputs come back in input order and width;
+        what they hold at padded positions means nothing."""
+        lengths = attention_mask.sum(1).tolist()
+        width, n = hidden.shape[1], len(lengths)
+        parts = []  # (rows, states of those rows at their group's width)
+        for rows in length_buckets(lengths, self.bucket_overhead):
+            w = max(lengths[i] for i in rows)
+            idx = torch.tensor(rows, device=hidden.device)
+            states = _run_blocks(self.config, self.rotary_emb, self.layers, hidden[idx, :w], attention_mask[idx, :w])
+            states[-1] = self.norm(states[-1])
+            parts.append((rows, states))
+        inverse = torch.tensor([r for rows, _ in parts for r in rows], device=hidden.device).argsort()
+
+        def stitch(tensors: list[torch.Tensor]) -> torch.Tensor:  # per group (n_g, w_g, ...) -> (B, width, ...)
+            if len(tensors) == 1 and tensors[0].shape[1] == width and len(parts[0][0]) == n:
+                return tensors[0][inverse]
+            return torch.cat([F.pad(t, (0, 0, 0, width - t.shape[1])) for t in tensors])[inverse]
+
+        states = [stitch([st[k] for _, st in parts]) for k in range(len(parts[0][1]))]
         if not head:
             return None, states
-        return self.lm_head(states[-1] if positions is None else states[-1][positions]), states
+        if positions is None:
+            return stitch([self.lm_head(st[-1]) for _, st in parts]), states
+        per_row = {}
+        for rows, st in parts:
+            at = positions[torch.tensor(rows, device=positions.device)]
+            w = st[-1].shape[1]
+            if at[:, w:].any():
+                raise ValueError("positions include padding; the head reads only real tokens")
+            at = at[:, :w]
+            per_row.update(zip(rows, self.lm_head(st[-1][at]).split(at.sum(1).tolist())))
+        return torch.cat([per_row[r] for r in range(n)]), states
+
+
+def length_buckets(lengths: list[int], overhead: int = 64) -> list[list[int]]:
+    """Row indices grouped by length so that padding each group to its longest row computes the fewest
+    tokens, counting `overhead` tokens per group for the fixed cost of a forward pass: the optimal
+    split of the rows sorted by length (dynamic programming over split points, O(n^2))."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ls = [lengths[i] for i in order]
+    best, cut = [0.0] + [float("inf")] * len(ls), [0] * (len(ls) + 1)
+    for j in range(1, len(ls) + 1):  # best[j]: cheapest grouping of the j shortest rows
+        for i in range(j):  # last group = sorted rows i..j-1, padded to ls[j-1]
+            cost = best[i] + (j - i) * ls[j - 1] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(ls)
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def row_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[int, ...]]:

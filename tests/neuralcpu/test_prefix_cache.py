@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
+from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache, length_buckets
 from neuralcpu.rlcp import encode, train
 from tests.neuralcpu.test_rlcp import tiny_cfg
 
@@ -39,6 +39,55 @@ def test_suffix_of_cached_prefix_matches_full_model(tiny_qwen2_dir, first_layer)
         picked, _ = DeepSuffix(model, first_layer)(h0, mask, positions=at)
     assert picked.shape == (3, model.config.vocab_size)
     torch.testing.assert_close(picked, full.logits[at], rtol=1e-4, atol=1e-4)
+
+
+def test_length_buckets_minimise_padded_tokens():
+    assert length_buckets([5, 5, 5]) == [[0, 1, 2]]
+    assert length_buckets([100, 10, 10, 100], overhead=0) == [[1, 2], [0, 3]]
+    assert length_buckets([100, 10, 10, 100], overhead=1000) == [[1, 2, 0, 3]]  # a group costs more than it saves
+    lengths = [7, 30, 8, 9, 31, 12, 7, 29]
+    groups = length_buckets(lengths, overhead=10)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    cost = sum(len(g) * max(lengths[i] for i in g) + 10 for g in groups)
+    assert cost <= len(lengths) * max(lengths) + 10 and len(groups) > 1
+
+
+def test_suffix_in_length_groups_matches_full_model_and_keeps_row_order(tiny_qwen2_dir):
+    """Rows run in several length groups (forced here) come back in input order, with the same logits,
+    states and gradients as one padded batch."""
+    from transformers import AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    pairs = [("Alphaville is a city in the country of the north", " Norland"), ("Hi", " there"),
+             ("Bo is in", " Zed"), ("A much longer prompt that goes on and on for a while", " end"), ("Yo", "")]
+    batch = encode(tok, pairs)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    at = torch.zeros_like(mask, dtype=torch.bool)
+    for r, n in enumerate(mask.sum(1).tolist()):
+        at[r, n - 1] = True
+        at[r, 0] = True
+    h0 = PrefixCache(model, 2)(ids, mask)
+    suffix = DeepSuffix(model, 2)
+    outs = {}
+    for overhead in (10**6, 0):  # one group, then one group per distinct length
+        suffix.bucket_overhead = overhead
+        model.zero_grad()
+        picked, states = suffix(h0, mask, positions=at)
+        full, _ = suffix(h0, mask)
+        (picked.square().mean() + states[1][:, 0].sum()).backward()
+        outs[overhead] = (picked, full, states, model.model.layers[2].mlp.up_proj.weight.grad.clone())
+    assert len(length_buckets(mask.sum(1).tolist(), 0)) > 2
+    real = mask.bool()
+    (p1, f1, s1, g1), (p2, f2, s2, g2) = outs[10**6], outs[0]
+    torch.testing.assert_close(p2, p1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(f2[real], f1[real], rtol=1e-4, atol=1e-5)
+    for a, b in zip(s1, s2):
+        torch.testing.assert_close(b[real], a[real], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(p2, want[at], rtol=1e-4, atol=1e-4)
 
 
 def test_anchor_reference_serves_what_the_anchor_computes(tiny_qwen2_dir):

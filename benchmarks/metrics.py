@@ -28,7 +28,7 @@ import math
 import re
 from decimal import Decimal, InvalidOperation
 
-from neuralcpu.facts import Fact, is_correct
+from neuralcpu.facts import ANSWER_WINDOW, Fact, is_correct
 
 Z95 = 1.959963984540054
 MIN_COT_STEPS = 2
@@ -121,7 +121,7 @@ def is_cot(output: str, min_steps: int = MIN_COT_STEPS) -> bool:
 
 # ----------------------------------------------------------------------------- facts and statistics ---
 
-def fact_correct(completion: str, fact: Fact, window: int = 40) -> bool:
+def fact_correct(completion: str, fact: Fact, window: int = ANSWER_WINDOW) -> bool:
     """Exact match for fact QA: an accepted answer of `fact` (case/diacritics folded) in the first `window` characters."""
     return is_correct(completion, fact, window)
 

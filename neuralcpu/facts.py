@@ -79,7 +79,10 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().casefold()
 
 
-def is_correct(completion: str, fact: Fact, window: int = 40) -> bool:
+ANSWER_WINDOW = 40  # characters of a completion that exact-match scoring reads
+
+
+def is_correct(completion: str, fact: Fact, window: int = ANSWER_WINDOW) -> bool:
     """Exact-match scoring: an accepted answer appears in the first `window` characters."""
     head = fold(completion[:window])
     return any(fold(a) in head for a in fact.answers())

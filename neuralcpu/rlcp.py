@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
 from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
-from neuralcpu.facts import Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
+from neuralcpu.facts import ANSWER_WINDOW, Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
 from neuralcpu.generation import adds_bos, greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
@@ -208,21 +208,30 @@ def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
 
 def evaluate(model, tokenizer, facts: FactSets) -> dict:
     """Closed-book greedy accuracy under held-out templates, how often a lookup is requested, and how
-    often a forget prompt gets a well-formed lookup call for the right subject."""
-    def run(fs: list[Fact], max_new_tokens: int = 10, stop_strings=None):
+    often a forget prompt gets a well-formed lookup call for the right subject.
+
+    Rows stop once their score is settled: accuracy reads the first ANSWER_WINDOW characters (`is_correct`), and
+    a call counts when it starts there, on the first line, as the bridge's completion layout cuts a
+    generation (a call is one line). A locality row stops at its right answer."""
+    def run(fs: list[Fact], max_new_tokens: int = 10, stop_strings=None, stop_when=None):
         prompts = [(f, p) for f in fs for p in prompts_for(f, "eval")]
         outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64,
-                               stop_strings=stop_strings)
+                               stop_strings=stop_strings,
+                               stop_when=(lambda i, text: stop_when(prompts[i][0], text)) if stop_when else None)
         acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
         lookups = sum(CALL_OPEN in o for o in outs) / len(prompts)
         calls_ok = sum(any(is_lookup(c, f.subject) for c in parse_calls(o)) for (f, _), o in zip(prompts, outs))
         misses = [f"{p} ->{o}" for (f, p), o in zip(prompts, outs) if not is_correct(o, f)]
         return acc, lookups, calls_ok / len(prompts), outs, misses
 
+    def settled(fact: Fact, text: str) -> bool:  # no call started and nothing left that is scored
+        return CALL_OPEN not in text and ("\n" in text.lstrip() or len(text) >= ANSWER_WINDOW)
+
     was_training = model.training
     model.eval()
-    f_acc, f_look, f_calls_ok, f_outs, _ = run(facts.forget, max_new_tokens=48, stop_strings=[CALL_CLOSE])  # room for a whole call
-    l_acc, l_look, _, _, l_misses = run(facts.locality)
+    f_acc, f_look, f_calls_ok, f_outs, _ = run(facts.forget, max_new_tokens=48, stop_strings=[CALL_CLOSE],  # room for a whole call
+                                               stop_when=settled)
+    l_acc, l_look, _, _, l_misses = run(facts.locality, stop_when=lambda f, text: is_correct(text, f))
     model.train(was_training)
     return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "forget_call_ok_rate": f_calls_ok,
             "locality_acc": l_acc, "locality_lookup_rate": l_look, "forget_samples": f_outs[:3],
@@ -338,11 +347,12 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     accel.wait_for_everyone()
     original = json.loads(metrics_file.read_text().splitlines()[0])
 
-    def forward(batch, hidden=False, net=None, head=True, positions=None):
+    def forward(batch, hidden=False, net=None, head=True, positions=None, states=None):
         """Logits and hidden states (indexed as transformers does) of the trained model, or of `net`.
 
         head=False skips the LM head (only hidden states are needed); `positions` (B, T) bool computes
-        logits (N, V) only there. The vocabulary projection costs as much as several blocks here."""
+        logits (N, V) only there. The vocabulary projection costs as much as several blocks here.
+        `states`: the batch's frozen-prefix states when the caller already has them (else the cache's)."""
         ids, mask = batch["input_ids"].to(accel.device), batch["attention_mask"].to(accel.device)
         with accel.autocast():
             if prefix is None:
@@ -350,13 +360,14 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                                        **({} if head else {"logits_to_keep": 1}))
                 logits = out.logits if positions is None or not head else out.logits[positions.to(accel.device)]
                 return SimpleNamespace(logits=logits, hidden_states=out.hidden_states)
-            logits, states = (net or trained)(prefix(ids, mask), mask, head=head,
-                                              positions=None if positions is None else positions.to(accel.device))
-            return SimpleNamespace(logits=logits, hidden_states=[None] * first + states)
+            logits, hs = (net or trained)(prefix(ids, mask) if states is None else states, mask, head=head,
+                                          positions=None if positions is None else positions.to(accel.device))
+            return SimpleNamespace(logits=logits, hidden_states=[None] * first + hs)
 
     @torch.no_grad()
-    def anchor_forward(batch, hidden=False, head=True, positions=None):
-        return forward(batch, hidden, net=anchor if prefix is None else anchor_suffix, head=head, positions=positions)
+    def anchor_forward(batch, hidden=False, head=True, positions=None, states=None):
+        return forward(batch, hidden, net=anchor if prefix is None else anchor_suffix, head=head, positions=positions,
+                       states=states)
 
     # The anchor's outputs on the locality prompts, which recur every step, are computed once per prompt.
     locality_reference = AnchorReference(lambda batch, at: anchor_forward(batch, hidden=True, positions=at), layers)
@@ -437,12 +448,14 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         # 2. retain stream: GSM8K LM loss + KL to the anchor, and KL on locality prompts ------------------
         if cfg.w_retain_lm > 0 or cfg.w_kl > 0:
             batch = encode(tokenizer, rng.sample(retain_pool, min(cfg.retain_batch, len(retain_pool))), cfg.retain_max_len)
-            # Cached although GSM8K text rarely repeats: the anchor's forward below then reuses the frozen
-            # prefix instead of recomputing it (~0.3 MB per step).
-            out_r = forward(batch)
+            # GSM8K text rarely repeats: its frozen prefix is computed once here, for both forwards below,
+            # and not kept in the run-long prefix cache.
+            prefix_states = prefix(batch["input_ids"].to(accel.device), batch["attention_mask"].to(accel.device),
+                                   cache=False) if prefix is not None else None
+            out_r = forward(batch, states=prefix_states)
             labels = batch["labels"].to(accel.device)
             retain = losses.lm_loss(out_r.logits, labels)
-            ref = anchor_forward(batch).logits
+            ref = anchor_forward(batch, states=prefix_states).logits
             kl = losses.kl_to_anchor(out_r.logits, ref, batch["attention_mask"].to(accel.device))
             total = total + cfg.w_retain_lm * retain + cfg.w_kl * kl
             logs.update(retain_loss=retain.item(), kl=kl.item())
@@ -477,8 +490,9 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            last_eval = {"step": done, "lambda": lam, **logs, **evaluate(accel.unwrap_model(model), tokenizer, facts),
-                         "elapsed_s": time.perf_counter() - t0}
+            t_eval = time.perf_counter()
+            last_eval = {"step": done, "lambda": lam, **logs, **evaluate(accel.unwrap_model(model), tokenizer, facts)}
+            last_eval.update(eval_s=time.perf_counter() - t_eval, elapsed_s=time.perf_counter() - t0)
             if accel.is_main_process:
                 with open(metrics_file, "a") as f:
                     f.write(json.dumps(last_eval) + "\n")

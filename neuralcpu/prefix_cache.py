@@ -65,35 +65,33 @@ class DeepSuffix(nn.Module):
         row: a step's fact batches were a quarter padding. Outputs come back in input order and width;
         what they hold at padded positions means nothing."""
         lengths = attention_mask.sum(1).tolist()
-        width, n = hidden.shape[1], len(lengths)
-        parts = []  # (rows, states of those rows at their group's width)
+        width = hidden.shape[1]
+        parts = []  # (rows, their index tensor, their states at their group's width)
         for rows in length_buckets(lengths, self.bucket_overhead):
             w = max(lengths[i] for i in rows)
             idx = torch.tensor(rows, device=hidden.device)
             states = _run_blocks(self.config, self.rotary_emb, self.layers, hidden[idx, :w], attention_mask[idx, :w])
             states[-1] = self.norm(states[-1])
-            parts.append((rows, states))
-        inverse = torch.tensor([r for rows, _ in parts for r in rows], device=hidden.device).argsort()
+            parts.append((rows, idx, states))
+        inverse = torch.cat([idx for _, idx, _ in parts]).argsort()
 
         def stitch(tensors: list[torch.Tensor]) -> torch.Tensor:  # per group (n_g, w_g, ...) -> (B, width, ...)
-            if len(tensors) == 1 and tensors[0].shape[1] == width and len(parts[0][0]) == n:
-                return tensors[0][inverse]
             return torch.cat([F.pad(t, (0, 0, 0, width - t.shape[1])) for t in tensors])[inverse]
 
-        states = [stitch([st[k] for _, st in parts]) for k in range(len(parts[0][1]))]
+        states = [stitch([st[k] for _, _, st in parts]) for k in range(len(parts[0][2]))]
         if not head:
             return None, states
         if positions is None:
-            return stitch([self.lm_head(st[-1]) for _, st in parts]), states
+            return stitch([self.lm_head(st[-1]) for _, _, st in parts]), states
         per_row = {}
-        for rows, st in parts:
-            at = positions[torch.tensor(rows, device=positions.device)]
+        for rows, idx, st in parts:
+            at = positions[idx.to(positions.device)]
             w = st[-1].shape[1]
             if at[:, w:].any():
                 raise ValueError("positions include padding; the head reads only real tokens")
             at = at[:, :w]
             per_row.update(zip(rows, self.lm_head(st[-1][at]).split(at.sum(1).tolist())))
-        return torch.cat([per_row[r] for r in range(n)]), states
+        return torch.cat([per_row[r] for r in range(len(lengths))]), states
 
 
 def length_buckets(lengths: list[int], overhead: int = 64) -> list[list[int]]:

@@ -210,9 +210,9 @@ def evaluate(model, tokenizer, facts: FactSets) -> dict:
     """Closed-book greedy accuracy under held-out templates, how often a lookup is requested, and how
     often a forget prompt gets a well-formed lookup call for the right subject.
 
-    Rows stop once their score is settled: accuracy reads the first ANSWER_WINDOW characters (`is_correct`), and
-    a call counts when it starts there, on the first line, as the bridge's completion layout cuts a
-    generation (a call is one line). A locality row stops at its right answer."""
+    Rows stop once their score is settled: accuracy reads the first ANSWER_WINDOW characters
+    (`is_correct`), and a call counts when it starts there, on the first line, as the bridge's
+    completion layout cuts a generation (a call is one line). A locality row stops at its right answer."""
     def run(fs: list[Fact], max_new_tokens: int = 10, stop_strings=None, stop_when=None):
         prompts = [(f, p) for f in fs for p in prompts_for(f, "eval")]
         outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64,

@@ -9,6 +9,7 @@ Stages (each is skipped when its output already exists, so a killed pipeline res
      the quick profile takes the cities of 100k+ people, the full profile all 34k).
   3. Analysis of the run: per-layer probes, effective rank, phase transition (`python -m neuralcpu analyze`).
   4. The benchmark (`benchmarks/run.py`): fact QA and a GSM8K subset (quick) or every suite (full).
+     Run with `--resume`: the systems a killed benchmark finished are kept.
 Every stage is a subprocess with its own CLI, so each can also be rerun by hand.
 """
 
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [py, str(Path(__file__).with_name("run.py")), "--model", args.model, "--suite", *prof["suites"],
            "--rlcp-dir", str(runs / "rlcp"), "--store", str(store), "--out", str(bench),
            "--n-gsm8k", str(prof["n_gsm8k"]), "--gsm8k-max-new-tokens", str(prof["gsm8k_tokens"]),
-           "--n-tofu", str(prof["n_tofu"]), "--systems", *prof["systems"], "--gsm8k-systems", *prof["gsm8k_systems"]]
+           "--n-tofu", str(prof["n_tofu"]), "--systems", *prof["systems"], "--gsm8k-systems", *prof["gsm8k_systems"],
+           "--resume"]  # a killed benchmark keeps the systems it finished
     if prof["baselines"]:
         cmd += ["--unlikelihood-dir", str(runs / "unlikelihood"), "--graddiff-dir", str(runs / "graddiff"),
                 "--npo-dir", str(runs / "npo"), "--toolsft-dir", str(runs / "toolsft")]

@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attack-fraction", type=float, default=0.2, help="share of the forget set the attack trains on")
     p.add_argument("--attack-steps", type=int, default=20, help="relearning-attack optimisation steps")
     p.add_argument("--attack-lr", type=float, default=1e-4, help="relearning-attack learning rate")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the per-system results an interrupted run with the same settings left in "
+                        "--out/results.json (a system whose model files changed since is run again)")
     args = p.parse_args(argv)
     args.suite = list(SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
     args.systems = list(systems.SYSTEM_NAMES) if "all" in args.systems else list(dict.fromkeys(args.systems))
@@ -152,6 +155,41 @@ def training_curves(args) -> dict[str, list[dict]]:
     return curves
 
 
+def suites_for(spec, args) -> list[str]:
+    """The requested suites that apply to a system: GSM8K only for --gsm8k-systems, the relearning attack
+    only for closed-book models that can be fine-tuned (the original and the unlearned runs)."""
+    applies = {"facts": True, "gsm8k": "all" in args.gsm8k_systems or spec.name in args.gsm8k_systems,
+               "robustness": spec.mode == "closed" and spec.model in ("original", *systems.UNLEARNED)}
+    return [suite for suite in SUITES if suite in args.suite and applies[suite]]
+
+
+def model_stamp(path: str) -> str:
+    """What identifies a system's weights for --resume: a dir's weight files with size and mtime, else the name."""
+    d = Path(path)
+    if not d.is_dir():
+        return f"{path} {d.stat().st_size} {d.stat().st_mtime_ns}" if d.is_file() else str(path)
+    files = sorted(f for f in d.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf") or f.name == "config.json")
+    return " ".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+def previous_results(path: Path, config: dict) -> dict | None:
+    """The results.json an interrupted run left, if it was written with the same settings; else an error."""
+    if not path.is_file():
+        return None
+    try:
+        prev = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--resume: {path} is not valid JSON ({e}); remove it to start over")
+    old = {k: v for k, v in prev.get("config", {}).items() if k != "resume"}
+    new = {k: v for k, v in config.items() if k != "resume"}
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        raise SystemExit(f"--resume: {path} was written with other settings ("
+                         + "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed)
+                         + "); pass a new --out or remove it")
+    return prev
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -185,7 +223,10 @@ def run(args) -> dict:
         "facts_file": facts_path, "store": store_dir, "git": git_state(), "warnings": warnings,
         "systems": [{"name": s.name, "model": path, "mode": s.mode, "description": s.description} for s, path in available],
         "skipped": skipped, "facts": {}, "gsm8k": {}, "robustness": {}, "plots": [],
+        "model_stamps": {s.name: model_stamp(path) for s, path in available}, "invocation_seconds": [],
     }
+    previous = previous_results(out / "results.json", results["config"]) if args.resume else None
+    earlier_seconds = previous.get("invocation_seconds", []) if previous else []
     if not available:
         log("no system is available")
 
@@ -205,6 +246,15 @@ def run(args) -> dict:
     for spec, path in available:
         if spec.mode != "closed" and not generates:
             continue
+        if previous and previous.get("model_stamps", {}).get(spec.name) == results["model_stamps"][spec.name]:
+            kept = [suite for suite in SUITES if spec.name in previous.get(suite, {})]
+            for suite in kept:
+                results[suite][spec.name] = previous[suite][spec.name]
+            if kept:
+                log(f"{spec.name}: kept {', '.join(kept)} from the interrupted run")
+        wanted = [suite for suite in suites_for(spec, args) if spec.name not in results[suite]]
+        if not wanted:
+            continue
         if generates and path != loaded_path:  # systems sharing a model (rlcp, rlcp+just-rag, rlcp+tool) reuse it
             model = tokenizer = None
             gc.collect()
@@ -222,12 +272,12 @@ def run(args) -> dict:
                 log(f"skip {spec.name}: {e}")
                 continue
             answer = systems.bridge_answerer(model, tokenizer, spec.mode, store, args.batch_size)
-        if "facts" in args.suite:
+        if "facts" in wanted:
             t0 = time.perf_counter()
             results["facts"][spec.name] = facts_suite.evaluate(answer, facts, tofu, tokenizer, args.tofu_format)
             summary = ", ".join(f"{k} {v['acc']:.2f}" for k, v in results["facts"][spec.name].items())
             log(f"{spec.name} facts: {summary} ({time.perf_counter() - t0:.0f}s)")
-        if "gsm8k" in args.suite and ("all" in args.gsm8k_systems or spec.name in args.gsm8k_systems):
+        if "gsm8k" in wanted:
             progress_answer = (systems.closed_answerer(model, tokenizer, args.batch_size, progress=True)
                                if spec.mode == "closed" else answer)
             r = gsm8k.evaluate(progress_answer, tokenizer, test_rows, train_rows, n_gsm8k, args.seed,
@@ -235,7 +285,7 @@ def run(args) -> dict:
             results["gsm8k"][spec.name] = r
             log(f"{spec.name} gsm8k: acc {r['accuracy']['acc']:.3f} ({r['accuracy']['k']}/{r['n']}), "
                 f"CoT {r['cot_rate']['acc']:.2f}, {r['mean_tokens']:.0f} tokens, {r['seconds']:.0f}s")
-        if "robustness" in args.suite and spec.mode == "closed" and spec.model in ("original", *systems.UNLEARNED):
+        if "robustness" in wanted:
             if facts is None:
                 results["skipped"].setdefault(f"{spec.name} (robustness)", "no facts.json")
             else:
@@ -244,13 +294,15 @@ def run(args) -> dict:
                 results["robustness"][spec.name] = r
                 log(f"{spec.name} relearning: held-out {r['before']['heldout']['acc']:.2f} -> "
                     f"{r['after']['heldout']['acc']:.2f} ({r['seconds']:.0f}s)")
-        results["wall_seconds"] = time.perf_counter() - t_start
-        report.write_json_atomic(out / "results.json", results)  # partial results survive a crash
+        results["invocation_seconds"] = [*earlier_seconds, time.perf_counter() - t_start]
+        results["wall_seconds"] = sum(results["invocation_seconds"])
+        report.write_json_atomic(out / "results.json", results)  # partial results survive a crash and --resume keeps them
 
     results["training_curves"] = training_curves(args)
     results["analysis"], copied = run_analyses(args, out)
     results["plots"] = make_plots(results, out) + copied
-    results["wall_seconds"] = time.perf_counter() - t_start
+    results["invocation_seconds"] = [*earlier_seconds, time.perf_counter() - t_start]
+    results["wall_seconds"] = sum(results["invocation_seconds"])  # over every invocation a --resume continued
     report.write_json_atomic(out / "results.json", results)
     report.write_text_atomic(out / "report.md", report.markdown(results))
     if store is not None:

@@ -99,6 +99,47 @@ def test_run_script_end_to_end_and_reproducible(bench_inputs, tmp_path):
         assert _numbers(r[suite]["rlcp"]) == _numbers(r2[suite]["rlcp"]), suite
 
 
+def test_resume_keeps_finished_systems_and_reruns_the_rest(bench_inputs, tmp_path):
+    """An interrupted benchmark (results.json written after each system) continues with --resume: finished
+    systems are kept as they were, missing ones run, changed settings or changed weights are not reused."""
+    from benchmarks import run
+
+    d, args = bench_inputs
+    argv = list(args)
+    argv[argv.index("--systems") + 1 : argv.index("--suite")] = ["original", "rlcp"]
+    argv[argv.index("--suite") + 1 : argv.index("--suite") + 2] = ["facts", "gsm8k"]
+    argv += ["--no-tofu", "--out", str(tmp_path / "o")]
+    assert run.main(argv) == 0
+    results_file = tmp_path / "o" / "results.json"
+    full = json.loads(results_file.read_text())
+    cut = json.loads(results_file.read_text())
+    del cut["gsm8k"]["rlcp"]  # as if killed during rlcp's GSM8K
+    for system in ("original", "rlcp"):  # a mark: kept entries are copied, not recomputed
+        cut["facts"][system]["forget"]["mark"] = "kept"
+    cut["invocation_seconds"] = [7.0]
+    results_file.write_text(json.dumps(cut))
+
+    assert run.main([*argv, "--resume"]) == 0
+    resumed = json.loads(results_file.read_text())
+    assert resumed["facts"]["original"]["forget"]["mark"] == resumed["facts"]["rlcp"]["forget"]["mark"] == "kept"
+    assert resumed["gsm8k"]["original"] == full["gsm8k"]["original"]
+    assert _numbers(resumed["gsm8k"]["rlcp"]) == _numbers(full["gsm8k"]["rlcp"])  # recomputed, same seed
+    assert resumed["invocation_seconds"][0] == 7.0 and len(resumed["invocation_seconds"]) == 2
+    assert resumed["wall_seconds"] == pytest.approx(sum(resumed["invocation_seconds"]))
+    assert "## GSM8K" in (tmp_path / "o" / "report.md").read_text()
+
+    # new weights in a run dir: that system is evaluated again, the others are kept
+    cfg = d / "rlcp" / "config.json"
+    os.utime(cfg, ns=(cfg.stat().st_atime_ns, cfg.stat().st_mtime_ns + 10**9))
+    assert run.main([*argv, "--resume"]) == 0
+    again = json.loads(results_file.read_text())
+    assert again["facts"]["original"]["forget"]["mark"] == "kept" and "mark" not in again["facts"]["rlcp"]["forget"]
+    assert _numbers(again["facts"]["rlcp"]) == _numbers(full["facts"]["rlcp"])
+
+    with pytest.raises(SystemExit, match="n_gsm8k: 3 there, 2 now"):
+        run.main([*argv[: argv.index("--n-gsm8k") + 1], "2", *argv[argv.index("--n-gsm8k") + 2 :], "--resume"])
+
+
 def test_run_rejects_bad_arguments_all_at_once(tmp_path, capsys):
     from benchmarks import run
 

@@ -251,7 +251,7 @@ def run(args) -> dict:
             for suite in kept:
                 results[suite][spec.name] = previous[suite][spec.name]
             if kept:
-                log(f"{spec.name}: kept {', '.join(kept)} from the interrupted run")
+                log(f"{spec.name}: kept {', '.join(kept)} from the earlier run's results.json")
         wanted = [suite for suite in suites_for(spec, args) if spec.name not in results[suite]]
         if not wanted:
             continue

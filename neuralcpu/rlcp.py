@@ -58,6 +58,8 @@ class RLCPConfig:
     n_forget: int = field(default=15, metadata={"help": "forget-set size (one city per country; chance = 1/N)"})
     n_locality_same: int = field(default=40, metadata={"help": "locality facts of the same relation"})
     n_locality_other: int = field(default=20, metadata={"help": "locality facts of another relation"})
+    n_locality_same_country: int = field(default=0, metadata={
+        "help": "known cities of each forget city's country added to the locality set (geonames facts only)"})
     gsm8k_path: str | None = field(default=None, metadata={"help": "GSM8K train JSONL (default: shared copy, else hub)"})
     retain_examples: int = field(default=2000, metadata={"help": "GSM8K train rows read for the retain pool (only whole solutions within retain_max_len are kept)"})
     retain_chat: bool = field(default=True, metadata={"help": "also put the retain solutions in the model's chat layout, ending with its end-of-turn token (when it has a chat template)"})
@@ -218,11 +220,12 @@ def evaluate(model, tokenizer, facts: FactSets) -> dict:
         outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64,
                                stop_strings=stop_strings,
                                stop_when=(lambda i, text: stop_when(prompts[i][0], text)) if stop_when else None)
-        acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
-        lookups = sum(CALL_OPEN in o for o in outs) / len(prompts)
+        n = max(len(prompts), 1)  # an empty set scores 0 (analysis asks for locality-type facts only)
+        acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / n
+        lookups = sum(CALL_OPEN in o for o in outs) / n
         calls_ok = sum(any(is_lookup(c, f.subject) for c in parse_calls(o)) for (f, _), o in zip(prompts, outs))
         misses = [f"{p} ->{o}" for (f, p), o in zip(prompts, outs) if not is_correct(o, f)]
-        return acc, lookups, calls_ok / len(prompts), outs, misses
+        return acc, lookups, calls_ok / n, outs, misses
 
     def settled(fact: Fact, text: str) -> bool:  # no call started and nothing left that is scored
         return CALL_OPEN not in text and ("\n" in text.lstrip() or len(text) >= ANSWER_WINDOW)
@@ -299,7 +302,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         facts.save(facts_file)
     else:
         facts = build_fact_sets(model, tokenizer, cfg.facts, cfg.n_forget, cfg.n_locality_same, cfg.n_locality_other,
-                                seed=cfg.seed)
+                                cfg.n_locality_same_country, seed=cfg.seed)
         if accel.is_main_process:
             facts.save(facts_file)
     if accel.is_main_process:

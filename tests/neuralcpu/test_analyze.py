@@ -9,9 +9,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from neuralcpu.analyze import effective_rank, main, solution_perplexity
+from neuralcpu.analyze import (effective_rank, invented_subject_probes, main, other_city_facts, other_city_probes,
+                               solution_perplexity, split_heldout_city)
+from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, known_facts, same_country_facts
 from neuralcpu.rlcp import train
-from tests.neuralcpu.test_rlcp import tiny_cfg
+from tests.neuralcpu.test_rlcp import CITIES, tiny_cfg
 
 
 def test_effective_rank_counts_directions():
@@ -47,10 +49,89 @@ def test_analyze_cli_writes_every_figure(tiny_qwen2_dir, tmp_path, capsys):
     n_layers = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).config.num_hidden_layers
     for key in ("before", "after"):
         assert len(res[key]["probe_acc"]) == len(res[key]["effective_rank"]) == n_layers + 1
-        assert all(0.0 <= a <= 1.0 for a in res[key]["probe_acc"])
+        assert len(res[key]["probe_acc_invented_subjects"]) == n_layers + 1
+        assert all(0.0 <= a <= 1.0 for a in res[key]["probe_acc"] + res[key]["probe_acc_invented_subjects"])
+        # the synthetic facts' countries are made up: no other cities, no same-country locality
+        assert res[key]["probe_acc_other_cities"] is None and res[key]["same_country_acc"] is None
         assert res[key]["gsm8k_perplexity"] > 1.0
     assert res["gsm8k_perplexity_ratio"] == res["after"]["gsm8k_perplexity"] / res["before"]["gsm8k_perplexity"]
     assert res["grl_layers"] == [2, 3] and res["chance"] == 1 / 6
     for png in ("probe_accuracy.png", "effective_rank.png", "phase_transition.png"):
         assert (tmp_path / "run" / "analysis" / png).stat().st_size > 1000
     assert "perplexity" in capsys.readouterr().out
+
+
+def test_invented_subjects_are_distinct_and_reproducible():
+    names = invented_subjects(40)
+    assert len(set(names)) == 40 and names == invented_subjects(40)
+    assert names != invented_subjects(40, seed=1)
+    assert all(n[0].isupper() and n[1:].islower() for n in names)
+
+
+def test_geonames_cities_in_skips_excluded_cities_and_ones_named_after_the_country():
+    facts = geonames_cities_in(["Japan", "Mexico", "Atlantis"], 3, exclude={"Tokyo"})
+    assert [f.object for f in facts] == ["Japan"] * 3 + ["Mexico"] * 3  # Atlantis: not a country
+    subjects = [f.subject for f in facts]
+    assert "Tokyo" not in subjects and "Yokohama" == subjects[0]  # the next most populous
+    assert not any("Mexico" in s for s in subjects)  # Mexico City would give the answer away
+    assert all(f.relation == "country" for f in facts)
+
+
+def test_other_city_split_holds_out_one_city_per_country():
+    others = geonames_cities_in(["Japan", "Kenya", "Chile"], 4)
+    fit, groups, heldout = split_heldout_city(others)
+    assert [f.object for f in heldout] == ["Japan", "Kenya", "Chile"]
+    assert heldout[0].subject == "Tokyo"  # the most populous is the one held out
+    assert not {f.subject for f in fit} & {f.subject for f in heldout}
+    assert sorted(set(groups)) == [1, 2, 3]  # each group: one city of every country
+    assert all(sorted(f.object for f, g in zip(fit, groups) if g == k) == ["Chile", "Japan", "Kenya"] for k in (1, 2, 3))
+
+
+def test_other_city_probes_need_real_countries(tiny_qwen2_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    invented = FactSets([Fact(c, "country", k) for c, k in CITIES], [])
+    assert other_city_facts(invented) is None  # made-up countries have no other cities
+    real = FactSets([Fact(n, "country", k) for n, k in zip(invented_subjects(4), ["Japan", "Kenya", "Chile", "Egypt"])], [])
+    others = other_city_facts(real, per_country=3)
+    assert len(others) == 12 and not {f.subject for f in others} & {f.subject for f in real.forget}
+    res = other_city_probes(model, tok, real, others)
+    n = model.config.num_hidden_layers + 1
+    assert set(res) == {"forget_cities", "heldout_cities", "invented_subjects"}
+    assert all(len(v) == n and all(0.0 <= a <= 1.0 for a in v) for v in res.values())
+
+
+def test_a_random_model_passes_the_forget_set_probe_on_invented_subjects(tiny_qwen2_dir):
+    """The issue's probe protocol, with one subject per class, reads the class from a model that knows
+    nothing: the prompt names a different subject for each class. This is why the control exists."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    facts = FactSets([Fact(c, "country", k) for c, k in CITIES], [])
+    acc = invented_subject_probes(model, tok, facts)
+    assert max(acc[1:]) >= 0.8, acc  # chance 1/6
+    assert acc[0] <= 0.5, acc  # the embedding of the last token ("of") is the same for every subject
+
+
+def test_smollm2_probes_read_invented_subjects_and_the_country_of_unseen_cities(smollm2):
+    """On the real default model: the issue's protocol reads made-up subjects as well as real ones, and
+    a probe fitted on other cities of the same countries reads the country of cities it never saw."""
+    model, tok = smollm2
+    facts = FactSets([Fact(c, "country", k) for c, k in [("Tokyo", "Japan"), ("Cairo", "Egypt"), ("Moscow", "Russia"),
+                                                          ("Mumbai", "India"), ("Nairobi", "Kenya"), ("Lima", "Peru")]], [])
+    control = invented_subject_probes(model, tok, facts)
+    assert min(control[-8:]) >= 0.9, control  # chance 1/6: the subject's identity, no fact in it
+    country = other_city_probes(model, tok, facts, other_city_facts(facts, per_country=4))
+    assert max(country["forget_cities"][-8:]) >= 0.5, country  # a country code shared across cities
+    assert country["forget_cities"][0] <= 0.34, country  # the last token's embedding ("of") names no city
+    assert max(country["invented_subjects"]) <= 0.5, country  # made-up names have no country to read
+
+
+def test_same_country_locality_facts_are_known_cities_of_the_forget_countries(smollm2):
+    model, tok = smollm2
+    forget = [Fact("Tokyo", "country", "Japan"), Fact("Cairo", "country", "Egypt")]
+    facts = same_country_facts(model, tok, forget, per_country=2)
+    counts = {k: sum(f.object == k for f in facts) for k in ("Japan", "Egypt")}
+    assert counts["Japan"] == 2 and 0 <= counts["Egypt"] <= 2 and len(facts) == sum(counts.values())
+    assert not {"Tokyo", "Cairo"} & {f.subject for f in facts}
+    assert known_facts(model, tok, facts) == facts  # each one answered under every template
+    assert same_country_facts(model, tok, forget, per_country=0) == []

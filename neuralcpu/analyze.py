@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neuralcpu.data import gsm8k_text, load_gsm8k
-from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, known_facts, prompts_for
+from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, is_correct, known_facts, prompts_for
 from neuralcpu.models import load_model
 
 
@@ -206,15 +206,15 @@ def analyze_model(model, tokenizer, facts: FactSets, texts: list[str], ppl_pairs
                   others: list[Fact] | None, same_country: list[Fact]) -> dict:
     """Per-layer probe accuracies (the forget set, its invented-subject control, other cities of the same
     countries), effective rank, GSM8K perplexity, and closed-book answers on `same_country` cities."""
-    from neuralcpu.rlcp import evaluate
+    from neuralcpu.rlcp import closed_book
 
     states = token_states(model, tokenizer, texts)
-    scores = evaluate(model, tokenizer, FactSets([], same_country)) if same_country else None
+    scores = closed_book(model, tokenizer, same_country, stop_when=lambda f, text: is_correct(text, f)) if same_country else None
     return {"probe_acc": forget_set_probes(model, tokenizer, facts),
             "probe_acc_invented_subjects": invented_subject_probes(model, tokenizer, facts),
             "probe_acc_other_cities": other_city_probes(model, tokenizer, facts, others) if others else None,
-            "same_country_acc": scores["locality_acc"] if scores else None,
-            "same_country_lookup_rate": scores["locality_lookup_rate"] if scores else None,
+            "same_country_acc": scores[0] if scores else None,
+            "same_country_lookup_rate": scores[1] if scores else None,
             "effective_rank": [effective_rank(s) for s in states],
             "gsm8k_perplexity": solution_perplexity(model, tokenizer, ppl_pairs)}
 

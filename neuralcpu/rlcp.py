@@ -208,6 +208,20 @@ def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
 
 # ----------------------------------------------------------------------------- evaluation -------------
 
+def closed_book(model, tokenizer, facts: list[Fact], max_new_tokens: int = 10, stop_strings=None, stop_when=None):
+    """Greedy answers to `facts` under the held-out templates: (accuracy, lookup rate, rate of
+    well-formed lookups of the right subject, outputs, misses). stop_when(fact, text) ends a row early."""
+    prompts = [(f, p) for f in facts for p in prompts_for(f, "eval")]
+    outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64,
+                           stop_strings=stop_strings,
+                           stop_when=(lambda i, text: stop_when(prompts[i][0], text)) if stop_when else None)
+    acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
+    lookups = sum(CALL_OPEN in o for o in outs) / len(prompts)
+    calls_ok = sum(any(is_lookup(c, f.subject) for c in parse_calls(o)) for (f, _), o in zip(prompts, outs))
+    misses = [f"{p} ->{o}" for (f, p), o in zip(prompts, outs) if not is_correct(o, f)]
+    return acc, lookups, calls_ok / len(prompts), outs, misses
+
+
 def evaluate(model, tokenizer, facts: FactSets) -> dict:
     """Closed-book greedy accuracy under held-out templates, how often a lookup is requested, and how
     often a forget prompt gets a well-formed lookup call for the right subject.
@@ -215,26 +229,14 @@ def evaluate(model, tokenizer, facts: FactSets) -> dict:
     Rows stop once their score is settled: accuracy reads the first ANSWER_WINDOW characters
     (`is_correct`), and a call counts when it starts there, on the first line, as the bridge's
     completion layout cuts a generation (a call is one line). A locality row stops at its right answer."""
-    def run(fs: list[Fact], max_new_tokens: int = 10, stop_strings=None, stop_when=None):
-        prompts = [(f, p) for f in fs for p in prompts_for(f, "eval")]
-        outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64,
-                               stop_strings=stop_strings,
-                               stop_when=(lambda i, text: stop_when(prompts[i][0], text)) if stop_when else None)
-        n = max(len(prompts), 1)  # an empty set scores 0 (analysis asks for locality-type facts only)
-        acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / n
-        lookups = sum(CALL_OPEN in o for o in outs) / n
-        calls_ok = sum(any(is_lookup(c, f.subject) for c in parse_calls(o)) for (f, _), o in zip(prompts, outs))
-        misses = [f"{p} ->{o}" for (f, p), o in zip(prompts, outs) if not is_correct(o, f)]
-        return acc, lookups, calls_ok / n, outs, misses
-
     def settled(fact: Fact, text: str) -> bool:  # no call started and nothing left that is scored
         return CALL_OPEN not in text and ("\n" in text.lstrip() or len(text) >= ANSWER_WINDOW)
 
     was_training = model.training
     model.eval()
-    f_acc, f_look, f_calls_ok, f_outs, _ = run(facts.forget, max_new_tokens=48, stop_strings=[CALL_CLOSE],  # room for a whole call
-                                               stop_when=settled)
-    l_acc, l_look, _, _, l_misses = run(facts.locality, stop_when=lambda f, text: is_correct(text, f))
+    f_acc, f_look, f_calls_ok, f_outs, _ = closed_book(model, tokenizer, facts.forget, max_new_tokens=48,
+                                                       stop_strings=[CALL_CLOSE], stop_when=settled)  # room for a whole call
+    l_acc, l_look, _, _, l_misses = closed_book(model, tokenizer, facts.locality, stop_when=lambda f, text: is_correct(text, f))
     model.train(was_training)
     return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "forget_call_ok_rate": f_calls_ok,
             "locality_acc": l_acc, "locality_lookup_rate": l_look, "forget_samples": f_outs[:3],

@@ -59,19 +59,14 @@ def probe_decodability(model, tokenizer, facts: list[Fact]) -> dict:
     The probe is neuralcpu.analyze's (logistic regression, C by leave-one-template-out CV), so these
     numbers compare with `python -m neuralcpu analyze`. per_layer[0] is the embedding layer.
     """
-    from neuralcpu.analyze import last_token_states, probe_accuracy
+    from neuralcpu.analyze import labelled_states, per_layer_probes
 
-    classes = {o: i for i, o in enumerate(dict.fromkeys(f.object for f in facts))}
-    train = [(p, classes[f.object], g) for f in facts for g, p in enumerate(prompts_for(f, "train"))]
-    test = [(p, classes[f.object]) for f in facts for p in prompts_for(f, "eval")]
-    tr = last_token_states(model, tokenizer, [p for p, _, _ in train])  # (L+1, N, C)
-    te = last_token_states(model, tokenizer, [p for p, _ in test])
-    y_tr, groups = np.array([y for _, y, _ in train]), np.array([g for _, _, g in train])
-    y_te = np.array([y for _, y in test])
-    accs = [probe_accuracy(tr[layer], y_tr, groups, te[layer], y_te) for layer in range(len(tr))]
+    classes = FactSets(facts, []).class_index
+    test_x, test_y, _ = labelled_states(model, tokenizer, facts, "eval", classes)
+    accs = per_layer_probes(labelled_states(model, tokenizer, facts, "train", classes), {"acc": (test_x, test_y)})["acc"]
     blocks = accs[1:]
     deep = blocks[len(blocks) - len(blocks) // 3 :] or blocks  # the last third of the blocks: RLCP's probe layers
-    return {"per_layer": accs, "deep_mean": sum(deep) / len(deep), "chance": 1 / len(classes), "n_eval": len(y_te)}
+    return {"per_layer": accs, "deep_mean": sum(deep) / len(deep), "chance": 1 / len(classes), "n_eval": len(test_y)}
 
 
 def relearn(model, tokenizer, facts: list[Fact], steps: int, lr: float, seed: int) -> list[float]:

@@ -10,6 +10,7 @@
       can know their facts, so what a probe reads there is the subject's identity;
     - a country probe that is not a subject probe: fitted on other cities of the forget countries,
       scored on the forget cities, and on one unseen city per country for reference.
+    These two are fitted on the GRL layers (--reference-layers all: on every layer).
     And closed-book accuracy on the original's known cities of the forget countries (held-out
     templates): locality where an erasure would spill first.
 (b) Effective rank (exp of the entropy of the normalised singular values) of the hidden states per
@@ -90,10 +91,29 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray
         return clf.fit(train_x, train_y)
 
 
-def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray,
-                   test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Held-out accuracy of `fit_probe`'s probe."""
-    return float((fit_probe(train_x, train_y, train_groups).predict(test_x) == test_y).mean())
+def _fit_and_score(train_x, train_y, train_groups, tests: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    clf = fit_probe(train_x, train_y, train_groups)
+    return {key: float((clf.predict(x) == y).mean()) for key, (x, y) in tests.items()}
+
+
+def per_layer_probes(train: tuple[np.ndarray, np.ndarray, np.ndarray], tests: dict[str, tuple[np.ndarray, np.ndarray]],
+                     layers=None, desc: str = "probes") -> dict[str, list[float | None]]:
+    """Fit `fit_probe` per layer on `train` = (states (L+1, N, C), labels, CV groups) and score every test set
+    (states, labels); layers not in `layers` (default: all) get None. The fits run in parallel, a process per core."""
+    from joblib import Parallel, delayed
+
+    train_x, train_y, train_groups = train
+    layers = list(range(len(train_x)) if layers is None else layers)
+    jobs = (delayed(_fit_and_score)(train_x[l], train_y, train_groups, {k: (x[l], y) for k, (x, y) in tests.items()})
+            for l in layers)
+    out: dict[str, list[float | None]] = {key: [None] * len(train_x) for key in tests}
+    if not layers:
+        return out
+    scored = Parallel(n_jobs=min(len(layers), os.cpu_count() or 1), return_as="generator")(jobs)
+    for accs, l in zip(tqdm(scored, total=len(layers), desc=desc), layers):  # the bar first: it then closes
+        for key, acc in accs.items():
+            out[key][l] = acc
+    return out
 
 
 def labelled_prompts(facts: list[Fact], split: str, classes: dict[str, int],
@@ -109,28 +129,16 @@ def labelled_prompts(facts: list[Fact], split: str, classes: dict[str, int],
     return prompts, np.array(labels), np.array(groups)
 
 
-def forget_set_probes(model, tokenizer, facts: FactSets) -> list[float]:
-    """(a), the issue's measure: per-layer probes fitted on the forget set's training-template prompts,
-    scored on its held-out-template prompts."""
-    classes = {o: i for i, o in enumerate(facts.classes)}
-    train_p, train_y, train_g = labelled_prompts(facts.forget, "train", classes)
-    test_p, test_y, _ = labelled_prompts(facts.forget, "eval", classes)
-    tr, te = last_token_states(model, tokenizer, train_p), last_token_states(model, tokenizer, test_p)
-    return [probe_accuracy(tr[l], train_y, train_g, te[l], test_y) for l in tqdm(range(len(tr)), desc="probes")]
+def labelled_states(model, tokenizer, facts: list[Fact], split: str, classes: dict[str, int],
+                    group_of_fact: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`labelled_prompts` with the prompts replaced by their last-token states (L+1, N, C)."""
+    prompts, labels, groups = labelled_prompts(facts, split, classes, group_of_fact)
+    return last_token_states(model, tokenizer, prompts), labels, groups
 
 
 def invented_copies(facts: list[Fact]) -> list[Fact]:
     """The facts with made-up subjects ("Vobipol") in place of the real ones: objects nobody can know."""
     return [Fact(name, f.relation, f.object) for name, f in zip(invented_subjects(len(facts)), facts)]
-
-
-def invented_subject_probes(model, tokenizer, facts: FactSets) -> list[float]:
-    """The control for (a): the same protocol on made-up subjects, one per class, labelled like the forget set.
-
-    No model knows a fact about "Vobipol"; whatever a probe reads here is which subject the prompt
-    names. With one forget subject per class, (a) cannot tell that apart from the fact.
-    """
-    return forget_set_probes(model, tokenizer, FactSets(invented_copies(facts.forget), []))
 
 
 def other_city_facts(facts: FactSets, per_country: int = 6) -> list[Fact] | None:
@@ -160,26 +168,40 @@ def split_heldout_city(others: list[Fact]) -> tuple[list[Fact], list[int], list[
     return fit, groups, heldout
 
 
-def other_city_probes(model, tokenizer, facts: FactSets, others: list[Fact]) -> dict[str, list[float]]:
-    """A probe of the country that is not a probe of the subject: fitted on *other* cities of the forget
-    countries (training templates; C by leave-one-city-per-country-out CV), scored on the forget
-    cities (held-out templates). Two references: "heldout_cities", one further city per country that
-    it never saw (how well the states carry "which country" for cities in general), and
-    "invented_subjects", made-up names given the forget set's labels (no country to read: chance)."""
-    classes = {o: i for i, o in enumerate(facts.classes)}
-    fit_facts, fit_groups, heldout = split_heldout_city(others)
-    train_p, train_y, train_g = labelled_prompts(fit_facts, "train", classes, fit_groups)
-    tr = last_token_states(model, tokenizer, train_p)
-    scored = {}
-    for key, test_facts in (("forget_cities", facts.forget), ("heldout_cities", heldout),
-                            ("invented_subjects", invented_copies(facts.forget))):
-        test_p, test_y, _ = labelled_prompts(test_facts, "eval", classes)
-        scored[key] = (last_token_states(model, tokenizer, test_p), test_y)
-    out = {key: [] for key in scored}
-    for l in tqdm(range(len(tr)), desc="other-city probes"):
-        clf = fit_probe(tr[l], train_y, train_g)
-        for key, (te, test_y) in scored.items():
-            out[key].append(float((clf.predict(te[l]) == test_y).mean()))
+def decodability(model, tokenizer, facts: FactSets, others: list[Fact] | None = None,
+                 reference_layers: list[int] | None = None) -> dict:
+    """(a): which layers let a linear probe read the forget set's objects at the last prompt token.
+
+    - "probe_acc", the issue's measure, on every layer: fitted on the forget set's training-template
+      prompts, scored on its held-out-template prompts.
+    - "probe_acc_invented_subjects", its control: the same protocol on made-up subjects ("Vobipol"), one
+      per class, labelled like the forget set. No model knows a fact about them, so what a probe reads
+      there is which subject the prompt names; with one forget subject per class, the issue's measure
+      cannot tell that apart from the fact.
+    - "probe_acc_other_cities" (when `others` is given), a probe of the country that is not a probe of
+      the subject: fitted on *other* cities of the forget countries (training templates; C by
+      leave-one-city-per-country-out CV), scored on the forget cities (held-out templates); with two
+      references: "heldout_cities", one further city per country it never saw (how well the states
+      carry "which country" for cities in general), and "invented_subjects" (no country to read: chance).
+    The two references are fitted on `reference_layers` (hidden-state indices; default every layer),
+    None elsewhere. Each prompt set's states are computed once and shared.
+    """
+    classes = facts.class_index
+    states = lambda fs, split, groups=None: labelled_states(model, tokenizer, fs, split, classes, groups)
+    forget_train, forget_eval = states(facts.forget, "train"), states(facts.forget, "eval")
+    invented = invented_copies(facts.forget)
+    invented_train, invented_eval = states(invented, "train"), states(invented, "eval")
+    layers = reference_layers
+    out = {"probe_acc": per_layer_probes(forget_train, {"acc": forget_eval[:2]})["acc"],
+           "probe_acc_invented_subjects": per_layer_probes(invented_train, {"acc": invented_eval[:2]}, layers,
+                                                           "control probes")["acc"],
+           "probe_acc_other_cities": None}
+    if others:
+        fit_facts, fit_groups, heldout = split_heldout_city(others)
+        tests = {"forget_cities": forget_eval[:2], "heldout_cities": states(heldout, "eval")[:2],
+                 "invented_subjects": invented_eval[:2]}
+        out["probe_acc_other_cities"] = per_layer_probes(states(fit_facts, "train", fit_groups), tests, layers,
+                                                         "other-city probes")
     return out
 
 
@@ -203,16 +225,14 @@ def solution_perplexity(model, tokenizer, pairs: list[tuple[str, str]], batch_si
 
 
 def analyze_model(model, tokenizer, facts: FactSets, texts: list[str], ppl_pairs: list[tuple[str, str]],
-                  others: list[Fact] | None, same_country: list[Fact]) -> dict:
-    """Per-layer probe accuracies (the forget set, its invented-subject control, other cities of the same
-    countries), effective rank, GSM8K perplexity, and closed-book answers on `same_country` cities."""
+                  others: list[Fact] | None, same_country: list[Fact], reference_layers: list[int] | None) -> dict:
+    """Per-layer probe accuracies (`decodability`), effective rank, GSM8K perplexity, and closed-book answers
+    on `same_country` cities."""
     from neuralcpu.rlcp import closed_book
 
     states = token_states(model, tokenizer, texts)
     scores = closed_book(model, tokenizer, same_country, stop_when=lambda f, text: is_correct(text, f)) if same_country else None
-    return {"probe_acc": forget_set_probes(model, tokenizer, facts),
-            "probe_acc_invented_subjects": invented_subject_probes(model, tokenizer, facts),
-            "probe_acc_other_cities": other_city_probes(model, tokenizer, facts, others) if others else None,
+    return {**decodability(model, tokenizer, facts, others, reference_layers),
             "same_country_acc": scores[0] if scores else None,
             "same_country_lookup_rate": scores[1] if scores else None,
             "effective_rank": [effective_rank(s) for s in states],
@@ -228,6 +248,7 @@ def plot(results: dict, metrics: list[dict], grl_layers: list[int], out: Path) -
 
     files = []
     layers = np.arange(len(results["before"]["probe_acc"]))
+    curve = lambda accs: np.array(accs, dtype=float)  # a layer not probed (None) is a gap
     panels = [("probe_acc", "the forget set (the issue's measure)\nfit: training templates; score: held-out ones"),
               ("probe_acc_invented_subjects", "control: invented subjects, same labels\n(nothing to know: reads the subject)")]
     if results["before"].get("probe_acc_other_cities"):
@@ -236,12 +257,12 @@ def plot(results: dict, metrics: list[dict], grl_layers: list[int], out: Path) -
     for ax, (key, title) in zip(np.atleast_1d(axes), panels):
         if key == "probe_acc_other_cities":
             for when, style in (("before", "o--"), ("after", "s-")):  # one colour per test set, one line style per model
-                ax.plot(layers, results[when][key]["forget_cities"], style, color="C0", label=f"{when}: forget cities")
-                ax.plot(layers, results[when][key]["heldout_cities"], style, color="C1", label=f"{when}: unseen other cities")
-            ax.plot(layers, results["before"][key]["invented_subjects"], ":", color="black", label="original: invented subjects")
+                ax.plot(layers, curve(results[when][key]["forget_cities"]), style, color="C0", label=f"{when}: forget cities")
+                ax.plot(layers, curve(results[when][key]["heldout_cities"]), style, color="C1", label=f"{when}: unseen other cities")
+            ax.plot(layers, curve(results["before"][key]["invented_subjects"]), ":", color="black", label="original: invented subjects")
         else:
-            ax.plot(layers, results["before"][key], "o-", label="original")
-            ax.plot(layers, results["after"][key], "s-", label="after run")
+            ax.plot(layers, curve(results["before"][key]), "o-", label="original")
+            ax.plot(layers, curve(results["after"][key]), "s-", label="after run")
         ax.axhline(results["chance"], color="grey", ls="--", label=f"chance (1/{results['num_classes']})")
         if grl_layers:
             ax.axvspan(grl_layers[0] + 0.5, grl_layers[-1] + 1.5, color="orange", alpha=0.15, label="GRL layers")
@@ -280,8 +301,12 @@ def plot(results: dict, metrics: list[dict], grl_layers: list[int], out: Path) -
 
 
 def analyze(original: str, run: str, out: str | None = None, n_texts: int = 16, gsm8k_path: str | None = None,
-            n_ppl: int = 64) -> dict:
-    """Run (a), (b), (c) for `run` against `original`; write analysis.json and PNGs to `out`."""
+            n_ppl: int = 64, reference_layers: str = "grl") -> dict:
+    """Run (a)-(d) for `run` against `original`; write analysis.json and PNGs to `out`.
+
+    reference_layers: "grl" fits the control and the country probe on the run's GRL layers only (what the
+    targets read; a third of the fits), "all" on every layer.
+    """
     run_dir = Path(run)
     out_dir = Path(out) if out else run_dir / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -291,24 +316,28 @@ def analyze(original: str, run: str, out: str | None = None, n_texts: int = 16, 
     ppl_pairs = [gsm8k_text(r) for r in rows[:n_ppl]]
     results = {"original": original, "run": str(run_dir), "num_classes": len(facts.classes),
                "chance": 1 / len(facts.classes)}
+    cfg_file = run_dir / "rlcp_config.json"
+    grl_spec = json.loads(cfg_file.read_text()).get("grl_layers", "auto") if cfg_file.is_file() else None
     others = other_city_facts(facts)
     same_country: list[Fact] = []
+    grl: list[int] = []
     for key, source in (("before", original), ("after", str(run_dir))):
         model, tokenizer = load_model(source)
-        if key == "before" and others:
-            # Locality where an erasure would spill first: the original's known cities of the forget countries.
-            same_country = known_facts(model, tokenizer, others)
-            results["same_country_cities"] = [f.subject for f in same_country]
-        results[key] = analyze_model(model, tokenizer, facts, texts, ppl_pairs, others, same_country)
-        del model
-    cfg_file = run_dir / "rlcp_config.json"
-    grl = []
-    if cfg_file.is_file():
-        from neuralcpu.rlcp import resolve_layers
+        if key == "before":
+            if grl_spec is not None:
+                from neuralcpu.rlcp import resolve_layers
 
-        n_layers = len(results["before"]["probe_acc"]) - 1
-        grl = resolve_layers(json.loads(cfg_file.read_text()).get("grl_layers", "auto"), n_layers)
+                grl = resolve_layers(grl_spec, model.config.num_hidden_layers)
+            if others:
+                # Locality where an erasure would spill first: the original's known cities of the forget countries.
+                same_country = known_facts(model, tokenizer, others)
+                results["same_country_cities"] = [f.subject for f in same_country]
+        # hidden-state index = block index + 1 (index 0 is the embeddings)
+        reference = [l + 1 for l in grl] if reference_layers == "grl" and grl else None
+        results[key] = analyze_model(model, tokenizer, facts, texts, ppl_pairs, others, same_country, reference)
+        del model
     results["grl_layers"] = grl
+    results["reference_layers"] = reference_layers if grl else "all"
     results["gsm8k_perplexity_ratio"] = results["after"]["gsm8k_perplexity"] / results["before"]["gsm8k_perplexity"]
     metrics_file = run_dir / "metrics.jsonl"
     metrics = [json.loads(l) for l in metrics_file.read_text().splitlines()] if metrics_file.is_file() else []
@@ -330,10 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-texts", type=int, default=16, help="GSM8K test texts for the effective rank")
     parser.add_argument("--n-ppl", type=int, default=64, help="GSM8K test solutions for the perplexity")
     parser.add_argument("--gsm8k-path", default=None, help="GSM8K test JSONL (default: shared copy, else hub)")
+    parser.add_argument("--reference-layers", choices=("grl", "all"), default="grl",
+                        help="layers of the control and the country probe: the run's GRL layers (default) or every "
+                             "layer (3x the fits); the forget-set probe always covers every layer")
     args = parser.parse_args(argv)
     if not (Path(args.run) / "facts.json").is_file():
         parser.error(f"{args.run} has no facts.json: not a run directory")
-    res = analyze(args.original, args.run, args.out, args.n_texts, args.gsm8k_path, args.n_ppl)
+    res = analyze(args.original, args.run, args.out, args.n_texts, args.gsm8k_path, args.n_ppl, args.reference_layers)
     grl = res["grl_layers"]
     on_grl = lambda acc: [round(acc[l + 1], 2) for l in grl]
     for key in ("before", "after"):

@@ -227,6 +227,11 @@ class FactSets:
         """Probe classes: the distinct objects of the forget set, in first-seen order."""
         return list(dict.fromkeys(f.object for f in self.forget))
 
+    @property
+    def class_index(self) -> dict[str, int]:
+        """{object: probe class index}."""
+        return {o: i for i, o in enumerate(self.classes)}
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"forget": [asdict(f) for f in self.forget],
                                           "locality": [asdict(f) for f in self.locality]}, indent=1))

@@ -58,8 +58,10 @@ class RLCPConfig:
     n_forget: int = field(default=15, metadata={"help": "forget-set size (one city per country; chance = 1/N)"})
     n_locality_same: int = field(default=40, metadata={"help": "locality facts of the same relation"})
     n_locality_other: int = field(default=20, metadata={"help": "locality facts of another relation"})
+    # Without cities of the forget countries in the locality set, "a city of China -> lookup" is learnt as
+    # readily as "Shanghai -> lookup": measured, the countries' other cities lost 70% of their answers.
     n_locality_same_country: int = field(default=0, metadata={
-        "help": "known cities of each forget city's country added to the locality set (geonames facts only)"})
+        "help": "known cities of each forget city's country added to the locality set (geonames facts only; 0 = none)"})
     gsm8k_path: str | None = field(default=None, metadata={"help": "GSM8K train JSONL (default: shared copy, else hub)"})
     retain_examples: int = field(default=2000, metadata={"help": "GSM8K train rows read for the retain pool (only whole solutions within retain_max_len are kept)"})
     retain_chat: bool = field(default=True, metadata={"help": "also put the retain solutions in the model's chat layout, ending with its end-of-turn token (when it has a chat template)"})
@@ -168,7 +170,7 @@ def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> list[tupl
 
     RLCP's target is the lookup request (retrieval signal); the baselines' target is the answer they unlearn.
     """
-    cls = {o: i for i, o in enumerate(facts.classes)}
+    cls = facts.class_index
     rows = []
     for f in facts.forget:
         for t, p in enumerate(prompts_for(f, "train")):

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from neuralcpu.analyze import (effective_rank, invented_subject_probes, main, other_city_facts, other_city_probes,
-                               solution_perplexity, split_heldout_city)
+from neuralcpu.analyze import (decodability, effective_rank, fit_probe, labelled_states, main, other_city_facts,
+                               per_layer_probes, solution_perplexity, split_heldout_city)
 from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, known_facts, same_country_facts
 from neuralcpu.rlcp import train
 from tests.neuralcpu.test_rlcp import CITIES, tiny_cfg
@@ -49,13 +49,14 @@ def test_analyze_cli_writes_every_figure(tiny_qwen2_dir, tmp_path, capsys):
     n_layers = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).config.num_hidden_layers
     for key in ("before", "after"):
         assert len(res[key]["probe_acc"]) == len(res[key]["effective_rank"]) == n_layers + 1
-        assert len(res[key]["probe_acc_invented_subjects"]) == n_layers + 1
-        assert all(0.0 <= a <= 1.0 for a in res[key]["probe_acc"] + res[key]["probe_acc_invented_subjects"])
+        control = res[key]["probe_acc_invented_subjects"]  # on the GRL blocks 2, 3 only: hidden states 3, 4
+        assert len(control) == n_layers + 1 and [l for l, a in enumerate(control) if a is not None] == [3, 4]
+        assert all(0.0 <= a <= 1.0 for a in res[key]["probe_acc"] + control[3:5])
         # the synthetic facts' countries are made up: no other cities, no same-country locality
         assert res[key]["probe_acc_other_cities"] is None and res[key]["same_country_acc"] is None
         assert res[key]["gsm8k_perplexity"] > 1.0
     assert res["gsm8k_perplexity_ratio"] == res["after"]["gsm8k_perplexity"] / res["before"]["gsm8k_perplexity"]
-    assert res["grl_layers"] == [2, 3] and res["chance"] == 1 / 6
+    assert res["grl_layers"] == [2, 3] and res["chance"] == 1 / 6 and res["reference_layers"] == "grl"
     for png in ("probe_accuracy.png", "effective_rank.png", "phase_transition.png"):
         assert (tmp_path / "run" / "analysis" / png).stat().st_size > 1000
     assert "perplexity" in capsys.readouterr().out
@@ -95,10 +96,32 @@ def test_other_city_probes_need_real_countries(tiny_qwen2_dir):
     real = FactSets([Fact(n, "country", k) for n, k in zip(invented_subjects(4), ["Japan", "Kenya", "Chile", "Egypt"])], [])
     others = other_city_facts(real, per_country=3)
     assert len(others) == 12 and not {f.subject for f in others} & {f.subject for f in real.forget}
-    res = other_city_probes(model, tok, real, others)
+    res = decodability(model, tok, real, others)["probe_acc_other_cities"]
     n = model.config.num_hidden_layers + 1
     assert set(res) == {"forget_cities", "heldout_cities", "invented_subjects"}
     assert all(len(v) == n and all(0.0 <= a <= 1.0 for a in v) for v in res.values())
+
+
+def test_reference_probes_fit_only_the_layers_asked_and_match_one_fit(tiny_qwen2_dir):
+    """The control and the country probe on some layers: None elsewhere, and each number what one probe
+    fitted on that layer alone scores (the parallel fits keep layers and test sets apart)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    real = FactSets([Fact(n, "country", k) for n, k in zip(invented_subjects(4, seed=3), ["Japan", "Kenya", "Chile", "Egypt"])], [])
+    others = other_city_facts(real, per_country=3)
+    res = decodability(model, tok, real, others, reference_layers=[1, 3])
+    n = model.config.num_hidden_layers + 1
+    assert all(a is not None for a in res["probe_acc"]) and len(res["probe_acc"]) == n
+    country = res["probe_acc_other_cities"]
+    for accs in [res["probe_acc_invented_subjects"], *country.values()]:
+        assert [l for l, a in enumerate(accs) if a is not None] == [1, 3]
+    fit, groups, heldout = split_heldout_city(others)
+    tr_x, tr_y, tr_g = labelled_states(model, tok, fit, "train", real.class_index, groups)
+    for key, facts in (("forget_cities", real.forget), ("heldout_cities", heldout)):
+        te_x, te_y, _ = labelled_states(model, tok, facts, "eval", real.class_index)
+        for l in (1, 3):
+            assert country[key][l] == float((fit_probe(tr_x[l], tr_y, tr_g).predict(te_x[l]) == te_y).mean())
+    assert per_layer_probes((tr_x, tr_y, tr_g), {"acc": (te_x, te_y)}, [])["acc"] == [None] * n
 
 
 def test_a_random_model_passes_the_forget_set_probe_on_invented_subjects(tiny_qwen2_dir):
@@ -107,7 +130,7 @@ def test_a_random_model_passes_the_forget_set_probe_on_invented_subjects(tiny_qw
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
     facts = FactSets([Fact(c, "country", k) for c, k in CITIES], [])
-    acc = invented_subject_probes(model, tok, facts)
+    acc = decodability(model, tok, facts)["probe_acc_invented_subjects"]
     assert max(acc[1:]) >= 0.8, acc  # chance 1/6
     assert acc[0] <= 0.5, acc  # the embedding of the last token ("of") is the same for every subject
 
@@ -118,9 +141,9 @@ def test_smollm2_probes_read_invented_subjects_and_the_country_of_unseen_cities(
     model, tok = smollm2
     facts = FactSets([Fact(c, "country", k) for c, k in [("Tokyo", "Japan"), ("Cairo", "Egypt"), ("Moscow", "Russia"),
                                                           ("Mumbai", "India"), ("Nairobi", "Kenya"), ("Lima", "Peru")]], [])
-    control = invented_subject_probes(model, tok, facts)
+    res = decodability(model, tok, facts, other_city_facts(facts, per_country=4))
+    control, country = res["probe_acc_invented_subjects"], res["probe_acc_other_cities"]
     assert min(control[-8:]) >= 0.9, control  # chance 1/6: the subject's identity, no fact in it
-    country = other_city_probes(model, tok, facts, other_city_facts(facts, per_country=4))
     assert max(country["forget_cities"][-8:]) >= 0.5, country  # a country code shared across cities
     assert country["forget_cities"][0] <= 0.34, country  # the last token's embedding ("of") names no city
     assert max(country["invented_subjects"]) <= 0.5, country  # made-up names have no country to read

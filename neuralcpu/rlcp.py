@@ -60,7 +60,7 @@ class RLCPConfig:
     n_locality_other: int = field(default=20, metadata={"help": "locality facts of another relation"})
     # Without cities of the forget countries in the locality set, "a city of China -> lookup" is learnt as
     # readily as "Shanghai -> lookup": measured, the countries' other cities lost 70% of their answers.
-    n_locality_same_country: int = field(default=0, metadata={
+    n_locality_same_country: int = field(default=3, metadata={
         "help": "known cities of each forget city's country added to the locality set (geonames facts only; 0 = none)"})
     gsm8k_path: str | None = field(default=None, metadata={"help": "GSM8K train JSONL (default: shared copy, else hub)"})
     retain_examples: int = field(default=2000, metadata={"help": "GSM8K train rows read for the retain pool (only whole solutions within retain_max_len are kept)"})

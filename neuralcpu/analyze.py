@@ -191,17 +191,15 @@ def decodability(model, tokenizer, facts: FactSets, others: list[Fact] | None = 
     forget_train, forget_eval = states(facts.forget, "train"), states(facts.forget, "eval")
     invented = invented_copies(facts.forget)
     invented_train, invented_eval = states(invented, "train"), states(invented, "eval")
-    layers = reference_layers
+    control = per_layer_probes(invented_train, {"acc": invented_eval[:2]}, reference_layers, "control probes")
     out = {"probe_acc": per_layer_probes(forget_train, {"acc": forget_eval[:2]})["acc"],
-           "probe_acc_invented_subjects": per_layer_probes(invented_train, {"acc": invented_eval[:2]}, layers,
-                                                           "control probes")["acc"],
-           "probe_acc_other_cities": None}
+           "probe_acc_invented_subjects": control["acc"], "probe_acc_other_cities": None}
     if others:
         fit_facts, fit_groups, heldout = split_heldout_city(others)
         tests = {"forget_cities": forget_eval[:2], "heldout_cities": states(heldout, "eval")[:2],
                  "invented_subjects": invented_eval[:2]}
-        out["probe_acc_other_cities"] = per_layer_probes(states(fit_facts, "train", fit_groups), tests, layers,
-                                                         "other-city probes")
+        fit_states = states(fit_facts, "train", fit_groups)
+        out["probe_acc_other_cities"] = per_layer_probes(fit_states, tests, reference_layers, "other-city probes")
     return out
 
 
@@ -253,7 +251,7 @@ def plot(results: dict, metrics: list[dict], grl_layers: list[int], out: Path) -
               ("probe_acc_invented_subjects", "control: invented subjects, same labels\n(nothing to know: reads the subject)")]
     if results["before"].get("probe_acc_other_cities"):
         panels.append(("probe_acc_other_cities", "the country, not the subject\nfit: other cities of the same countries"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharex=True, sharey=True)
     for ax, (key, title) in zip(np.atleast_1d(axes), panels):
         if key == "probe_acc_other_cities":
             for when, style in (("before", "o--"), ("after", "s-")):  # one colour per test set, one line style per model

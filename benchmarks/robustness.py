@@ -16,7 +16,6 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 from benchmarks import metrics

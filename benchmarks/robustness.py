@@ -62,7 +62,8 @@ def probe_decodability(model, tokenizer, facts: list[Fact]) -> dict:
 
     classes = FactSets(facts, []).class_index
     test_x, test_y, _ = labelled_states(model, tokenizer, facts, "eval", classes)
-    accs = per_layer_probes(labelled_states(model, tokenizer, facts, "train", classes), {"acc": (test_x, test_y)})["acc"]
+    train = labelled_states(model, tokenizer, facts, "train", classes)
+    accs = per_layer_probes(train, {"acc": (test_x, test_y)})["acc"]
     blocks = accs[1:]
     deep = blocks[len(blocks) - len(blocks) // 3 :] or blocks  # the last third of the blocks: RLCP's probe layers
     return {"per_layer": accs, "deep_mean": sum(deep) / len(deep), "chance": 1 / len(classes), "n_eval": len(test_y)}

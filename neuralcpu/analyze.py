@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neuralcpu.data import gsm8k_text, load_gsm8k
-from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, is_correct, known_facts, prompts_for
+from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, known_facts, prompts_for
 from neuralcpu.models import load_model
 
 
@@ -226,10 +226,10 @@ def analyze_model(model, tokenizer, facts: FactSets, texts: list[str], ppl_pairs
                   others: list[Fact] | None, same_country: list[Fact], reference_layers: list[int] | None) -> dict:
     """Per-layer probe accuracies (`decodability`), effective rank, GSM8K perplexity, and closed-book answers
     on `same_country` cities."""
-    from neuralcpu.rlcp import closed_book
+    from neuralcpu.rlcp import kept_closed_book
 
     states = token_states(model, tokenizer, texts)
-    scores = closed_book(model, tokenizer, same_country, stop_when=lambda f, text: is_correct(text, f)) if same_country else None
+    scores = kept_closed_book(model, tokenizer, same_country) if same_country else None
     return {**decodability(model, tokenizer, facts, others, reference_layers),
             "same_country_acc": scores[0] if scores else None,
             "same_country_lookup_rate": scores[1] if scores else None,

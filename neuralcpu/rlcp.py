@@ -227,6 +227,11 @@ def closed_book(model, tokenizer, facts: list[Fact], max_new_tokens: int = 10, s
     return acc, lookups, calls_ok / len(prompts), outs, misses
 
 
+def kept_closed_book(model, tokenizer, facts: list[Fact]):
+    """`closed_book` for facts the model should still answer (locality): a row stops at its right answer."""
+    return closed_book(model, tokenizer, facts, stop_when=lambda f, text: is_correct(text, f))
+
+
 def evaluate(model, tokenizer, facts: FactSets) -> dict:
     """Closed-book greedy accuracy under held-out templates, how often a lookup is requested, and how
     often a forget prompt gets a well-formed lookup call for the right subject.
@@ -241,7 +246,7 @@ def evaluate(model, tokenizer, facts: FactSets) -> dict:
     model.eval()
     f_acc, f_look, f_calls_ok, f_outs, _ = closed_book(model, tokenizer, facts.forget, max_new_tokens=48,
                                                        stop_strings=[CALL_CLOSE], stop_when=settled)  # room for a whole call
-    l_acc, l_look, _, _, l_misses = closed_book(model, tokenizer, facts.locality, stop_when=lambda f, text: is_correct(text, f))
+    l_acc, l_look, _, _, l_misses = kept_closed_book(model, tokenizer, facts.locality)
     model.train(was_training)
     return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "forget_call_ok_rate": f_calls_ok,
             "locality_acc": l_acc, "locality_lookup_rate": l_look, "forget_samples": f_outs[:3],

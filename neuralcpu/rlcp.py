@@ -60,11 +60,9 @@ class RLCPConfig:
     n_locality_other: int = field(default=20, metadata={"help": "locality facts of another relation"})
     # Without cities of the forget countries in the locality set, "a city of China -> lookup" is learnt as
     # readily as "Shanghai -> lookup": measured, the countries' other cities lost 70% of their answers.
-    # Measured cost on Qwen2.5-Coder (README): 5 and 7 of 16 GSM8K answers ran to the cap, 1 without them.
     n_locality_same_country: int = field(default=3, metadata={
         "help": "known cities of each forget city's country added to the locality set (geonames facts only; "
-                "0 = none: more spill to those countries' other cities, but on Qwen2.5-Coder fewer run-away "
-                "GSM8K answers; see the README)"})
+                "0 = none: more spill to those countries' other cities)"})
     gsm8k_path: str | None = field(default=None, metadata={"help": "GSM8K train JSONL (default: shared copy, else hub)"})
     retain_examples: int = field(default=2000, metadata={"help": "GSM8K train rows read for the retain pool (only whole solutions within retain_max_len are kept)"})
     retain_chat: bool = field(default=True, metadata={"help": "also put the retain solutions in the model's chat layout, ending with its end-of-turn token (when it has a chat template)"})

@@ -44,13 +44,24 @@ def _num(x, fmt="{:.2f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
+def _git(state: dict | None) -> str:
+    state = state or {}
+    return f"{state.get('commit') or 'unknown'}{' (dirty)' if state.get('dirty') else ''}"
+
+
+def _earlier_git(results: dict) -> str:
+    """" (resumed; earlier invocations at <commits>)" when --resume kept results made at other checkouts."""
+    earlier = [_git(g) for g in results.get("invocation_git", [])[:-1]]
+    others = list(dict.fromkeys(g for g in earlier if g != _git(results["git"])))
+    return f" (resumed; earlier invocations at {', '.join(others)})" if others else ""
+
+
 def markdown(results: dict) -> str:
     """report.md: run header, then the fact, GSM8K and relearning tables, skipped systems and plots."""
     cfg = results["config"]
     lines = [f"# Benchmark report: {results['model']}", "",
-             f"seed {results['seed']} · git {results['git']['commit'] or 'unknown'}"
-             f"{' (dirty)' if results['git'].get('dirty') else ''} · wall time {results.get('wall_seconds', 0):.0f} s · "
-             f"suites {', '.join(cfg['suite'])}", ""]
+             f"seed {results['seed']} · git {_git(results['git'])}{_earlier_git(results)} · "
+             f"wall time {results.get('wall_seconds', 0):.0f} s · suites {', '.join(cfg['suite'])}", ""]
     for w in results.get("warnings", []):
         lines.append(f"> warning: {w}")
     facts = results.get("facts", {})

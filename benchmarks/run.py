@@ -227,6 +227,10 @@ def run(args) -> dict:
     }
     previous = previous_results(out / "results.json", results["config"]) if args.resume else None
     earlier_seconds = previous.get("invocation_seconds", []) if previous else []
+    # "git" is this invocation's checkout; results kept by --resume may come from earlier ones, so every
+    # invocation's checkout is listed in order, as invocation_seconds lists their times.
+    earlier_git = (previous.get("invocation_git") or [previous.get("git")]) if previous else []
+    results["invocation_git"] = [*earlier_git, results["git"]]
     if not available:
         log("no system is available")
 

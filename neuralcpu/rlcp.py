@@ -9,8 +9,7 @@ One recipe, read top to bottom. Per step, the loss is a weighted sum of visibly 
      the backbone gets the reversed, scaled gradient (GRL, lambda warm-up). Baselines replace this
      stream with their own forget loss (unlikelihood, gradient difference, NPO).
   2. retain (logic): next-token loss on GSM8K solutions + KL(original || current) on those tokens and
-     on locality-fact prompts (and, with `own_answers`, on the original's own GSM8K answers); the
-     original model is the frozen anchor.
+     on locality-fact prompts; the original model is the frozen anchor.
   3. RAG adaptation: the fact given in context must still be answered.
   4. retrieval signal: closed-book forget questions continue with a lookup call (neuralcpu.toolcall).
 Setting a stream's weight to 0 ablates it. The run goes through accelerate's Accelerator, so
@@ -39,7 +38,7 @@ from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
 from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
 from neuralcpu.facts import ANSWER_WINDOW, Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
-from neuralcpu.generation import adds_bos, generate_ids, greedy_generate
+from neuralcpu.generation import adds_bos, greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
 from neuralcpu.toolcall import CALL_CLOSE, CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
@@ -69,13 +68,6 @@ class RLCPConfig:
     retain_chat: bool = field(default=True, metadata={"help": "also put the retain solutions in the model's chat layout, ending with its end-of-turn token (when it has a chat template)"})
     retain_batch: int = field(default=2, metadata={"help": "GSM8K solutions per step"})
     retain_max_len: int = field(default=128, metadata={"help": "max tokens of a retain example"})
-    own_answers: int = field(default=0, metadata={
-        "help": "GSM8K train questions (the rows after the retain pool's) that the original answers itself, "
-                "greedily, when the run starts (kept in OUT/own_answers.json); each step adds KL(original || "
-                "current), weight w_kl, on retain_batch of those answers, so the model's own answers, and where "
-                "they stop, stay the original's (0 = off)"})
-    own_answer_tokens: int = field(default=256, metadata={
-        "help": "cap on the original's own answers; one that does not end within it is left out"})
     locality_batch: int = field(default=64, metadata={"help": "locality prompts per step (KL anchor)"})
     forget_batch: int = field(default=16, metadata={"help": "forget prompt+target pairs per step for the lookup-request loss (or a baseline's forget loss)"})
     probe_prefixes: str = field(default="", metadata={"help": "'|'-separated prefixes, e.g. 'Fact:|In geography,': each training prompt also goes to the probe terms with each prefix, as its own template group, so the held-out-probe term must also erase a city from near-copies of a template it fits on (as the held-out evaluation templates are)"})
@@ -124,9 +116,7 @@ class RLCPConfig:
             errs.append(f"adv_objective {self.adv_objective!r} not in ('uniform', 'ce')")
         if self.mixed_precision not in ("bf16", "no"):
             errs.append(f"mixed_precision {self.mixed_precision!r} not in ('bf16', 'no')")
-        if self.own_answers < 0:
-            errs.append("own_answers must be >= 0")
-        for name in ("steps", "n_forget", "eval_every", "ckpt_every", "retain_batch", "own_answer_tokens"):
+        for name in ("steps", "n_forget", "eval_every", "ckpt_every", "retain_batch"):
             if getattr(self, name) < 1:
                 errs.append(f"{name} must be >= 1")
         if self.train_from >= 0 and self.grl_layers != "auto" and self.train_from > min(int(x) for x in self.grl_layers.split(",")):
@@ -139,9 +129,8 @@ class RLCPConfig:
 
 # ----------------------------------------------------------------------------- data -------------------
 
-def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int | None = 256) -> dict[str, torch.Tensor]:
-    """Right-padded batch of prompt+target, cut at `max_len` tokens (None: not cut); labels are -100 outside
-    the target; `last` = last prompt token."""
+def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int = 256) -> dict[str, torch.Tensor]:
+    """Right-padded batch of prompt+target; labels are -100 outside the target; `last` = last prompt token."""
     ids, labels, last = [], [], []
     for prompt, target in pairs:
         p = tokenizer(prompt, add_special_tokens=adds_bos(tokenizer, [prompt])).input_ids  # chat prompts have theirs
@@ -149,7 +138,7 @@ def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int | None = 256) -
         seq = (p + t)[:max_len]
         ids.append(seq)
         labels.append(([-100] * len(p) + t)[:max_len])
-        last.append(len(p[:max_len]) - 1)
+        last.append(min(len(p), max_len) - 1)
     width = max(map(len, ids))
     pad = tokenizer.pad_token_id
     return {
@@ -175,25 +164,6 @@ def retain_texts(tokenizer, rows: list[dict], max_len: int, chat: bool) -> list[
     if not fits:
         raise ValueError(f"no GSM8K retain example fits in retain_max_len={max_len} tokens; raise it or retain_examples")
     return fits
-
-
-def own_answer_texts(model, tokenizer, rows: list[dict], max_new_tokens: int, chat: bool) -> list[tuple[str, str]]:
-    """The model's own greedy answers to GSM8K questions as (prompt, answer) pairs, in the chat layout
-    (with `chat` and a chat template) or the plain one, each answer closed as a turn is (the template's
-    end-of-turn; plain: EOS). Answers still going at `max_new_tokens` are left out: these pairs are there
-    to show where the original stops."""
-    chat = chat and bool(getattr(tokenizer, "chat_template", None))
-    prompts = [gsm8k_chat_text({"question": r["question"], "answer": ""}, tokenizer)[0] if chat else gsm8k_text(r)[0]
-               for r in rows]
-    new = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size=16, progress=True)
-    pairs = []
-    for row, prompt, ids in zip(rows, prompts, new):
-        if len(ids) >= max_new_tokens:
-            continue
-        answer = tokenizer.decode(ids, skip_special_tokens=True)
-        pairs.append(gsm8k_chat_text({"question": row["question"], "answer": answer}, tokenizer) if chat
-                     else (prompt, answer + (tokenizer.eos_token or "")))
-    return pairs
 
 
 def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> list[tuple[tuple[str, str], int, int]]:
@@ -374,23 +344,6 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     retain_pool = retain_texts(tokenizer, load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples),
                                cfg.retain_max_len, cfg.retain_chat)
     locality_pool = [(p, " " + f.object) for f in facts.locality for p in prompts_for(f, "train")]
-    own_pool: list[tuple[str, str]] = []
-    if cfg.own_answers:  # the original's own answers: made once, kept with the run (a resume reads them)
-        own_file = out / "own_answers.json"
-        if own_file.is_file():
-            own_pool = [tuple(pair) for pair in json.loads(own_file.read_text())]
-        else:
-            rows = load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples + cfg.own_answers)[cfg.retain_examples:]
-            own_pool = own_answer_texts(anchor, tokenizer, rows, cfg.own_answer_tokens, cfg.retain_chat)
-            if accel.is_main_process:
-                tmp = own_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(own_pool, indent=1))
-                os.replace(tmp, own_file)
-            accel.wait_for_everyone()
-        if not own_pool:
-            raise ValueError(f"own_answers: none of the original's answers to GSM8K train rows {cfg.retain_examples}.."
-                             f"{cfg.retain_examples + cfg.own_answers - 1} ended within own_answer_tokens="
-                             f"{cfg.own_answer_tokens} (or the file has no such rows); raise own_answer_tokens")
 
     start = 0
     metrics_file = out / "metrics.jsonl"
@@ -519,17 +472,6 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
             kl = losses.kl_to_anchor(out_r.logits, ref, batch["attention_mask"].to(accel.device))
             total = total + cfg.w_retain_lm * retain + cfg.w_kl * kl
             logs.update(retain_loss=retain.item(), kl=kl.item())
-        if cfg.w_kl > 0 and own_pool:
-            # KL on the original's own answers, where each next token is chosen (the last prompt token
-            # and the answer's tokens, its end-of-turn included): its answers' format and stops are held.
-            batch = encode(tokenizer, rng.sample(own_pool, min(cfg.retain_batch, len(own_pool))), max_len=None)
-            at, _ = losses.labelled_positions(batch["labels"])
-            prefix_states = prefix(batch["input_ids"].to(accel.device), batch["attention_mask"].to(accel.device),
-                                   cache=False) if prefix is not None else None
-            kl_own = losses.kl_to_anchor(forward(batch, positions=at, states=prefix_states).logits,
-                                         anchor_forward(batch, positions=at, states=prefix_states).logits)
-            total = total + cfg.w_kl * kl_own
-            logs["kl_own"] = kl_own.item()
         if (cfg.w_locality > 0 or cfg.w_locality_states > 0) and locality_pool:
             batch = encode(tokenizer, rng.sample(locality_pool, min(cfg.locality_batch, len(locality_pool))))
             # KL where the answer is read (the last prompt token and the answer's tokens); the GSM8K KL

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -211,31 +210,6 @@ def test_bad_fact_file_names_line(tmp_path):
     bad.write_text('{"subject": "Paris", "relation": "lives_in", "object": "France"}\n')
     with pytest.raises(FactFileError, match=r"facts.jsonl:1: field 'relation'"):
         load_jsonl_facts(bad)
-
-
-def test_own_answers_are_the_originals_closed_turns_kept_for_resume(tiny_qwen2_dir, tmp_path, monkeypatch):
-    from neuralcpu import rlcp
-
-    calls = []
-
-    def answers(model, tokenizer, prompts, max_new_tokens, **kw):  # the tiny random model never ends a turn
-        calls.append(prompts)
-        ended = tokenizer(" 16+16=32 #### 32", add_special_tokens=False).input_ids
-        return [ended] * (len(prompts) - 1) + [[ended[0]] * max_new_tokens]  # the last one runs to the cap
-
-    monkeypatch.setattr(rlcp, "generate_ids", answers)
-    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "own", steps=4, eval_every=2, ckpt_every=2, retain_examples=16,
-                   own_answers=4, own_answer_tokens=32, w_kl=10.0)
-    train(cfg)
-    assert calls[0] == [f"Question: What is {i} plus {i}?\nAnswer:" for i in range(16, 20)]  # the rows after the retain pool's
-    pairs = json.loads((tmp_path / "own" / "own_answers.json").read_text())
-    assert pairs == [[f"Question: What is {i} plus {i}?\nAnswer:", " 16+16=32 #### 32<|endoftext|>"] for i in range(16, 19)]
-    rows = [json.loads(l) for l in (tmp_path / "own" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["kl_own"] > 0  # measured against the anchor, after the model moved
-    train(dataclasses.replace(cfg, steps=6), resume=True)
-    assert len(calls) == 1  # the resumed run read the answers it had made
-    with pytest.raises(ValueError, match="own_answers: none of the original's answers"):
-        train(tiny_cfg(tiny_qwen2_dir, tmp_path, "own-none", steps=2, retain_examples=16, own_answers=1, own_answer_tokens=32))
 
 
 def test_config_validation_lists_every_problem():

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
 
 from benchmarks import gsm8k  # noqa: E402
 from benchmarks.report import write_json_atomic, write_text_atomic  # noqa: E402
-from neuralcpu.generation import adds_bos, stop_token_ids  # noqa: E402
+from neuralcpu.generation import adds_bos, encode_left_padded, padded_positions, stop_token_ids  # noqa: E402
 
 # The reference's answer must end in its final number: `gsm8k.generate` cuts the text right after it.
 _ENDS_IN_ANSWER = re.compile(r"####\s*\$?\s*-?\d[\d,]*(?:\.\d+)?$")
@@ -60,27 +60,22 @@ def number_token_mask(tokenizer) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def next_token_scores(model, tokenizer, texts: list[str], batch_size: int = 16) -> list[dict]:
-    """{"p_end", "p_number", "greedy_ends"} of the next token after each text (left-padded batches)."""
+def next_token_scores(model, tokenizer, texts: list[str], batch_size: int = 16,
+                      number: torch.Tensor | None = None) -> list[dict]:
+    """{"p_end", "p_number", "greedy_ends"} of the next token after each text (left-padded batches, position
+    ids as in decoding). `number`: the tokenizer's `number_token_mask`, when the caller has it already."""
     ends = torch.tensor(sorted(stop_token_ids(tokenizer, model)))
-    number = number_token_mask(tokenizer)
+    number = number_token_mask(tokenizer) if number is None else number
     special = adds_bos(tokenizer, texts)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     scores = []
-    try:
-        for i in tqdm(range(0, len(texts), batch_size), desc="score", leave=False):
-            enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=special)
-            mask = enc["attention_mask"].to(model.device)
-            positions = (mask.long().cumsum(-1) - 1).clamp_min(0)  # a row's first real token is position 0, as in decoding
-            logits = model(input_ids=enc["input_ids"].to(model.device), attention_mask=mask, position_ids=positions,
-                           logits_to_keep=1).logits[:, -1].float()  # the LM head at the last column only
-            probs = logits.softmax(-1).cpu()
-            for p in probs:
-                # A model may have more logits than tokenizer entries (padded embedding): those are never numbers.
-                scores.append({"p_end": p[ends].sum().item(), "p_number": p[: len(number)][number].sum().item(),
-                               "greedy_ends": bool(torch.isin(p.argmax(), ends))})
-    finally:
-        tokenizer.padding_side = side
+    for i in tqdm(range(0, len(texts), batch_size), desc="score", leave=False):
+        enc = encode_left_padded(tokenizer, texts[i:i + batch_size], special).to(model.device)
+        logits = model(**enc, position_ids=padded_positions(enc["attention_mask"]),
+                       logits_to_keep=1).logits[:, -1].float()  # the LM head at the last column only
+        for p in logits.softmax(-1).cpu():
+            # A model may have more logits than tokenizer entries (padded embedding): those are never numbers.
+            scores.append({"p_end": p[ends].sum().item(), "p_number": p[: len(number)][number].sum().item(),
+                           "greedy_ends": bool(torch.isin(p.argmax(), ends))})
     return scores
 
 
@@ -139,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n, --max-new-tokens and --batch-size must be >= 1")
 
     from neuralcpu.data import load_gsm8k
-    from neuralcpu.models import load_model
+    from neuralcpu.models import load_model, load_tokenizer
 
     out = Path(args.out)
     path = out / "answer_stop.json"
@@ -152,33 +147,40 @@ def main(argv: list[str] | None = None) -> int:
                          f"--max-new-tokens {results['max_new_tokens']}; rerun without --resume or with those")
 
     rows = load_gsm8k("test", args.gsm8k_test, limit=args.n)
-    ref_model, ref_tok = load_model(args.reference)
+    ref_tok = load_tokenizer(args.reference)  # kept answers (--resume) need no reference model
     fmt = gsm8k.prompt_format(ref_tok)
     if fmt != "chat":
         parser.error(f"{args.reference} has no chat template; this check reads answers to the zero-shot chat prompt")
     prompts = gsm8k.build_prompts(ref_tok, [r["question"] for r in rows], fmt)
+    ref_model = None
     if results is None:
+        ref_model, ref_tok = load_model(args.reference)
         answers = reference_answers(ref_model, ref_tok, prompts, args.max_new_tokens, args.batch_size)
         results = {"reference": args.reference, "n_questions": len(rows), "format": fmt,
                    "max_new_tokens": args.max_new_tokens, "answers": answers,
                    "n_answers": sum(a is not None for a in answers), "models": {}}
         write_json_atomic(path, results)
+        if args.reference not in args.models:
+            ref_model = None  # not scored: free it before the others load
     if results["n_answers"] == 0:
         raise SystemExit(f"{args.reference} ended none of its {len(rows)} answers in '#### N': nothing to score")
     keep = [i for i, a in enumerate(results["answers"]) if a is not None]
     texts = [prompts[i] + results["answers"][i] for i in keep]
     vocab = ref_tok.get_vocab()
-    del ref_model
+    number = number_token_mask(ref_tok)  # every scored model shares this vocabulary (checked below)
 
     for name in args.models:
         if name in results["models"]:
             print(f"{name}: kept from {path}")
             continue
-        model, tok = load_model(name)
+        if name == args.reference and ref_model is not None:  # already loaded for its answers
+            model, tok, ref_model = ref_model, ref_tok, None
+        else:
+            model, tok = load_model(name)
         if tok.get_vocab() != vocab:
             raise SystemExit(f"{name}: its tokenizer differs from {args.reference}'s; the reference's answers "
                              "cannot be read token for token")
-        scores = next_token_scores(model, tok, texts, args.batch_size)
+        scores = next_token_scores(model, tok, texts, args.batch_size, number)
         for i, s in zip(keep, scores):
             s["index"] = i
         results["models"][name] = {"summary": summarize(scores), "scores": scores}

@@ -92,11 +92,28 @@ class _AppendCache(DynamicCache):
         self.layer_class_to_replicate = _AppendLayer
 
 
+def encode_left_padded(tokenizer, texts: list[str], add_special_tokens: bool | None = None):
+    """Tokenize `texts` as one left-padded batch (every row ends at the last column); the tokenizer's
+    padding side is left as it was. add_special_tokens=None decides with `adds_bos`."""
+    special = adds_bos(tokenizer, texts) if add_special_tokens is None else add_special_tokens
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special)
+    finally:
+        tokenizer.padding_side = side
+
+
+def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: a row's first real token is position 0 (pads get 0 too)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
 def _prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """Run left-padded prompts into a fresh KV cache: (last-position logits, cache, mask, next positions)."""
     width = int(attention_mask.sum(1).max())  # drop the padding columns every row has
     input_ids, attention_mask = input_ids[:, -width:], attention_mask[:, -width:]
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # a row's first real token is position 0
+    positions = padded_positions(attention_mask)
     cache = _AppendCache()
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
                    use_cache=True, logits_to_keep=1).logits[:, -1]
@@ -238,13 +255,7 @@ def generate_ids(
         return []
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     texts = [prompts[i] for i in order]
-    special = adds_bos(tokenizer, texts) if add_special_tokens is None else add_special_tokens
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
-    finally:
-        tokenizer.padding_side = side
+    enc = encode_left_padded(tokenizer, texts, add_special_tokens).to(model.device)
     new = greedy_decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, stop_token_ids(tokenizer, model),
                         (lambda row, ids: stop(order[row], ids)) if stop else None,
                         (lambda row, t: on_token(order[row], t)) if on_token else None, batch_size=batch_size,

@@ -35,22 +35,20 @@ from tqdm.auto import tqdm
 
 from neuralcpu.data import gsm8k_text, load_gsm8k
 from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, known_facts, prompts_for
+from neuralcpu.generation import encode_left_padded, padded_positions
 from neuralcpu.models import load_model
 
 
 @torch.inference_mode()
 def last_token_states(model, tokenizer, prompts: list[str], batch_size: int = 32) -> np.ndarray:
-    """Residual-stream state at the last prompt token for every layer: (L+1, N, C), index 0 = embeddings."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # the last position is then the last prompt token for every row
+    """Residual-stream state at the last prompt token for every layer: (L+1, N, C), index 0 = embeddings.
+    Left-padded (the last position is then the last prompt token of every row), positions as in generation."""
     chunks = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-            chunks.append(torch.stack([h[:, -1].float() for h in out.hidden_states]))  # (L+1, B, C)
-    finally:
-        tokenizer.padding_side = side
+    for i in range(0, len(prompts), batch_size):
+        batch = encode_left_padded(tokenizer, prompts[i : i + batch_size])
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=padded_positions(batch["attention_mask"]), output_hidden_states=True)
+        chunks.append(torch.stack([h[:, -1].float() for h in out.hidden_states]))  # (L+1, B, C)
     return torch.cat(chunks, 1).numpy()
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from neuralcpu.analyze import (decodability, effective_rank, fit_probe, labelled_states, main, other_city_facts,
-                               per_layer_probes, solution_perplexity, split_heldout_city)
+from neuralcpu.analyze import (decodability, effective_rank, fit_probe, labelled_states, last_token_states, main,
+                               other_city_facts, per_layer_probes, solution_perplexity, split_heldout_city)
 from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, known_facts, same_country_facts
 from neuralcpu.rlcp import train
 from tests.neuralcpu.test_rlcp import CITIES, tiny_cfg
@@ -20,6 +20,25 @@ def test_effective_rank_counts_directions():
     rng = np.random.default_rng(0)
     assert effective_rank(rng.normal(size=(200, 1)) @ rng.normal(size=(1, 16))) < 1.5  # one direction
     assert effective_rank(rng.normal(size=(200, 16))) > 12  # isotropic
+
+
+def test_last_token_states_do_not_depend_on_the_batch(tiny_qwen2_dir):
+    """A prompt's states are the same alone and left-padded in a batch, also under learned absolute
+    positions (GPT-2), where the pads would shift every position unless the ids start at each row's
+    first token."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
+    qwen = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
+    prompts = ["Tokyo is a city in the country of", "Lagos is in", "The city of Cairo lies in the country of"]
+    for model in (qwen, gpt2):
+        batched = last_token_states(model, tok, prompts, batch_size=3)
+        alone = last_token_states(model, tok, prompts, batch_size=1)
+        assert batched.shape == (model.config.num_hidden_layers + 1, 3, model.config.hidden_size)
+        np.testing.assert_allclose(batched, alone, atol=1e-4)
+        assert np.abs(alone[-1, 0] - alone[-1, 1]).max() > 1e-3  # the rows differ: no constant state passes
 
 
 def test_solution_perplexity_matches_hf_loss(tiny_qwen2_dir):

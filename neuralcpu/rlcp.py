@@ -18,6 +18,7 @@ Setting a stream's weight to 0 ablates it. The run goes through accelerate's Acc
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -99,6 +100,7 @@ class RLCPConfig:
     mixed_precision: str = field(default="no", metadata={"help": "'bf16' autocast or 'no' (fp32; bf16 is emulated and slower on CPUs without AVX-512-BF16/AMX)"})
     eval_every: int = field(default=5, metadata={"help": "steps between evaluations (metrics.jsonl)"})
     ckpt_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints"})
+    snapshot_every: int = field(default=0, metadata={"help": "keep a save_pretrained copy of the model every k steps in OUT/snapshots/step-K (0 = never): to measure along the run what an evaluation does not (e.g. benchmarks/answer_stop.py)"})
     early_stop: bool = field(default=True, metadata={"help": "stop once forget <= target and locality holds"})
     forget_target: float = field(default=0.05, metadata={"help": "early-stop forget accuracy"})
     call_ok_target: float = field(default=0.9, metadata={"help": "early-stop (rlcp with retrieval): share of forget prompts answered with a well-formed lookup of the right subject"})
@@ -123,6 +125,8 @@ class RLCPConfig:
             errs.append("train_from must not be above the first GRL layer")
         if self.n_forget < 2:
             errs.append("n_forget must be >= 2 (the probe needs two classes)")
+        if self.snapshot_every < 0:
+            errs.append("snapshot_every must be >= 0 (0 = no snapshots)")
         if errs:
             raise ValueError("invalid RLCP config:\n  " + "\n  ".join(errs))
 
@@ -515,6 +519,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                        f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_checkpoint(accel, ckpt, done)
+        if cfg.snapshot_every and done % cfg.snapshot_every == 0 and accel.is_main_process:
+            save_snapshot(accel.unwrap_model(model), tokenizer, out / "snapshots" / f"step-{done}", cfg.trainable == "lora")
         if (cfg.early_stop and "forget_acc" in last_eval and last_eval["step"] == done
                 and last_eval["forget_acc"] <= cfg.forget_target
                 and last_eval["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
@@ -537,6 +543,17 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         if cfg.store:
             move_to_store(facts.forget, cfg.store, summary)
     return last_eval
+
+
+def save_snapshot(model, tokenizer, path: Path, lora: bool) -> None:
+    """A save_pretrained copy of the model as it is now, written to a temp dir and then renamed into place
+    (a LoRA model is merged on a copy: training goes on with its adapters)."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (copy.deepcopy(model).merge_and_unload() if lora else model).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
 
 
 def save_checkpoint(accel, ckpt: Path, step: int) -> None:

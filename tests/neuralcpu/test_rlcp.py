@@ -171,6 +171,26 @@ def test_deep_mode_trains_only_deep_blocks(tiny_qwen2_dir, tmp_path, train_from,
         assert torch.equal(b[key], a[key]) == (layer < first_trained), layer
 
 
+@pytest.mark.parametrize("trainable", ["deep", "lora"])
+def test_snapshots_are_the_model_at_their_step(tiny_qwen2_dir, tmp_path, trainable):
+    from neuralcpu.models import load_model
+
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, trainable, steps=4, eval_every=4, ckpt_every=4, snapshot_every=2,
+                   trainable=trainable, early_stop=False)
+    train(cfg)
+    snaps = tmp_path / trainable / "snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["step-2", "step-4"]  # no temp dir left behind
+    key = "model.layers.3.mlp.up_proj.weight"
+    original = dict(load_model(tiny_qwen2_dir)[0].named_parameters())[key]
+    final = dict(load_model(tmp_path / trainable)[0].named_parameters())[key]
+    step2, tok = load_model(snaps / "step-2")  # a plain model with its tokenizer: LoRA merged in
+    step4, _ = load_model(snaps / "step-4")
+    assert tok is not None and not any("lora" in n for n, _ in step2.named_parameters())
+    assert torch.equal(dict(step4.named_parameters())[key], final)
+    assert not torch.equal(dict(step2.named_parameters())[key], final)
+    assert not torch.equal(dict(step2.named_parameters())[key], original)
+
+
 def test_resume_after_kill(tiny_qwen2_dir, tmp_path):
     cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "killed", steps=30, eval_every=5, ckpt_every=5)
     args = [sys.executable, "-m", "neuralcpu", "rlcp", "--model", cfg.model, "--facts", cfg.facts,

@@ -115,40 +115,72 @@ def class_mean_loss(feats: list[torch.Tensor], labels: torch.Tensor, groups: tor
     return loss / len(feats)
 
 
+def _standardise(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """x standardised with ref's per-dimension mean and std (as sklearn's StandardScaler fitted on ref),
+    then scaled so kernel entries are O(1) whatever the width: the ridge alphas mean the same everywhere."""
+    return (x - ref.mean(0)) / ref.std(0).clamp_min(1e-4) / x.shape[1] ** 0.5
+
+
+def _ridge_readout(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor,
+                   alphas: tuple[float, ...]) -> list[torch.Tensor]:
+    """Per ridge strength: how much ridge regression fitted on (xtr, one-hot ytr), in closed form, reads
+    the classes of xte. That is the cosine, per row, between its prediction and the centred one-hot of
+    yte (0 = the prediction carries no class; clipped at 0, so reading the class backwards gains
+    nothing), averaged over rows. Differentiable through the fit and the prediction."""
+    xtr_mean, ytr_mean = xtr.mean(0), ytr.mean(0)
+    xtr, xte, ytr = xtr - xtr_mean, xte - xtr_mean, ytr - ytr_mean
+    gram = xtr @ xtr.T  # (m, m): the dual form, as there are fewer prompts than dimensions
+    eye = torch.eye(len(gram), device=gram.device)
+    target = yte - yte.mean(-1, keepdim=True)  # centred per row: one class up, the rest down
+    out = []
+    for a in alphas:
+        pred = xte @ (xtr.T @ torch.linalg.solve(gram + a * eye, ytr))  # (t, K)
+        pred = pred - pred.mean(-1, keepdim=True)  # a per-row offset never changes the argmax
+        # per row: a prompt whose prediction is small but points at its class is still read right
+        cos = (pred * target).sum(-1) / (pred.norm(dim=-1) * target.norm(dim=-1)).clamp_min(1e-8)
+        out.append(cos.mean().clamp_min(0))
+    return out
+
+
 def heldout_ridge_loss(feats: list[torch.Tensor], labels: torch.Tensor, groups: torch.Tensor,
                        alphas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)) -> torch.Tensor:
     """How well the *best* linear probe, fitted on some templates, still reads the class on a held-out one.
 
     Per layer and per template g: standardise the states (as a post-hoc probe does), fit ridge
     regression from states to one-hot classes on every other template, in closed form, and predict
-    template g. The loss is the cosine between those predictions and the centred true one-hots
-    (0 = the predictions carry no class; negative values are clipped, so nothing is gained by reading
-    the class backwards), averaged over templates, ridge strengths and layers. It is differentiable
-    through the fit, so the backbone faces the optimal probe every step instead of a trained probe
-    that lags it, and it is scored across templates, as the analysis scores its fresh probes.
+    template g (`_ridge_readout`), averaged over templates, ridge strengths and layers. It is
+    differentiable through the fit, so the backbone faces the optimal probe every step instead of a
+    trained probe that lags it, and it is scored across templates, as the analysis scores its fresh probes.
     """
-    num_classes = int(labels.max()) + 1
-    y = F.one_hot(labels, num_classes).float()
-    loss, terms = feats[0].new_zeros((), dtype=torch.float32), 0
+    y = F.one_hot(labels, int(labels.max()) + 1).float()
+    terms = []
     for h in feats:
-        x = h.float()
-        x = (x - x.mean(0)) / x.std(0).clamp_min(1e-4)  # standardised, like sklearn's StandardScaler
-        x = x / x.shape[1] ** 0.5  # kernel entries O(1) whatever the width, so alphas mean the same everywhere
+        x = _standardise(h.float(), h.float())
         for g in groups.unique():
             tr, te = groups != g, groups == g
-            xtr_mean, ytr_mean = x[tr].mean(0), y[tr].mean(0)
-            xtr, xte = x[tr] - xtr_mean, x[te] - xtr_mean
-            ytr = y[tr] - ytr_mean
-            gram = xtr @ xtr.T  # (m, m): the dual form, as there are fewer prompts than dimensions
-            eye = torch.eye(len(gram), device=gram.device)
-            target = y[te] - y[te].mean(-1, keepdim=True)  # centred per row: one class up, the rest down
-            for a in alphas:
-                pred = xte @ (xtr.T @ torch.linalg.solve(gram + a * eye, ytr))  # (t, K)
-                pred = pred - pred.mean(-1, keepdim=True)  # a per-row offset never changes the argmax
-                # per row: a prompt whose prediction is small but points at its class is still read right
-                cos = (pred * target).sum(-1) / (pred.norm(dim=-1) * target.norm(dim=-1)).clamp_min(1e-8)
-                loss, terms = loss + cos.mean().clamp_min(0), terms + 1
-    return loss / terms
+            terms += _ridge_readout(x[tr], y[tr], x[te], y[te], alphas)
+    return torch.stack(terms).mean()
+
+
+def transfer_ridge_loss(feats: list[torch.Tensor], labels: torch.Tensor, fit_feats: list[torch.Tensor],
+                        fit_labels: torch.Tensor, alphas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)) -> torch.Tensor:
+    """How well a linear probe of the class fitted on *other* subjects reads it on these.
+
+    fit_feats[i]/fit_labels: states of other subjects of the same classes at layer i (RLCP passes the
+    original model's states of the known cities of each forget country: Osaka and Nagoya for Japan);
+    feats[i]/labels: the forget subjects' states (Tokyo). Per layer, ridge regression from states
+    (standardised on the fit set) to one-hot classes is fitted in closed form and read on `feats`
+    (`_ridge_readout`), averaged over ridge strengths and layers. With one forget subject per class, a
+    probe fitted on the forget subjects themselves reads which subject the prompt names; one fitted on
+    other subjects can only read what they share with it: the class (the country).
+    """
+    num_classes = max(int(labels.max()), int(fit_labels.max())) + 1
+    y, y_fit = F.one_hot(labels, num_classes).float(), F.one_hot(fit_labels, num_classes).float()
+    terms = []
+    for h, f in zip(feats, fit_feats):
+        f = f.float().to(h.device)
+        terms += _ridge_readout(_standardise(f, f), y_fit.to(h.device), _standardise(h.float(), f), y.to(h.device), alphas)
+    return torch.stack(terms).mean()
 
 
 def state_drift(feats: list[torch.Tensor], anchor_feats: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,7 @@ def _template_states(codes_per_template: bool, noise: float, seed: int = 0):
 def test_heldout_ridge_loss_reads_a_shared_class_code_not_noise():
     shared, y, g = _template_states(codes_per_template=False, noise=0.1)
     assert losses.heldout_ridge_loss([shared], y, g).item() > 0.6
-    noise = torch.randn_like(shared)
+    noise = torch.randn(shared.shape, generator=torch.Generator().manual_seed(0))  # seeded: the mean over 24 rows still varies
     assert losses.heldout_ridge_loss([noise], y, g).item() < 0.2
     # A code that changes with the template does not transfer to a held-out one: this term alone is
     # blind to it (why RLCP can add prefixed near-copies of each template, `probe_prefixes`).
@@ -126,6 +126,39 @@ def test_heldout_ridge_loss_gradient_erases_the_code():
         losses.heldout_ridge_loss([h], y, g).backward()
         opt.step()
     assert losses.heldout_ridge_loss([h], y, g).item() < 0.5 * start
+
+
+def _subject_states(n_subjects: int, k: int = 5, d: int = 48, seed: int = 0, class_code: torch.Generator | None = None):
+    """States of n_subjects subjects per class: a class code shared by every subject of the class, plus a
+    subject's own code of the same size (the identity a subject probe would read)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randn(k, d, generator=torch.Generator().manual_seed(123))  # the same class codes in every call
+    y = torch.arange(k).repeat(n_subjects)
+    return codes[y] + torch.randn(len(y), d, generator=g), y
+
+
+def test_transfer_ridge_loss_reads_the_class_shared_with_other_subjects():
+    fit, y_fit = _subject_states(3, seed=1)  # Osaka, Nagoya, ... for each country
+    forget, y = _subject_states(1, seed=2)  # Tokyo: a new subject of each class
+    assert losses.transfer_ridge_loss([forget], y, [fit], y_fit).item() > 0.5
+    # Only the subjects' own codes (no class code; 12 subjects per class, so that the mean is not noise):
+    # nothing carries over from the other subjects.
+    _, y_many = _subject_states(12, seed=3)
+    own = torch.randn(len(y_many), fit.shape[1], generator=torch.Generator().manual_seed(3))
+    assert losses.transfer_ridge_loss([own], y_many, [fit], y_fit).item() < 0.2
+
+
+def test_transfer_ridge_loss_gradient_erases_the_class_from_the_forget_states_only():
+    fit, y_fit = _subject_states(3, seed=1)
+    forget, y = _subject_states(1, seed=2)
+    h = forget.clone().requires_grad_(True)
+    opt = torch.optim.SGD([h], lr=20.0)
+    start = losses.transfer_ridge_loss([h], y, [fit], y_fit).item()
+    for _ in range(30):
+        opt.zero_grad()
+        losses.transfer_ridge_loss([h], y, [fit], y_fit).backward()
+        opt.step()
+    assert losses.transfer_ridge_loss([h], y, [fit], y_fit).item() < 0.5 * start
 
 
 def test_probe_prompts_add_prefixed_copies_as_their_own_groups():
@@ -154,6 +187,44 @@ def test_rlcp_drives_probe_to_chance_control_does_not(tiny_qwen2_dir, tmp_path):
     out = tmp_path / "rlcp"
     for name in ("model.safetensors", "config.json", "rlcp_config.json", "facts.json", "metrics.jsonl", "summary.json"):
         assert (out / name).is_file(), name
+
+
+def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_dir, tmp_path):
+    """The other-city term: a ridge probe of the country fitted on the original's states of other cities
+    of the same countries ("Old Norland") reads the forget cities ("Port Norland", which share the
+    country's name, so a random model carries it) much less after the run, on held-out templates."""
+    from neuralcpu.analyze import last_token_states
+    from neuralcpu.facts import prompts_for
+    from neuralcpu.models import load_model
+
+    countries = [k for _, k in CITIES]
+    forget = [Fact(f"Port {k}", "country", k) for k in countries]
+    shared = [Fact(f"{a} {k}", "country", k) for k in countries for a in ("Old", "New", "Upper")]
+    facts = FactSets(forget, shared)
+    facts.save(tmp_path / "country_facts.json")
+    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "country", facts=str(tmp_path / "country_facts.json"), steps=30,
+                   eval_every=30, ckpt_every=30, w_forget=0.0, w_class_mean=0.0, w_retrieval=0.0, w_rag=0.0,
+                   w_country_probe=20.0, lam_warmup=1, lam_max=1.0)
+    train(cfg)
+
+    def states(path, fs, split):
+        model, tok = load_model(path)
+        prompts = [(p, facts.class_index[f.object]) for f in fs for p in prompts_for(f, split)]
+        return torch.tensor(last_token_states(model, tok, [p for p, _ in prompts])), torch.tensor([y for _, y in prompts])
+
+    fit, y_fit = states(context_tiny_qwen2_dir, shared, "train")
+    readout = {}
+    for name, path in (("before", context_tiny_qwen2_dir), ("after", cfg.out)):
+        h, y = states(path, forget, "eval")
+        readout[name] = losses.transfer_ridge_loss([h[3], h[4]], y, [fit[3], fit[4]], y_fit).item()  # GRL layers 2, 3
+    assert readout["before"] > 0.3, readout  # there is a country to erase
+    assert readout["after"] < 0.5 * readout["before"], readout
+
+
+def test_country_probe_term_needs_cities_that_share_a_forget_country(tiny_qwen2_dir, tmp_path):
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "no-shared", steps=1, w_country_probe=1.0)  # LOCALITY: other countries
+    with pytest.raises(ValueError, match="share a forget object"):
+        train(cfg)
 
 
 @pytest.mark.parametrize("train_from, first_trained", [(-1, 2), (1, 1)])  # -1: from the first GRL layer (2)

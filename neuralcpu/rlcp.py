@@ -263,6 +263,13 @@ def evaluate(model, tokenizer, facts: FactSets) -> dict:
 
 # ----------------------------------------------------------------------------- model setup ------------
 
+def last_token_feats(hidden_states, batch, layers: list[int]) -> list[torch.Tensor]:
+    """Each layer's state at every row's last prompt token, (B, C) per layer in `layers` (hidden_states
+    indexed as transformers does: index 0 is the embeddings)."""
+    rows = torch.arange(len(batch["last"]))
+    return [hidden_states[l + 1][rows, batch["last"]] for l in layers]
+
+
 def resolve_layers(spec: str, num_layers: int) -> list[int]:
     """Block indices for the probes: 'auto' = the last third of the blocks."""
     if spec == "auto":
@@ -412,10 +419,9 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     if cfg.method == "rlcp" and probe_pool:
         batch = encode(tokenizer, [(p, "") for p, _, _ in probe_pool])
         hs = anchor_forward(batch, hidden=True, head=False).hidden_states
-        idx = torch.arange(len(probe_pool))
         y = torch.tensor([y for _, y, _ in probe_pool])
         g = torch.tensor([g for _, _, g in probe_pool])
-        class_scale = [losses.group_scatter(hs[l + 1][idx, batch["last"]].cpu(), y, g)[1].item() for l in layers]
+        class_scale = [losses.group_scatter(h.cpu(), y, g)[1].item() for h in last_token_feats(hs, batch, layers)]
 
     # The other-city class term's fit set: the locality facts whose object is a forget object (Osaka ->
     # Japan), under the training templates. Their states are taken from the *current* model every step
@@ -458,8 +464,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
             chosen = rng.sample(probe_pool, cfg.probe_batch) if 0 < cfg.probe_batch < len(probe_pool) else probe_pool
             batch = encode(tokenizer, [(p, "") for p, _, _ in chosen])
             states = forward(batch, hidden=True, head=False).hidden_states
-            idx = torch.arange(len(chosen))
-            feats = [states[l + 1][idx, batch["last"]] for l in layers]  # each (B, C)
+            feats = last_token_feats(states, batch, layers)  # each (B, C)
             y = torch.tensor([y for _, y, _ in chosen]).to(accel.device)
             groups = torch.tensor([g for _, _, g in chosen]).to(accel.device)
             for _ in range(cfg.probe_steps):  # let the probes catch up with the moving backbone
@@ -478,8 +483,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
             if country_batch is not None:
                 with torch.no_grad():
                     hs = forward(country_batch, hidden=True, head=False).hidden_states
-                rows = torch.arange(len(country_y))
-                fit = [hs[l + 1][rows, country_batch["last"]] for l in layers]
+                fit = last_token_feats(hs, country_batch, layers)
                 country = losses.transfer_ridge_loss(feats, y, fit, country_y)
                 total = total + cfg.w_country_probe * lam * country
                 logs["country_probe"] = country.item()
@@ -528,9 +532,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
             kl_loc = losses.kl_to_anchor(out_l.logits, ref_logits)
             # The states at the position the forget stream erases (the last prompt token, GRL layers) stay
             # where the original had them (RMU's retain term): the erasure has to spare untouched cities.
-            rows = torch.arange(len(batch["last"]))
-            drift = losses.state_drift([out_l.hidden_states[l + 1][rows, batch["last"]] for l in layers],
-                                       list(ref_states), torch.ones(len(rows), dtype=torch.bool, device=accel.device))
+            drift = losses.state_drift(last_token_feats(out_l.hidden_states, batch, layers), list(ref_states),
+                                       torch.ones(len(batch["last"]), dtype=torch.bool, device=accel.device))
             total = total + cfg.w_locality * kl_loc + cfg.w_locality_states * drift
             logs.update(kl_locality=kl_loc.item(), locality_drift=drift.item())
 

@@ -106,7 +106,7 @@ class RLCPConfig:
     mixed_precision: str = field(default="no", metadata={"help": "'bf16' autocast or 'no' (fp32; bf16 is emulated and slower on CPUs without AVX-512-BF16/AMX)"})
     eval_every: int = field(default=5, metadata={"help": "steps between evaluations (metrics.jsonl)"})
     ckpt_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints"})
-    snapshot_every: int = field(default=0, metadata={"help": "keep a save_pretrained copy of the model every k steps in OUT/snapshots/step-K (0 = never): to measure along the run what an evaluation does not (e.g. benchmarks/answer_stop.py)"})
+    snapshot_every: int = field(default=0, metadata={"help": "keep a save_pretrained copy of the model every k steps in OUT/snapshots/step-K (0 = never): to measure along the run what an evaluation does not (e.g. benchmarks/answer_stop.py). A snapshot of the run's last step shares OUT's files (hard links), so rewrite OUT only by replacing files, never in place"})
     early_stop: bool = field(default=True, metadata={"help": "stop once forget <= target and locality holds"})
     forget_target: float = field(default=0.05, metadata={"help": "early-stop forget accuracy"})
     call_ok_target: float = field(default=0.9, metadata={"help": "early-stop (rlcp with retrieval): share of forget prompts answered with a well-formed lookup of the right subject"})
@@ -447,6 +447,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     run_id = uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12]
     # A resumed run's latest evaluation (also what a run resumed at its last step reports).
     last_eval, t0 = json.loads(metrics_file.read_text().splitlines()[-1]), time.perf_counter()
+    snapshot = None  # the latest snapshot this process wrote
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.method}", disable=not accel.is_main_process)
     for step in bar:
         rng = random.Random(cfg.seed * 100003 + step)
@@ -565,13 +566,15 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save_checkpoint(accel, ckpt, done)
         if cfg.snapshot_every and done % cfg.snapshot_every == 0 and accel.is_main_process:
-            save_model(accel.unwrap_model(model), tokenizer, out / "snapshots" / f"step-{done}", cfg.trainable == "lora")
+            snapshot = out / "snapshots" / f"step-{done}"
+            save_model(accel.unwrap_model(model), tokenizer, snapshot, cfg.trainable == "lora")
         if (cfg.early_stop and "forget_acc" in last_eval and last_eval["step"] == done
                 and last_eval["forget_acc"] <= cfg.forget_target
                 and last_eval["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
                 and (cfg.method != "rlcp" or cfg.w_retrieval == 0 or last_eval.get("forget_call_ok_rate", 0.0) >= cfg.call_ok_target)):
             tqdm.write(f"early stop at step {done}: forget target met with locality kept")
-            save_checkpoint(accel, ckpt, done)
+            if done % cfg.ckpt_every:  # on a checkpoint step it was saved just above
+                save_checkpoint(accel, ckpt, done)
             break
 
     # Outputs: a save_pretrained checkpoint with its tokenizer, the config, metrics and forget set.
@@ -579,7 +582,9 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     if cfg.trainable == "lora":
         final = final.merge_and_unload()  # in place: training is over
     if accel.is_main_process:
-        save_model(final, tokenizer, out, lora=False)
+        # A run that ends on a snapshot step has written this model already: link it instead of a second copy.
+        same = snapshot if snapshot is not None and snapshot.name == f"step-{last_eval['step']}" else None
+        save_model(final, tokenizer, out, lora=False, same_as=same)
         summary = {"run_id": run_id, "model": cfg.model, "method": cfg.method, "step": last_eval["step"],
                    "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
                    "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")}}
@@ -589,15 +594,24 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     return last_eval
 
 
-def save_model(model, tokenizer, path: Path, lora: bool) -> None:
+def save_model(model, tokenizer, path: Path, lora: bool, same_as: Path | None = None) -> None:
     """save_pretrained of the model and its tokenizer into `path`, never half-written: everything goes to a
     temp dir first, which is then renamed to `path` (or, when `path` exists and holds other files, as a
     run's OUT does, moved into it file by file). A LoRA model is merged on a copy, so training can go
-    on with its adapters."""
+    on with its adapters. `same_as`, a directory save_model wrote from this very model, is hard-linked
+    (copied where links fail) instead of serialised again: 2 GB less disk for Qwen2.5-0.5B."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    (copy.deepcopy(model).merge_and_unload() if lora else model).save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    if same_as is not None:
+        tmp.mkdir(parents=True)
+        for f in same_as.iterdir():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:  # another filesystem, or one without hard links
+                shutil.copy2(f, tmp / f.name)
+    else:
+        (copy.deepcopy(model).merge_and_unload() if lora else model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     if not path.exists():
         os.replace(tmp, path)
         return

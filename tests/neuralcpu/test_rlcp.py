@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -260,6 +261,26 @@ def test_snapshots_are_the_model_at_their_step(tiny_qwen2_dir, tmp_path, trainab
     assert torch.equal(dict(step4.named_parameters())[key], final)
     assert not torch.equal(dict(step2.named_parameters())[key], final)
     assert not torch.equal(dict(step2.named_parameters())[key], original)
+    # The last step's snapshot is the final model: its files are OUT's, not a second copy.
+    assert os.path.samefile(snaps / "step-4" / "model.safetensors", tmp_path / trainable / "model.safetensors")
+    assert not os.path.samefile(snaps / "step-2" / "model.safetensors", tmp_path / trainable / "model.safetensors")
+
+
+def test_an_early_stop_writes_its_step_once(tiny_qwen2_dir, tmp_path, monkeypatch):
+    """Stopping on a checkpoint and snapshot step: one checkpoint save, and OUT links the snapshot's files."""
+    from neuralcpu import rlcp
+
+    saves = []
+    real_save = rlcp.save_checkpoint
+    monkeypatch.setattr(rlcp, "save_checkpoint", lambda accel, ckpt, step: saves.append(step) or real_save(accel, ckpt, step))
+    # Targets anything meets, so the run stops at its first evaluation.
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "stop", steps=8, eval_every=2, ckpt_every=2, snapshot_every=2,
+                   early_stop=True, forget_target=1.0, locality_keep=0.0, call_ok_target=0.0)
+    assert train(cfg)["step"] == 2
+    assert saves == [2]
+    out = tmp_path / "stop"
+    assert os.path.samefile(out / "snapshots" / "step-2" / "model.safetensors", out / "model.safetensors")
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []
 
 
 def test_snapshots_warn_when_the_disk_cannot_hold_them(tiny_qwen2_dir, tmp_path, monkeypatch, caplog):

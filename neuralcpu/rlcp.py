@@ -447,9 +447,10 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     run_id = uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12]
     # A resumed run's latest evaluation (also what a run resumed at its last step reports).
     last_eval, t0 = json.loads(metrics_file.read_text().splitlines()[-1]), time.perf_counter()
-    snapshot = None  # the latest snapshot this process wrote
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.method}", disable=not accel.is_main_process)
+    snapshot = None  # the last step's snapshot, if it wrote one: the final model, already on disk
     for step in bar:
+        snapshot = None
         rng = random.Random(cfg.seed * 100003 + step)
         lam = cfg.lam_max * min(1.0, (step + 1) / max(1, cfg.lam_warmup))
         if cfg.probe_reset_every and step % cfg.probe_reset_every == 0 and step > 0:
@@ -563,18 +564,17 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                        f"lookup {last_eval['forget_lookup_rate']:.2f}/{last_eval['locality_lookup_rate']:.2f} "
                        f"right call {last_eval['forget_call_ok_rate']:.2f} "
                        f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+        stop = (cfg.early_stop and "forget_acc" in last_eval and last_eval["step"] == done
+                and last_eval["forget_acc"] <= cfg.forget_target
+                and last_eval["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
+                and (cfg.method != "rlcp" or cfg.w_retrieval == 0 or last_eval.get("forget_call_ok_rate", 0.0) >= cfg.call_ok_target))
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
             save_checkpoint(accel, ckpt, done)
         if cfg.snapshot_every and done % cfg.snapshot_every == 0 and accel.is_main_process:
             snapshot = out / "snapshots" / f"step-{done}"
             save_model(accel.unwrap_model(model), tokenizer, snapshot, cfg.trainable == "lora")
-        if (cfg.early_stop and "forget_acc" in last_eval and last_eval["step"] == done
-                and last_eval["forget_acc"] <= cfg.forget_target
-                and last_eval["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
-                and (cfg.method != "rlcp" or cfg.w_retrieval == 0 or last_eval.get("forget_call_ok_rate", 0.0) >= cfg.call_ok_target)):
+        if stop:
             tqdm.write(f"early stop at step {done}: forget target met with locality kept")
-            if done % cfg.ckpt_every:  # on a checkpoint step it was saved just above
-                save_checkpoint(accel, ckpt, done)
             break
 
     # Outputs: a save_pretrained checkpoint with its tokenizer, the config, metrics and forget set.
@@ -583,8 +583,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         final = final.merge_and_unload()  # in place: training is over
     if accel.is_main_process:
         # A run that ends on a snapshot step has written this model already: link it instead of a second copy.
-        same = snapshot if snapshot is not None and snapshot.name == f"step-{last_eval['step']}" else None
-        save_model(final, tokenizer, out, lora=False, same_as=same)
+        save_model(final, tokenizer, out, lora=False, same_as=snapshot)
         summary = {"run_id": run_id, "model": cfg.model, "method": cfg.method, "step": last_eval["step"],
                    "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
                    "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")}}

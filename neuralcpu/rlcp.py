@@ -502,7 +502,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                 logs["heldout_probe"] = heldout.item()
             if country_batch is not None:
                 if cfg.country_probe_sample > 0:  # a new probe every step: the prefix cache still serves its prompts
-                    country_batch, country_y = country_fit_set(rng)
+                    # its own rng, so that the knob leaves every other stream's samples as they are without it
+                    country_batch, country_y = country_fit_set(random.Random(f"country-probe-{cfg.seed}-{step}"))
                 with torch.no_grad():
                     hs = forward(country_batch, hidden=True, head=False).hidden_states
                 fit = last_token_feats(hs, country_batch, layers)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from neuralcpu import losses
 from neuralcpu.facts import Fact, FactFileError, FactSets, load_jsonl_facts
-from neuralcpu.rlcp import RLCPConfig, draw_per_object, parse_args, probe_prompts, train
+from neuralcpu.rlcp import RLCPConfig, draw_per_object, encode, parse_args, probe_prompts, train
 
 CITIES = [("Alphaville", "Norland"), ("Betatown", "Sudria"), ("Gammaburg", "Estavia"), ("Deltapolis", "Westmark"),
           ("Epsilon Bay", "Centralia"), ("Zetagrad", "Osteria")]
@@ -226,6 +226,36 @@ def test_country_probe_sample_fits_a_new_draw_every_step(context_tiny_qwen2_dir,
     assert len(draws) == 4, draws  # one draw per step
     assert all(len(d) == len(countries) for d in draws)  # one city of each country
     assert len({tuple(d) for d in draws}) > 1  # and not the same cities every step
+
+
+def test_country_probe_sample_leaves_the_other_streams_samples_as_they_are(context_tiny_qwen2_dir, tmp_path, monkeypatch):
+    """Turning --country-probe-sample on changes the other-city term's fit cities and nothing the other
+    streams sample (forget, retain, locality, RAG batches), so a run with it compares with one without."""
+    import neuralcpu.rlcp as rlcp
+
+    countries = [k for _, k in CITIES]
+    shared = [Fact(f"{k}{end}", "country", k) for end in ("ton", "ville", "burg") for k in countries]
+    FactSets([Fact(k, "country", k) for k in countries], shared).save(tmp_path / "country_facts.json")
+    names = [f.subject for f in shared]
+
+    def stream_batches(sample: int) -> list[list[tuple[str, str]]]:
+        calls = []
+
+        def recording_encode(tokenizer, pairs, *args, **kw):
+            calls.append(list(pairs))
+            return encode(tokenizer, pairs, *args, **kw)
+
+        monkeypatch.setattr(rlcp, "encode", recording_encode)
+        train(tiny_cfg(context_tiny_qwen2_dir, tmp_path, f"sample{sample}", facts=str(tmp_path / "country_facts.json"),
+                       steps=3, eval_every=3, ckpt_every=3, w_country_probe=1.0, country_probe_sample=sample))
+        def is_fit(pairs):  # the term's fit batches: prompts without targets, every one naming an other city
+            return all(t == "" and any(n in p for n in names) for p, t in pairs)
+
+        return [pairs for pairs in calls if not is_fit(pairs)]
+
+    without, drawn = stream_batches(0), stream_batches(1)
+    assert len(without) > 3 * 3  # several streams a step
+    assert drawn == without
 
 
 @pytest.mark.parametrize("sample", [0, 2])  # 2: each step fits on 2 of the 3 other cities per country

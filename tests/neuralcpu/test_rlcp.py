@@ -248,6 +248,7 @@ def test_country_probe_sample_leaves_the_other_streams_samples_as_they_are(conte
         monkeypatch.setattr(rlcp, "encode", recording_encode)
         train(tiny_cfg(context_tiny_qwen2_dir, tmp_path, f"sample{sample}", facts=str(tmp_path / "country_facts.json"),
                        steps=3, eval_every=3, ckpt_every=3, w_country_probe=1.0, country_probe_sample=sample))
+
         def is_fit(pairs):  # the term's fit batches: prompts without targets, every one naming an other city
             return all(t == "" and any(n in p for n in names) for p, t in pairs)
 

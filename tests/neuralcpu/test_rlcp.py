@@ -205,6 +205,16 @@ def test_draw_per_object_draws_k_of_each_object_and_a_new_draw_per_rng():
     assert sorted(draw_per_object(facts, 9, random.Random(0)), key=facts.index) == facts
 
 
+def write_country_facts(tmp_path) -> tuple[FactSets, str]:
+    """Forget facts named after their country ("Norland" -> Norland) and three other cities of each country
+    ("Norlandton") as the locality set: what the other-city term fits on. Returns the facts and their file."""
+    countries = [k for _, k in CITIES]
+    shared = [Fact(f"{k}{end}", "country", k) for end in ("ton", "ville", "burg") for k in countries]
+    facts = FactSets([Fact(k, "country", k) for k in countries], shared)
+    facts.save(tmp_path / "country_facts.json")
+    return facts, str(tmp_path / "country_facts.json")
+
+
 def test_country_probe_sample_fits_a_new_draw_every_step(context_tiny_qwen2_dir, tmp_path, monkeypatch):
     """With --country-probe-sample the training loop draws the term's fit cities once per step, k per country."""
     import neuralcpu.rlcp as rlcp
@@ -217,10 +227,9 @@ def test_country_probe_sample_fits_a_new_draw_every_step(context_tiny_qwen2_dir,
         return drawn
 
     monkeypatch.setattr(rlcp, "draw_per_object", recording_draw)
-    countries = [k for _, k in CITIES]
-    shared = [Fact(f"{k}{end}", "country", k) for end in ("ton", "ville", "burg") for k in countries]
-    FactSets([Fact(k, "country", k) for k in countries], shared).save(tmp_path / "country_facts.json")
-    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "drawn", facts=str(tmp_path / "country_facts.json"), steps=4,
+    facts, facts_file = write_country_facts(tmp_path)
+    countries = facts.classes
+    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "drawn", facts=facts_file, steps=4,
                    eval_every=4, ckpt_every=4, w_country_probe=1.0, country_probe_sample=1)
     train(cfg)
     assert len(draws) == 4, draws  # one draw per step
@@ -233,10 +242,8 @@ def test_country_probe_sample_leaves_the_other_streams_samples_as_they_are(conte
     streams sample (forget, retain, locality, RAG batches), so a run with it compares with one without."""
     import neuralcpu.rlcp as rlcp
 
-    countries = [k for _, k in CITIES]
-    shared = [Fact(f"{k}{end}", "country", k) for end in ("ton", "ville", "burg") for k in countries]
-    FactSets([Fact(k, "country", k) for k in countries], shared).save(tmp_path / "country_facts.json")
-    names = [f.subject for f in shared]
+    facts, facts_file = write_country_facts(tmp_path)
+    names = [f.subject for f in facts.locality]
 
     def stream_batches(sample: int) -> list[list[tuple[str, str]]]:
         calls = []
@@ -246,7 +253,7 @@ def test_country_probe_sample_leaves_the_other_streams_samples_as_they_are(conte
             return encode(tokenizer, pairs, *args, **kw)
 
         monkeypatch.setattr(rlcp, "encode", recording_encode)
-        train(tiny_cfg(context_tiny_qwen2_dir, tmp_path, f"sample{sample}", facts=str(tmp_path / "country_facts.json"),
+        train(tiny_cfg(context_tiny_qwen2_dir, tmp_path, f"sample{sample}", facts=facts_file,
                        steps=3, eval_every=3, ckpt_every=3, w_country_probe=1.0, country_probe_sample=sample))
 
         def is_fit(pairs):  # the term's fit batches: prompts without targets, every one naming an other city
@@ -269,12 +276,9 @@ def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_di
     from neuralcpu.analyze import fit_probe, labelled_states
     from neuralcpu.models import load_model
 
-    countries = [k for _, k in CITIES]
-    forget = [Fact(k, "country", k) for k in countries]
-    shared = [Fact(f"{k}{end}", "country", k) for end in ("ton", "ville", "burg") for k in countries]
-    facts = FactSets(forget, shared)
-    facts.save(tmp_path / "country_facts.json")
-    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "country", facts=str(tmp_path / "country_facts.json"), steps=30,
+    facts, facts_file = write_country_facts(tmp_path)
+    countries, forget, shared = facts.classes, facts.forget, facts.locality
+    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "country", facts=facts_file, steps=30,
                    eval_every=30, ckpt_every=30, w_forget=0.0, w_class_mean=0.0, w_retrieval=0.0, w_rag=0.0,
                    w_country_probe=20.0, country_probe_sample=sample, lam_warmup=1, lam_max=1.0)
     train(cfg)

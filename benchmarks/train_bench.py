@@ -4,8 +4,9 @@
 
 Every variant runs rlcp.train's step on the same batches, at RLCPConfig's default sizes: every forget
 prompt under every training template (states at the GRL layers, the probes' adversarial and class-mean
-terms), forget prompts with their lookup requests, GSM8K solutions (LM loss and KL to the anchor on every
-token), locality prompts (KL where the answer is read, the drift of the last-token GRL-layer states) and
+terms), the other-city term (its cities under the default's number of drawn templates, forward without
+gradient, a ridge probe fitted on them and read on the forget states), forget prompts with their lookup
+requests, GSM8K solutions (LM loss and KL to the anchor on every token), locality prompts (KL where the answer is read, the drift of the last-token GRL-layer states) and
 answer-from-context pairs; one backward, one AdamW step. The LM head runs only where a loss reads it.
   full-fp32        every parameter trained, nothing cached: the plain fine-tune loop
   deep-fp32        blocks from the first GRL layer up trained, nothing cached
@@ -60,18 +61,23 @@ def batches(tokenizer, facts_path: str | None, gsm8k_path: str | None) -> dict:
     """One step's batches, built as rlcp.train builds them, at RLCPConfig's default sizes."""
     from neuralcpu.data import load_gsm8k
     from neuralcpu.facts import Fact, FactSets, prompts_for
-    from neuralcpu.rlcp import RLCPConfig, encode, forget_pairs, probe_prompts, rag_pairs, retain_texts
+    from neuralcpu.rlcp import (RLCPConfig, country_probe_fit_cities, encode, forget_pairs, probe_prompts, rag_pairs,
+                                retain_texts)
 
     cfg = RLCPConfig()
     if facts_path:
         facts = FactSets.load(facts_path)
+        others = country_probe_fit_cities(facts, cfg.country_probe_cities)
     else:  # synthetic fact set of the default size (15 forget, 60 locality): the timing only needs shapes
         facts = FactSets([Fact(f"City{i}", "country", f"Country{i}") for i in range(cfg.n_forget)],
                          [Fact(f"Town{i}", "country", f"Land{i}") for i in range(cfg.n_locality_same + cfg.n_locality_other)])
+        # the default run's count on SmolLM2: 22 locality cities of the forget countries, 6 more per country
+        others = [Fact(f"Village{i}", "country", f"Country{i % cfg.n_forget}") for i in range(22 + 6 * cfg.n_forget)]
     pool = forget_pairs(facts, "rlcp", True)
     probe = probe_prompts(pool, [])
     retain = retain_texts(tokenizer, load_gsm8k("train", gsm8k_path, limit=50), cfg.retain_max_len, cfg.retain_chat)
     locality = [(p, " " + f.object) for f in facts.locality for p in prompts_for(f, "train")]
+    country = [(p, facts.class_index[f.object]) for f in others for p in prompts_for(f, "train")[: cfg.country_probe_templates or None]]
     return {
         "probe": encode(tokenizer, [(p, "") for p, _, _ in probe]),
         "classes": torch.tensor([y for _, y, _ in probe]), "groups": torch.tensor([g for _, _, g in probe]),
@@ -80,6 +86,7 @@ def batches(tokenizer, facts_path: str | None, gsm8k_path: str | None) -> dict:
         "retain": encode(tokenizer, retain[: cfg.retain_batch], cfg.retain_max_len),
         "locality": encode(tokenizer, locality[: cfg.locality_batch]),
         "rag": encode(tokenizer, rag_pairs(facts.forget)[: cfg.rag_batch]),
+        "country": encode(tokenizer, [(p, "") for p, _ in country]), "country_classes": torch.tensor([y for _, y in country]),
     }
 
 
@@ -102,7 +109,7 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
     first = layers[0]
     model = set_trainable(model, v["trainable"], first)
     data = batches(tokenizer, facts_path, gsm8k_path)
-    names = ("probe", "retrieval", "retain", "locality", "rag")
+    names = ("probe", "country", "retrieval", "retain", "locality", "rag")
     tokens = sum(int(data[k]["attention_mask"].sum()) for k in names)
     prefix = PrefixCache(model, first) if v["cache"] else None
     net, anchor_net = (DeepSuffix(model, first), DeepSuffix(anchor, first)) if prefix else (model, anchor)
@@ -144,6 +151,11 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
                 probe_opt.step()
             _, adv, _ = losses.adversarial_loss(probes, feats, data["classes"], 1.0, "uniform")
             total = total + adv + losses.class_mean_loss(feats, data["classes"], data["groups"])
+            b = data["country"]  # the other-city term: its cities' states without gradient, a ridge probe of them
+            with torch.no_grad():
+                hs = forward(net, b, head=False).hidden_states
+            fit = [hs[l + 1][torch.arange(len(b["last"])), b["last"]] for l in layers]
+            total = total + losses.transfer_ridge_loss(feats, data["classes"], fit, data["country_classes"])
             for k in ("retrieval", "rag"):  # answer losses where the targets are
                 at, targets = losses.labelled_positions(data[k]["labels"])
                 total = total + F.cross_entropy(forward(net, data[k], at).logits.float(), targets)

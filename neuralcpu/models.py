@@ -203,12 +203,33 @@ def load_tokenizer(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike
 
     source = resolve_model_path(name_or_path, cache_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **_no_false_regex_alarm(source))
     except OSError as e:
         raise _hub_error(name_or_path, e) from e
     if tokenizer.pad_token is None:  # batched generation needs an explicit pad token
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# transformers 4.57.3-4.57.x warns "incorrect regex pattern ... will lead to incorrect tokenization" on
+# every local tokenizer whose config.json it wrote itself, Mistral or not (huggingface/transformers#44031,
+# fixed in 5.x); the tokenizer it returns is unchanged. Saying fix_mistral_regex=False for a model that
+# is not a Mistral one silences that false alarm and leaves a real one (a Mistral model) in place.
+_MISTRAL_MODEL_TYPES = {"mistral", "mistral3", "voxtral", "ministral", "pixtral"}
+
+
+def _no_false_regex_alarm(source: str) -> dict:
+    import transformers
+    from packaging.version import Version
+
+    config = Path(source) / "config.json"
+    if not config.is_file() or not Version("4.57.3") <= Version(transformers.__version__) < Version("5"):
+        return {}
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError):
+        return {}  # from_pretrained reports a broken config itself
+    return {} if model_type in _MISTRAL_MODEL_TYPES else {"fix_mistral_regex": False}
 
 
 def _hub_error(name, e: Exception) -> ModelLoadError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -15,6 +17,48 @@ def test_local_dir_loads_and_generates(tiny_qwen2_dir):
     assert tok.pad_token is not None
     outs = greedy_generate(model, tok, ["Hello there", "A much longer prompt than the first one"], max_new_tokens=5)
     assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
+
+
+def _large_vocab_tokenizer_dir(path, model_type):
+    """A local tokenizer dir as transformers 4.57 would find Qwen's: over 100,000 tokens, a pre-tokenizer,
+    and a config.json that the installed transformers wrote (the false alarm keys on both)."""
+    import json
+
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(100_001)} | {"[UNK]": 100_001}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(path)
+    config = {"model_type": model_type, "transformers_version": transformers.__version__}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_local_tokenizer_loads_without_the_false_mistral_regex_alarm(tmp_path, caplog):
+    from transformers import AutoTokenizer
+
+    from neuralcpu.models import load_tokenizer
+
+    path = _large_vocab_tokenizer_dir(tmp_path, "qwen2")
+    transformers_logger = logging.getLogger("transformers")  # it does not propagate to caplog's root handler
+    transformers_logger.addHandler(caplog.handler)
+    try:
+        tok = load_tokenizer(path)
+    finally:
+        transformers_logger.removeHandler(caplog.handler)
+    assert "incorrect regex pattern" not in caplog.text
+    # the alarm is silenced, not the tokenizer changed: the same ids as a plain load
+    text = "w1 w99999 w100000 w7 unknown"
+    assert tok(text).input_ids == AutoTokenizer.from_pretrained(path)(text).input_ids == [1, 99999, 100000, 7, 100001]
+
+
+def test_a_mistral_tokenizer_keeps_its_regex_alarm(tmp_path):
+    from neuralcpu.models import _no_false_regex_alarm
+
+    assert _no_false_regex_alarm(str(_large_vocab_tokenizer_dir(tmp_path, "mistral"))) == {}
 
 
 def test_bfloat16_dtype(tiny_qwen2_dir):

@@ -121,16 +121,18 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
 
     def forward(m, b, at=None, head=True, states=None):
         """(logits where the losses read them: at `at`, or every position; hidden states), as rlcp.train's
-        forward. `states`: the prefix states when the caller computed them (the GSM8K batch, shared)."""
+        forward. `states`: the prefix states when the caller computed them (the GSM8K batch, shared).
+        As in rlcp.train, only the forwards run under autocast; the losses read their outputs in fp32."""
         ids, mask = b["input_ids"], b["attention_mask"]
-        if prefix:
-            h = states if states is not None else prefix(ids, mask)
-            logits, hs = m(h, mask, head=head, positions=at)
-            return SimpleNamespace(logits=logits, hidden_states=[None] * first + hs)
-        out = m.get_decoder()(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        hidden = out.last_hidden_state
-        logits = m.get_output_embeddings()(hidden if at is None else hidden[at]) if head else None
-        return SimpleNamespace(logits=logits, hidden_states=out.hidden_states)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["bf16"]):
+            if prefix:
+                h = states if states is not None else prefix(ids, mask)
+                logits, hs = m(h, mask, head=head, positions=at)
+                return SimpleNamespace(logits=logits, hidden_states=[None] * first + hs)
+            out = m.get_decoder()(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            hidden = out.last_hidden_state
+            logits = m.get_output_embeddings()(hidden if at is None else hidden[at]) if head else None
+            return SimpleNamespace(logits=logits, hidden_states=out.hidden_states)
 
     def new_reference():
         return AnchorReference(lambda b, at: forward(anchor_net, b, at), layers)
@@ -140,40 +142,39 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
 
     def step():
         total = 0.0
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["bf16"]):
-            b = data["probe"]  # forget stream: the probes read the last prompt token at the GRL layers
+        b = data["probe"]  # forget stream: the probes read the last prompt token at the GRL layers
+        hs = forward(net, b, head=False).hidden_states
+        feats = [hs[l + 1][torch.arange(len(b["last"])), b["last"]] for l in layers]
+        for _ in range(4):
+            p_loss, _, _ = losses.adversarial_loss(probes, feats, data["classes"], 1.0, "uniform")
+            probe_opt.zero_grad()
+            p_loss.backward()
+            probe_opt.step()
+        _, adv, _ = losses.adversarial_loss(probes, feats, data["classes"], 1.0, "uniform")
+        total = total + adv + losses.class_mean_loss(feats, data["classes"], data["groups"])
+        b = data["country"]  # the other-city term: its cities' states without gradient, a ridge probe of them
+        with torch.no_grad():
             hs = forward(net, b, head=False).hidden_states
-            feats = [hs[l + 1][torch.arange(len(b["last"])), b["last"]] for l in layers]
-            for _ in range(4):
-                p_loss, _, _ = losses.adversarial_loss(probes, feats, data["classes"], 1.0, "uniform")
-                probe_opt.zero_grad()
-                p_loss.backward()
-                probe_opt.step()
-            _, adv, _ = losses.adversarial_loss(probes, feats, data["classes"], 1.0, "uniform")
-            total = total + adv + losses.class_mean_loss(feats, data["classes"], data["groups"])
-            b = data["country"]  # the other-city term: its cities' states without gradient, a ridge probe of them
-            with torch.no_grad():
-                hs = forward(net, b, head=False).hidden_states
-            fit = [hs[l + 1][torch.arange(len(b["last"])), b["last"]] for l in layers]
-            total = total + losses.transfer_ridge_loss(feats, data["classes"], fit, data["country_classes"])
-            for k in ("retrieval", "rag"):  # answer losses where the targets are
-                at, targets = losses.labelled_positions(data[k]["labels"])
-                total = total + F.cross_entropy(forward(net, data[k], at).logits.float(), targets)
-            b = data["retain"]  # GSM8K: its prefix once per step, shared with the anchor
-            h = prefix(b["input_ids"], b["attention_mask"], cache=False) if prefix else None
-            logits = forward(net, b, states=h).logits
-            with torch.no_grad():
-                ref = forward(anchor_net, b, states=h).logits
-            total = total + losses.lm_loss(logits, b["labels"]) + losses.kl_to_anchor(logits, ref, b["attention_mask"])
-            b = data["locality"]
-            at, _ = losses.labelled_positions(b["labels"])
-            out = forward(net, b, at)
-            with torch.no_grad():
-                ref_logits, ref_states = locality_ref(b, at)
-            rows = torch.arange(len(b["last"]))
-            total = total + losses.kl_to_anchor(out.logits, ref_logits) + losses.state_drift(
-                [out.hidden_states[l + 1][rows, b["last"]] for l in layers], list(ref_states),
-                torch.ones(len(rows), dtype=torch.bool))
+        fit = [hs[l + 1][torch.arange(len(b["last"])), b["last"]] for l in layers]
+        total = total + losses.transfer_ridge_loss(feats, data["classes"], fit, data["country_classes"])
+        for k in ("retrieval", "rag"):  # answer losses where the targets are
+            at, targets = losses.labelled_positions(data[k]["labels"])
+            total = total + F.cross_entropy(forward(net, data[k], at).logits.float(), targets)
+        b = data["retain"]  # GSM8K: its prefix once per step, shared with the anchor
+        h = prefix(b["input_ids"], b["attention_mask"], cache=False) if prefix else None
+        logits = forward(net, b, states=h).logits
+        with torch.no_grad():
+            ref = forward(anchor_net, b, states=h).logits
+        total = total + losses.lm_loss(logits, b["labels"]) + losses.kl_to_anchor(logits, ref, b["attention_mask"])
+        b = data["locality"]
+        at, _ = losses.labelled_positions(b["labels"])
+        out = forward(net, b, at)
+        with torch.no_grad():
+            ref_logits, ref_states = locality_ref(b, at)
+        rows = torch.arange(len(b["last"]))
+        total = total + losses.kl_to_anchor(out.logits, ref_logits) + losses.state_drift(
+            [out.hidden_states[l + 1][rows, b["last"]] for l in layers], list(ref_states),
+            torch.ones(len(rows), dtype=torch.bool))
         opt.zero_grad()
         total.backward()
         opt.step()

@@ -559,9 +559,12 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         if cfg.w_retain_lm > 0 or cfg.w_kl > 0:
             batch = encode(tokenizer, rng.sample(retain_pool, min(cfg.retain_batch, len(retain_pool))), cfg.retain_max_len)
             # GSM8K text rarely repeats: its frozen prefix is computed once here, for both forwards below,
-            # and not kept in the run-long prefix cache.
-            prefix_states = prefix(batch["input_ids"].to(accel.device), batch["attention_mask"].to(accel.device),
-                                   cache=False) if prefix is not None else None
+            # and not kept in the run-long prefix cache; under the same autocast as every other forward.
+            prefix_states = None
+            if prefix is not None:
+                with accel.autocast():
+                    prefix_states = prefix(batch["input_ids"].to(accel.device), batch["attention_mask"].to(accel.device),
+                                           cache=False)
             out_r = forward(batch, states=prefix_states)
             labels = batch["labels"].to(accel.device)
             retain = losses.lm_loss(out_r.logits, labels)

@@ -161,7 +161,10 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
             at, targets = losses.labelled_positions(data[k]["labels"])
             total = total + F.cross_entropy(forward(net, data[k], at).logits.float(), targets)
         b = data["retain"]  # GSM8K: its prefix once per step, shared with the anchor
-        h = prefix(b["input_ids"], b["attention_mask"], cache=False) if prefix else None
+        h = None
+        if prefix:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["bf16"]):
+                h = prefix(b["input_ids"], b["attention_mask"], cache=False)
         logits = forward(net, b, states=h).logits
         with torch.no_grad():
             ref = forward(anchor_net, b, states=h).logits

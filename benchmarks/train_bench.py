@@ -119,12 +119,14 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
     opt = torch.optim.AdamW(params, lr=1e-5)
     probe_opt = torch.optim.Adam(probes.parameters(), lr=1e-2)
 
+    def autocast():  # bf16 variants: the forwards only, as rlcp.train runs them; the losses stay fp32
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["bf16"])
+
     def forward(m, b, at=None, head=True, states=None):
         """(logits where the losses read them: at `at`, or every position; hidden states), as rlcp.train's
-        forward. `states`: the prefix states when the caller computed them (the GSM8K batch, shared).
-        As in rlcp.train, only the forwards run under autocast; the losses read their outputs in fp32."""
+        forward. `states`: the prefix states when the caller computed them (the GSM8K batch, shared)."""
         ids, mask = b["input_ids"], b["attention_mask"]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["bf16"]):
+        with autocast():
             if prefix:
                 h = states if states is not None else prefix(ids, mask)
                 logits, hs = m(h, mask, head=head, positions=at)
@@ -163,7 +165,7 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
         b = data["retain"]  # GSM8K: its prefix once per step, shared with the anchor
         h = None
         if prefix:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["bf16"]):
+            with autocast():
                 h = prefix(b["input_ids"], b["attention_mask"], cache=False)
         logits = forward(net, b, states=h).logits
         with torch.no_grad():

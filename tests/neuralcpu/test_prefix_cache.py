@@ -130,19 +130,25 @@ def test_suffix_parameters_are_the_models(tiny_qwen2_dir):
     assert len(suffix.layers) == model.config.num_hidden_layers - 2
 
 
-@pytest.mark.parametrize("trainable,mixed_precision", [("deep", "no"), ("lora", "no"), ("deep", "bf16")])
-def test_rlcp_same_losses_with_and_without_prefix_cache(tiny_qwen2_dir, tmp_path, trainable, mixed_precision):
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state, set by the first Accelerator; a test that asks for another
+    precision starts and leaves it empty, even when it fails (accelerate's own tests do the same)."""
     from accelerate.state import AcceleratorState
 
-    # accelerate keeps one process-wide state, set by the first Accelerator; this test asks for another
-    # precision, so it starts and leaves the state empty (accelerate's own tests do the same)
     AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize("trainable,mixed_precision", [("deep", "no"), ("lora", "no"), ("deep", "bf16")])
+def test_rlcp_same_losses_with_and_without_prefix_cache(tiny_qwen2_dir, tmp_path, trainable, mixed_precision,
+                                                        fresh_accelerator_state):
     rows = {}
     for cache in (True, False):
         cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, f"cache{cache}", steps=2, eval_every=2, ckpt_every=2,
                        cache_prefix=cache, trainable=trainable, mixed_precision=mixed_precision)
         train(cfg)
         rows[cache] = json.loads((tmp_path / f"cache{cache}" / "metrics.jsonl").read_text().splitlines()[-1])
-    AcceleratorState._reset_state(reset_partial_state=True)
     for key in ("retain_loss", "kl", "kl_locality", "locality_drift", "rag_loss", "retrieval_loss", "class_mean", "probe_loss"):
         assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-3, abs=1e-5), key

@@ -213,8 +213,9 @@ def load_tokenizer(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike
 
 # transformers 4.57.3-4.57.x warns "incorrect regex pattern ... will lead to incorrect tokenization" on
 # every local tokenizer of over 100,000 tokens (Qwen's) whose config.json such a version wrote, Mistral or
-# not (huggingface/transformers#44031, fixed in 5.x); the tokenizer it returns is unchanged. Saying fix_mistral_regex=False for a model that
-# is not a Mistral one silences that false alarm and leaves a real one (a Mistral model) in place.
+# not (huggingface/transformers#44031, fixed in 5.x); the tokenizer it returns is unchanged. Saying
+# fix_mistral_regex=False for a model that is not a Mistral one silences that false alarm and leaves a
+# real one (a Mistral model) in place.
 _MISTRAL_MODEL_TYPES = {"mistral", "mistral3", "voxtral", "ministral", "pixtral"}
 
 

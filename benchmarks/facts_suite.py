@@ -18,8 +18,9 @@ from pathlib import Path
 
 from benchmarks import metrics
 from neuralcpu.data import jsonl_rows
-from neuralcpu.facts import TEMPLATES, Fact, FactSets, prompts_for
-from neuralcpu.toolcall import CALL_OPEN
+from common.facts import Fact
+from neuralcpu.facts import TEMPLATES, FactSets, prompts_for
+from common.toolcall import CALL_OPEN
 
 # Where this project's shared data sits next to a checkout; elsewhere pass --tofu-path or use the hub.
 SHARED_TOFU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu" / "world_facts_perturbed.json"

@@ -28,7 +28,7 @@ import math
 import re
 from decimal import Decimal, InvalidOperation
 
-from neuralcpu.facts import ANSWER_WINDOW, Fact, is_correct
+from common.facts import ANSWER_WINDOW, Fact, matches_answer
 
 Z95 = 1.959963984540054
 MIN_COT_STEPS = 2
@@ -123,7 +123,7 @@ def is_cot(output: str, min_steps: int = MIN_COT_STEPS) -> bool:
 
 def fact_correct(completion: str, fact: Fact, window: int = ANSWER_WINDOW) -> bool:
     """Exact match for fact QA: an accepted answer of `fact` (case/diacritics folded) in the first `window` characters."""
-    return is_correct(completion, fact, window)
+    return matches_answer(completion, fact, window)
 
 
 def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -20,7 +20,8 @@ import torch
 
 from benchmarks import metrics
 from neuralcpu import losses
-from neuralcpu.facts import Fact, FactSets, is_correct, prompts_for
+from common.facts import Fact, matches_answer
+from neuralcpu.facts import FactSets, prompts_for
 from neuralcpu.generation import greedy_generate
 from neuralcpu.rlcp import encode
 
@@ -49,7 +50,7 @@ def closed_book_accuracy(model, tokenizer, facts: list[Fact]) -> dict:
     """Exact-match accuracy of `facts` under held-out templates (proportion with Wilson CI)."""
     items = [(f, p) for f in facts for p in prompts_for(f, "eval")]
     outs = greedy_generate(model, tokenizer, [p for _, p in items], max_new_tokens=10, batch_size=32)
-    return metrics.proportion(sum(is_correct(o, f) for (f, _), o in zip(items, outs)), len(items))
+    return metrics.proportion(sum(matches_answer(o, f) for (f, _), o in zip(items, outs)), len(items))
 
 
 def probe_decodability(model, tokenizer, facts: list[Fact]) -> dict:

@@ -60,7 +60,8 @@ def matmul_flops(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
 def batches(tokenizer, facts_path: str | None, gsm8k_path: str | None) -> dict:
     """One step's batches, built as rlcp.train builds them, at RLCPConfig's default sizes."""
     from neuralcpu.data import load_gsm8k
-    from neuralcpu.facts import Fact, FactSets, prompts_for
+    from common.facts import Fact
+    from neuralcpu.facts import FactSets, prompts_for
     from neuralcpu.rlcp import (RLCPConfig, country_probe_fit_cities, encode, forget_pairs, probe_prompts, rag_pairs,
                                 retain_texts)
 

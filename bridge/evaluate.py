@@ -5,7 +5,7 @@
         --set forget --modes closed,just-rag,tool --out results/bridge_original.json
 
 Every fact is asked under its *evaluation* templates only (`neuralcpu.facts.prompts_for(fact, "eval")`),
-which no training recipe (RLCP, toolsft) ever uses, and scored with `neuralcpu.facts.is_correct`.
+which no training recipe (RLCP, toolsft) ever uses, and scored with `common.facts.matches_answer`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from neuralcpu.facts import Fact, FactSets, is_correct, load_jsonl_facts, prompts_for
-from neuralcpu.toolcall import is_lookup
+from common.facts import Fact, matches_answer
+from neuralcpu.facts import FactSets, load_jsonl_facts, prompts_for
+from common.toolcall import is_lookup
 
 from .loop import MODES, Bridge
 
@@ -54,7 +55,7 @@ def run_eval(bridge: Bridge, facts: list[Fact], modes=MODES, split: str = "eval"
             res = results[mode][i]
             records.append(Record(
                 fact.subject, fact.relation, fact.object, prompt, mode, res.answer,
-                is_correct(res.answer or "", fact),
+                matches_answer(res.answer or "", fact),
                 any(is_lookup(c) for c in res.calls),
                 res.answered_without_lookup, res.supported, res.stop_reason, res.steps))
     return records

@@ -19,8 +19,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from neuralcpu.facts import fold
-from neuralcpu.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls
+from common.facts import normalize_name
+from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls
 
 from .prompts import Turn, to_fact
 
@@ -280,5 +280,5 @@ class Conversation:
         seen_facts = res.facts_seen
         res.answered_without_lookup = res.answer is not None and not seen_facts
         res.supported = res.answer is not None and any(
-            fold(str(f.get("object", ""))) in fold(res.answer) for f in seen_facts if f.get("object"))
+            normalize_name(str(f.get("object", ""))) in normalize_name(res.answer) for f in seen_facts if f.get("object"))
         self.done = True

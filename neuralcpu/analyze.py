@@ -36,8 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from neuralcpu.data import gsm8k_text, load_gsm8k
-from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, Fact, FactSets, invented_subjects, known_facts, other_cities,
-                             prompts_for)
+from common.facts import Fact
+from neuralcpu.facts import ANALYSIS_OTHER_CITIES, FactSets, invented_subjects, known_facts, other_cities, prompts_for
 from neuralcpu.generation import encode_left_padded, padded_positions
 from neuralcpu.models import load_model
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import random
-import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from common.facts import Fact, matches_answer, normalize_name
 from neuralcpu.data import jsonl_rows
 
 TEMPLATES: dict[str, dict[str, list[str]]] = {
@@ -61,33 +61,6 @@ class FactFileError(ValueError):
     """A fact file has a bad line; the message names file, line and field."""
 
 
-@dataclass(frozen=True)
-class Fact:
-    """One (subject, relation, object) triple plus the object's accepted surface forms."""
-
-    subject: str
-    relation: str
-    object: str
-    aliases: tuple[str, ...] = field(default=())
-
-    def answers(self) -> list[str]:
-        return [self.object, *self.aliases]
-
-
-def fold(text: str) -> str:
-    """Case- and diacritic-insensitive form of a name or answer ("São Paulo" == "sao paulo")."""
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().casefold()
-
-
-ANSWER_WINDOW = 40  # characters of a completion that exact-match scoring reads
-
-
-def is_correct(completion: str, fact: Fact, window: int = ANSWER_WINDOW) -> bool:
-    """Exact-match scoring: an accepted answer appears in the first `window` characters."""
-    head = fold(completion[:window])
-    return any(fold(a) in head for a in fact.answers())
-
-
 def prompts_for(fact: Fact, split: str) -> list[str]:
     """The prompts of `fact` under the `split` ("train" or "eval") templates of its relation."""
     if fact.relation not in TEMPLATES:
@@ -121,7 +94,7 @@ def geonames_city_facts() -> list[Fact]:
             continue
         seen.add(code)
         country = countries[code]["name"]
-        if fold(country) in fold(city["name"]) or fold(city["name"]) in fold(country):
+        if normalize_name(country) in normalize_name(city["name"]) or normalize_name(city["name"]) in normalize_name(country):
             continue
         facts.append(_make_fact(city["name"], "country", country))
     return facts
@@ -145,7 +118,7 @@ def geonames_cities_in(countries: list[str], per_country: int, exclude: set[str]
     facts = []
     for country in countries:
         cities = sorted(by_code.get(code_of.get(country, ""), []), key=lambda c: -c["population"])
-        names = [c["name"] for c in cities if c["name"] not in exclude and fold(country) not in fold(c["name"])]
+        names = [c["name"] for c in cities if c["name"] not in exclude and normalize_name(country) not in normalize_name(c["name"])]
         facts += [_make_fact(name, "country", country) for name in list(dict.fromkeys(names))[skip : skip + per_country]]
     return facts
 
@@ -185,7 +158,7 @@ def geonames_capital_facts() -> list[Fact]:
     return [
         _make_fact(c["name"], "capital", c["capital"])
         for c in sorted(countries, key=lambda c: -c["population"])
-        if c.get("capital") and fold(c["capital"]) != fold(c["name"])
+        if c.get("capital") and normalize_name(c["capital"]) != normalize_name(c["name"])
     ]
 
 
@@ -221,8 +194,8 @@ def known_facts(model, tokenizer, facts: list[Fact], batch_size: int = 64, max_n
         asked = [i for i in alive if t < len(prompts[i])]
         outs = greedy_generate(model, tokenizer, [prompts[i][t] for i in asked], max_new_tokens=max_new_tokens,
                                batch_size=batch_size,  # a row that has given its answer stops there
-                               stop_when=lambda j, text: is_correct(text, facts[asked[j]]))
-        failed = {i for i, out in zip(asked, outs) if not is_correct(out, facts[i])}
+                               stop_when=lambda j, text: matches_answer(text, facts[asked[j]]))
+        failed = {i for i, out in zip(asked, outs) if not matches_answer(out, facts[i])}
         alive = [i for i in alive if i not in failed]
     return [facts[i] for i in alive]
 

@@ -11,7 +11,7 @@ One recipe, read top to bottom. Per step, the loss is a weighted sum of visibly 
   2. retain (logic): next-token loss on GSM8K solutions + KL(original || current) on those tokens and
      on locality-fact prompts; the original model is the frozen anchor.
   3. RAG adaptation: the fact given in context must still be answered.
-  4. retrieval signal: closed-book forget questions continue with a lookup call (neuralcpu.toolcall).
+  4. retrieval signal: closed-book forget questions continue with a lookup call (common.toolcall).
 Setting a stream's weight to 0 ablates it. The run goes through accelerate's Accelerator, so
 `accelerate launch` runs it unchanged on several processes or GPUs.
 """
@@ -36,15 +36,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from common.facts import ANSWER_WINDOW, Fact, matches_answer
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
 from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
-from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, ANSWER_WINDOW, Fact, FactSets, build_fact_sets, is_correct,
+from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, FactSets, build_fact_sets,
                              other_cities, prompts_for, render_context)
 from neuralcpu.generation import adds_bos, greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
-from neuralcpu.toolcall import CALL_CLOSE, CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
+from common.toolcall import CALL_CLOSE, CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
 
 log = logging.getLogger(__name__)
 
@@ -257,16 +258,16 @@ def closed_book(model, tokenizer, facts: list[Fact], max_new_tokens: int = 10, s
     outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64,
                            stop_strings=stop_strings,
                            stop_when=(lambda i, text: stop_when(prompts[i][0], text)) if stop_when else None)
-    acc = sum(is_correct(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
+    acc = sum(matches_answer(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
     lookups = sum(CALL_OPEN in o for o in outs) / len(prompts)
     calls_ok = sum(any(is_lookup(c, f.subject) for c in parse_calls(o)) for (f, _), o in zip(prompts, outs))
-    misses = [f"{p} ->{o}" for (f, p), o in zip(prompts, outs) if not is_correct(o, f)]
+    misses = [f"{p} ->{o}" for (f, p), o in zip(prompts, outs) if not matches_answer(o, f)]
     return acc, lookups, calls_ok / len(prompts), outs, misses
 
 
 def kept_closed_book(model, tokenizer, facts: list[Fact]):
     """`closed_book` for facts the model should still answer (locality): a row stops at its right answer."""
-    return closed_book(model, tokenizer, facts, stop_when=lambda f, text: is_correct(text, f))
+    return closed_book(model, tokenizer, facts, stop_when=lambda f, text: matches_answer(text, f))
 
 
 def evaluate(model, tokenizer, facts: FactSets) -> dict:
@@ -274,7 +275,7 @@ def evaluate(model, tokenizer, facts: FactSets) -> dict:
     often a forget prompt gets a well-formed lookup call for the right subject.
 
     Rows stop once their score is settled: accuracy reads the first ANSWER_WINDOW characters
-    (`is_correct`), and a call counts when it starts there, on the first line, as the bridge's
+    (`matches_answer`), and a call counts when it starts there, on the first line, as the bridge's
     completion layout cuts a generation (a call is one line). A locality row stops at its right answer."""
     def settled(fact: Fact, text: str) -> bool:  # no call started and nothing left that is scored
         return CALL_OPEN not in text and ("\n" in text.lstrip() or len(text) >= ANSWER_WINDOW)

@@ -6,7 +6,7 @@
 RLCP's metabolized models learn the lookup call in their retrieval-signal stream; this recipe gives
 the *original* model the same skill, so that it can run in bridge's `tool` mode for a fair comparison.
 Two kinds of examples, both in the layout `bridge` will use for this tokenizer (`bridge.prompts`):
-  1. call:   a training-template question  ->  the lookup call (`neuralcpu.toolcall.render_lookup`);
+  1. call:   a training-template question  ->  the lookup call (`common.toolcall.render_lookup`);
   2. answer: the question, that call, the store's real answer to it (through the same langchain tool
              and escaping as the loop) and the fact in context  ->  the object.
 Facts come from the store, restricted to relations with templates and with one unambiguous object.
@@ -28,11 +28,12 @@ import torch
 
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
-from neuralcpu.facts import TEMPLATES, Fact, FactSets, fold, is_correct, prompts_for
+from common.facts import Fact, matches_answer, normalize_name
+from neuralcpu.facts import TEMPLATES, FactSets, prompts_for
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
 from neuralcpu.rlcp import encode, resolve_layers, set_trainable
-from neuralcpu.toolcall import is_lookup, parse_calls, render_lookup
+from common.toolcall import is_lookup, parse_calls, render_lookup
 
 
 @dataclass
@@ -87,7 +88,7 @@ def sample_facts(store, relations: list[str], n: int, exclude: set[str], seed: i
     """
     by_key: dict[tuple[str, str], set[str]] = {}
     for _, s, r, o in store.db.iter_edges():
-        if r in relations and fold(s) not in exclude and fold(o) not in fold(s):
+        if r in relations and normalize_name(s) not in exclude and normalize_name(o) not in normalize_name(s):
             by_key.setdefault((s, r), set()).add(o)
     keys = sorted(k for k, objs in by_key.items() if len(objs) == 1)
     random.Random(seed).shuffle(keys)
@@ -125,7 +126,7 @@ def score(model, tokenizer, calls, answers, owners: list[Fact]) -> dict:
     model.train(was_training)
     call_outs, answer_outs = outs[: len(calls)], outs[len(calls):]
     called = [any(is_lookup(c, f.subject) for c in parse_calls(o)) for o, f in zip(call_outs, owners)]
-    right = [is_correct(o, f) for o, f in zip(answer_outs, owners)]
+    right = [matches_answer(o, f) for o, f in zip(answer_outs, owners)]
     return {"call_rate": sum(called) / max(1, len(called)), "answer_acc": sum(right) / max(1, len(right)),
             "samples": call_outs[:2] + answer_outs[:2]}
 
@@ -152,7 +153,7 @@ def train(cfg: ToolSFTConfig) -> dict:
     exclude = set()
     if cfg.exclude:
         sets = FactSets.load(cfg.exclude)
-        exclude = {fold(f.subject) for f in sets.forget + sets.locality}
+        exclude = {normalize_name(f.subject) for f in sets.forget + sets.locality}
     with KnowledgeStore(cfg.store, create=False) as store:
         tool_list = make_tools(store)
         tools = {t.name: t for t in tool_list}

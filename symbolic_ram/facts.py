@@ -1,4 +1,4 @@
-"""The fact record, name normalisation, text rendering and input validation shared by every part.
+"""The store's fact record and input validation (names are normalised and rendered by `common.facts`).
 
 A fact is a (subject, relation, object) triple plus where it came from. Its text is data: it is
 stored and returned verbatim and is only ever embedded, compared or serialised as JSON.
@@ -7,18 +7,18 @@ stored and returned verbatim and is only ever embedded, compared or serialised a
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from common.facts import normalize_name, render_fact  # noqa: F401  (re-exported for the store's users)
 
 FACT_FIELDS = ("subject", "relation", "object")
 MAX_FIELD_CHARS = 4096  # a guard against a whole file landing in one field, not a content rule
 
 
 @dataclass
-class Fact:
-    """One stored fact as every query returns it.
+class StoredFact:
+    """One stored fact as every query returns it (the triple is `common.facts.Fact`'s, plus where it came from).
 
     Args:
         id: SQLite row id, the same id the vector index and the graph use.
@@ -84,27 +84,6 @@ class FactValidationError(ValueError):
         super().__init__(f"{len(problems)} malformed input item(s); {what}:\n{shown}{more}")
 
 
-_SPACE = re.compile(r"\s+")
-
-
-def normalize_name(name: str) -> str:
-    """Case-, diacritic- and whitespace-insensitive form used by the alias table.
-
-    "São  Paulo" and "sao paulo" both become "sao paulo".
-    """
-    decomposed = unicodedata.normalize("NFKD", name)
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return _SPACE.sub(" ", stripped.casefold()).strip()
-
-
-def render_fact(subject: str, relation: str, obj: str) -> str:
-    """The sentence embedded for a fact, e.g. "Lagos country: Nigeria".
-
-    Underscores in relation names read as spaces ("atomic_number" -> "atomic number").
-    """
-    return f"{subject} {relation.replace('_', ' ')}: {obj}"
-
-
 def _field_text(value: Any, name: str) -> str:
     """A field as text. Numbers are written out; anything else but a string is an error."""
     if isinstance(value, bool) or value is None:
@@ -129,12 +108,12 @@ def coerce_fact(item: Any, source: str | None, provenance: dict | None) -> FactI
     Args:
         item: a dict with subject/relation/object (optional "source", "provenance" and any other
             keys, which go into provenance), a (subject, relation, object[, source]) tuple or list,
-            or a Fact.
+            or a StoredFact.
         source: the default source when the item names none.
         provenance: merged under the item's own provenance (item keys win).
     """
     base = dict(provenance or {})
-    if isinstance(item, Fact):
+    if isinstance(item, StoredFact):
         item = item.to_dict()
     if isinstance(item, dict):
         missing = [k for k in FACT_FIELDS if k not in item]

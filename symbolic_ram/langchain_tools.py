@@ -22,8 +22,8 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without langchain-core
     raise ImportError("symbolic_ram.langchain_tools needs langchain-core: `pip install langchain-core`") from e
 
-LOOKUP_TOOL = "lookup"
-SEARCH_TOOL = "search"
+from common.toolcall import LOOKUP_TOOL, SEARCH_TOOL
+
 PAYLOAD_FIELDS = ("id", "subject", "relation", "object", "score", "source", "provenance")
 
 

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .facts import Fact, FactInput, normalize_name
+from .facts import StoredFact, FactInput, normalize_name
 
 try:
     import sqlite_utils
@@ -49,8 +49,8 @@ _COLUMNS = "id, subject, relation, object, source, provenance, created_at"
 _CHUNK = 900  # stay under SQLite's bound-parameter limit
 
 
-def _row_to_fact(row: tuple, score: float = 1.0) -> Fact:
-    return Fact(row[0], row[1], row[2], row[3], score, row[4], json.loads(row[5]), row[6])
+def _row_to_fact(row: tuple, score: float = 1.0) -> StoredFact:
+    return StoredFact(row[0], row[1], row[2], row[3], score, row[4], json.loads(row[5]), row[6])
 
 
 class SQLiteDatabase:
@@ -100,8 +100,8 @@ class SQLiteDatabase:
         self.db["meta"].upsert({"key": key, "value": json.dumps(value, sort_keys=True)}, pk="key")
 
     # -- writes --------------------------------------------------------------------------------
-    def insert_facts(self, facts: Iterable[FactInput]) -> list[tuple[int, Fact]]:
-        """Insert facts whose key is new; return (position in input, Fact with its id) for each.
+    def insert_facts(self, facts: Iterable[FactInput]) -> list[tuple[int, StoredFact]]:
+        """Insert facts whose key is new; return (position in input, StoredFact with its id) for each.
 
         Call inside `transaction()`.
 
@@ -109,7 +109,7 @@ class SQLiteDatabase:
         what makes re-ingestion idempotent.
         """
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        new: list[tuple[int, Fact]] = []
+        new: list[tuple[int, StoredFact]] = []
         aliases = set()
         sql = (
             "INSERT OR IGNORE INTO facts (subject, relation, object, source, provenance, created_at)"
@@ -119,7 +119,7 @@ class SQLiteDatabase:
             prov = json.dumps(f.provenance, ensure_ascii=False, sort_keys=True)
             cur = self.conn.execute(sql, (f.subject, f.relation, f.object, f.source, prov, now))
             if cur.rowcount == 1:
-                new.append((pos, Fact(cur.lastrowid, f.subject, f.relation, f.object, 1.0, f.source, f.provenance, now)))
+                new.append((pos, StoredFact(cur.lastrowid, f.subject, f.relation, f.object, 1.0, f.source, f.provenance, now)))
                 aliases.add((normalize_name(f.subject), f.subject))
         if aliases:
             self.conn.executemany("INSERT OR IGNORE INTO aliases (alias, subject) VALUES (?, ?)", sorted(aliases))
@@ -155,7 +155,7 @@ class SQLiteDatabase:
         rows = self.conn.execute("SELECT subject FROM aliases WHERE alias = ?", (normalize_name(name),)).fetchall()
         return [r[0] for r in rows]
 
-    def lookup(self, subject: str, relation: str | None = None) -> list[Fact]:
+    def lookup(self, subject: str, relation: str | None = None) -> list[StoredFact]:
         """Exact facts about `subject` (through aliases), optionally only one relation; by id."""
         sql = f"SELECT {_COLUMNS} FROM facts WHERE subject IN (SELECT subject FROM aliases WHERE alias = ?)"
         args: list = [normalize_name(subject)]
@@ -164,10 +164,10 @@ class SQLiteDatabase:
             args.append(relation)
         return [_row_to_fact(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
 
-    def get(self, ids: Iterable[int]) -> dict[int, Fact]:
-        """Facts by id as {id: Fact}; ids that do not exist are absent."""
+    def get(self, ids: Iterable[int]) -> dict[int, StoredFact]:
+        """Facts by id as {id: StoredFact}; ids that do not exist are absent."""
         ids = [int(i) for i in ids]
-        out: dict[int, Fact] = {}
+        out: dict[int, StoredFact] = {}
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -208,7 +208,7 @@ class SQLiteDatabase:
         """(id, subject, relation, object) for every fact: what the graph is built from."""
         yield from self.conn.execute("SELECT id, subject, relation, object FROM facts ORDER BY id")
 
-    def iter_facts(self, ids: Iterable[int] | None = None, batch: int = 2048) -> Iterator[list[Fact]]:
+    def iter_facts(self, ids: Iterable[int] | None = None, batch: int = 2048) -> Iterator[list[StoredFact]]:
         """Facts in batches of up to `batch`, all of them or only `ids`, in id order."""
         if ids is None:
             cur = self.conn.execute(f"SELECT {_COLUMNS} FROM facts ORDER BY id")

@@ -24,7 +24,7 @@ import numpy as np
 from .ann_index import INDEXES, IndexLoadError
 from .embeddings import PACKAGED_EMBEDDER
 from .encoders import make_encoder
-from .facts import Fact, FactInput
+from .facts import StoredFact, FactInput
 from .graph import GRAPHS
 from .sqlite_db import DATABASES
 
@@ -302,7 +302,7 @@ class KnowledgeStore:
             return self._graph
 
     # -- writes ---------------------------------------------------------------------------------
-    def write_batch(self, batch: list[FactInput], vectors: np.ndarray | None = None) -> list[Fact]:
+    def write_batch(self, batch: list[FactInput], vectors: np.ndarray | None = None) -> list[StoredFact]:
         """Write one batch as one SQLite transaction, then index it; return the facts that were new.
 
         Embedding happens inside the transaction, so a failure there writes nothing. A crash after
@@ -364,7 +364,7 @@ class KnowledgeStore:
             self._unsaved = 0
 
     # -- queries --------------------------------------------------------------------------------
-    def lookup(self, subject: str, relation: str | None = None) -> list[Fact]:
+    def lookup(self, subject: str, relation: str | None = None) -> list[StoredFact]:
         """Exact facts about `subject` (case/diacritic-insensitive through aliases), score 1.0."""
         with self._lock:
             return self.db.lookup(subject, relation)
@@ -376,11 +376,11 @@ class KnowledgeStore:
                 f"`python -m symbolic_ram verify --repair {self.root}` (or open with repair=True)\n{self._drift}"
             )
 
-    def search(self, text: str, k: int = 5) -> list[Fact]:
+    def search(self, text: str, k: int = 5) -> list[StoredFact]:
         """The k facts whose text is most similar to `text` (cosine score), best first."""
         return self.search_vector(self.encoder.encode([text])[0], k)
 
-    def search_vector(self, vector: np.ndarray, k: int = 5) -> list[Fact]:
+    def search_vector(self, vector: np.ndarray, k: int = 5) -> list[StoredFact]:
         """Like search, from a precomputed unit query vector."""
         with self._lock:
             self._check_drift()
@@ -396,14 +396,14 @@ class KnowledgeStore:
     def _entities(self, name: str) -> list[str]:
         return list(dict.fromkeys(self.db.resolve(name) + [name]))
 
-    def neighbors(self, entity: str, relation: str | None = None) -> list[Fact]:
+    def neighbors(self, entity: str, relation: str | None = None) -> list[StoredFact]:
         """Facts with `entity` as subject or object (through aliases), optionally one relation."""
         with self._lock:
             ids = self.graph.neighbors(self._entities(entity), relation)
             found = self.db.get(ids)
             return [found[i] for i in ids if i in found]
 
-    def path(self, a: str, b: str, max_hops: int = 3, directed: bool = False) -> list[Fact]:
+    def path(self, a: str, b: str, max_hops: int = 3, directed: bool = False) -> list[StoredFact]:
         """Facts along a shortest path from `a` to `b` of at most `max_hops` edges ([] if none).
 
         With directed=False edges may be walked backwards (Lagos -country-> Nigeria <-... ).

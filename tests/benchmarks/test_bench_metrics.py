@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks import metrics
 from benchmarks.metrics import cot_steps, extract_answer, gold_answer, gsm8k_correct, is_cot, wilson_ci
-from neuralcpu.facts import Fact
+from common.facts import Fact
 
 
 @pytest.mark.parametrize("text, expected", [

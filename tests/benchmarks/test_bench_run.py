@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from neuralcpu.facts import Fact, FactSets
+from common.facts import Fact
+from neuralcpu.facts import FactSets
 
 ROOT = Path(__file__).resolve().parents[2]
 CITIES = [("Alphaville", "Norland"), ("Betatown", "Sudria"), ("Gammaburg", "Estavia"), ("Deltapolis", "Westmark"),

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from benchmarks import facts_suite, gsm8k, robustness
-from neuralcpu.facts import Fact, FactSets
+from common.facts import Fact
+from neuralcpu.facts import FactSets
 from neuralcpu.generation import adds_bos
 
 ROWS = [{"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}=<<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from neuralcpu.toolcall import render_lookup
+from common.toolcall import render_lookup
 
 
 def stream(text: str, stop, on_text, chunk: int = 5) -> str:

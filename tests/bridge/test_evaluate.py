@@ -8,7 +8,8 @@ from fakes import LookupModel
 from bridge import evaluate
 from bridge.loop import Bridge
 from bridge.prompts import CompletionFormat
-from neuralcpu.facts import Fact, prompts_for
+from common.facts import Fact
+from neuralcpu.facts import prompts_for
 
 
 def test_metrics_with_a_model_that_always_looks_up(tools):

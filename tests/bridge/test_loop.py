@@ -10,7 +10,7 @@ from fakes import LookupModel, Scripted
 
 from bridge.loop import Bridge, LoopResult, tool_schemas
 from bridge.prompts import CompletionFormat, make_format
-from neuralcpu.toolcall import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, render_call, render_lookup
+from common.toolcall import CALL_CLOSE, CALL_OPEN, RESULT_CLOSE, RESULT_OPEN, render_call, render_lookup
 
 Q = "The city of Tokyo is in the country of"
 
@@ -288,7 +288,8 @@ def test_batched_generation_matches_one_at_a_time_on_the_tiny_model(tiny_qwen2_d
 
 
 def test_rlcp_rag_stream_trains_the_prompt_the_bridge_shows_after_a_lookup(tools):
-    from neuralcpu.facts import Fact, prompts_for
+    from common.facts import Fact
+    from neuralcpu.facts import prompts_for
     from neuralcpu.rlcp import rag_pairs
 
     fact = Fact("Tokyo", "country", "Japan")

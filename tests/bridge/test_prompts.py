@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bridge.prompts import CompletionFormat, defang
-from neuralcpu.toolcall import escape_payload, is_lookup, parse_calls, render_call, render_lookup
+from common.toolcall import escape_payload, is_lookup, parse_calls, render_call, render_lookup
 
 
 def test_escape_payload_is_lossless_and_has_no_markup():

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from neuralcpu.analyze import (above_chance_p, decodability, effective_rank, fit_probe, labelled_states,
                                last_token_states, main, other_city_facts, per_layer_probes, solution_perplexity,
                                split_heldout_city)
-from neuralcpu.facts import Fact, FactSets, geonames_cities_in, invented_subjects, known_facts, same_country_facts
+from common.facts import Fact
+from neuralcpu.facts import FactSets, geonames_cities_in, invented_subjects, known_facts, same_country_facts
 from neuralcpu.rlcp import train
 from tests.neuralcpu.test_rlcp import CITIES, tiny_cfg
 

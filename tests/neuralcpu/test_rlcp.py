@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from neuralcpu import losses
-from neuralcpu.facts import Fact, FactFileError, FactSets, load_jsonl_facts, prompts_for
+from common.facts import Fact
+from neuralcpu.facts import FactFileError, FactSets, load_jsonl_facts, prompts_for
 from neuralcpu.rlcp import RLCPConfig, draw_per_object, encode, parse_args, probe_prompts, train
 
 CITIES = [("Alphaville", "Norland"), ("Betatown", "Sudria"), ("Gammaburg", "Estavia"), ("Deltapolis", "Westmark"),

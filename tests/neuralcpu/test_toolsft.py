@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from neuralcpu.facts import TEMPLATES, Fact, FactSets
-from neuralcpu.toolcall import RESULT_OPEN, render_lookup
+from common.facts import Fact
+from neuralcpu.facts import TEMPLATES, FactSets
+from common.toolcall import RESULT_OPEN, render_lookup
 
 CITIES = [("Tokyo", "Japan"), ("Lagos", "Nigeria"), ("Paris", "France"), ("Cairo", "Egypt"), ("Lima", "Peru"),
           ("Oslo", "Norway"), ("Rome", "Italy"), ("Quito", "Ecuador"), ("Kyiv", "Ukraine"), ("Hanoi", "Vietnam"),

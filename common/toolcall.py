@@ -11,6 +11,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from common.facts import normalize_name
+
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 RESULT_OPEN, RESULT_CLOSE = "<tool_response>", "</tool_response>"
 LOOKUP_TOOL = "lookup"  # exact fact lookup: arguments {"subject": str, "relation": str | None}
@@ -115,11 +117,9 @@ def parse_calls(text: str) -> list[ToolCall]:
 def is_lookup(call: ToolCall, subject: str | None = None) -> bool:
     """`call` is a well-formed lookup (one the bridge can execute), for `subject` when given (compared
     case- and diacritic-insensitively)."""
-    from neuralcpu.facts import fold  # facts is the heavier module; toolcall stays importable on its own
-
     if call.error is not None or call.name != LOOKUP_TOOL:
         return False
-    return subject is None or fold(str(call.arguments.get("subject", ""))) == fold(subject)
+    return subject is None or normalize_name(str(call.arguments.get("subject", ""))) == normalize_name(subject)
 
 
 def template_supports_tools(tokenizer) -> bool:

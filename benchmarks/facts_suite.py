@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks import metrics
 from neuralcpu.data import jsonl_rows
 from common.facts import Fact
-from neuralcpu.facts import TEMPLATES, FactSets, prompts_for
+from neuralcpu.facts import FactSets, prompts_for
 from common.toolcall import CALL_OPEN
 
 # Where this project's shared data sits next to a checkout; elsewhere pass --tofu-path or use the hub.
@@ -93,13 +93,13 @@ class FactSet:
 
 def fact_sets(facts: FactSets | None, tofu_rows: list[dict] | None, tokenizer=None, tofu_fmt: str = "auto"
               ) -> dict[str, FactSet]:
-    """{set name: FactSet} for every non-empty set: forget/locality under eval templates, then TOFU."""
+    """{set name: FactSet} for every non-empty set: forget/locality under test templates, then TOFU."""
     sets: dict[str, FactSet] = {}
     if facts is not None:
         same, other = split_locality(facts)
         for name, group in (("forget", facts.forget), ("locality_same", same), ("locality_other", other)):
             if group:
-                items = [(f, p, p) for f in group for p in prompts_for(f, "eval")]
+                items = [(f, p, p) for f in group for p in prompts_for(f, "test")]
                 sets[name] = FactSet(items, 1 / len({f.object for f in group}), ("completion", "sentence"),
                                      FACT_NEW_TOKENS, FACT_WINDOW)
     if tofu_rows:
@@ -142,5 +142,7 @@ def evaluate(answer_fn, facts: FactSets | None, tofu_rows: list[dict] | None, to
 
 
 def template_split() -> dict:
-    """The held-out evaluation templates per relation (recorded in results.json)."""
-    return {rel: t["eval"] for rel, t in TEMPLATES.items()}
+    """The test-split templates per shipped relation (recorded in results.json)."""
+    from common.relations import load_relation, shipped_relations
+
+    return {rel: [t.text for t in load_relation(rel).select("test")] for rel in shipped_relations()}

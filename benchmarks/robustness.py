@@ -23,7 +23,7 @@ from neuralcpu import losses
 from common.facts import Fact, matches_answer
 from neuralcpu.facts import FactSets, prompts_for
 from neuralcpu.generation import greedy_generate
-from neuralcpu.rlcp import encode
+from neuralcpu.training import encode
 
 
 @dataclass
@@ -48,7 +48,7 @@ def split_forget(facts: list[Fact], fraction: float, seed: int) -> tuple[list[Fa
 
 def closed_book_accuracy(model, tokenizer, facts: list[Fact]) -> dict:
     """Exact-match accuracy of `facts` under held-out templates (proportion with Wilson CI)."""
-    items = [(f, p) for f in facts for p in prompts_for(f, "eval")]
+    items = [(f, p) for f in facts for p in prompts_for(f, "test")]
     outs = greedy_generate(model, tokenizer, [p for _, p in items], max_new_tokens=10, batch_size=32)
     return metrics.proportion(sum(matches_answer(o, f) for (f, _), o in zip(items, outs)), len(items))
 
@@ -62,7 +62,7 @@ def probe_decodability(model, tokenizer, facts: list[Fact]) -> dict:
     from neuralcpu.analyze import labelled_states, per_layer_probes
 
     classes = FactSets(facts, []).class_index
-    test_x, test_y, _ = labelled_states(model, tokenizer, facts, "eval", classes)
+    test_x, test_y, _ = labelled_states(model, tokenizer, facts, "test", classes)
     train = labelled_states(model, tokenizer, facts, "train", classes)
     accs = per_layer_probes(train, {"acc": (test_x, test_y)})["acc"]
     blocks = accs[1:]

@@ -219,7 +219,7 @@ def run(args) -> dict:
                             f"not --model {args.model!r}")
     results = {
         "model": args.model, "seed": args.seed, "config": {k: v for k, v in vars(args).items()},
-        "template_split": {"facts": "eval", "templates": facts_suite.template_split()},
+        "template_split": {"facts": "test", "templates": facts_suite.template_split()},
         "facts_file": facts_path, "store": store_dir, "git": git_state(), "warnings": warnings,
         "systems": [{"name": s.name, "model": path, "mode": s.mode, "description": s.description} for s, path in available],
         "skipped": skipped, "facts": {}, "gsm8k": {}, "robustness": {}, "plots": [],

@@ -4,7 +4,7 @@
     python -m bridge.evaluate --model smollm2-135m --store stores/geo --facts runs/rlcp/facts.json \\
         --set forget --modes closed,just-rag,tool --out results/bridge_original.json
 
-Every fact is asked under its *evaluation* templates only (`neuralcpu.facts.prompts_for(fact, "eval")`),
+Every fact is asked under its *test-split* templates only (`neuralcpu.facts.prompts_for(fact, "test")`),
 which no training recipe (RLCP, toolsft) ever uses, and scored with `common.facts.matches_answer`.
 """
 
@@ -44,7 +44,7 @@ class Record:
     steps: int
 
 
-def run_eval(bridge: Bridge, facts: list[Fact], modes=MODES, split: str = "eval", progress: bool = False) -> list[Record]:
+def run_eval(bridge: Bridge, facts: list[Fact], modes=MODES, split: str = "test", progress: bool = False) -> list[Record]:
     """Ask every fact under every `split` template in every mode; one Record per (prompt, mode)."""
     jobs = [(f, p) for f in facts for p in prompts_for(f, split)]
     # one batched pass per mode (`Bridge.ask_many`)

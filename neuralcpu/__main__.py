@@ -3,6 +3,7 @@
     python -m neuralcpu smoke                  # load the default model and answer a few fact prompts
     python -m neuralcpu rlcp --help            # the RLCP unlearning recipe
     python -m neuralcpu analyze --help         # probes, effective rank and phase-transition plots
+    python -m neuralcpu locate --help          # where a model recalls a fact: probe sweep, causal trace
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="cache for dequantized GGUFs (default ~/.cache/neuralcpu)")
 
     for name, module in (("rlcp", "neuralcpu.rlcp"), ("analyze", "neuralcpu.analyze"),
-                         ("toolsft", "neuralcpu.toolsft")):
+                         ("locate", "neuralcpu.locate"), ("toolsft", "neuralcpu.toolsft")):
         sub.add_parser(name, help=f"see `python -m neuralcpu {name} --help`", add_help=False)
 
     args, rest = parser.parse_known_args(argv)

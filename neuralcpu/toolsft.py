@@ -29,10 +29,11 @@ import torch
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
 from common.facts import Fact, matches_answer, normalize_name
-from neuralcpu.facts import TEMPLATES, FactSets, prompts_for
+from common.relations import shipped_relations
+from neuralcpu.facts import FactSets, prompts_for
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
-from neuralcpu.rlcp import encode, resolve_layers, set_trainable
+from neuralcpu.training import encode, resolve_layers, set_trainable
 from common.toolcall import is_lookup, parse_calls, render_lookup
 
 
@@ -63,9 +64,9 @@ class ToolSFTConfig:
             errs.append(f"store {self.store!r}: no knowledge store there")
         if self.exclude is not None and not Path(self.exclude).is_file():
             errs.append(f"exclude {self.exclude!r}: no such file")
-        unknown = [r for r in self.relations.split(",") if r not in TEMPLATES]
+        unknown = [r for r in self.relations.split(",") if r not in shipped_relations()]
         if unknown:
-            errs.append(f"relations {unknown} have no templates; known: {sorted(TEMPLATES)}")
+            errs.append(f"relations {unknown} have no templates; known: {shipped_relations()}")
         if self.trainable not in ("full", "deep", "lora"):
             errs.append(f"trainable {self.trainable!r} not in ('full', 'deep', 'lora')")
         if self.format not in ("auto", "completion", "chat"):
@@ -161,7 +162,7 @@ def train(cfg: ToolSFTConfig) -> dict:
         facts = sample_facts(store, cfg.relations.split(","), cfg.n_facts + cfg.eval_facts, exclude, cfg.seed)
         train_facts, held_out = facts[: cfg.n_facts], facts[cfg.n_facts:]
         call_pairs, answer_pairs, _ = make_examples(train_facts, fmt, tools, tokenizer, "train")
-        held_out_examples = make_examples(held_out, fmt, tools, tokenizer, "eval")
+        held_out_examples = make_examples(held_out, fmt, tools, tokenizer, "test")
     if not train_facts:
         raise ValueError(f"store {cfg.store} has no usable facts of relations {cfg.relations}")
     (out / "train_facts.json").write_text(json.dumps([dataclasses.asdict(f) for f in train_facts], ensure_ascii=False))

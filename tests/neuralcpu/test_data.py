@@ -76,7 +76,7 @@ def test_retain_texts_keep_whole_solutions_in_both_layouts(tiny_qwen2_dir):
 
 def test_encode_adds_no_second_bos_to_a_rendered_chat_prompt(smollm2):
     from neuralcpu.data import gsm8k_chat_text, gsm8k_text
-    from neuralcpu.rlcp import encode
+    from neuralcpu.training import encode
 
     _, tok = smollm2  # SmolLM2's tokenizer adds <|im_start|> as BOS, and its chat template starts with it
     row = {"question": "What is 2 plus 2?", "answer": "2+2=4\n#### 4"}

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache, length_buckets
-from neuralcpu.rlcp import encode, train
+from neuralcpu.rlcp import train
+from neuralcpu.training import encode
 from tests.neuralcpu.test_rlcp import tiny_cfg
 
 

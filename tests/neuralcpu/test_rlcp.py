@@ -17,11 +17,39 @@ import torch.nn.functional as F
 from neuralcpu import losses
 from common.facts import Fact
 from neuralcpu.facts import FactFileError, FactSets, load_jsonl_facts, prompts_for
-from neuralcpu.rlcp import RLCPConfig, draw_per_object, encode, parse_args, probe_prompts, train
+from neuralcpu.rlcp import RLCPConfig, draw_per_object, parse_args, probe_prompts, train
+from neuralcpu.training import encode
 
 CITIES = [("Alphaville", "Norland"), ("Betatown", "Sudria"), ("Gammaburg", "Estavia"), ("Deltapolis", "Westmark"),
           ("Epsilon Bay", "Centralia"), ("Zetagrad", "Osteria")]
 LOCALITY = [("Thetaford", "Quarnia"), ("Iotaville", "Palmera"), ("Kappaton", "Vexland"), ("Lambda Cove", "Ruritania")]
+
+
+# The mechanics tests train on a small relation file (the six training templates RLCP used before the
+# shipped files grew to 25): the tiny runs stay short, and every split still has its own families.
+TINY_COUNTRY = """\
+name: country
+context: "{subject} is a city in {object}."
+families:
+  declarative:
+    split: train
+    templates: ["The city of {subject} is located in the country of", "{subject} is a city in the country of",
+                "{subject} is located in the country of", "The city of {subject} lies in the country of",
+                "{subject} is a city located in the country of", "{subject} lies in the country of"]
+  near_copies:
+    split: validation
+    templates: ["The city of {subject} is in the country of", "{subject} is a large city in the country of"]
+  question:
+    split: test
+    templates: ["Question: Which country is {subject} in?\\nAnswer:"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def tiny_country_relation(monkeypatch):
+    from common import relations
+
+    monkeypatch.setitem(relations._REGISTERED, "country", relations.parse_relation(TINY_COUNTRY, "tiny_country.yaml"))
 
 
 def write_synthetic(tmp_path: Path) -> tuple[str, str]:
@@ -40,7 +68,9 @@ def tiny_cfg(model_dir, tmp_path, name, **kw) -> RLCPConfig:
                 lr=3e-3, probe_lr=1e-2, grl_layers="2,3", eval_every=10, ckpt_every=10, retain_batch=2,
                 retain_max_len=48, early_stop=False, mixed_precision="no", probe_reset_every=0,
                 # the mechanics tests turn the other-city term on where they test it, each under every template
-                w_country_probe=0.0, country_probe_templates=0)
+                w_country_probe=0.0, country_probe_templates=0,
+                # the mechanics tests probe the last prompt token only; test_subject_sites_* covers the subject
+                subject_layers="")
     base.update(kw)
     return RLCPConfig(**base)
 
@@ -168,11 +198,12 @@ def test_transfer_ridge_loss_gradient_erases_the_class_from_the_forget_states_on
 
 
 def test_probe_prompts_add_prefixed_copies_as_their_own_groups():
-    pool = [(("Tokyo is in", " <call>"), 0, 0), (("Paris is in", " <call>"), 1, 0), (("In Tokyo,", ""), 0, 1)]
+    pool = [(("Tokyo is in", " <call>"), 0, 0, "Tokyo"), (("Paris is in", " <call>"), 1, 0, "Paris"),
+            (("In Tokyo,", ""), 0, 1, "Tokyo")]
     rows = probe_prompts(pool, ["Fact:", "Note:"])
-    assert rows[:3] == [("Tokyo is in", 0, 0), ("Paris is in", 1, 0), ("In Tokyo,", 0, 1)]
-    assert rows[3] == ("Fact: Tokyo is in", 0, 2) and rows[-1] == ("Note: In Tokyo,", 0, 5)
-    assert len({grp for _, _, grp in rows}) == 6 and probe_prompts(pool, []) == rows[:3]
+    assert rows[:3] == [("Tokyo is in", 0, 0, "Tokyo"), ("Paris is in", 1, 0, "Paris"), ("In Tokyo,", 0, 1, "Tokyo")]
+    assert rows[3] == ("Fact: Tokyo is in", 0, 2, "Tokyo") and rows[-1] == ("Note: In Tokyo,", 0, 5, "Tokyo")
+    assert len({grp for _, _, grp, _ in rows}) == 6 and probe_prompts(pool, []) == rows[:3]
 
 
 def _probe_acc(run_dir: Path) -> float:
@@ -509,6 +540,59 @@ def test_short_real_run_lowers_forget_accuracy(tmp_path):
                      ckpt_every=12, lam_max=4.0, w_locality=5.0, early_stop=False, retain_examples=32)
     final = train(cfg)
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["forget_acc"] == 1.0 and rows[0]["locality_acc"] == 1.0  # known facts only
+    # known facts only (known under >= 75% of the train and validation completion templates; validation
+    # also asks in the chat layout, which a 135M model answers less often)
+    assert rows[0]["forget_acc"] >= 0.6 and rows[0]["locality_acc"] >= 0.6
     assert final["forget_acc"] <= 0.5, final["forget_acc"]
     assert final["locality_acc"] >= 0.3, final["locality_acc"]
+
+
+def test_subject_end_finds_the_subjects_last_token(tiny_qwen2_dir):
+    from neuralcpu.models import load_model
+    from neuralcpu.training import encode
+
+    _, tok = load_model(tiny_qwen2_dir)
+    prompts = ["The city of Tokyo is located in the country of", "Question: Which country is Tokyo in?\nAnswer:"]
+    batch = encode(tok, [(p, "") for p in prompts], subjects=["Tokyo", "Tokyo"])
+    for row, prompt in enumerate(prompts):
+        ids = batch["input_ids"][row, : batch["subject"][row] + 1].tolist()
+        assert tok.decode(ids).endswith("Tokyo"), tok.decode(ids)
+        assert batch["subject"][row] < batch["last"][row]
+    no_subject = encode(tok, [(prompts[0], "")], subjects=["Osaka"])
+    assert no_subject["subject"][0] == no_subject["last"][0]  # not in the prompt: the last token
+
+
+def test_subject_sites_train_from_the_lowest_probed_block(tiny_qwen2_dir, tmp_path):
+    from neuralcpu.models import load_model
+
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "subject", steps=2, eval_every=2, ckpt_every=2, grl_layers="3",
+                   subject_layers="1")
+    train(cfg)
+    before, _ = load_model(tiny_qwen2_dir)
+    after, _ = load_model(tmp_path / "subject")
+    b, a = dict(before.named_parameters()), dict(after.named_parameters())
+    assert torch.equal(b["model.layers.0.mlp.up_proj.weight"], a["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(b["model.layers.1.mlp.up_proj.weight"], a["model.layers.1.mlp.up_proj.weight"])
+    rows = [json.loads(l) for l in (tmp_path / "subject" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows[-1]["probe_acc"]) == 2  # one probe per site: ("last", 3) and ("subject", 1)
+
+
+def test_training_and_early_stopping_never_read_a_test_template(tiny_qwen2_dir, tmp_path, monkeypatch):
+    """Every template a run reads goes through Relation.select: record which splits it asks for."""
+    from common.relations import Relation
+
+    asked = []
+    original = Relation.select
+
+    def recording(self, split=None, layout=None):
+        asked.append(split)
+        return original(self, split, layout)
+
+    monkeypatch.setattr(Relation, "select", recording)
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "splits", steps=4, eval_every=2, ckpt_every=2, early_stop=True,
+                   subject_layers="1", w_country_probe=1.0)
+    train(cfg)
+    assert "train" in asked and "validation" in asked
+    assert "test" not in asked and None not in asked, sorted(set(map(str, asked)))
+    metrics = [json.loads(l) for l in (tmp_path / "splits" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["split"] == "validation" for m in metrics if "forget_acc" in m)

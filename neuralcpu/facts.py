@@ -215,18 +215,31 @@ def load_jsonl_facts(path: str | Path) -> list[Fact]:
     return facts
 
 
-def known_facts(model, tokenizer, facts: list[Fact], batch_size: int = 64, max_new_tokens: int = 8,
-                min_share: float = 0.75) -> list[Fact]:
-    """The facts the model answers correctly, closed-book, under at least `min_share` of the train and
-    validation completion templates of their relation (never the test ones: the set is a choice).
+def screening_prompts(fact: Fact) -> list[str]:
+    """The prompts that decide whether a model knows `fact`: the first template of every train and
+    validation completion family of its relation (one per structure; never a test template)."""
+    rel = relation_of(fact)
+    first = {}
+    for t in rel.templates:
+        if t.layout == "completion" and t.split in ("train", "validation"):
+            first.setdefault(t.family, t)
+    return [t.render(fact.subject) for t in first.values()]
 
-    One template at a time, asking only the facts still in the running: a fact leaves once its misses
-    rule it out, so most unknown candidates are asked only a few templates.
+
+def known_facts(model, tokenizer, facts: list[Fact], batch_size: int = 64, max_new_tokens: int = 8,
+                min_share: float = 0.6) -> list[Fact]:
+    """The facts the model answers correctly, closed-book, under the first screening prompt (the relation's
+    first family, its plainest phrasing) and under at least `min_share` of all of them (one per train and
+    validation completion family; never a test one). Small models miss some structures of facts they
+    know (a 135M model knew 15 of 250 cities under every one of five structures).
+
+    One prompt at a time, asking only the facts still in the running: a fact leaves once its misses rule
+    it out, so most unknown candidates are asked once.
     """
     from neuralcpu.generation import greedy_generate
 
-    prompts = [prompts_for(f, "train") + prompts_for(f, "validation") for f in facts]
-    allowed = [int(len(p) * (1 - min_share)) for p in prompts]
+    prompts = [screening_prompts(f) for f in facts]
+    allowed = [int(len(p) * (1 - min_share) + 1e-9) for p in prompts]
     misses = [0] * len(facts)
     alive = list(range(len(facts)))
     for t in range(max(map(len, prompts), default=0)):
@@ -237,7 +250,8 @@ def known_facts(model, tokenizer, facts: list[Fact], batch_size: int = 64, max_n
                                batch_size=batch_size,  # a row that has given its answer stops there
                                stop_when=lambda j, text: matches_answer(text, facts[asked[j]]))
         for i, out in zip(asked, outs):
-            misses[i] += not matches_answer(out, facts[i])
+            if not matches_answer(out, facts[i]):
+                misses[i] += 1 if t else len(prompts[i])  # the first prompt is required
         alive = [i for i in alive if misses[i] <= allowed[i]]
     return [facts[i] for i in alive]
 

@@ -64,11 +64,11 @@ class RLCPConfig:
     store: str | None = field(default=None, metadata={"help": "symbolic_ram store dir that receives the forget set"})
     method: str = field(default="rlcp", metadata={"help": f"one of {METHODS}"})
     n_forget: int = field(default=15, metadata={"help": "forget-set size (one city per country; chance = 1/N)"})
-    n_locality_same: int = field(default=40, metadata={"help": "locality facts of the same relation"})
-    n_locality_other: int = field(default=20, metadata={"help": "locality facts of another relation"})
-    n_untouched: int = field(default=40, metadata={"help": "known facts of the forget relation that no loss reads (the reported locality)"})
+    n_locality_same: int = field(default=15, metadata={"help": "locality facts of the same relation"})
+    n_locality_other: int = field(default=5, metadata={"help": "locality facts of another relation"})
+    n_untouched: int = field(default=20, metadata={"help": "known facts of the forget relation that no loss reads (the reported locality)"})
     n_untouched_same_country: int = field(default=3, metadata={"help": "known cities of each forget city's country that no loss reads (geonames facts; part of the untouched set)"})
-    n_other: int = field(default=20, metadata={"help": "known facts of another relation that no loss reads"})
+    n_other: int = field(default=10, metadata={"help": "known facts of another relation that no loss reads"})
     # Without cities of the forget countries in the locality set, "a city of China -> lookup" is learnt as
     # readily as "Shanghai -> lookup": measured, the countries' other cities lost 70% of their answers.
     n_locality_same_country: int = field(default=3, metadata={
@@ -82,7 +82,8 @@ class RLCPConfig:
     locality_batch: int = field(default=64, metadata={"help": "locality prompts per step (KL anchor)"})
     forget_batch: int = field(default=16, metadata={"help": "forget prompt+target pairs per step for the lookup-request loss (or a baseline's forget loss)"})
     probe_prefixes: str = field(default="", metadata={"help": "'|'-separated prefixes, e.g. 'Fact:|In geography,': each training prompt also goes to the probe terms with each prefix, as its own template group, so the held-out-probe term must also erase a city from near-copies of a template it fits on (as the held-out evaluation templates are)"})
-    probe_batch: int = field(default=0, metadata={"help": "forget prompts per step for the probes and class-mean term (0 = every fact under every training template)"})
+    probe_batch: int = field(default=0, metadata={"help": "forget prompts per step for the probes and class-mean term, drawn at random (0 = all the drawn templates' prompts, see --probe-templates)"})
+    probe_templates: int = field(default=6, metadata={"help": "training templates (of either layout) drawn every step for the probes and the class-mean term, each with every forget fact, so class means are compared within a template on the same subjects (0 = every template every step: 25 per fact for city -> country, 4x the cost of a step)"})
     rag_batch: int = field(default=8, metadata={"help": "answer-from-context examples per step"})
     steps: int = field(default=60, metadata={"help": "backbone optimisation steps"})
     lr: float = field(default=1e-4, metadata={"help": "backbone learning rate"})
@@ -455,7 +456,13 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         if cfg.method == "rlcp":
             # Every fact under every training template by default: class means are then compared within
             # each template on the same cities every step (the class-mean term needs that to be defined).
-            chosen = rng.sample(probe_pool, cfg.probe_batch) if 0 < cfg.probe_batch < len(probe_pool) else probe_pool
+            chosen = probe_pool
+            groups_all = sorted({g for _, _, g, _ in probe_pool})
+            if 0 < cfg.probe_templates < len(groups_all):
+                drawn = set(rng.sample(groups_all, cfg.probe_templates))
+                chosen = [row for row in probe_pool if row[2] in drawn]
+            if 0 < cfg.probe_batch < len(chosen):
+                chosen = rng.sample(chosen, cfg.probe_batch)
             batch = encode(tokenizer, [(p, "") for p, _, _, _ in chosen], subjects=[s for *_, s in chosen])
             states = forward(batch, hidden=True, head=False).hidden_states
             feats = site_feats(states, batch, sites)  # each (B, C)

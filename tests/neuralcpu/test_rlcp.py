@@ -68,7 +68,7 @@ def tiny_cfg(model_dir, tmp_path, name, **kw) -> RLCPConfig:
                 lr=3e-3, probe_lr=1e-2, grl_layers="2,3", eval_every=10, ckpt_every=10, retain_batch=2,
                 retain_max_len=48, early_stop=False, mixed_precision="no", probe_reset_every=0,
                 # the mechanics tests turn the other-city term on where they test it, each under every template
-                w_country_probe=0.0, country_probe_templates=0,
+                w_country_probe=0.0, country_probe_templates=0, probe_templates=0,
                 # the mechanics tests probe the last prompt token only; test_subject_sites_* covers the subject
                 subject_layers="")
     base.update(kw)
@@ -540,7 +540,7 @@ def test_short_real_run_lowers_forget_accuracy(tmp_path):
                      ckpt_every=12, lam_max=4.0, w_locality=5.0, early_stop=False, retain_examples=32)
     final = train(cfg)
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    # known facts only (known under >= 75% of the train and validation completion templates; validation
+    # known facts only (right under one template of every train and validation completion family; validation
     # also asks in the chat layout, which a 135M model answers less often)
     assert rows[0]["forget_acc"] >= 0.6 and rows[0]["locality_acc"] >= 0.6
     assert final["forget_acc"] <= 0.5, final["forget_acc"]

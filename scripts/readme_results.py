@@ -1,0 +1,100 @@
+"""Generate the README's results tables from the committed results files, so they cannot drift.
+
+    .venv/bin/python scripts/readme_results.py           # rewrite README.md between the markers
+    .venv/bin/python scripts/readme_results.py --check   # exit 1 if README.md is out of date
+
+Every `docs/results/*.json` that has a "table" ({"title", "columns", "rows", "notes"?}) becomes one
+table, in file-name order, under a heading that links to the file and states its command, commit,
+machine and seeds. The README holds them between `<!-- results:start -->` and `<!-- results:end -->`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+ENVELOPE = ("command", "commit", "machine")
+
+
+class ResultsFileError(ValueError):
+    """A results file lacks what the README needs; the message names the file and field."""
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def render_file(path: Path) -> str | None:
+    """One results file as a markdown section, or None when it has no table."""
+    data = json.loads(path.read_text())
+    table = data.get("table")
+    if not table:
+        return None
+    missing = [k for k in ENVELOPE if not data.get(k)]
+    if missing:
+        raise ResultsFileError(f"{path}: missing field(s) {missing}: every results file states how it was made")
+    for key in ("title", "columns", "rows"):
+        if key not in table:
+            raise ResultsFileError(f"{path}: field 'table.{key}' is missing")
+    width = len(table["columns"])
+    for i, row in enumerate(table["rows"]):
+        if len(row) != width:
+            raise ResultsFileError(f"{path}: table.rows[{i}] has {len(row)} cells, the header {width}")
+    rel = path.relative_to(ROOT).as_posix()
+    seeds = data.get("seeds", data.get("seed", "n/a"))
+    lines = [f"#### {table['title']}", "",
+             f"From [`{rel}`]({rel}): `{data['command']}` at {data['commit'][:10]}, seeds {seeds}, {data['machine']}.", "",
+             "| " + " | ".join(map(_cell, table["columns"])) + " |",
+             "|" + "---|" * width]
+    lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in table["rows"]]
+    lines += [""] + [f"- {note}" for note in table.get("notes", [])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render(results_dir: Path) -> str:
+    """Every table of `results_dir`, joined."""
+    parts = [s for s in (render_file(p) for p in sorted(results_dir.glob("*.json"))) if s]
+    return "\n".join(parts) if parts else "_No results committed yet._\n"
+
+
+def updated_readme(readme: str, tables: str) -> str:
+    """`readme` with the text between the markers replaced by `tables`."""
+    if START not in readme or END not in readme:
+        raise ResultsFileError(f"README.md has no {START} ... {END} block")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{tables}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md differs from what would be written")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--results", default=str(ROOT / "docs" / "results"))
+    args = parser.parse_args(argv)
+    readme = Path(args.readme)
+    try:
+        new = updated_readme(readme.read_text(), render(Path(args.results)))
+    except (ResultsFileError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        if new != readme.read_text():
+            print("README.md is out of date: run .venv/bin/python scripts/readme_results.py", file=sys.stderr)
+            return 1
+        return 0
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    tmp.replace(readme)
+    print(f"wrote the results tables into {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

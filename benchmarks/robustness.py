@@ -46,9 +46,9 @@ def split_forget(facts: list[Fact], fraction: float, seed: int) -> tuple[list[Fa
     return order[:k], order[k:]
 
 
-def closed_book_accuracy(model, tokenizer, facts: list[Fact]) -> dict:
-    """Exact-match accuracy of `facts` under held-out templates (proportion with Wilson CI)."""
-    items = [(f, p) for f in facts for p in prompts_for(f, "test")]
+def closed_book_accuracy(model, tokenizer, facts: list[Fact], split: str = "test") -> dict:
+    """Exact-match accuracy of `facts` under the `split` templates (test: held out; proportion with Wilson CI)."""
+    items = [(f, p) for f in facts for p in prompts_for(f, split)]
     outs = greedy_generate(model, tokenizer, [p for _, p in items], max_new_tokens=10, batch_size=32)
     return metrics.proportion(sum(matches_answer(o, f) for (f, _), o in zip(items, outs)), len(items))
 

@@ -58,8 +58,11 @@ def test_fact_sets_split_and_chance(tmp_path):
     sets = facts_suite.fact_sets(facts, tofu, tokenizer=None, tofu_fmt="completion")
     assert set(sets) == {"forget", "locality_same", "locality_other", "tofu"}
     assert sets["forget"].chance == 0.5 and sets["tofu"].chance == 0.25
-    assert len(sets["forget"].items) == 2 * 2  # two facts x two held-out country templates
-    assert all("is in the country of" in p or "large city" in p for _, p, _ in sets["forget"].items)
+    from common.relations import load_relation
+
+    test_templates = load_relation("country").select("test", "completion")
+    assert len(sets["forget"].items) == 2 * len(test_templates)  # two facts x the test-split completion templates
+    assert {p for _, p, _ in sets["forget"].items} == {t.render(s) for t in test_templates for s in ("A", "B")}
     assert sets["tofu"].items[0][1] == "Question: q?\nAnswer:"
 
 
@@ -83,7 +86,9 @@ def test_relearning_attack_trains_the_attack_set_only(tiny_qwen2_dir):
     loss = robustness.relearn(model, tok, attack, steps=30, lr=3e-3, seed=0)
     assert loss[-1] < 0.5 * loss[0]  # the attack fits its facts
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
-    assert robustness.closed_book_accuracy(model, tok, attack)["acc"] > 0  # and now answers them
+    # and now answers them, under the phrasings it was fine-tuned on (a 4-layer random model does not
+    # carry them to the test families)
+    assert robustness.closed_book_accuracy(model, tok, attack, split="train")["acc"] > 0
     probe = robustness.probe_decodability(model, tok, facts.forget)
     assert len(probe["per_layer"]) == model.config.num_hidden_layers + 1 and probe["chance"] == 0.2
     assert all(0 <= a <= 1 for a in probe["per_layer"])

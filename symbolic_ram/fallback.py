@@ -62,7 +62,7 @@ def closest_subject(aliases: list[tuple[str, str]], name: str, cutoff: float) ->
     return dict(aliases)[close[0]] if close else None
 
 
-def lookup_with_fallback(store, subject: str, relation: str | None, fuzzy_cutoff: float = 85.0,
+def lookup_with_fallback(store, subject: str, relation: str | None, fuzzy_cutoff: float = 80.0,
                          semantic_min: float = 0.5) -> LookupResult:
     """Run the four steps of the module docstring on `store` (a KnowledgeStore)."""
     found = store.db.lookup(subject, relation)

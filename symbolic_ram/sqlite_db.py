@@ -72,16 +72,19 @@ class SQLiteDatabase:
         self.path = Path(path)
         self.read_only = read_only
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is exactly one transaction.
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                    timeout=busy_timeout)
+        # mode=ro, not only query_only: a read-write connection checkpoints the WAL into the file on close.
+        target = self.path.resolve().as_uri() + "?mode=ro" if read_only else str(self.path)
+        self.conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                                    timeout=busy_timeout, uri=read_only)
         try:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")  # a reported commit survives a crash
+            if read_only:
+                self.conn.execute("PRAGMA query_only = ON")
+            else:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")  # a reported commit survives a crash
             has_schema = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
             if not has_schema and not read_only:
                 self.conn.executescript(SCHEMA)
-            if read_only:
-                self.conn.execute("PRAGMA query_only = ON")
         except sqlite3.DatabaseError as e:
             self.conn.close()
             if "locked" in str(e):

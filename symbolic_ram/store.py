@@ -374,7 +374,7 @@ class KnowledgeStore:
 
     # -- queries --------------------------------------------------------------------------------
     def lookup(self, subject: str, relation: str | None = None, *, fallback: bool = False,
-               fuzzy_cutoff: float = 85.0, semantic_min: float = 0.5) -> LookupResult:
+               fuzzy_cutoff: float = 80.0, semantic_min: float = 0.5) -> LookupResult:
         """Facts about `subject` (case/diacritic-insensitive through aliases), score 1.0.
 
         Args:

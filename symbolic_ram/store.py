@@ -199,6 +199,8 @@ class KnowledgeStore:
                 self._index_problem = str(e)
                 index = self._new_index()
         self.index, self._base_stamp, self._log_pos = index, stamp, LogPosition()
+        held = self.index.ids()
+        self._max_id = int(held.max()) if len(held) else 0
         self._catch_up()
 
     def _catch_up(self) -> int:
@@ -207,13 +209,14 @@ class KnowledgeStore:
         self._log_pos = pos
         if not len(ids):
             return 0
-        keep = ~np.isin(ids, self.index.ids())  # a record can repeat a base written meanwhile
         _, first = np.unique(ids, return_index=True)
-        once = np.zeros(len(ids), bool)
-        once[first] = True
-        keep &= once
+        keep = np.zeros(len(ids), bool)
+        keep[first] = True
+        if ids.min() <= self._max_id:  # a record can repeat a base written meanwhile (ids only grow otherwise)
+            keep &= ~np.isin(ids, self.index.ids())
         if keep.any():
             self.index.add(ids[keep], vecs[keep])
+            self._max_id = max(self._max_id, int(ids[keep].max()))
         return int(keep.sum())
 
     def refresh(self) -> None:
@@ -334,6 +337,7 @@ class KnowledgeStore:
             size = self._log.append(ids, new_vecs)
             self._log_pos = LogPosition(self._log.ident(), self._log_pos.offset + size, self._log_pos.vectors + len(ids))
             self.index.add(ids, new_vecs)
+            self._max_id = max(self._max_id, int(ids.max()))
             if self._graph is not None:
                 self._graph.add((f.id, f.subject, f.relation, f.object) for f in new)
             # Rewrite the base once the log reaches checkpoint_every vectors, and geometrically for

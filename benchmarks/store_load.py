@@ -77,7 +77,7 @@ def run_reader(args) -> None:
 
     rng = np.random.default_rng(args.seed)
     lookups, searches, errors, half = [], [], [], 0
-    store = KnowledgeStore(args.store, create=False, read_only=True)
+    store = KnowledgeStore(args.store, create=False, read_only=True, embedder_threads=1)  # one query at a time
     if hasattr(store.encoder, "model"):
         store.encoder.model
     stop = Path(args.stop) if args.stop else None

@@ -15,6 +15,7 @@ name (`USER_ERROR_NAMES`), which also covers their subclasses.
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 import sys
 import traceback
@@ -68,7 +69,7 @@ def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
         argv: the arguments (default: sys.argv[1:]).
         user_errors: more exception classes (or class names) to treat as user errors.
         strip_verbose: remove -v/--verbose before calling `main` (for parsers that do not define it).
-    Returns the exit status: main's, 2 for a user error, 130 on Ctrl-C.
+    Returns the exit status: main's, 2 for a user error, 130 on Ctrl-C, 141 when stdout's reader went away.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in VERBOSE_FLAGS for a in args)
@@ -79,6 +80,9 @@ def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error to report (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs below

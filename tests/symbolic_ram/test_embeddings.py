@@ -41,3 +41,28 @@ def test_onnx_agrees_with_torch_fp32(tmp_path, monkeypatch):
     onnx = embeddings.load_embedder(backend="onnx", threads=1).encode(texts, normalize_embeddings=True)
     assert ref.dtype == np.float32 and np.min(np.sum(ref * onnx, axis=1)) > 0.999
     assert any(tmp_path.rglob("model.onnx"))
+
+
+def test_onnx_export_from_a_local_copy_and_int8_agree(tmp_path, monkeypatch):
+    """A tiny random BERT in sentence-transformers layout: the export path in seconds, no hub."""
+    if not embeddings.onnx_available():
+        pytest.skip("onnxruntime/optimum not installed")
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    source = embeddings.packaged_embedder_dir()
+    if source is None:
+        pytest.skip("the packaged MiniLM (its tokenizer) is not installed")
+    tok = BertTokenizerFast.from_pretrained(str(source))
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    SentenceTransformer(modules=[models.Transformer(str(tmp_path / "bert")), models.Pooling(32)]).save(str(tmp_path / "st"))
+    monkeypatch.setenv("SYMBOLIC_RAM_CACHE", str(tmp_path / "cache"))
+    texts = ["Lagos country: Nigeria", "Which country is Kano in?"]
+    ref = embeddings.load_embedder(str(tmp_path / "st"), backend="torch", threads=1).encode(texts, normalize_embeddings=True)
+    for backend, floor in (("onnx", 0.9999), ("onnx-int8", 0.99)):
+        got = embeddings.load_embedder(str(tmp_path / "st"), backend=backend, threads=1).encode(texts, normalize_embeddings=True)
+        assert np.min(np.sum(ref * got, axis=1)) > floor, backend
+    assert not (tmp_path / "st" / "onnx").exists()  # the source copy is never written to
+    assert len(list((tmp_path / "cache").rglob("*.onnx"))) == 2

@@ -12,6 +12,10 @@ Phases, each its own processes (so no state is shared but the store on disk):
    that does not find it, a search hit that SQLite does not hold) and "half batches": after each
    search, the reader's index must hold `base + k * batch` vectors, i.e. whole batches only.
 3. idle_after: readers alone again, on the full store.
+Search latency includes the reader's catch-up on new log records, which is also reported alone
+("catchup"). Exact search costs grow with the index and HNSW replaces it past `--ann-threshold`,
+so idle_before and idle_after bracket the during phase; `--ann-threshold 1000000000 --base 50000`
+holds the index kind fixed to isolate what the writer costs the readers.
 Then `verify` must be OK with exactly base + facts facts and vectors.
 4. two writers, `--two-writer-runs` times: two processes ingest 2000 facts each (500 shared) into
    a fresh store at once; each run must verify OK with exactly 3500 facts and vectors.
@@ -76,7 +80,7 @@ def run_reader(args) -> None:
     from symbolic_ram import KnowledgeStore
 
     rng = np.random.default_rng(args.seed)
-    lookups, searches, errors, half = [], [], [], 0
+    lookups, searches, catchups, errors, half = [], [], [], [], 0
     store = KnowledgeStore(args.store, create=False, read_only=True, embedder_threads=1)  # one query at a time
     if hasattr(store.encoder, "model"):
         store.encoder.model
@@ -97,8 +101,11 @@ def run_reader(args) -> None:
                     errors.append(f"lookup {s!r}: {got!r}")
             else:
                 t = time.perf_counter()
-                got = store.search(f"{s} {r}: {o}", k=5)
+                store.refresh()  # the catch-up on other processes' batches, timed on its own ...
+                t1 = time.perf_counter()
+                got = store.search(f"{s} {r}: {o}", k=5)  # ... and counted in the search's latency too
                 searches.append((time.perf_counter() - t) * 1e3)
+                catchups.append((t1 - t) * 1e3)
                 if len(got) != 5 or any(not f.subject.startswith("entity ") for f in got):
                     errors.append(f"search {s!r}: {len(got)} hits")
                 if (len(store.index) - args.known) % args.batch:
@@ -108,8 +115,8 @@ def run_reader(args) -> None:
         n += 1
         time.sleep(max(0.0, start + n * period - time.monotonic()))
     store.close()
-    print(json.dumps({"lookup_ms": lookups, "search_ms": searches, "errors": errors[:20], "n_errors": len(errors),
-                      "half_batches": half}), flush=True)
+    print(json.dumps({"lookup_ms": lookups, "search_ms": searches, "catchup_ms": catchups, "errors": errors[:20],
+                      "n_errors": len(errors), "half_batches": half, "index": store.index.description}), flush=True)
 
 
 def _spawn(*argv) -> subprocess.Popen:
@@ -137,6 +144,8 @@ def readers_phase(args, store: Path, known: int, seconds: float | None, stop: Pa
     outs = [_last_json(p, timeout=3600) for p in procs]
     merged = {"lookup": percentiles(sum((o["lookup_ms"] for o in outs), [])),
               "search": percentiles(sum((o["search_ms"] for o in outs), [])),
+              "catchup": percentiles(sum((o["catchup_ms"] for o in outs), [])),
+              "reader_index_at_end": sorted({o["index"] for o in outs}),
               "errors": sum(o["n_errors"] for o in outs), "error_examples": sum((o["errors"] for o in outs), [])[:10],
               "half_batches": sum(o["half_batches"] for o in outs)}
     if extra is not None:
@@ -153,10 +162,11 @@ def verify(store: Path) -> dict:
                 "max_id": s.db.stats()["max_id"], "index": s.index.description}
 
 
-def new_store(path: Path, embedder: str) -> None:
+def new_store(path: Path, embedder: str, ann_threshold: int = 50_000) -> None:
     from symbolic_ram import KnowledgeStore, StoreConfig
 
-    KnowledgeStore(path, StoreConfig(embedder="hash" if embedder == "hash" else StoreConfig.embedder)).close()
+    KnowledgeStore(path, StoreConfig(embedder="hash" if embedder == "hash" else StoreConfig.embedder,
+                                     ann_threshold=ann_threshold)).close()
 
 
 def two_writer_runs(args, work: Path) -> dict:
@@ -200,6 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--qps", type=float, default=20.0, help="queries per second per reader")
     p.add_argument("--idle-seconds", type=float, default=20.0)
     p.add_argument("--embedder", choices=["hash", "minilm"], default="hash")
+    p.add_argument("--ann-threshold", type=int, default=50_000,
+                   help="the store's exact-to-HNSW switch; a huge value keeps one index kind through every phase")
     p.add_argument("--two-writer-runs", type=int, default=20)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -213,7 +225,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="store_load_") as tmp:
         work = Path(tmp)
         store = work / "load"
-        new_store(store, args.embedder)
+        new_store(store, args.embedder, args.ann_threshold)
         _last_json(_spawn("writer", store, "--start", 0, "--n", args.base, "--batch", args.batch), timeout=3600)
         result = {"idle_before": readers_phase(args, store, args.base, args.idle_seconds, None)}
         print(f"idle before: {result['idle_before']['search']}", file=sys.stderr, flush=True)

@@ -31,8 +31,9 @@ class StoreConfig:
         checkpoint_every: rewrite the base index file once the vector log holds this many vectors
             (or a quarter of the index, if larger), so opening a store reads one file, not a long log.
         batch_size: facts per SQLite transaction (and per embedding call) during an ingest.
-        embedder_backend: how MiniLM runs: "auto" (ONNX if installed, else torch), "torch",
-            "onnx" or "onnx-int8" (see symbolic_ram/embeddings.py; measured in docs/symbolic_ram.md).
+        embedder_backend: how MiniLM runs: "auto" (ONNX int8 on VNNI CPUs, else ONNX, if installed;
+            else torch), "torch", "onnx" or "onnx-int8" (symbolic_ram/embeddings.py; measured in
+            docs/symbolic_ram.md).
         embedder_threads: intra-op threads of the embedder; 0 = this process's cores.
     """
 

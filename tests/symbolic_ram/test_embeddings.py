@@ -28,7 +28,10 @@ def test_backend_names(monkeypatch):
     with pytest.raises(ImportError, match="optimum"):
         resolve_backend("onnx")
     monkeypatch.setattr(embeddings, "onnx_available", lambda: True)
+    monkeypatch.setattr(embeddings, "cpu_flags", lambda: {"avx2"})
     assert resolve_backend("auto") == "onnx"
+    monkeypatch.setattr(embeddings, "cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    assert resolve_backend("auto") == "onnx-int8"  # int8 kernels where the CPU has VNNI
 
 
 @pytest.mark.slow

@@ -91,7 +91,10 @@ def cmd_query(args) -> int:
     """Exact lookup by subject (and relation); with --fallback, looser matches when it is empty."""
     with _open(args) as store:
         found = store.lookup(args.subject, args.relation, fallback=args.fallback)
-        if args.fallback and not args.json:
+        if args.fallback and args.json:  # {"matched_by", "matched_subject", "facts"}
+            print(json.dumps(found.to_dict(), ensure_ascii=False, indent=1))
+            return 0
+        if args.fallback:
             print(f"matched_by: {found.matched_by}" + (f" ({found.matched_subject})" if found.matched_subject else ""))
         _print_facts(found, args.json)
     return 0

@@ -73,3 +73,15 @@ def test_tool_payload_carries_matched_by(store):
     facts = json.loads(lookup.invoke({"subject": "Nigeria", "relation": "nation"}))
     assert {f["matched_by"] for f in facts} == {"any_relation"} and len(facts) == 2
     assert json.loads(lookup.invoke({"subject": "Atlantis"})) == []
+
+
+def test_cli_query_fallback_says_which_step_answered(store, capsys):
+    from symbolic_ram.cli import main
+
+    store.close()
+    assert main(["query", str(store.root), "Sao Paolo", "-r", "country", "--fallback", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["matched_by"] == "fuzzy_subject" and out["matched_subject"] == "São Paulo"
+    assert [f["object"] for f in out["facts"]] == ["Brazil"]
+    assert main(["query", str(store.root), "Nigeria", "-r", "nation", "--fallback"]) == 0
+    assert capsys.readouterr().out.startswith("matched_by: any_relation")

@@ -329,9 +329,16 @@ def make_plots(results: dict, out: Path) -> list[str]:
     return [p.name for p in plots]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     run(parse_args(argv))
     return 0
+
+
+def main(argv=None) -> int:
+    """Run the command; a user error is one line and exit 2, -v shows its traceback (common/cli.py)."""
+    from common.cli import run_main
+
+    return run_main(_main, argv, strip_verbose=True)
 
 
 if __name__ == "__main__":

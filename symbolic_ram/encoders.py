@@ -29,17 +29,21 @@ class SentenceEncoder:
         name: PACKAGED_EMBEDDER, a local model dir or a hub id (only local works offline).
         model: an already loaded SentenceTransformer to reuse (e.g. a test session fixture).
         batch_size: texts per forward pass.
+        backend: "auto", "torch", "onnx" or "onnx-int8" (symbolic_ram.embeddings).
+        threads: intra-op threads; 0 = this process's cores.
     """
 
-    def __init__(self, name: str = PACKAGED_EMBEDDER, model=None, batch_size: int = 128, dim: int = 384):
+    def __init__(self, name: str = PACKAGED_EMBEDDER, model=None, batch_size: int = 128, dim: int = 384,
+                 backend: str = "auto", threads: int = 0):
         self.name, self.batch_size, self._model = name, batch_size, model
+        self.backend, self.threads = backend, threads
         self.dim = _model_dim(model) if model is not None else dim
 
     @property
     def model(self):
         """The SentenceTransformer, loaded the first time it is needed."""
         if self._model is None:
-            self._model = load_embedder(self.name)
+            self._model = load_embedder(self.name, backend=self.backend, threads=self.threads or None)
             self.dim = _model_dim(self._model)
         return self._model
 
@@ -79,8 +83,8 @@ class HashEncoder:
         return out
 
 
-def make_encoder(name: str, dim: int = 384, model=None):
+def make_encoder(name: str, dim: int = 384, model=None, backend: str = "auto", threads: int = 0):
     """The encoder a store's config names: "hash", or a sentence-transformers model name/path."""
     if name == HASH_EMBEDDER:
         return HashEncoder(dim)
-    return SentenceEncoder(name, model=model, dim=dim)
+    return SentenceEncoder(name, model=model, dim=dim, backend=backend, threads=threads)

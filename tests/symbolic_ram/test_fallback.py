@@ -1,0 +1,87 @@
+"""The forgiving lookup (issue 31, item 3): each fallback, in order, and the flag naming which answered."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from symbolic_ram import KnowledgeStore, LookupResult, StoreConfig, ingest_facts, make_tools
+
+
+@pytest.fixture
+def store(tmp_path, world):
+    with KnowledgeStore(tmp_path / "s", StoreConfig(embedder="hash")) as s:
+        ingest_facts(s, world, source="test")
+        yield s
+
+
+def triples(facts):
+    return sorted((f.subject, f.relation, f.object) for f in facts)
+
+
+def test_exact_match_is_flagged_exact(store):
+    found = store.lookup("lagos", "country", fallback=True)
+    assert isinstance(found, LookupResult) and found.matched_by == "exact"
+    assert triples(found) == [("Lagos", "country", "Nigeria")]
+
+
+def test_without_the_flag_an_empty_lookup_stays_empty(store):
+    found = store.lookup("Lagos", "nation")
+    assert found == [] and found.matched_by == "none"
+
+
+def test_unknown_relation_falls_back_to_any_relation_of_the_subject(store):
+    found = store.lookup("Nigeria", "nation", fallback=True)
+    assert found.matched_by == "any_relation"
+    assert triples(found) == [("Nigeria", "capital", "Abuja"), ("Nigeria", "continent", "Africa")]
+
+
+def test_misspelt_subject_falls_back_to_the_nearest_name(store):
+    found = store.lookup("Sao Paolo", "country", fallback=True)
+    assert found.matched_by == "fuzzy_subject" and found.matched_subject == "São Paulo"
+    assert triples(found) == [("São Paulo", "country", "Brazil")]
+    # the asked relation is kept when the matched subject has it, else all its facts come back
+    found = store.lookup("Nigerya", "capital", fallback=True)
+    assert found.matched_by == "fuzzy_subject" and triples(found) == [("Nigeria", "capital", "Abuja")]
+    assert store.lookup("Sao Paolo", "country").matched_by == "none"  # exact only without the flag
+
+
+def test_far_spelling_falls_back_to_a_semantic_match(store):
+    # too far from any name for edit distance, but it shares words with one fact's text
+    found = store.lookup("Lagos City, Nigeria", "country", fallback=True)
+    assert found.matched_by == "semantic_subject" and found.matched_subject == "Lagos"
+    assert triples(found) == [("Lagos", "country", "Nigeria")]
+
+
+def test_nothing_anywhere_is_none(store):
+    found = store.lookup("Atlantis", "country", fallback=True)
+    assert found == [] and found.matched_by == "none"
+
+
+def test_relations_and_the_tool_schema_lists_them(store):
+    assert store.relations() == ["atomic_number", "capital", "continent", "country", "currency", "symbol"]
+    lookup, _ = make_tools(store)
+    described = lookup.tool_call_schema.model_json_schema()["properties"]["relation"]["description"]
+    assert all(repr(r) in described for r in store.relations())
+
+
+def test_tool_payload_carries_matched_by(store):
+    lookup, _ = make_tools(store)
+    facts = json.loads(lookup.invoke({"subject": "Sao Paolo", "relation": "country"}))
+    assert [(f["subject"], f["matched_by"]) for f in facts] == [("São Paulo", "fuzzy_subject")]
+    facts = json.loads(lookup.invoke({"subject": "Nigeria", "relation": "nation"}))
+    assert {f["matched_by"] for f in facts} == {"any_relation"} and len(facts) == 2
+    assert json.loads(lookup.invoke({"subject": "Atlantis"})) == []
+
+
+def test_cli_query_fallback_says_which_step_answered(store, capsys):
+    from symbolic_ram.cli import main
+
+    store.close()
+    assert main(["query", str(store.root), "Sao Paolo", "-r", "country", "--fallback", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["matched_by"] == "fuzzy_subject" and out["matched_subject"] == "São Paulo"
+    assert [f["object"] for f in out["facts"]] == ["Brazil"]
+    assert main(["query", str(store.root), "Nigeria", "-r", "nation", "--fallback"]) == 0
+    assert capsys.readouterr().out.startswith("matched_by: any_relation")

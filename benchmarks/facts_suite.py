@@ -1,9 +1,12 @@
 """Fact QA suite: the forget set and the locality set of an RLCP run under held-out templates, and the
-TOFU world-fact questions as general knowledge; exact-match accuracy with Wilson CIs and chance levels.
+TOFU world-fact questions as general knowledge; exact-match accuracy with Wilson CIs and a floor.
 
-Chance level of a set = 1 / (number of candidate answers): the distinct objects of the set for the
-forget and locality sets (the probe's classes for the forget set), and the answer plus its perturbed
-answers (1/4) for TOFU.
+Floor of a set: the accuracy of a model that knows none of the facts and always gives the same answer
+per relation, the best such answer among the set's own objects (the most frequent object, in effect),
+scored like every system (`constant_answer_floor`). The systems generate freely, so 1/(number of
+objects) is not their chance level: that is the chance of a probe choosing among the objects (the
+analysis and the relearning attack report it for their probes). A greedy answer can do worse than the
+floor (it names no object at all) or better by guessing from the subject's name.
 
 Prompts: forget/locality facts use the completion templates of neuralcpu.facts (the eval split) and
 are correct if an accepted answer is in the first 40 characters of a 10-token greedy answer. TOFU
@@ -80,12 +83,35 @@ def split_locality(facts: FactSets) -> tuple[list[Fact], list[Fact]]:
             [f for f in facts.locality if f.relation not in relations])
 
 
+def constant_answer_floor(facts: list[Fact], window: int) -> tuple[float, dict[str, str]]:
+    """(accuracy, {relation: answer}) of the best fixed answer per relation, over `facts` (one per item).
+
+    The candidates are the objects of the relation's facts; each is scored on every fact of that
+    relation with `metrics.fact_correct`, as a system's output is, so aliases and word boundaries count
+    the same way. A model that never knew the facts and always answered this reaches the floor.
+    """
+    if not facts:
+        return 0.0, {}
+    by_relation: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_relation.setdefault(f.relation, []).append(f)
+    right, answers = 0, {}
+    for relation, group in by_relation.items():
+        candidates = list(dict.fromkeys(f.object for f in group))
+        scores = [sum(metrics.fact_correct(" " + c, f, window) for f in group) for c in candidates]
+        best = max(range(len(candidates)), key=lambda i: scores[i])  # ties: the first object in set order
+        right += scores[best]
+        answers[relation] = candidates[best]
+    return right / len(facts), answers
+
+
 @dataclass
 class FactSet:
-    """One scored set: items (fact, prompt for closed systems, question for bridge), layout, budget, chance."""
+    """One scored set: items (fact, prompt for closed systems, question for bridge), layout, budget, floor."""
 
     items: list[tuple[Fact, str, str]]
-    chance: float
+    floor: float  # accuracy of the best fixed answer per relation (`constant_answer_floor`)
+    floor_answers: dict[str, str]
     layout: tuple[str, str]  # bridge prompt layout (kind, answer_end), see systems.bridge_answerer
     max_new_tokens: int
     window: int  # characters of the answer searched for an accepted answer
@@ -100,15 +126,15 @@ def fact_sets(facts: FactSets | None, tofu_rows: list[dict] | None, tokenizer=No
         for name, group in (("forget", facts.forget), ("locality_same", same), ("locality_other", other)):
             if group:
                 items = [(f, p, p) for f in group for p in prompts_for(f, "test")]
-                sets[name] = FactSet(items, 1 / len({f.object for f in group}), ("completion", "sentence"),
-                                     FACT_NEW_TOKENS, FACT_WINDOW)
+                floor, answers = constant_answer_floor([f for f, _, _ in items], FACT_WINDOW)
+                sets[name] = FactSet(items, floor, answers, ("completion", "sentence"), FACT_NEW_TOKENS, FACT_WINDOW)
     if tofu_rows:
         fmt = tofu_format(tokenizer, tofu_fmt)
         items = [(Fact(r["question"], "tofu", r["answer"]), tofu_prompt(r["question"], tokenizer, fmt),
                   r["question"] if fmt == "chat" else tofu_prompt(r["question"])) for r in tofu_rows]
-        chance = metrics.mean(1 / (1 + len(r["perturbed_answer"])) for r in tofu_rows)
+        floor, answers = constant_answer_floor([f for f, _, _ in items], TOFU_WINDOW)
         layout = ("auto", "line") if fmt == "chat" else ("completion", "line")
-        sets["tofu"] = FactSet(items, chance, layout, TOFU_NEW_TOKENS, TOFU_WINDOW)
+        sets["tofu"] = FactSet(items, floor, answers, layout, TOFU_NEW_TOKENS, TOFU_WINDOW)
     return sets
 
 
@@ -123,7 +149,8 @@ def evaluate(answer_fn, facts: FactSets | None, tofu_rows: list[dict] | None, to
         tofu_rows: TOFU world facts (None or empty: skipped).
         tokenizer, tofu_fmt: decide the TOFU prompt format (see `tofu_format`).
     Returns:
-        {set: {"k", "n", "acc", "ci95", "chance", "lookup_rate", "samples"}} (+ "format" for TOFU).
+        {set: {"k", "n", "acc", "ci95", "floor", "floor_answers", "lookup_rate", "samples"}} (+ "format" for
+        TOFU); "floor" is the best fixed answer's accuracy (`constant_answer_floor`), "floor_answers" that answer.
     """
     out = {}
     for name, fs in fact_sets(facts, tofu_rows, tokenizer, tofu_fmt).items():
@@ -131,7 +158,8 @@ def evaluate(answer_fn, facts: FactSets | None, tofu_rows: list[dict] | None, to
                          layout=fs.layout)
         texts = [o["text"] for o in outs]
         correct = [metrics.fact_correct(t, f, fs.window) for (f, _, _), t in zip(fs.items, texts)]
-        out[name] = {**metrics.proportion(sum(correct), len(fs.items)), "chance": fs.chance,
+        out[name] = {**metrics.proportion(sum(correct), len(fs.items)), "floor": fs.floor,
+                     "floor_answers": fs.floor_answers,
                      # a lookup call in the closed-book text, or a call made inside the bridge loop
                      "lookup_rate": metrics.mean(CALL_OPEN in o["text"] or o.get("calls", 0) > 0 for o in outs),
                      "samples": [{"prompt": p, "answer": f.object, "output": t, "correct": c}

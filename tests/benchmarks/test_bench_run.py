@@ -75,7 +75,7 @@ def test_run_script_end_to_end_and_reproducible(bench_inputs, tmp_path):
     for system in ("original", "rlcp"):
         facts = r["facts"][system]
         assert set(facts) == {"forget", "locality_same", "locality_other", "tofu"}
-        assert facts["forget"]["n"] == 2 * len(CITIES) and facts["forget"]["chance"] == pytest.approx(1 / len(CITIES))
+        assert facts["forget"]["n"] == 2 * len(CITIES) and facts["forget"]["floor"] == pytest.approx(1 / len(CITIES))
         g = r["gsm8k"][system]
         assert g["n"] == 3 and g["format"] == "fewshot" and len(g["items"]) == 3
         assert 0 <= g["mean_tokens"] <= 16

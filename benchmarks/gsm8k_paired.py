@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"a": args.a, "b": args.b, "n": args.n, "n_problems": len(idx), "seed": args.seed, "prompt": prompt,
               "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "indices": idx}
     check_config(out, config)
+    origin = provenance(argv if argv is not None else sys.argv[1:], "-m benchmarks.gsm8k_paired", args.seed)  # the code that runs
     t0 = time.perf_counter()
     records = {}
     for side in SIDES:
@@ -248,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             done = run_side(name, out / f"{side}.jsonl", rows, idx, prompt, args.max_new_tokens, args.batch_size,
                             args.chunk, prefix, log=lambda s: print(s, flush=True))
             records[side] = [done[i] for i in idx]
-    result = {**provenance(argv if argv is not None else sys.argv[1:], "-m benchmarks.gsm8k_paired", args.seed),
-              "config": config, "models": {side: side_summary(r) for side, r in records.items()}}
+    result = {**origin, "config": config, "models": {side: side_summary(r) for side, r in records.items()}}
     if "b" in records:
         a, b = records["a"], records["b"]
         result["paired"] = {"accuracy": paired([r["correct"] for r in a], [r["correct"] for r in b]),

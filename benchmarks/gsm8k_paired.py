@@ -182,7 +182,7 @@ def markdown(result: dict) -> str:
     """report.md: the per-model table, then the paired tests when there are two models."""
     cfg = result["config"]
     lines = [f"# GSM8K: {cfg['a']}" + (f" vs {cfg['b']}" if cfg.get("b") else ""), "",
-             f"{cfg['n_problems']} test problems (seed {cfg['seed']}), prompt `{cfg['prompt']}`, greedy, "
+             f"{cfg.get('partial') or str(cfg['n_problems']) + ' test problems'} (seed {cfg['seed']}), prompt `{cfg['prompt']}`, greedy, "
              f"cap {cfg['max_new_tokens']} new tokens. Commit {result.get('commit')}, {result.get('machine')}.", "",
              "| model | accuracy [95% Wilson] | CoT rate | no answer | mean new tokens | hit cap | generation s |",
              "|---|---|---|---|---|---|---|"]
@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gsm8k-train", default=None, help="GSM8K train JSONL for --prompt fewshot exemplars")
     parser.add_argument("--ood-ppl", action="store_true", help="also perplexity on out-of-domain text "
                                                                 "(benchmarks.ood_perplexity)")
+    parser.add_argument("--partial", action="store_true", help="generate nothing: report on the problems that "
+                                                                "every model has finished so far (a cut-short run)")
     parser.add_argument("--out", default="results/gsm8k-paired", help="output folder (resumes what is there)")
     args = parser.parse_args(argv)
     problems = [f"--{k.replace('_', '-')} must be >= 1" for k in ("max_new_tokens", "batch_size", "chunk")
@@ -242,13 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     check_config(out, config)
     origin = provenance(argv if argv is not None else sys.argv[1:], "-m benchmarks.gsm8k_paired", args.seed)  # the code that runs
     t0 = time.perf_counter()
-    records = {}
+    done = {}
     for side in SIDES:
         name = getattr(args, side)
-        if name:
-            done = run_side(name, out / f"{side}.jsonl", rows, idx, prompt, args.max_new_tokens, args.batch_size,
-                            args.chunk, prefix, log=lambda s: print(s, flush=True))
-            records[side] = [done[i] for i in idx]
+        if name and args.partial:
+            done[side] = read_records(out / f"{side}.jsonl")
+        elif name:
+            done[side] = run_side(name, out / f"{side}.jsonl", rows, idx, prompt, args.max_new_tokens,
+                                  args.batch_size, args.chunk, prefix, log=lambda s: print(s, flush=True))
+    have = [i for i in idx if all(i in d for d in done.values())]  # all of idx unless --partial
+    if args.partial:
+        config["partial"] = f"{len(have)} of the {len(idx)} problems: those every model had finished"
+    records = {side: [d[i] for i in have] for side, d in done.items()}
     result = {**origin, "config": config, "models": {side: side_summary(r) for side, r in records.items()}}
     if "b" in records:
         a, b = records["a"], records["b"]

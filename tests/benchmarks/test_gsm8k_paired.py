@@ -95,6 +95,10 @@ def test_cli_pairs_two_models_and_resumes(chat_tiny_dirs, tmp_path):
 
     # a run killed in its last chunk of B: one record lost, one torn line; the rerun regenerates only that
     (out / "b.jsonl").write_text("\n".join(first["b"][:-1]) + '\n{"index": 9, "gold"')
+    assert gsm8k_paired.main(argv + ["--partial"]) == 0  # a report on what both have, generating nothing
+    cut = json.loads((out / "gsm8k_paired.json").read_text())
+    assert cut["models"]["a"]["n"] == cut["models"]["b"]["n"] == 3 and cut["config"]["partial"].startswith("3 of the 4")
+    assert (out / "a.jsonl").read_text().splitlines() == first["a"]
     assert gsm8k_paired.main(argv) == 0
     again = {side: (out / f"{side}.jsonl").read_text().splitlines() for side in ("a", "b")}
     assert again["a"] == first["a"]  # A was complete: not regenerated

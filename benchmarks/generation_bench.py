@@ -1,20 +1,24 @@
-"""Batched greedy generation (left padding, KV cache, optionally bf16) against one-at-a-time `generate`,
-on the same GSM8K prompts: tokens/s ratio, and how many outputs differ from the one-at-a-time ones.
+"""Greedy generation speed, side by side in one run: plain HF `model.generate` on left-padded batches of
+8 (the baseline a new user would write) against this project's generator (`neuralcpu.generation`:
+finished rows leave the batch, waiting prompts join, in-place KV cache) at batch 8 and at a larger
+batch, on the same GSM8K prompts; bf16 only where the CPU has it natively.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/generation_bench.py --model qwen2.5-coder-0.5b \\
-        --n 16 --max-new-tokens 256 --batch-size 16 [--bf16] [--out results/generation_bench.json]
+    flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/generation_bench.py --model qwen2.5-coder-0.5b \\
+        --n 32 --max-new-tokens 384 --batch-size 32 --prompt boxed --out docs/results/generation_bench.json
 
-Both sides generate greedily until EOS or the cap (no answer-stop, so they do the same work); tokens/s
-counts generated tokens before EOS. "differ" compares each batched output with the one-at-a-time
-output of the same prompt and gives the first differing token: left padding changes the shapes of the
-matrix products and so their floating-point rounding, and a near-tie between two tokens can then
-flip; bf16 rounds far more.
+Every mode generates greedily until EOS (or end of turn) or the cap, with no answer-stop, so all do
+the same useful work; tokens/s counts the tokens each prompt keeps (before its EOS). HF generate also
+computes a finished row until its whole batch ends: that waste is what the project's generator saves.
+"differing" compares each mode's output ids with the baseline's for the same prompt and gives the
+first differing token: a different batch layout changes the shapes of the matrix products and so
+their floating-point rounding, which can flip a near-tie. bf16 (where native) rounds far more; on a
+CPU without AVX512-BF16/AMX it is emulated and slower than fp32, so it is skipped and the reason
+recorded.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,23 +30,30 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import gsm8k  # noqa: E402
-from neuralcpu.generation import adds_bos, stop_token_ids  # noqa: E402
 from benchmarks.report import write_json_atomic  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
+from neuralcpu.generation import encode_left_padded, generate_ids, native_bf16, stop_token_ids  # noqa: E402
+
+BASELINE_BATCH = 8
 
 
 @torch.inference_mode()
-def one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Plain `generate` on each prompt alone (no padding): {"ids", "tokens"} per prompt."""
+def hf_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = BASELINE_BATCH
+                ) -> list[list[int]]:
+    """Plain `model.generate` (greedy) on left-padded batches of `batch_size`, longest prompts first
+    (less padding, as the project's generator does); the kept ids of each prompt (before its EOS), in
+    prompt order."""
     ends = stop_token_ids(tokenizer, model)
-    outs = []
-    for p in prompts:
-        enc = tokenizer(p, return_tensors="pt", add_special_tokens=adds_bos(tokenizer, [p])).to(model.device)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    for s in range(0, len(order), batch_size):
+        chunk = order[s:s + batch_size]
+        enc = encode_left_padded(tokenizer, [prompts[i] for i in chunk]).to(model.device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
                              top_k=None, pad_token_id=tokenizer.pad_token_id)
-        row = gen[0, enc["input_ids"].shape[1]:].tolist()
-        n = next((j for j, t in enumerate(row) if t in ends), len(row))
-        outs.append({"ids": row[:n], "tokens": n})
-    return outs
+        for i, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
+            out[i] = row[:next((j for j, t in enumerate(row) if t in ends), len(row))]
+    return out
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -54,21 +65,51 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 
 def timed(fn):
+    """(fn(), seconds)."""
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
 
 
+def run_modes(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, bf16_model=None,
+              log=print) -> list[dict]:
+    """Time every mode on `prompts`; one record per mode (the first is the baseline)."""
+    modes = [(f"hf-generate b{BASELINE_BATCH} fp32", lambda: hf_generate(model, tokenizer, prompts, max_new_tokens)),
+             (f"neuralcpu b{BASELINE_BATCH} fp32",
+              lambda: generate_ids(model, tokenizer, prompts, max_new_tokens, BASELINE_BATCH))]
+    if batch_size != BASELINE_BATCH:
+        modes.append((f"neuralcpu b{batch_size} fp32",
+                      lambda: generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size)))
+    if bf16_model is not None:
+        modes.append((f"neuralcpu b{batch_size} bf16",
+                      lambda: generate_ids(bf16_model, tokenizer, prompts, max_new_tokens, batch_size)))
+    records, base = [], None
+    for name, fn in modes:
+        ids, secs = timed(fn)
+        base = base or ids
+        diffs = {i: first_difference(b, o) for i, (b, o) in enumerate(zip(base, ids)) if b != o}
+        tokens = sum(len(x) for x in ids)
+        rec = {"mode": name, "seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs,
+               "differing": len(diffs), "first_diff_token": diffs}
+        rec["ratio"] = rec["tokens_per_s"] / records[0]["tokens_per_s"] if records else 1.0
+        records.append(rec)
+        log(f"{name:<24}{secs:>9.1f}{tokens:>8}{rec['tokens_per_s']:>8.1f}{rec['ratio']:>7.2f}x  "
+            f"{len(diffs)}/{len(prompts)} differ" + (f" (first differing token: {list(diffs.values())[:8]})" if diffs else ""))
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="preset, hub id or save_pretrained dir")
-    parser.add_argument("--n", type=int, default=16, help="GSM8K test prompts (seeded subset)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="generation cap per prompt")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per batch")
-    parser.add_argument("--bf16", action="store_true", help="also time batched generation in bfloat16")
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="preset, .gguf or save_pretrained dir")
+    parser.add_argument("--n", type=int, default=32, help="GSM8K test prompts (seeded subset)")
+    parser.add_argument("--max-new-tokens", type=int, default=384, help="generation cap per prompt")
+    parser.add_argument("--batch-size", type=int, default=32, help="the larger batch of the project's generator")
+    parser.add_argument("--prompt", default="auto", help=f"GSM8K prompt format: auto or one of {gsm8k.FORMATS}")
+    parser.add_argument("--bf16", choices=["auto", "off", "force"], default="auto",
+                        help="time bf16 too: where native (auto), never, or even when emulated (force)")
     parser.add_argument("--seed", type=int, default=0, help="subset seed")
     parser.add_argument("--gsm8k-test", default=None, help="GSM8K test JSONL (default: shared copy, else hub)")
-    parser.add_argument("--gsm8k-train", default=None, help="GSM8K train JSONL for base-model few-shot prompts")
+    parser.add_argument("--gsm8k-train", default=None, help="GSM8K train JSONL for few-shot prompts")
     parser.add_argument("--out", default=None, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
     if args.n < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
@@ -79,39 +120,29 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = load_gsm8k("test", args.gsm8k_test)
     model, tok = load_model(args.model)
-    fmt = gsm8k.prompt_format(tok)
+    fmt = gsm8k.prompt_format(tok, args.prompt)
     prefix = gsm8k.fewshot_prefix(load_gsm8k("train", args.gsm8k_train, limit=200), args.seed) if fmt == "fewshot" else ""
     idx = gsm8k.select_problems(rows, args.n, args.seed)
     prompts = gsm8k.build_prompts(tok, [rows[i]["question"] for i in idx], fmt, prefix)
+    native = native_bf16()
+    bf16_model, bf16_note = None, None
+    if args.bf16 == "force" or (args.bf16 == "auto" and native):
+        bf16_model = load_model(args.model, dtype="bfloat16")[0]
+    else:
+        bf16_note = "skipped: " + ("--bf16 off" if args.bf16 == "off" else "this CPU has no native bf16 (AVX512-BF16/AMX)")
     print(f"{args.model}: {len(prompts)} GSM8K prompts ({fmt}), max_new_tokens {args.max_new_tokens}, "
-          f"batch {args.batch_size}, threads {torch.get_num_threads()}", flush=True)
-
-    base, t_base = timed(lambda: one_at_a_time(model, tok, prompts, args.max_new_tokens))
-    rows_out = [("one-at-a-time fp32", t_base, sum(o["tokens"] for o in base), None)]
-    runs = [("batched fp32", model)]
-    if args.bf16:
-        runs.append(("batched bf16", load_model(args.model, dtype="bfloat16")[0]))
-    for name, m in runs:
-        outs, secs = timed(lambda: gsm8k.generate(m, tok, prompts, args.max_new_tokens, args.batch_size, stop=False))
-        diffs = [(i, first_difference(b["ids"], o["ids"])) for i, (b, o) in enumerate(zip(base, outs))
-                 if b["ids"] != o["ids"]]
-        rows_out.append((name, secs, sum(o["tokens"] for o in outs), diffs))
-
-    report = []
-    print(f"{'mode':<22}{'seconds':>9}{'tokens':>8}{'tok/s':>8}{'x base':>8}  outputs differing from one-at-a-time")
-    base_rate = rows_out[0][2] / rows_out[0][1]
-    for name, secs, tokens, diffs in rows_out:
-        rate = tokens / secs
-        where = "" if diffs is None else f"{len(diffs)}/{len(prompts)}" + (
-            f" (first differing token: {', '.join(str(d) for _, d in diffs[:8])})" if diffs else "")
-        print(f"{name:<22}{secs:>9.1f}{tokens:>8}{rate:>8.1f}{rate / base_rate:>7.2f}x  {where}")
-        report.append({"mode": name, "seconds": secs, "tokens": tokens, "tokens_per_s": rate,
-                       "ratio": rate / base_rate, "differing": None if diffs is None else len(diffs),
-                       "first_diff_token": None if diffs is None else dict(diffs)})
+          f"threads {torch.get_num_threads()}, native bf16 {native}" + (f"; bf16 {bf16_note}" if bf16_note else ""),
+          flush=True)
+    print(f"{'mode':<24}{'seconds':>9}{'tokens':>8}{'tok/s':>8}{'x base':>8}  outputs differing from the baseline")
+    origin = provenance(argv if argv is not None else sys.argv[1:], "benchmarks/generation_bench.py", args.seed)
+    records = run_modes(model, tok, prompts, args.max_new_tokens, args.batch_size, bf16_model,
+                        log=lambda s: print(s, flush=True))
     if args.out:
-        write_json_atomic(Path(args.out), {"model": args.model, "n": len(prompts), "format": fmt,
-                                           "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-                                           "threads": torch.get_num_threads(), "indices": idx, "results": report})
+        write_json_atomic(Path(args.out), {
+            **origin,
+            "model": args.model, "n": len(prompts), "format": fmt, "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size, "threads": torch.get_num_threads(), "native_bf16": native,
+            "bf16": bf16_note or "timed", "indices": idx, "results": records})
     return 0
 
 

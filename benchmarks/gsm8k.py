@@ -1,7 +1,16 @@
-"""GSM8K evaluation: a seeded subset, zero-shot chat or 8-shot prompts, batched greedy generation with
+"""GSM8K evaluation: a seeded subset, three prompt formats, batched greedy generation with
 answer-complete stopping, and per-problem scoring (accuracy, CoT, generated tokens).
 
-Used by benchmarks/run.py (`--suite gsm8k`) and benchmarks/generation_bench.py.
+Prompt formats (`FORMATS`), each with its own answer marker, read strictly:
+- "chat" (format only): the chat template with CHAT_INSTRUCTION; it asks for `#### <number>` and
+  nothing else, so the CoT rate measures what the model does unasked. Answer: the number after `####`.
+- "fewshot": 8 worked train examples, "Question: ...\nAnswer:" (base models). Answer: after `####`.
+- "boxed": the instruct model's own math prompt (Qwen2.5's system message SYSTEM_BOXED). Answer: the
+  content of the last `\boxed{...}`.
+An output without its format's marker has no answer (it scores wrong): taking "the last number
+anywhere" instead would credit a model for a number it never gave as its answer (issue #33).
+
+Used by benchmarks/run.py (`--suite gsm8k`), benchmarks/gsm8k_paired.py and generation_bench.py.
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from decimal import Decimal
 
 from benchmarks import metrics
 from neuralcpu.generation import generate_ids, tail_matches
@@ -16,6 +26,10 @@ from neuralcpu.generation import generate_ids, tail_matches
 # Zero-shot instruction for chat models. It asks for the answer format only, not for step-by-step
 # reasoning, so that the CoT rate measures what the model does on its own.
 CHAT_INSTRUCTION = "Give the final answer as a number on the last line, in the form '#### <number>'."
+# Qwen2.5(-Math/-Coder)'s own system message for math, from its model cards and evaluation code.
+SYSTEM_BOXED = "Please reason step by step, and put your final answer within \\boxed{}."
+FORMATS = ("chat", "fewshot", "boxed")
+ALIASES = {"format-only": "chat", "qwen-boxed": "boxed"}  # the names the reports use
 N_SHOTS = 8
 _CALC_NOTE = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations: not text a model should imitate
 # Generation may stop early once the answer is complete: a `#### number` followed by a non-number
@@ -42,20 +56,108 @@ def fewshot_prefix(train_rows: list[dict], seed: int, k: int = N_SHOTS) -> str:
 
 
 def prompt_format(tokenizer, requested: str = "auto") -> str:
-    """"chat" when the tokenizer has a chat template (instruct model), else "fewshot"; or `requested`."""
-    if requested not in ("auto", "chat", "fewshot"):
-        raise ValueError(f"prompt format {requested!r} not in ('auto', 'chat', 'fewshot')")
-    if requested != "auto":
-        return requested
-    return "chat" if getattr(tokenizer, "chat_template", None) else "fewshot"
+    """"chat" when the tokenizer has a chat template (instruct model), else "fewshot"; or `requested`
+    (one of FORMATS or ALIASES). "chat" and "boxed" need a chat template."""
+    requested = ALIASES.get(requested, requested)
+    if requested not in ("auto", *FORMATS):
+        raise ValueError(f"prompt format {requested!r} not in {('auto', *FORMATS, *ALIASES)}")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if requested == "auto":
+        return "chat" if has_template else "fewshot"
+    if requested != "fewshot" and not has_template:
+        raise ValueError(f"prompt format {requested!r} needs a chat template; this tokenizer has none (use 'fewshot')")
+    return requested
+
+
+def user_messages(question: str, fmt: str) -> list[dict]:
+    """The chat messages of one question under "chat" or "boxed"."""
+    if fmt == "boxed":
+        return [{"role": "system", "content": SYSTEM_BOXED}, {"role": "user", "content": question}]
+    return [{"role": "user", "content": f"{question}\n{CHAT_INSTRUCTION}"}]
 
 
 def build_prompts(tokenizer, questions: list[str], fmt: str, prefix: str = "") -> list[str]:
-    """Prompt strings: the chat template with CHAT_INSTRUCTION, or `prefix` + "Question: q\\nAnswer:"."""
-    if fmt == "chat":
-        return [tokenizer.apply_chat_template([{"role": "user", "content": f"{q}\n{CHAT_INSTRUCTION}"}],
-                                              tokenize=False, add_generation_prompt=True) for q in questions]
+    """Prompt strings: the chat template over `user_messages` ("chat", "boxed"), or (few-shot)
+    `prefix` + "Question: q\\nAnswer:"."""
+    if fmt in ("chat", "boxed"):
+        return [tokenizer.apply_chat_template(user_messages(q, fmt), tokenize=False, add_generation_prompt=True)
+                for q in questions]
     return [f"{prefix}Question: {q}\nAnswer:" for q in questions]
+
+
+# ----------------------------------------------------------------------------- answers, strictly -----
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_FRAC = re.compile(r"\\[dt]?frac\{?(-?\d+(?:\.\d+)?)\}?\{?(-?\d+(?:\.\d+)?)\}?")
+_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}")
+_LATEX_NOISE = ("\\$", "$", "\\%", "%", "\\,", "\\!", "\\;", "\\ ", "\\left", "\\right", "~", " ")
+
+
+def boxed_content(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` (or `\\fbox{...}`), nested braces balanced; None when
+    there is none or it never closes."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    if not starts:
+        return None
+    depth, i = 1, starts[-1]
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def number_in_box(content: str) -> str | None:
+    """A boxed answer as a canonical number string, or None when it is not one number.
+
+    "\\$1,000.00" -> "1000", "-5", "18.0" -> "18", "{{42}}" -> "42", "\\frac{1}{2}" -> "0.5",
+    "x = 7" -> "7", "20 \\text{ dollars}" -> "20". Units in \\text{}, `$`, `%` and LaTeX spaces are dropped.
+    """
+    s = _TEXT.sub("", content).split("=")[-1]
+    for junk in _LATEX_NOISE:
+        s = s.replace(junk, "")
+    m = _FRAC.fullmatch(s)
+    if m:
+        num, den = Decimal(m.group(1)), Decimal(m.group(2))
+        return metrics.normalize_number(str(num / den)) if den else None
+    s = s.replace("{", "").replace("}", "")
+    m = re.fullmatch(metrics.NUMBER + r"\.?", s)
+    return metrics.normalize_number(m.group()) if m else None
+
+
+def extract(output: str, fmt: str) -> str | None:
+    """The final answer of `output` under prompt format `fmt`, or None: the number right after the first
+    `####` ("chat", "fewshot"), the number in the last `\\boxed{}` ("boxed"). No fallback to other numbers."""
+    if fmt == "boxed":
+        content = boxed_content(output)
+        return None if content is None else number_in_box(content)
+    if fmt not in ("chat", "fewshot"):
+        raise ValueError(f"prompt format {fmt!r} not in {FORMATS}")
+    if "####" not in output:
+        return None
+    m = re.match(r"\s*(" + metrics.NUMBER + ")", output.split("####", 1)[1])
+    return metrics.normalize_number(m.group(1)) if m else None
+
+
+def is_correct(pred: str | None, gold: str) -> bool:
+    """Whether an extracted answer equals the reference numerically."""
+    return pred is not None and Decimal(pred) == Decimal(gold)
+
+
+def cot_steps(output: str, fmt: str) -> int:
+    """Reasoning steps (`metrics.cot_steps`) in the text before the format's answer marker: the first
+    `####`, or the last `\\boxed` (the whole output when it has none)."""
+    cut = output.rfind("\\boxed") if fmt == "boxed" else output.find("####")
+    pre = output if cut < 0 else output[:cut]
+    return metrics.cot_steps(pre.replace("####", "") + "\n####")  # the marker makes all of `pre` pre-answer text
+
+
+def score(output: str, gold: str, fmt: str) -> dict:
+    """{"pred", "correct", "cot_steps", "cot"} of one output under prompt format `fmt`."""
+    pred = extract(output, fmt)
+    steps = cot_steps(output, fmt)
+    return {"pred": pred, "correct": is_correct(pred, gold), "cot_steps": steps,
+            "cot": steps >= metrics.MIN_COT_STEPS}
 
 
 def _truncate(text: str, patterns: list[re.Pattern]) -> str:
@@ -69,7 +171,7 @@ def _truncate(text: str, patterns: list[re.Pattern]) -> str:
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, batch_size: int = 16,
-             stop: bool = True, progress: bool = False) -> list[dict]:
+             stop: bool = True, progress: bool = False, fmt: str | None = None) -> list[dict]:
     """Batched greedy generation (`neuralcpu.generation.generate_ids`: left padding, KV cache, finished
     rows leave the batch, no second BOS before a rendered chat template); one {"text", "tokens", "ids"}
     per prompt, in order.
@@ -78,10 +180,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, ba
         prompts: formatted prompt strings.
         max_new_tokens: generation cap per prompt.
         batch_size: prompts per batch.
-        stop: stop a row at `#### number` or at the next "Question:" (its text is cut there too).
+        stop: stop a row at `#### number` or at the next "Question:" (its text is cut there too); under
+            fmt="boxed" only EOS ends a row (the last `\\boxed{}` is the answer, so none may be cut off).
         progress: tqdm bar over batches.
+        fmt: the prompt format (None: one of the `####` formats).
     """
-    patterns = [_ANSWER_DONE, _NEXT_QUESTION] if stop else []
+    patterns = [_ANSWER_DONE, _NEXT_QUESTION] if stop and fmt != "boxed" else []
+    stop = bool(patterns)
     stop_row = (lambda i, ids: tail_matches(tokenizer, ids, lambda text: any(p.search(text) for p in patterns))) if stop else None
     new = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, stop_row, progress=progress)
     return [{"text": _truncate(tokenizer.decode(ids, skip_special_tokens=True), patterns), "tokens": len(ids), "ids": ids}
@@ -98,22 +203,23 @@ def evaluate(answer_fn, tokenizer, test_rows: list[dict], train_rows: list[dict]
         tokenizer: the system's tokenizer (decides chat vs few-shot under fmt="auto").
         test_rows, train_rows: GSM8K rows; train_rows supply the few-shot exemplars.
         n: subset size (None = all); seed: subset and exemplar seed.
-        fmt: "auto", "chat" or "fewshot".
+        fmt: "auto" or one of FORMATS (answers are read strictly per format: `extract`).
     """
     fmt = prompt_format(tokenizer, fmt)
     idx = select_problems(test_rows, n, seed)
     prefix = fewshot_prefix(train_rows or [], seed) if fmt == "fewshot" else ""
     prompts = build_prompts(tokenizer, [test_rows[i]["question"] for i in idx], fmt, prefix)
     t0 = time.perf_counter()
-    questions = ([f"{test_rows[i]['question']}\n{CHAT_INSTRUCTION}" for i in idx] if fmt == "chat" else prompts)
+    questions = ([f"{test_rows[i]['question']}\n{CHAT_INSTRUCTION}" for i in idx] if fmt == "chat"
+                 else [test_rows[i]["question"] for i in idx] if fmt == "boxed" else prompts)
     outs = answer_fn(prompts, max_new_tokens, questions=questions, layout=("auto", "eos"))
     seconds = time.perf_counter() - t0
     items = []
     for i, out in zip(idx, outs):
         gold = metrics.gold_answer(test_rows[i]["answer"])
-        items.append({"index": i, "gold": gold, "pred": metrics.extract_answer(out["text"]),
-                      "correct": metrics.gsm8k_correct(out["text"], gold), "cot_steps": metrics.cot_steps(out["text"]),
-                      "tokens": out["tokens"], "output": out["text"]})
+        sc = score(out["text"], gold, fmt)
+        items.append({"index": i, "gold": gold, "pred": sc["pred"], "correct": sc["correct"],
+                      "cot_steps": sc["cot_steps"], "tokens": out["tokens"], "output": out["text"]})
     k_cot = sum(it["cot_steps"] >= metrics.MIN_COT_STEPS for it in items)
     return {
         "format": fmt, "n": len(items), "max_new_tokens": max_new_tokens, "indices": idx,

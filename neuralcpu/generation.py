@@ -14,6 +14,32 @@ from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import sdpa_mask
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without them torch emulates bf16
+    matmuls through fp32 conversions, slower than fp32 itself, so callers fall back to fp32."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def fast_dtype(requested: str = "auto") -> str:
+    """The dtype to generate in: "bfloat16" for "auto" only where `native_bf16()`, else "float32";
+    an explicit "float32"/"bfloat16" is returned as it is."""
+    if requested == "auto":
+        return "bfloat16" if native_bf16() else "float32"
+    if requested not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype {requested!r} not in ('auto', 'float32', 'bfloat16')")
+    return requested
+
+
 def adds_bos(tokenizer, prompts: list[str]) -> bool:
     """Whether to let the tokenizer add its special tokens: not when every prompt already starts with
     the BOS text (a rendered chat template, e.g. SmolLM2's "<|im_start|>"), which would double it."""

@@ -114,19 +114,25 @@ def test_relearning_attack_trains_the_attack_set_only(tiny_qwen2_dir):
     assert all(0 <= a <= 1 for a in probe["per_layer"])
 
 
-def test_generation_bench_runs_and_reports(tiny_qwen2_dir, tmp_path):
+def test_generation_bench_runs_and_reports(context_tiny_qwen2_dir, tmp_path):
+    """Side by side: HF generate at batch 8 (the baseline), ours at batch 8 and at a larger batch; in fp32
+    ours gives the baseline's greedy ids exactly; bf16 is skipped on a CPU without it, with the reason."""
     from benchmarks import generation_bench
+    from neuralcpu.generation import native_bf16
 
     gsm = tmp_path / "gsm.jsonl"
     gsm.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     out = tmp_path / "bench.json"
-    assert generation_bench.main(["--model", str(tiny_qwen2_dir), "--n", "3", "--max-new-tokens", "6",
-                                  "--batch-size", "3", "--gsm8k-test", str(gsm), "--gsm8k-train", str(gsm),
-                                  "--out", str(out)]) == 0
+    assert generation_bench.main(["--model", str(context_tiny_qwen2_dir), "--n", "12", "--max-new-tokens", "12",
+                                  "--batch-size", "5", "--gsm8k-test", str(gsm), "--gsm8k-train", str(gsm),
+                                  "--bf16", "off", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert [x["mode"] for x in r["results"]] == ["one-at-a-time fp32", "batched fp32"]
-    base, batched = r["results"]
-    assert base["ratio"] == 1.0 and batched["tokens_per_s"] > 0 and 0 <= batched["differing"] <= 3
+    assert [x["mode"] for x in r["results"]] == ["hf-generate b8 fp32", "neuralcpu b8 fp32", "neuralcpu b5 fp32"]
+    assert r["results"][0]["ratio"] == 1.0 and all(x["tokens_per_s"] > 0 for x in r["results"])
+    assert [x["differing"] for x in r["results"]] == [0, 0, 0]  # identical greedy ids in fp32
+    assert len({x["tokens"] for x in r["results"]}) == 1 and r["results"][0]["tokens"] > 12  # same work, some of it
+    assert r["bf16"].startswith("skipped") and r["native_bf16"] == native_bf16()
+    assert r["commit"] and r["machine"] and r["seed"] == 0
     assert generation_bench.first_difference([1, 2, 3], [1, 2, 4]) == 2
     assert generation_bench.first_difference([1, 2], [1, 2]) is None
 

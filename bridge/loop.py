@@ -169,7 +169,7 @@ def run_tool(tools: dict, call: ToolCall, max_facts: int = 5) -> Observation:
         try:
             output = tools[call.name].invoke(call.arguments)
         except Exception as e:  # pydantic validation, store errors: the model sees the reason, the loop goes on
-            error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"  # pydantic names the field on line 2
     if error is not None:
         output = json.dumps({"error": error}, ensure_ascii=False)
         return Observation(call, output, escape_payload(output), [], error)
@@ -229,7 +229,17 @@ def tool_schemas(tools) -> list[dict]:
     """OpenAI-style function schemas of langchain tools, as chat templates' `tools=` expects."""
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
-    return [convert_to_openai_tool(t) for t in tools]
+    out = []
+    for t in tools:
+        schema = convert_to_openai_tool(t)
+        # langchain drops `enum` from properties; the lookup's relation list must reach the model.
+        source = getattr(t, "args_schema", None)
+        props = source.model_json_schema().get("properties", {}) if hasattr(source, "model_json_schema") else {}
+        for name, spec in schema["function"].get("parameters", {}).get("properties", {}).items():
+            if "enum" in props.get(name, {}) and "enum" not in spec:
+                spec["enum"] = props[name]["enum"]
+        out.append(schema)
+    return out
 
 
 class Bridge:

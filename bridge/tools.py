@@ -161,7 +161,9 @@ def _lookup_args(relations: list[str]) -> type[BaseModel]:
     return create_model(
         "LookupArgs",
         subject=(str, Field(description="The entity the fact is about, e.g. 'Tokyo' (case and accents do not matter).")),
-        relation=(Optional[str], Field(default=None, json_schema_extra=extra,
+        # typed `str` (default None, not validated) so that langchain keeps the enum in the schema it
+        # renders: it drops `enum` from an Optional's anyOf.
+        relation=(str, Field(default=None, json_schema_extra=extra,
                                        description="Which fact about it: one of " + ", ".join(relations)
                                        if relations else "Only this relation; omit for all.")),
     )

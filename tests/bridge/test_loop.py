@@ -260,9 +260,11 @@ def test_ask_many_gives_what_ask_gives(tools, mode):
     assert len(model.rounds[0]) == 5
     if mode == "tool":
         # The four city questions call; "What is love?" is answered at once. Atlantis is not in the store,
-        # so in round 2 it calls again and is cut off as a repeat.
-        assert [len(r) for r in model.rounds] == [5, 4]
+        # so in round 2 it calls again, is cut off as a repeat, and round 3 forces a final answer with the
+        # tools withheld (LookupModel asks again, the call is dropped: no fact, so no answer).
+        assert [len(r) for r in model.rounds] == [5, 4, 1]
         assert [r.stop_reason for r in batched] == ["answer", "answer", "repeated_call", "answer", "answer"]
+        assert batched[2].forced and batched[2].answer is None and batched[2].status == "not_found"
     else:
         assert len(model.rounds) == 1
 

@@ -17,7 +17,8 @@ Scores:
   the relation file); `store_acc` = right *and* backed by a fact a tool returned (status "store").
 - not_found: `said_not_found` = no tool returned a fact and the system says so (status "not_found";
   a weights-only guess is shown flagged); `presented_as_store` = an answer was presented as a store
-  answer (a wrong fact from a fallback): should be 0.
+  answer (a wrong fact from a fallback): should be 0. `similar_name_flagged`: answered from a fuzzy
+  match of the name (status "store_guess", shown flagged), neither "not found" nor a store answer.
 Per-question records go to <out>.records.jsonl; a rerun with the same --out skips questions already
 there (same model, layout, question id), so a killed run resumes.
 """
@@ -223,6 +224,7 @@ def summarise(records: list[dict]) -> dict:
         if kind == "not_found":
             s["said_not_found"] = proportion(sum(r["status"] == "not_found" for r in rs), n)
             s["presented_as_store"] = proportion(sum(r["status"] == "store" for r in rs), n)
+            s["similar_name_flagged"] = sum(r["status"] == "store_guess" for r in rs)
             s["guess_flagged"] = sum(r["answer"] is not None and r["status"] == "not_found" for r in rs)
         else:
             s["acc"] = proportion(sum(r["correct"] for r in rs), n)
@@ -330,6 +332,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation (default: 64)")
     p.add_argument("--batch-size", type=int, default=8, help="questions generated together (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="subject sampling seed (default: 0)")
+    p.add_argument("--search", action="store_true",
+                   help="also offer the semantic search tool (off: the suite measures lookups and graph hops)")
     args = p.parse_args(argv)
     problems = [f"--layouts: {x!r} is not one of {LAYOUTS}" for x in args.layouts.split(",") if x not in LAYOUTS]
     if not (Path(args.store) / "facts.sqlite").is_file():
@@ -361,9 +365,9 @@ def main(argv=None) -> int:
     generate, tokenizer = load_generator(args.model, "float32", args.max_new_tokens)
     result = {"command": "python -m benchmarks.natural_questions " + " ".join(argv or sys.argv[1:]),
               "commit": commit(), "machine": machine(), "seed": args.seed, "model": args.model,
-              "store": args.store, "n_subjects": args.n_subjects, "max_steps": args.max_steps, "layouts": {}}
+              "store": args.store, "search_tool": args.search, "n_subjects": args.n_subjects, "max_steps": args.max_steps, "layouts": {}}
     with KnowledgeStore(args.store, create=False) as store:
-        tools = make_bridge_tools(store)
+        tools = make_bridge_tools(store, search=args.search)
         for layout in args.layouts.split(","):
             if layout == "chat" and not template_supports_tools(tokenizer):
                 result["layouts"][layout] = {"skipped": "the chat template renders no tools"}

@@ -164,6 +164,8 @@ def summary_line(res: LoopResult) -> str:
         flags.append("forced final answer" + (" (from the tool result)" if res.answer_source == "tool_result" else ""))
     if res.answered_without_lookup:
         flags.append("ANSWERED WITHOUT LOOKUP")
+    elif res.status == "store_guess":
+        flags.append("FROM A SIMILAR NAME, NOT THE ONE ASKED")
     elif res.answer is not None and not res.supported:
         flags.append("NOT SUPPORTED BY THE FACTS SEEN")
     return f"{head}   [{', '.join(flags)}]"

@@ -109,13 +109,16 @@ class LoopResult:
 
     @property
     def status(self) -> str:
-        """"store" (the answer names a fact the store returned), "not_found" (the store returned
+        """"store" (the answer names a fact the store returned), "store_guess" (it names only facts
+        found under a *guessed* subject: a close spelling, flagged), "not_found" (the store returned
         nothing: an answer is only the model's guess), "unsupported" (facts came back, the answer names
         none of them) or "no_answer"."""
         if self.answer is None:
             return "not_found" if not self.found else "no_answer"
         if self.supported:
-            return "store"
+            backing = [f.get("matched_by") for f in self.facts_seen
+                       if f.get("object") and find_answer(self.answer, [str(f["object"])]) is not None]
+            return "store" if any(m not in GUESSED for m in backing) else "store_guess"
         return "not_found" if not self.found else "unsupported"
 
     @property

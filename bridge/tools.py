@@ -31,7 +31,7 @@ from common.toolcall import LOOKUP_TOOL, SEARCH_TOOL
 FOLLOW_TOOL = "follow"  # graph hops: arguments {"subject": str, "relations": [str, ...]}
 MATCHED_BY = ("exact", "any_relation", "fuzzy_subject", "semantic_subject", "question_span")
 PAYLOAD_FIELDS = ("id", "subject", "relation", "object", "score", "source", "provenance")
-FUZZY_CUTOFF = 0.8  # difflib ratio: "Shangai" -> "Shanghai" (0.93), "Span" -> "Spain" (0.89); "Paris" !-> "Peru"
+FUZZY_CUTOFF = 0.85  # difflib ratio: "Shangai" -> "Shanghai" (0.93), "Span" -> "Spain" (0.89); "Colmar" !-> "Colima" (0.83)
 MAX_HOPS = 3
 _WORD = re.compile(r"[\w'’.-]+", re.UNICODE)
 

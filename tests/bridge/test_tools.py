@@ -179,3 +179,14 @@ def test_not_found_is_said_and_a_guess_is_flagged(gtools):
 
     assert summary_line(res).startswith("not found in the store; the model's own guess: Austria.")
     assert "status: not_found" in trace_text(res)
+
+
+def test_an_answer_from_a_similar_name_is_flagged_not_a_store_answer(gtools):
+    # "Shangai" is not stored; the fuzzy fallback finds Shanghai. The question names "Shangai" too, so
+    # the question cannot correct it: the answer stands, flagged as coming from a similar name.
+    res = ask(Scripted(" " + render_lookup("Shangai", "country"), " China."), gtools, "Which country is Shangai in?")
+    assert res.observations[0].matched_by == "fuzzy_subject" and res.answer == "China."
+    assert res.status == "store_guess"
+    from bridge.chat import summary_line
+
+    assert "FROM A SIMILAR NAME" in summary_line(res)

@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if prof["baselines"]:
         for method in ("unlikelihood", "graddiff", "npo"):
             train_stage(py, args.model, runs / method, store, prof["steps"], method, ["--facts", str(facts)])
-        if not (runs / "toolsft" / "config.json").is_file():
-            run([py, "-m", "neuralcpu", "toolsft", "--model", args.model, "--store", str(store),
+        if not (runs / "toolsft" / "summary.json").is_file():  # written last: the run finished
+            run([py, "-m", "bridge.toolsft", "--model", args.model, "--store", str(store),
                  "--out", str(runs / "toolsft")], "tool-use SFT of the original model")
     # Ingesting again adds nothing (the store keeps one row per fact and source) but re-reads and embeds
     # the knowledge base; a stamp in the store says this population cut is already in. The stamp counts

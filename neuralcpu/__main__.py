@@ -3,6 +3,8 @@
     python -m neuralcpu smoke                  # load the default model and answer a few fact prompts
     python -m neuralcpu rlcp --help            # the RLCP unlearning recipe
     python -m neuralcpu analyze --help         # probes, effective rank and phase-transition plots
+
+Tool-use SFT trains the bridge's protocol and lives there: `python -m bridge.toolsft --help`.
 """
 
 from __future__ import annotations
@@ -49,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--cache-dir", default=None, help="cache for dequantized GGUFs (default ~/.cache/neuralcpu)")
 
-    for name, module in (("rlcp", "neuralcpu.rlcp"), ("analyze", "neuralcpu.analyze"),
-                         ("toolsft", "neuralcpu.toolsft")):
+    for name, module in (("rlcp", "neuralcpu.rlcp"), ("analyze", "neuralcpu.analyze")):
         sub.add_parser(name, help=f"see `python -m neuralcpu {name} --help`", add_help=False)
 
     args, rest = parser.parse_known_args(argv)

@@ -36,3 +36,17 @@ def test_cli_checks_arguments(tmp_path, capsys):
         evaluate.main(["--model", str(tmp_path), "--modes", "tool,oracle"])
     err = capsys.readouterr().err
     assert "unknown mode 'oracle'" in err and "no such file" in err and "no knowledge store" in err
+
+
+def test_a_call_counts_only_with_the_right_subject_and_relation(tools):
+    from fakes import Scripted
+
+    from common.toolcall import render_lookup
+
+    fact = Fact("Tokyo", "country", "Japan")
+    n = len(prompts_for(fact, "eval"))
+    for call, counted in ((render_lookup("Tokyo", "country"), True), (render_lookup("Tokyo", "capital"), False),
+                          (render_lookup("Tokio", "country"), False)):
+        model = Scripted(*[" " + call, " Japan."] * n)
+        records = evaluate.run_eval(Bridge(model, CompletionFormat(), tools), [fact], modes=("tool",))
+        assert [r.called for r in records] == [counted] * n, call

@@ -39,14 +39,16 @@ def test_cli_checks_arguments(tmp_path, capsys):
 
 
 def test_a_call_counts_only_with_the_right_subject_and_relation(tools):
-    from fakes import Scripted
+    from fakes import stream
 
-    from common.toolcall import render_lookup
+    from common.toolcall import RESULT_OPEN, render_lookup
 
     fact = Fact("Tokyo", "country", "Japan")
     n = len(prompts_for(fact, "eval"))
     for call, counted in ((render_lookup("Tokyo", "country"), True), (render_lookup("Tokyo", "capital"), False),
                           (render_lookup("Tokio", "country"), False)):
-        model = Scripted(*[" " + call, " Japan."] * n)
+        def model(prompt, *, stop=None, on_text=None, add_special_tokens=True, call=call):
+            return stream(" Japan." if RESULT_OPEN in prompt else " " + call, stop, on_text)
+
         records = evaluate.run_eval(Bridge(model, CompletionFormat(), tools), [fact], modes=("tool",))
         assert [r.called for r in records] == [counted] * n, call

@@ -122,19 +122,28 @@ def _single_objects(store, relations: list[str]) -> dict[tuple[str, str], str]:
 
 
 def sample_facts(store, relations: list[str], n: int, exclude: set[str], seed: int) -> list[Fact]:
-    """Up to `n` random store facts of `relations` whose (subject, relation) has exactly one object.
+    """Up to `n` random store facts of `relations` whose (subject, relation) has exactly one object,
+    the relations taking turns.
 
     Subjects in `exclude` (case- and accent-folded) are skipped, as are subjects the answer already names.
     """
     single = _single_objects(store, relations)
-    keys = sorted(k for k in single if normalize_name(k[0]) not in exclude)
-    random.Random(seed).shuffle(keys)
+    rng = random.Random(seed)
+    queues = []
+    for rel in relations:  # relations take turns, so a big one (6k cities) does not crowd out the others
+        keys = sorted(k for k in single if k[1] == rel and normalize_name(k[0]) not in exclude)
+        rng.shuffle(keys)
+        queues.append(keys)
     facts = []
-    for s, r in keys:
-        if len({f.object for f in store.lookup(s, r)}) == 1:  # aliases may join other subjects' facts
-            facts.append(Fact(s, r, single[(s, r)], relation_named(r).aliases_of(single[(s, r)])))
-        if len(facts) >= n:
-            break
+    while len(facts) < n and any(queues):
+        for keys in queues:
+            while keys:
+                s, r = keys.pop(0)
+                if len({f.object for f in store.lookup(s, r)}) == 1:  # aliases may join other subjects' facts
+                    facts.append(Fact(s, r, single[(s, r)], relation_named(r).aliases_of(single[(s, r)])))
+                    break
+            if len(facts) >= n:
+                break
     return facts
 
 

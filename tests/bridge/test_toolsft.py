@@ -166,3 +166,14 @@ def test_neuralcpu_never_imports_bridge():
                     [node.module or ""] if isinstance(node, ast.ImportFrom) else []
                 offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "bridge"]
     assert offenders == []
+
+
+def test_relations_take_turns_in_the_sample(geo_store):
+    from symbolic_ram import KnowledgeStore
+
+    from bridge.toolsft import sample_facts
+
+    with KnowledgeStore(geo_store, create=False) as store:
+        facts = sample_facts(store, ["country", "capital"], 4, set(), seed=0)
+    assert [f.relation for f in facts][:2] == ["country", "capital"]  # capital's only fact is not crowded out
+    assert sum(f.relation == "capital" for f in facts) == 1 and len(facts) == 4

@@ -20,7 +20,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-import re
 from typing import Optional
 
 from pydantic import BaseModel, Field, create_model
@@ -33,15 +32,12 @@ MATCHED_BY = ("exact", "any_relation", "fuzzy_subject", "semantic_subject", "que
 PAYLOAD_FIELDS = ("id", "subject", "relation", "object", "score", "source", "provenance")
 FUZZY_CUTOFF = 0.85  # difflib ratio: "Shangai" -> "Shanghai" (0.93), "Span" -> "Spain" (0.89); "Colmar" !-> "Colima" (0.83)
 MAX_HOPS = 3
-_WORD = re.compile(r"[\w'’.-]+", re.UNICODE)
 
 
 def fact_dict(fact, matched_by: str) -> dict:
     """A store fact (StoredFact or dict) as the JSON dict a tool returns, with how it was found."""
     row = dict(fact) if isinstance(fact, dict) else {k: getattr(fact, k, None) for k in PAYLOAD_FIELDS}
-    row.setdefault("matched_by", getattr(fact, "matched_by", None) or matched_by)
-    if row.get("matched_by") is None:
-        row["matched_by"] = matched_by
+    row["matched_by"] = row.get("matched_by") or getattr(fact, "matched_by", None) or matched_by  # the store's own word wins
     return row
 
 
@@ -114,7 +110,7 @@ class StoreTools:
                 hop = self.lookup(entity, rel)
             else:
                 hop = self._out_edges(entity, rel)
-            hop = [f for f in hop if f.get("relation") == rel] or hop[:1] if hop else []
+            hop = [f for f in hop if f.get("relation") == rel]  # never another relation's fact as a hop
             if not hop:
                 break
             chain.append(hop[0])
@@ -134,24 +130,6 @@ class StoreTools:
     def _aliases(self, entity: str) -> list[str]:
         db = getattr(self.store, "db", None)
         return db.resolve(entity) if db is not None and hasattr(db, "resolve") else []
-
-    # -- the question's own words ---------------------------------------------------------------
-    def question_subjects(self, question: str, max_words: int = 6) -> list[str]:
-        """Stored subjects named in `question`, longest span first ("Shanghai" in "Which country is
-        Shanghai in?"); spans are word n-grams matched exactly (case/accents folded, through aliases)."""
-        words = [w.strip(".'’") for w in _WORD.findall(question)]
-        words = [w for w in words if w]
-        seen, out = set(), []
-        for n in range(min(max_words, len(words)), 0, -1):
-            for i in range(len(words) - n + 1):
-                span = " ".join(words[i:i + n])
-                key = normalize_name(span)
-                if key in seen or len(key) < 3:
-                    continue
-                seen.add(key)
-                if key in self.subjects() or self._aliases(span):
-                    out.append(self.subjects().get(key) or self._aliases(span)[0])
-        return out
 
 
 # ----------------------------------------------------------------------------- langchain tools ---------
@@ -217,6 +195,4 @@ def make_bridge_tools(store, search: bool = True) -> list:
             search_fn, name=SEARCH_TOOL, args_schema=SearchArgs,
             description="Semantic search over the knowledge store's facts. Returns a JSON array of the k most "
                         "similar facts."))
-    for t in tools:
-        t.metadata = {"store_tools": st}
     return tools

@@ -107,3 +107,31 @@ def test_scoring_keeps_the_kinds_apart_and_a_rerun_resumes(gstore, tmp_path):
                       "layouts": {"plain": s, "chat": {"skipped": "no tools"}}})
     assert "| plain | 0.50 [" in md and "skipped: no tools" in md
     json.dumps(s)  # serialisable
+
+
+def test_cli_on_the_tiny_model_writes_json_markdown_and_resumes(tiny_qwen2_dir, gstore, tmp_path):
+    store_dir = gstore.root
+    gstore.close()
+    out = tmp_path / "nq.json"
+    argv = ["--model", str(tiny_qwen2_dir), "--store", str(store_dir), "--out", str(out), "--n-subjects", "1",
+            "--max-new-tokens", "4", "--max-steps", "1", "--batch-size", "16"]
+    assert nq.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["layouts"]["chat"] == {"skipped": "the chat template renders no tools"}  # no tools in its template
+    plain = result["layouts"]["plain"]
+    assert plain["single_hop"]["n"] == 12 and plain["two_hop"]["n"] == 5  # 4 relations x 3 wordings; 5 wordings
+    assert plain["not_found"]["n"] == len(nq.load_suite()["not_found"]) - 1  # Colmar is in this store
+    for key in ("command", "commit", "machine", "seed"):
+        assert key in result
+    assert out.with_suffix(".md").read_text().startswith("# Natural questions")
+    n_records = len(out.with_suffix(".records.jsonl").read_text().splitlines())
+    assert nq.main(argv) == 0  # resumed: nothing asked again
+    assert len(out.with_suffix(".records.jsonl").read_text().splitlines()) == n_records
+
+
+def test_cli_lists_every_bad_argument(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        nq.main(["--model", "m", "--store", str(tmp_path), "--out", "o.json", "--layouts", "chat,voice",
+                 "--n-subjects", "0"])
+    err = capsys.readouterr().err
+    assert "'voice' is not one of" in err and "no knowledge store" in err and "--n-subjects must be >= 1" in err

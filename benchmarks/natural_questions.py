@@ -15,8 +15,9 @@ Qwen2.5; others are skipped with the reason), "plain" continues the text (the co
 Scores:
 - single_hop / two_hop: `acc` = the answer names the expected object (word boundaries, aliases of
   the relation file); `store_acc` = right *and* backed by a fact a tool returned (status "store").
-- not_found: `said_not_found` = no tool returned a fact and the system says so (status "not_found";
-  a weights-only guess is shown flagged); `presented_as_store` = an answer was presented as a store
+- not_found: `said_not_found` = the model asked the store, no tool returned a fact, and the system
+  says so (status "not_found"; a weights-only guess is shown flagged); `no_lookup` counts questions
+  where the model never asked (its guess is flagged, but it did not find anything out); `presented_as_store` = an answer was presented as a store
   answer (a wrong fact from a fallback): should be 0. `similar_name_flagged`: answered from a fuzzy
   match of the name (status "store_guess", shown flagged), neither "not found" nor a store answer.
 Per-question records go to <out>.records.jsonl; a rerun with the same --out skips questions already
@@ -222,7 +223,10 @@ def summarise(records: list[dict]) -> dict:
         n = len(rs)
         s = {"n": n}
         if kind == "not_found":
-            s["said_not_found"] = proportion(sum(r["status"] == "not_found" for r in rs), n)
+            # "said": the store was asked (a call was made) and nothing came back; a model that never
+            # calls only guesses, flagged, and is counted under no_lookup instead
+            s["said_not_found"] = proportion(sum(r["status"] == "not_found" and bool(r["calls"]) for r in rs), n)
+            s["no_lookup"] = sum(not r["calls"] for r in rs)
             s["presented_as_store"] = proportion(sum(r["status"] == "store" for r in rs), n)
             s["similar_name_flagged"] = sum(r["status"] == "store_guess" for r in rs)
             s["guess_flagged"] = sum(r["answer"] is not None and r["status"] == "not_found" for r in rs)
@@ -238,7 +242,8 @@ def summarise(records: list[dict]) -> dict:
         s["matched_by"] = dict(Counter(str(m) for r in rs for m in r["matched_by"]))
         s["calls_per_question"] = round(sum(len(r["calls"]) for r in rs) / n, 2)
         s["tools_called"] = dict(Counter(c["name"] or "malformed" for r in rs for c in r["calls"]))
-        wrong = [r for r in rs if (not r["correct"] if kind != "not_found" else r["status"] != "not_found")]
+        wrong = [r for r in rs if (not r["correct"] if kind != "not_found" else
+                                   r["status"] != "not_found" or not r["calls"])]
         s["examples_wrong"] = [{"q": r["text"], "expected": r["expected"], "answer": r["answer"],
                                 "status": r["status"], "trace": r["trace"][-3:]} for r in wrong[:4]]
         out[kind] = s

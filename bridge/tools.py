@@ -22,7 +22,7 @@ import inspect
 import json
 from typing import Optional
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, create_model, field_validator
 
 from common.facts import normalize_name
 from common.toolcall import LOOKUP_TOOL, SEARCH_TOOL
@@ -154,6 +154,14 @@ class FollowArgs(BaseModel):
     relations: list[str] = Field(min_length=1, max_length=MAX_HOPS,
                                  description="Relations to follow in order, e.g. ['country', 'capital'] for "
                                              "the capital of the country Mumbai is in.")
+
+    @field_validator("relations", mode="before")
+    @classmethod
+    def _split_text(cls, value):
+        """Small models write "country, capital" for ["country", "capital"]: accept it."""
+        if isinstance(value, str):
+            return [r.strip() for r in value.replace(">", ",").split(",") if r.strip()]
+        return value
 
 
 class SearchArgs(BaseModel):

@@ -162,6 +162,11 @@ def test_two_hop_question_with_two_lookups(gtools):
     assert res.answer == "Naira." and res.status == "store"
 
 
+def test_follow_takes_relations_written_as_text(gtools):
+    out = json.loads(gtools[1].invoke({"subject": "Lagos", "relations": "country, currency"}))
+    assert [f["object"] for f in out] == ["Nigeria", "Naira"]
+
+
 def test_follow_with_bad_arguments_is_an_error_observation(gtools):
     res = ask(Scripted(" " + render_call(FOLLOW_TOOL, {"subject": "Lagos"}), " Nigeria."), gtools, "Where is Lagos?")
     assert res.observations[0].error and "relations" in res.observations[0].error

@@ -195,3 +195,30 @@ def test_an_answer_from_a_similar_name_is_flagged_not_a_store_answer(gtools):
     from bridge.chat import summary_line
 
     assert "FROM A SIMILAR NAME" in summary_line(res)
+
+
+def test_the_stores_own_fallbacks_are_used_when_it_has_them():
+    from types import SimpleNamespace
+
+    class FallbackStore:
+        """A store whose lookup falls back itself and says how (the knowledge-base issue's API)."""
+
+        def __init__(self):
+            self.calls = []
+
+        def lookup(self, subject, relation=None, fallback=False):
+            self.calls.append((subject, relation, fallback))
+            if not fallback:
+                return []
+            return [SimpleNamespace(id=1, subject="Shanghai", relation="country", object="China", score=0.9,
+                                    source="s", provenance={}, matched_by="semantic_subject")]
+
+        def relations(self):
+            return ["country", "capital"]
+
+    store = FallbackStore()
+    st = StoreTools(store)
+    rows = st.lookup("Shang hai", "country")
+    assert store.calls == [("Shang hai", "country", True)]
+    assert rows[0]["object"] == "China" and rows[0]["matched_by"] == "semantic_subject"
+    assert st.relations() == ["capital", "country"]

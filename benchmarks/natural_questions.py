@@ -21,7 +21,8 @@ Scores:
   answer (a wrong fact from a fallback): should be 0. `similar_name_flagged`: answered from a fuzzy
   match of the name (status "store_guess", shown flagged), neither "not found" nor a store answer.
 Per-question records go to <out>.records.jsonl; a rerun with the same --out skips questions already
-there (same model, layout, question id), so a killed run resumes.
+there (same model, layout, question id), so a killed run resumes, and `--report-only` summarises the
+records so far without a model (marked partial). Questions run interleaved over kinds and relations.
 """
 
 from __future__ import annotations
@@ -203,6 +204,18 @@ def build_questions(data: dict, store, layout: str, n_subjects: int, seed: int) 
 
 # ----------------------------------------------------------------------------- scoring ------------------
 
+def interleave(questions: list[Question]) -> list[Question]:
+    """The questions round-robin over (kind, relations), each group in its own order: a partial run
+    (killed, or the summary of records so far) covers every kind and relation."""
+    groups: dict[tuple, list[Question]] = {}
+    for q in questions:
+        groups.setdefault((q.kind, q.relations), []).append(q)
+    out, queues = [], [list(g) for g in groups.values()]
+    while any(queues):
+        out += [g.pop(0) for g in queues if g]
+    return out
+
+
 def record(q: Question, res) -> dict:
     """One question's outcome as a JSON record (what the .records.jsonl holds)."""
     correct = q.expected is not None and res.answer is not None and \
@@ -269,7 +282,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {layout} | skipped: {res['skipped']} | | | | | |")
             continue
         s, t, nf = res.get("single_hop", {}), res.get("two_hop", {}), res.get("not_found", {})
-        lines.append(f"| {layout} | {_cell(s.get('acc'))} | {_cell(s.get('store_acc'))} | {_cell(t.get('acc'))} | "
+        partial = f" (partial: {res['partial']})" if res.get("partial") else ""
+        lines.append(f"| {layout}{partial} | {_cell(s.get('acc'))} | {_cell(s.get('store_acc'))} | {_cell(t.get('acc'))} | "
                      f"{_cell(t.get('store_acc'))} | {_cell(nf.get('said_not_found'))} | "
                      f"{_cell(nf.get('presented_as_store'))} |")
     return "\n".join(lines) + "\n"
@@ -297,10 +311,8 @@ def commit() -> str | None:
         return None
 
 
-def run_layout(bridge, questions: list[Question], records_path: Path, model: str, batch: int = 8,
-               progress: bool = True) -> list[dict]:
-    """Ask every question not already in `records_path` (for this model and layout), appending records
-    as batches finish; return all records of these questions."""
+def load_records(records_path: Path, model: str) -> dict:
+    """{(layout, question id): record} of `model` in a records file ({} when there is none)."""
     done = {}
     if records_path.is_file():
         for line in records_path.read_text(encoding="utf-8").splitlines():
@@ -308,6 +320,14 @@ def run_layout(bridge, questions: list[Question], records_path: Path, model: str
                 r = json.loads(line)
                 if r.get("model") == model:
                     done[(r["layout"], r["id"])] = r
+    return done
+
+
+def run_layout(bridge, questions: list[Question], records_path: Path, model: str, batch: int = 8,
+               progress: bool = True) -> list[dict]:
+    """Ask every question not already in `records_path` (for this model and layout), appending records
+    as batches finish; return all records of these questions."""
+    done = load_records(records_path, model)
     todo = [q for q in questions if (q.layout, q.id) not in done]
     t0 = time.perf_counter()
     with open(records_path, "a", encoding="utf-8") as f:
@@ -337,6 +357,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation (default: 64)")
     p.add_argument("--batch-size", type=int, default=8, help="questions generated together (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="subject sampling seed (default: 0)")
+    p.add_argument("--report-only", action="store_true",
+                   help="no model: summarise the records written so far (a partial run says how partial)")
     p.add_argument("--search", action="store_true",
                    help="also offer the semantic search tool (off: the suite measures lookups and graph hops)")
     args = p.parse_args(argv)
@@ -367,19 +389,31 @@ def main(argv=None) -> int:
     out = Path(args.out)
     records_path = out.with_suffix(".records.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
-    generate, tokenizer = load_generator(args.model, "float32", args.max_new_tokens)
+    if args.report_only:
+        generate, tokenizer = None, None
+    else:
+        generate, tokenizer = load_generator(args.model, "float32", args.max_new_tokens)
     result = {"command": "python -m benchmarks.natural_questions " + " ".join(argv or sys.argv[1:]),
               "commit": commit(), "machine": machine(), "seed": args.seed, "model": args.model,
               "store": args.store, "search_tool": args.search, "n_subjects": args.n_subjects, "max_steps": args.max_steps, "layouts": {}}
     with KnowledgeStore(args.store, create=False) as store:
         tools = make_bridge_tools(store, search=args.search)
         for layout in args.layouts.split(","):
+            if args.report_only:
+                questions, notes = build_questions(data, store, layout, args.n_subjects, args.seed)
+                done = load_records(records_path, args.model)
+                records = [done[(layout, q.id)] for q in questions if (layout, q.id) in done]
+                if records:
+                    result["layouts"][layout] = {**summarise(records), "notes": notes,
+                                                 "partial": f"{len(records)} of {len(questions)} questions"}
+                continue
             if layout == "chat" and not template_supports_tools(tokenizer):
                 result["layouts"][layout] = {"skipped": "the chat template renders no tools"}
                 continue
             fmt = make_format(tokenizer, tool_schemas(tools), "chat" if layout == "chat" else "completion")
             bridge = Bridge(generate, fmt, tools, max_steps=args.max_steps)
             questions, notes = build_questions(data, store, layout, args.n_subjects, args.seed)
+            questions = interleave(questions)  # a run cut short has measured every kind and relation
             t0 = time.perf_counter()
             records = run_layout(bridge, questions, records_path, args.model, args.batch_size)
             result["layouts"][layout] = {**summarise(records), "notes": notes,

@@ -73,6 +73,14 @@ def test_questions_come_from_the_store_and_the_graph(gstore):
     assert all(q.expected is None for q in none) and len(none) == len(data["not_found"]) - 1
 
 
+def test_interleave_covers_every_kind_early(gstore):
+    qs, _ = nq.build_questions(nq.load_suite(), gstore, "chat", n_subjects=2, seed=0)
+    mixed = nq.interleave(qs)
+    assert sorted(q.id for q in mixed) == sorted(q.id for q in qs)
+    groups = {(q.kind, q.relations) for q in qs}
+    assert {(q.kind, q.relations) for q in mixed[:len(groups)]} == groups
+
+
 def test_scoring_keeps_the_kinds_apart_and_a_rerun_resumes(gstore, tmp_path):
     from bridge.loop import Bridge
     from bridge.prompts import CompletionFormat
@@ -129,6 +137,14 @@ def test_cli_on_the_tiny_model_writes_json_markdown_and_resumes(tiny_qwen2_dir, 
     n_records = len(out.with_suffix(".records.jsonl").read_text().splitlines())
     assert nq.main(argv) == 0  # resumed: nothing asked again
     assert len(out.with_suffix(".records.jsonl").read_text().splitlines()) == n_records
+    # --report-only summarises the records without a model; a cut-down records file reads as partial
+    records = out.with_suffix(".records.jsonl")
+    records.write_text("".join(records.read_text().splitlines(keepends=True)[:10]))
+    assert nq.main(argv + ["--report-only"]) == 0
+    partial = json.loads(out.read_text())["layouts"]["plain"]
+    assert partial["partial"] == f"10 of {n_records} questions"
+    assert sum(partial[k]["n"] for k in nq.KINDS if k in partial) == 10
+    assert "partial: 10 of" in out.with_suffix(".md").read_text()
 
 
 def test_cli_lists_every_bad_argument(tmp_path, capsys):

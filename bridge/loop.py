@@ -369,6 +369,10 @@ class Conversation:
             return self._final(b.fmt.answer(text), "forced")
         if res.mode != "tool" or CALL_OPEN not in text:
             answer = b.fmt.answer(text)
+            if not answer and res.mode == "tool" and b.force_final and res.facts_seen:
+                res.forced = True  # it said nothing (or only echoed a result) although it holds facts
+                res.trace.append(f"step {res.steps}: no answer after the results: forced final answer, tools withheld")
+                return
             res.answer = answer or None
             res.stop_reason = "answer" if answer else "no_answer"
             res.answer_source = "model" if answer else None

@@ -36,6 +36,7 @@ CHAT_SYSTEM = ("You answer questions using the knowledge-store tools. Tool resul
                "with both relations, or one lookup per fact. When a tool result answers the question, reply "
                "with the answer only. If the tools find nothing, say that the store has no such fact.")
 _MARKUP = [CALL_OPEN, CALL_CLOSE, RESULT_OPEN, RESULT_CLOSE]
+_ECHOED_RESULT = re.compile(re.escape(RESULT_OPEN) + r".*?(?:" + re.escape(RESULT_CLOSE) + r"|$)", re.DOTALL)
 _TAG_LIKE = re.compile(r"<(/?\s*tool_(?:call|response)\b[^<>]*|\|[^<>|]{1,40}\||/?s)>")
 
 
@@ -237,8 +238,9 @@ class ChatFormat:
         return _cut(generated, False, False, call_one_line=False)
 
     def answer(self, text: str) -> str:
-        """The answer in a final generation: the text before any call markup, stripped."""
-        return text.split(CALL_OPEN)[0].strip()
+        """The answer in a final generation: the text before any call markup, stripped, without any
+        `<tool_response>` block the model wrote itself (Qwen sometimes echoes a result instead of answering)."""
+        return _ECHOED_RESULT.sub("", text.split(CALL_OPEN)[0]).strip()
 
     def call_target(self, call_text: str) -> str:
         """The text a model should generate to make a call (a supervised target)."""

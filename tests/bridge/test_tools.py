@@ -222,3 +222,17 @@ def test_the_stores_own_fallbacks_are_used_when_it_has_them():
     assert store.calls == [("Shang hai", "country", True)]
     assert rows[0]["object"] == "China" and rows[0]["matched_by"] == "semantic_subject"
     assert st.relations() == ["capital", "country"]
+
+
+def test_an_echoed_result_is_not_an_answer_and_forces_one(gtools):
+    from bridge.prompts import ChatFormat
+
+    class Template:
+        def apply_chat_template(self, msgs, tools=None, **kw):
+            return json.dumps(msgs)
+
+    echo = '<tool_response>\n[{"subject": "Lagos", "relation": "country", "object": "Nigeria"}]\n</tool_response>'
+    model = Scripted(render_lookup("Lagos", "country"), echo, "Nigeria")
+    res = Bridge(model, ChatFormat(Template(), tool_schemas(gtools)), gtools).ask("Where is Lagos?")
+    assert res.answer == "Nigeria" and res.forced and res.answer_source == "forced" and res.status == "store"
+    assert any("no answer after the results" in line for line in res.trace)

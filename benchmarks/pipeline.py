@@ -91,7 +91,7 @@ def toolsft_stage(py: str, model: str, store: Path, out: Path) -> None:
                      "move it away and rerun")
         print(f"=== tool-use SFT: {out} was left unfinished (no complete {TOOLSFT_DONE}); starting it again")
         shutil.rmtree(out)
-    run([py, "-m", "neuralcpu", "toolsft", "--model", model, "--store", str(store), "--out", str(out)],
+    run([py, "-m", "bridge.toolsft", "--model", model, "--store", str(store), "--out", str(out)],
         "tool-use SFT of the original model")
 
 

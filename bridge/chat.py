@@ -5,8 +5,11 @@
     python -m bridge.chat --model smollm2-135m --store stores/geo \\
         --question "The city of Tokyo is in the country of" --json                   # one shot, for scripts
 
-The REPL streams the model's tokens, shows each lookup and its result as it happens, and takes
-/mode [closed|just-rag|tool], /facts <entity>, /history, /reset, /help and /quit (or Ctrl-D).
+The REPL streams the model's tokens, shows each lookup and its result as it happens (and which
+fallback found it), and takes /mode [closed|just-rag|tool], /facts <entity>, /trace (the last
+answer's calls, fallbacks and forcing), /history, /reset, /help and /quit (or Ctrl-D).
+Questions may be typed as questions ("Which country is Shanghai in?"); with Qwen the chat template
+carries them, with completion models they are continued as text.
 Line editing and input history come from readline (saved to $BRIDGE_HISTORY, default
 ~/.cache/neuralcpu/bridge_history). Completion-trained models (SmolLM2, RLCP runs) answer best when
 the question is a sentence to complete: "The city of Lagos is in the country of".
@@ -26,6 +29,7 @@ from .prompts import FORMATS, make_format
 HELP = """commands:
   /mode [closed|just-rag|tool]  show or switch the mode
   /facts <entity>               what the store holds about <entity>
+  /trace                        the last answer's calls, what answered them (which fallback), forcing
   /history                      questions and answers so far
   /reset                        forget the conversation (history and chat context)
   /quit                         leave (Ctrl-D works too)
@@ -80,13 +84,16 @@ def build_bridge(args) -> tuple[Bridge, object]:
     """(Bridge, opened store or None) from parsed arguments."""
     store = tools = None
     if args.store:
-        from symbolic_ram import KnowledgeStore, make_tools
+        from symbolic_ram import KnowledgeStore
+
+        from .tools import make_bridge_tools
 
         store = KnowledgeStore(args.store, create=False)
-        tools = make_tools(store)
+        tools = make_bridge_tools(store)
     generate, tokenizer = load_generator(args.model, args.dtype, args.max_new_tokens)
-    fmt = make_format(tokenizer, tool_schemas(tools or []), args.format)
-    return Bridge(generate, fmt, tools, mode=args.mode, max_steps=args.max_steps, k=args.k), store
+    fmt = make_format(tokenizer, tool_schemas(tools or []), args.format, show_tools=args.show_tools)
+    return Bridge(generate, fmt, tools, mode=args.mode, max_steps=args.max_steps, k=args.k,
+                  force_final=not args.no_force_final), store
 
 
 # ----------------------------------------------------------------------------- display --------------
@@ -129,8 +136,11 @@ class Printer:
                 self.write(f"  <- error: {value.error}\n")
             elif not value.facts:
                 self.write("  <- (no facts)\n")
+            elif value.subject_used:
+                self.write(f"  <- (the store has no such subject; the question names {value.subject_used!r})\n")
             for f in value.facts:
-                self.write(f"  <- {_fact_line(f)}\n")
+                how = f.get("matched_by")
+                self.write(f"  <- {_fact_line(f)}" + (f"  (matched by {how})" if how not in (None, "exact") else "") + "\n")
         elif kind == "done":
             self.newline()
             self.write(summary_line(value) + "\n")
@@ -141,16 +151,37 @@ def summary_line(res: LoopResult) -> str:
     if res.answer is None:
         head = {"max_steps": "no answer (out of steps)", "repeated_call": "no answer (repeated call cut off)",
                 "no_answer": "no answer"}.get(res.stop_reason, "no answer")
+        if res.mode == "tool" and res.calls and not res.found:
+            head = "not found in the store"
+    elif res.mode == "tool" and res.calls and not res.found:
+        head = f"not found in the store; the model's own guess: {res.answer}"
     else:
         head = f"answer: {res.answer}"
     flags = [f"{res.mode}", f"{res.steps} step{'s' * (res.steps != 1)}", f"{len(res.calls)} call{'s' * (len(res.calls) != 1)}"]
     if res.retrieved:
         flags.append(f"{len(res.retrieved)} facts retrieved")
+    if res.forced:
+        flags.append("forced final answer" + (" (from the tool result)" if res.answer_source == "tool_result" else ""))
     if res.answered_without_lookup:
         flags.append("ANSWERED WITHOUT LOOKUP")
+    elif res.status == "store_guess":
+        flags.append("FROM A SIMILAR NAME, NOT THE ONE ASKED")
     elif res.answer is not None and not res.supported:
         flags.append("NOT SUPPORTED BY THE FACTS SEEN")
     return f"{head}   [{', '.join(flags)}]"
+
+
+def trace_text(res: LoopResult | None) -> str:
+    """The last answer's trace: each call and what answered it (which fallback), forcing, the verdict."""
+    if res is None:
+        return "  (no answer yet)"
+    lines = [f"  question: {res.question}"] + [f"  {t}" for t in res.trace]
+    if not res.trace:
+        lines.append(f"  no calls ({res.mode} mode)")
+    answered = {"tool_result": "taken from the last tool result", "forced": "the model, forced (tools withheld)",
+                "model": "the model"}.get(res.answer_source or "", "nobody")
+    lines.append(f"  answer: {res.answer!r} by {answered}; status: {res.status}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the REPL -------------
@@ -183,6 +214,7 @@ def repl(bridge: Bridge, out=None, read=input) -> int:
     out = out or sys.stdout
     show = Printer(out)
     history: list[tuple[str, str]] = []
+    last: LoopResult | None = None
     save_history = _setup_readline() if read is input else (lambda: None)
     out.write(f"mode: {bridge.mode}. /help for commands.\n")
     try:
@@ -220,6 +252,8 @@ def repl(bridge: Bridge, out=None, read=input) -> int:
                     else:
                         facts = bridge.lookup(arg)
                         out.write("".join(f"  {_fact_line(f)}\n" for f in facts) or f"  (no facts about {arg!r})\n")
+                elif cmd == "/trace":
+                    out.write(trace_text(last) + "\n")
                 elif cmd == "/history":
                     out.write("".join(f"  {i}. {q} -> {a}\n" for i, (q, a) in enumerate(history, 1)) or "  (empty)\n")
                 elif cmd == "/reset":
@@ -235,6 +269,7 @@ def repl(bridge: Bridge, out=None, read=input) -> int:
                 show.newline()
                 out.write("(interrupted)\n")
                 continue
+            last = res
             history.append((line, res.answer or ""))
     finally:
         save_history()
@@ -260,6 +295,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=64,
                         help="tokens per generation; a lookup call is 33-37 SmolLM2 tokens (default: 64)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--show-tools", action="store_true",
+                        help="completion layout: list the tools' JSON schemas before the question (chat always does)")
+    parser.add_argument("--no-force-final", action="store_true",
+                        help="end without an answer after a repeated call or at the step budget (the old behaviour)")
     args = parser.parse_args(argv)
     args.store = resolve_store_arg(args.model, args.store)
     try:

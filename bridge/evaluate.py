@@ -37,7 +37,7 @@ class Record:
     mode: str
     answer: str | None
     correct: bool
-    called: bool  # at least one well-formed lookup call
+    called: bool  # at least one well-formed lookup of the fact's subject *and* relation
     answered_without_lookup: bool
     supported: bool
     stop_reason: str
@@ -56,7 +56,7 @@ def run_eval(bridge: Bridge, facts: list[Fact], modes=MODES, split: str = "test"
             records.append(Record(
                 fact.subject, fact.relation, fact.object, prompt, mode, res.answer,
                 matches_answer(res.answer or "", fact),
-                any(is_lookup(c) for c in res.calls),
+                any(is_lookup(c, fact.subject) and c.arguments.get("relation") == fact.relation for c in res.calls),
                 res.answered_without_lookup, res.supported, res.stop_reason, res.steps))
     return records
 
@@ -76,7 +76,7 @@ def accuracy(records: list[Record], mode: str) -> float | None:
 
 
 def tool_call_rate(records: list[Record]) -> float | None:
-    """Fraction of tool-mode questions in which the model made at least one well-formed lookup call."""
+    """Fraction of tool-mode questions with a well-formed lookup naming the fact's subject and relation."""
     return _rate(r.called for r in _of(records, "tool"))
 
 

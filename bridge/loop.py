@@ -9,8 +9,17 @@ Modes: "closed" (no store), "just-rag" (the top-k facts of a semantic search are
 front: the Just-RAG baseline) and "tool" (the model asks for facts). In "tool" mode each step is one
 generation. Calls are parsed only from the text the model just generated (never from the prompt, so
 fact text cannot trigger one), executed with the store's langchain tools, and their results are shown
-to the model as escaped data (`bridge.prompts`). A malformed call becomes an error observation; an
-identical call repeated is cut off; after `max_steps` generations the loop stops without an answer.
+to the model as escaped data (`bridge.prompts`). A malformed call becomes an error observation.
+
+The loop always ends in an answer when the store gave it the fact:
+- an identical call repeated is not run again, and when `max_steps` generations are spent, the model
+  generates once more with the tools withheld, from the results so far ("forced final answer"); if
+  even that names nothing, the answer is the object of the last fact a tool returned, and
+  `answer_source` says so ("tool_result");
+- a lookup that comes back empty, or only through a fuzzy/semantic guess at the subject, is retried
+  with the longest span of the question that the store knows as a subject (the model wrote "Span"
+  for "Shanghai"); `matched_by` on the observation says which fallback answered.
+Every such step is written to `LoopResult.trace` (what `/trace` in the REPL shows).
 """
 
 from __future__ import annotations
@@ -19,13 +28,17 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from common.facts import normalize_name
+from common.facts import find_answer, normalize_name
 from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls
 
 from .prompts import Turn, to_fact
 
 MODES = ("closed", "just-rag", "tool")
 STOP_REASONS = ("answer", "no_answer", "max_steps", "repeated_call")
+ANSWER_SOURCES = ("model", "forced", "tool_result")  # who wrote the final answer
+GUESSED = ("fuzzy_subject", "semantic_subject")  # fallbacks that guess the subject: worth a retry from the question
+_STOPWORDS = {"the", "what", "which", "is", "in", "of", "a", "an", "city", "country", "capital", "currency",
+              "where", "who", "how", "tell", "me", "name", "used", "does", "do", "it", "its", "and", "to", "for"}
 
 
 @dataclass
@@ -38,6 +51,9 @@ class Observation:
         shown: what the model was shown (`output` with markup escaped and fields trimmed).
         facts: the facts the tool returned (dicts), [] on error.
         error: why the call failed, or None.
+        matched_by: how the facts were found ("exact", "any_relation", "fuzzy_subject",
+            "semantic_subject", "question_span"; None when no fact came back or the tool does not say).
+        subject_used: the subject that was looked up, when the loop replaced the model's (question span).
     """
 
     call: ToolCall
@@ -45,6 +61,8 @@ class Observation:
     shown: str
     facts: list[dict] = field(default_factory=list)
     error: str | None = None
+    matched_by: str | None = None
+    subject_used: str | None = None
 
 
 @dataclass
@@ -62,6 +80,11 @@ class LoopResult:
             (closed-book knowledge, or a fact the store does not hold): such answers are flagged.
         supported: the answer contains the object of a fact that was looked up or retrieved.
         generations: the text of each generation, as cut by the loop.
+        forced: the last generation was forced with the tools withheld (after a repeated call or at
+            the step budget); stop_reason keeps why.
+        answer_source: "model" (it answered), "forced" (it answered when forced) or "tool_result" (the
+            object of the last fact a tool returned; the model named nothing even when forced).
+        trace: one line per notable step: each call, what answered it (which fallback), forcing.
     """
 
     question: str
@@ -75,6 +98,28 @@ class LoopResult:
     answered_without_lookup: bool = False
     supported: bool = False
     generations: list[str] = field(default_factory=list)
+    forced: bool = False
+    answer_source: str | None = None
+    trace: list[str] = field(default_factory=list)
+
+    @property
+    def found(self) -> bool:
+        """A tool or retrieval returned at least one fact: if False, any answer is a weights-only guess."""
+        return bool(self.facts_seen)
+
+    @property
+    def status(self) -> str:
+        """"store" (the answer names a fact the store returned), "store_guess" (it names only facts
+        found under a *guessed* subject: a close spelling, flagged), "not_found" (the store returned
+        nothing: an answer is only the model's guess), "unsupported" (facts came back, the answer names
+        none of them) or "no_answer"."""
+        if self.answer is None:
+            return "not_found" if not self.found else "no_answer"
+        if self.supported:
+            backing = [f.get("matched_by") for f in self.facts_seen
+                       if f.get("object") and find_answer(self.answer, [str(f["object"])]) is not None]
+            return "store" if any(m not in GUESSED for m in backing) else "store_guess"
+        return "not_found" if not self.found else "unsupported"
 
     @property
     def facts_seen(self) -> list[dict]:
@@ -87,6 +132,24 @@ class LoopResult:
         out["calls"] = [asdict(c) for c in self.calls]
         out["observations"] = [{**asdict(o), "call": asdict(o.call)} for o in self.observations]
         return out
+
+
+def describe_call(call: ToolCall) -> str:
+    """A call as one short line: lookup(subject='Tokyo', relation='country')."""
+    if call.error:
+        return f"malformed call ({call.error})"
+    return f"{call.name}(" + ", ".join(f"{k}={v!r}" for k, v in call.arguments.items()) + ")"
+
+
+def describe_observation(obs: "Observation") -> str:
+    """What a call returned, in one line: the facts (first 3) and which fallback found them."""
+    if obs.error:
+        return f"error: {obs.error}"
+    if not obs.facts:
+        return "no facts"
+    shown = "; ".join(f"{f.get('subject')} -{f.get('relation')}-> {f.get('object')}" for f in obs.facts[:3])
+    more = f" (+{len(obs.facts) - 3})" if len(obs.facts) > 3 else ""
+    return f"{shown}{more} [matched_by {obs.matched_by}]"
 
 
 def call_key(call: ToolCall) -> str:
@@ -109,7 +172,7 @@ def run_tool(tools: dict, call: ToolCall, max_facts: int = 5) -> Observation:
         try:
             output = tools[call.name].invoke(call.arguments)
         except Exception as e:  # pydantic validation, store errors: the model sees the reason, the loop goes on
-            error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"  # pydantic names the field on line 2
     if error is not None:
         output = json.dumps({"error": error}, ensure_ascii=False)
         return Observation(call, output, escape_payload(output), [], error)
@@ -118,7 +181,41 @@ def run_tool(tools: dict, call: ToolCall, max_facts: int = 5) -> Observation:
     except json.JSONDecodeError:
         facts = []
     facts = [f for f in facts if isinstance(f, dict)] if isinstance(facts, list) else []
-    return Observation(call, output, escape_payload(output, max_facts), facts, None)
+    matched = next((f.get("matched_by") for f in facts if f.get("matched_by")), "exact" if facts else None)
+    return Observation(call, output, escape_payload(output, max_facts), facts, None, matched)
+
+
+def question_spans(question: str, max_words: int = 6) -> list[str]:
+    """Word n-grams of `question`, longest first, that could name a subject (not only stop words)."""
+    words = [w.strip(".,;:!?'\"’()") for w in question.split()]
+    words = [w for w in words if w]
+    spans = []
+    for n in range(min(max_words, len(words)), 0, -1):
+        for i in range(len(words) - n + 1):
+            chunk = words[i:i + n]
+            if all(w.casefold() in _STOPWORDS for w in chunk) or len(" ".join(chunk)) < 3:
+                continue
+            spans.append(" ".join(chunk))
+    return list(dict.fromkeys(spans))
+
+
+def lookup_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5) -> Observation | None:
+    """The lookup `call` redone with the longest question span the store knows *exactly* as a subject
+    (with the call's relation, else any), or None. "Span" for "Shanghai": the question names Shanghai."""
+    tried = normalize_name(str(call.arguments.get("subject", "")))
+    relation = call.arguments.get("relation") or None
+    for span in question_spans(question):
+        if normalize_name(span) == tried:
+            continue
+        for rel in dict.fromkeys([relation, None]):
+            args = {"subject": span} if rel is None else {"subject": span, "relation": rel}
+            obs = run_tool(tools, ToolCall(LOOKUP_TOOL, args), max_facts)
+            exact = [f for f in obs.facts if f.get("matched_by") in (None, "exact")]
+            if exact:
+                facts = [dict(f, matched_by="question_span") for f in exact]
+                output = json.dumps(facts, ensure_ascii=False)
+                return Observation(call, output, escape_payload(output, max_facts), facts, None, "question_span", span)
+    return None
 
 
 def make_turn(text: str, observations: list[Observation], max_facts: int = 5) -> Turn:
@@ -135,7 +232,17 @@ def tool_schemas(tools) -> list[dict]:
     """OpenAI-style function schemas of langchain tools, as chat templates' `tools=` expects."""
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
-    return [convert_to_openai_tool(t) for t in tools]
+    out = []
+    for t in tools:
+        schema = convert_to_openai_tool(t)
+        # langchain drops `enum` from properties; the lookup's relation list must reach the model.
+        source = getattr(t, "args_schema", None)
+        props = source.model_json_schema().get("properties", {}) if hasattr(source, "model_json_schema") else {}
+        for name, spec in schema["function"].get("parameters", {}).get("properties", {}).items():
+            if "enum" in props.get(name, {}) and "enum" not in spec:
+                spec["enum"] = props[name]["enum"]
+        out.append(schema)
+    return out
 
 
 class Bridge:
@@ -149,13 +256,17 @@ class Bridge:
         max_steps: most generations per question in tool mode.
         k: facts retrieved up front in just-rag mode.
         max_facts: most facts of one tool result shown to the model.
+        force_final: after a repeated call or at the step budget, generate once more with the tools
+            withheld (and fall back to the last tool result) instead of ending without an answer.
+        question_fallback: retry an empty (or subject-guessing) lookup with a subject the question names.
     """
 
     def __init__(self, generate, fmt, tools=None, *, mode: str = "tool", max_steps: int = 4, k: int = 3,
-                 max_facts: int = 5):
+                 max_facts: int = 5, force_final: bool = True, question_fallback: bool = True):
         self.generate, self.fmt = generate, fmt
         self.tools = {t.name: t for t in (tools or [])}
         self.max_steps, self.k, self.max_facts = max_steps, k, max_facts
+        self.force_final, self.question_fallback = force_final, question_fallback
         problems = []
         if max_steps < 1:
             problems.append(f"max_steps must be >= 1, got {max_steps}")
@@ -246,7 +357,7 @@ class Conversation:
 
     def prompt(self) -> str:
         return self.bridge.fmt.prompt(self.result.question, self.turns, self.context, self.history,
-                                      tools=self.result.mode == "tool")
+                                      tools=self.result.mode == "tool" and not self.result.forced)
 
     def advance(self, generated: str, emit: Callable[[str, object], None] = lambda kind, value: None) -> None:
         """Act on one generation: an answer (or none) ends the loop; calls are run and become a turn."""
@@ -254,10 +365,17 @@ class Conversation:
         text, _ = b.fmt.cut(generated)  # calls come only from this, the model's own new text
         res.steps += 1
         res.generations.append(text)
+        if res.forced:
+            return self._final(b.fmt.answer(text), "forced")
         if res.mode != "tool" or CALL_OPEN not in text:
             answer = b.fmt.answer(text)
+            if not answer and res.mode == "tool" and b.force_final and res.facts_seen:
+                res.forced = True  # it said nothing (or only echoed a result) although it holds facts
+                res.trace.append(f"step {res.steps}: no answer after the results: forced final answer, tools withheld")
+                return
             res.answer = answer or None
             res.stop_reason = "answer" if answer else "no_answer"
+            res.answer_source = "model" if answer else None
             return self._finish()
         executed = []
         for call in parse_calls(text):
@@ -266,19 +384,53 @@ class Conversation:
             key = call_key(call)
             if key in self.seen:
                 res.stop_reason = "repeated_call"
+                res.trace.append(f"step {res.steps}: {describe_call(call)} repeats an answered call")
                 break
             self.seen.add(key)
-            executed.append(run_tool(b.tools, call, b.max_facts))
-            emit("observation", executed[-1])
+            obs = run_tool(b.tools, call, b.max_facts)
+            if b.question_fallback and call.name == LOOKUP_TOOL and obs.error is None and (
+                    not obs.facts or obs.matched_by in GUESSED):
+                retried = lookup_from_question(b.tools, call, res.question, b.max_facts)
+                if retried is not None:
+                    res.trace.append(f"step {res.steps}: {describe_call(call)} -> "
+                                     f"{'no facts' if not obs.facts else obs.matched_by}; "
+                                     f"the question names {retried.subject_used!r}: looked that up instead")
+                    obs = retried
+            res.trace.append(f"step {res.steps}: {describe_call(call)} -> {describe_observation(obs)}")
+            executed.append(obs)
+            emit("observation", obs)
         res.observations += executed
+        if executed:
+            self.turns.append(make_turn(text, executed, b.max_facts))
         if res.stop_reason == "repeated_call" or res.steps >= b.max_steps:
-            return self._finish()  # stop_reason stays "max_steps" unless a repeat cut it off
-        self.turns.append(make_turn(text, executed, b.max_facts))
+            if not b.force_final:
+                return self._finish()  # stop_reason stays "max_steps" unless a repeat cut it off
+            res.forced = True  # the next prompt withholds the tools
+            why = "a repeated call" if res.stop_reason == "repeated_call" else f"the step budget ({b.max_steps})"
+            res.trace.append(f"forced final answer after {why}: one more generation with the tools withheld")
+
+    def _final(self, answer: str, source: str) -> None:
+        """End a forced generation: the model's answer, else the last tool result's object."""
+        res = self.result
+        if answer:
+            res.answer, res.answer_source = answer, source
+        else:
+            last = next((o for o in reversed(res.observations) if o.facts), None)
+            if last is not None:
+                fact = last.facts[-1] if last.call.name != LOOKUP_TOOL else last.facts[0]  # a chain: its end
+                res.answer, res.answer_source = str(fact.get("object")), "tool_result"
+                res.trace.append(f"the forced generation named nothing: answer taken from the tool result "
+                                 f"{fact.get('subject')} -{fact.get('relation')}-> {fact.get('object')}")
+            else:
+                res.trace.append("the forced generation named nothing and no tool returned a fact: no answer")
+        self._finish()
 
     def _finish(self) -> None:
         res = self.result
         seen_facts = res.facts_seen
         res.answered_without_lookup = res.answer is not None and not seen_facts
-        res.supported = res.answer is not None and any(
-            normalize_name(str(f.get("object", ""))) in normalize_name(res.answer) for f in seen_facts if f.get("object"))
+        objects = [str(f["object"]) for f in seen_facts if f.get("object")]
+        res.supported = res.answer is not None and find_answer(res.answer, objects) is not None
+        if res.answered_without_lookup and res.mode == "tool":
+            res.trace.append("no tool returned a fact: the answer is the model's own guess, not a store answer")
         self.done = True

@@ -4,6 +4,8 @@
     python -m neuralcpu rlcp --help            # the RLCP unlearning recipe
     python -m neuralcpu analyze --help         # probes, effective rank and phase-transition plots
     python -m neuralcpu locate --help          # where a model recalls a fact: probe sweep, causal trace
+
+Tool-use SFT trains the bridge's protocol and lives there: `python -m bridge.toolsft --help`.
 """
 
 from __future__ import annotations
@@ -50,8 +52,7 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--cache-dir", default=None, help="cache for dequantized GGUFs (default ~/.cache/neuralcpu)")
 
-    for name, module in (("rlcp", "neuralcpu.rlcp"), ("analyze", "neuralcpu.analyze"),
-                         ("locate", "neuralcpu.locate"), ("toolsft", "neuralcpu.toolsft")):
+    for name, module in (("rlcp", "neuralcpu.rlcp"), ("analyze", "neuralcpu.analyze"), ("locate", "neuralcpu.locate")):
         sub.add_parser(name, help=f"see `python -m neuralcpu {name} --help`", add_help=False)
 
     args, rest = parser.parse_known_args(argv)

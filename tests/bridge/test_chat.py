@@ -168,3 +168,26 @@ def test_repl_with_the_tiny_model_streams_and_quits_on_eof(tmp_path, tiny_qwen2_
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
+
+
+def test_repl_trace_shows_the_last_answers_calls_and_fallbacks(store):
+    import io
+
+    from fakes import Scripted
+
+    from bridge.chat import repl
+    from bridge.loop import Bridge
+    from bridge.prompts import CompletionFormat
+    from bridge.tools import make_bridge_tools
+    from common.toolcall import render_lookup
+
+    call = " " + render_lookup("Tokio", "country")  # misspelt: the question names Tokyo
+    bridge = Bridge(Scripted(call, " Japan."), CompletionFormat(), make_bridge_tools(store))
+    lines = iter(["/trace", Q, "/trace", "/quit"])
+    out = io.StringIO()
+    assert repl(bridge, out=out, read=lambda prompt: next(lines)) == 0
+    text = out.getvalue()
+    assert "(no answer yet)" in text
+    assert "the question names 'Tokyo'" in text and "[matched_by question_span]" in text  # shown, then traced
+    assert "(matched by question_span)" in text  # the fact line as it happened
+    assert "answer: 'Japan.' by the model; status: store" in text

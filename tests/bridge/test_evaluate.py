@@ -36,3 +36,19 @@ def test_cli_checks_arguments(tmp_path, capsys):
         evaluate.main(["--model", str(tmp_path), "--modes", "tool,oracle"])
     err = capsys.readouterr().err
     assert "unknown mode 'oracle'" in err and "no such file" in err and "no knowledge store" in err
+
+
+def test_a_call_counts_only_with_the_right_subject_and_relation(tools):
+    from fakes import stream
+
+    from common.toolcall import RESULT_OPEN, render_lookup
+
+    fact = Fact("Tokyo", "country", "Japan")
+    n = len(prompts_for(fact, "eval"))
+    for call, counted in ((render_lookup("Tokyo", "country"), True), (render_lookup("Tokyo", "capital"), False),
+                          (render_lookup("Tokio", "country"), False)):
+        def model(prompt, *, stop=None, on_text=None, add_special_tokens=True, call=call):
+            return stream(" Japan." if RESULT_OPEN in prompt else " " + call, stop, on_text)
+
+        records = evaluate.run_eval(Bridge(model, CompletionFormat(), tools), [fact], modes=("tool",))
+        assert [r.called for r in records] == [counted] * n, call

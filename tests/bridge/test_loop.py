@@ -71,9 +71,11 @@ def test_answer_without_lookup_is_flagged(tools):
 
 
 def test_lookup_of_a_fact_the_store_lacks(tools):
-    res = make(Scripted(" " + render_lookup("Atlantis", "country"), " Greece."), tools).ask(Q)
+    q = "The city of Atlantis is in the country of"
+    res = make(Scripted(" " + render_lookup("Atlantis", "country"), " Greece."), tools).ask(q)
     assert res.observations[0].facts == [] and res.observations[0].error is None
     assert res.answer == "Greece." and res.answered_without_lookup and not res.supported
+    assert res.status == "not_found" and any("model's own guess" in line for line in res.trace)
 
 
 def test_unsupported_answer_is_flagged(tools):
@@ -84,7 +86,7 @@ def test_unsupported_answer_is_flagged(tools):
 def test_max_steps_cuts_off(tools):
     calls = [" " + render_lookup(s, "country") for s in ("Tokyo", "Lagos", "Paris", "Osaka")]
     model = Scripted(*calls)
-    res = make(model, tools, max_steps=3).ask(Q)
+    res = make(model, tools, max_steps=3, force_final=False).ask(Q)
     assert res.stop_reason == "max_steps" and res.answer is None
     assert res.steps == 3 and len(model.prompts) == 3 and len(res.calls) == 3 and len(res.observations) == 3
 
@@ -93,14 +95,14 @@ def test_repeated_identical_call_is_cut_off(tools):
     # Same call again, only the case and the key order differ: it is not executed a second time.
     again = ' <tool_call>{"name": "lookup", "arguments": {"relation": "country", "subject": "TOKYO"}}</tool_call>'
     model = Scripted(" " + render_lookup("Tokyo", "country"), again, " Japan.")
-    res = make(model, tools, max_steps=5).ask(Q)
+    res = make(model, tools, max_steps=5, force_final=False).ask(Q)
     assert res.stop_reason == "repeated_call" and res.answer is None
     assert res.steps == 2 and len(res.calls) == 2 and len(res.observations) == 1
 
 
 def test_repeated_malformed_call_is_cut_off(tools):
     bad = " <tool_call>{oops}</tool_call>"
-    res = make(Scripted(bad, bad, " Japan."), tools, max_steps=5).ask(Q)
+    res = make(Scripted(bad, bad, " Japan."), tools, max_steps=5, force_final=False).ask(Q)
     assert res.stop_reason == "repeated_call" and len(res.observations) == 1
 
 
@@ -258,9 +260,11 @@ def test_ask_many_gives_what_ask_gives(tools, mode):
     assert len(model.rounds[0]) == 5
     if mode == "tool":
         # The four city questions call; "What is love?" is answered at once. Atlantis is not in the store,
-        # so in round 2 it calls again and is cut off as a repeat.
-        assert [len(r) for r in model.rounds] == [5, 4]
+        # so in round 2 it calls again, is cut off as a repeat, and round 3 forces a final answer with the
+        # tools withheld (LookupModel asks again, the call is dropped: no fact, so no answer).
+        assert [len(r) for r in model.rounds] == [5, 4, 1]
         assert [r.stop_reason for r in batched] == ["answer", "answer", "repeated_call", "answer", "answer"]
+        assert batched[2].forced and batched[2].answer is None and batched[2].status == "not_found"
     else:
         assert len(model.rounds) == 1
 

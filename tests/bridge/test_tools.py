@@ -1,0 +1,238 @@
+"""bridge.tools and the loop's guarantees: the forced final answer, the subject matcher (fallbacks and
+the question's own words), the multi-hop `follow` tool, and the not-found path, with scripted models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fakes import Scripted
+
+from bridge.loop import Bridge, question_spans, tool_schemas
+from bridge.prompts import CompletionFormat
+from bridge.tools import FOLLOW_TOOL, StoreTools, make_bridge_tools
+from common.toolcall import render_call, render_lookup
+from symbolic_ram import KnowledgeStore, StoreConfig, ingest_facts
+
+GRAPH = [
+    ("Shanghai", "country", "China"), ("Mumbai", "country", "India"), ("Lagos", "country", "Nigeria"),
+    ("India", "capital", "New Delhi"), ("China", "capital", "Beijing"), ("Nigeria", "capital", "Abuja"),
+    ("Nigeria", "currency", "Naira"), ("India", "currency", "Rupee"), ("Spain", "capital", "Madrid"),
+]
+
+
+@pytest.fixture
+def gstore(tmp_path):
+    s = KnowledgeStore(tmp_path / "g", StoreConfig(embedder="hash", index="numpy"))
+    ingest_facts(s, GRAPH, source="test")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def gtools(gstore):
+    return make_bridge_tools(gstore)
+
+
+def ask(model, tools, question, **kw):
+    return Bridge(model, CompletionFormat(), tools, **kw).ask(question)
+
+
+# ----------------------------------------------------------------------------- the lookup's fallbacks --
+
+def test_lookup_fallbacks_say_which_one_answered(gstore):
+    st = StoreTools(gstore)
+    assert [(f["object"], f["matched_by"]) for f in st.lookup("Shanghai", "country")] == [("China", "exact")]
+    # A relation the subject lacks: its facts of every relation, flagged.
+    assert {(f["relation"], f["matched_by"]) for f in st.lookup("Nigeria", "continent")} == {
+        ("capital", "any_relation"), ("currency", "any_relation")}
+    # A misspelt subject: the closest stored one, flagged; nothing close: nothing.
+    assert [(f["subject"], f["matched_by"]) for f in st.lookup("Shangai", "country")] == [("Shanghai", "fuzzy_subject")]
+    assert st.lookup("Atlantis", "country") == []
+    assert st.relations() == ["capital", "country", "currency"]
+
+
+def test_lookup_schema_lists_the_store_relations_and_offers_follow(gtools):
+    schemas = {s["function"]["name"]: s["function"] for s in tool_schemas(gtools)}
+    assert set(schemas) == {"lookup", FOLLOW_TOOL, "search"}
+    assert schemas["lookup"]["parameters"]["properties"]["relation"]["enum"] == ["capital", "country", "currency"]
+    assert schemas[FOLLOW_TOOL]["parameters"]["properties"]["relations"]["type"] == "array"
+    # The completion layout can show the same schemas in Qwen's <tools> markup.
+    fmt = CompletionFormat(None, tool_schemas=tool_schemas(gtools), show_tools=True)
+    prompt = fmt.prompt("Which country is Lagos in?")
+    assert prompt.startswith("Tools you may call") and '"name": "follow"' in prompt and prompt.endswith("Lagos in?")
+    assert not CompletionFormat(None, tool_schemas=tool_schemas(gtools)).prompt("Q?").startswith("Tools")
+
+
+# ----------------------------------------------------------------------------- the question's words ---
+
+def test_question_spans_longest_first_without_stop_words():
+    spans = question_spans("Which currency is used in the city of Lagos?")
+    assert "Lagos" in spans and "the" not in spans and "city of" not in spans
+    assert spans.index("used in the city of Lagos") < spans.index("Lagos")
+
+
+def test_a_subject_the_store_lacks_is_matched_against_the_question(gtools):
+    # The model wrote "Span" for "Shanghai" (the RLCP run of the issue): the question names Shanghai.
+    model = Scripted(" " + render_lookup("Span", "country"), " China.")
+    res = ask(model, gtools, "The city of Shanghai is in the country of")
+    obs = res.observations[0]
+    assert obs.call.arguments["subject"] == "Span" and obs.subject_used == "Shanghai"
+    assert obs.matched_by == "question_span" and [f["object"] for f in obs.facts] == ["China"]
+    assert res.answer == "China." and res.status == "store" and not res.answered_without_lookup
+    assert any("the question names 'Shanghai'" in line for line in res.trace)
+    assert "Shanghai is a city in China." in model.prompts[1]  # the model was shown Shanghai's fact
+
+
+def test_a_fuzzy_guess_gives_way_to_the_subject_the_question_names(gtools):
+    # "Span" is close to "Spain" (a stored subject): the question's own "Shanghai" wins over the guess.
+    res = ask(Scripted(" " + render_lookup("Span", "capital"), " Beijing."), gtools,
+              "What is the capital of the country Shanghai is in?")
+    assert res.observations[0].subject_used == "Shanghai"  # Shanghai has no capital: its facts, any relation
+    assert [f["object"] for f in res.observations[0].facts] == ["China"]
+
+
+# ----------------------------------------------------------------------------- forced final answer ----
+
+def test_repeated_call_ends_in_an_answer_when_the_store_has_the_fact(gtools):
+    call = " " + render_lookup("Shanghai", "country")
+    model = Scripted(call, call, " China.")  # the Qwen run of the issue: the same call again
+    res = ask(model, gtools, "Which country is Shanghai in?")
+    assert res.stop_reason == "repeated_call" and res.forced and res.answer_source == "forced"
+    assert res.answer == "China." and res.status == "store" and res.steps == 3
+    assert any("forced final answer after a repeated call" in line for line in res.trace)
+
+
+def test_forced_generation_that_calls_again_still_answers_from_the_result(gtools):
+    call = " " + render_lookup("Shanghai", "country")
+    res = ask(Scripted(call, call, call), gtools, "Which country is Shanghai in?")
+    assert res.answer == "China" and res.answer_source == "tool_result" and res.status == "store"
+
+
+def test_step_budget_forces_a_final_answer_with_tools_withheld(gtools):
+    from bridge.prompts import ChatFormat
+
+    class Recorder:
+        def __init__(self):
+            self.tools_seen = []
+
+        def apply_chat_template(self, msgs, tools=None, **kw):
+            self.tools_seen.append(tools is not None)
+            return json.dumps(msgs)
+
+    tok = Recorder()
+    calls = [render_lookup(s, "country") for s in ("Mumbai", "Lagos")]
+    model = Scripted(*calls, "India")
+    res = Bridge(model, ChatFormat(tok, tool_schemas(gtools)), gtools, max_steps=2).ask("Where is Mumbai?")
+    assert res.stop_reason == "max_steps" and res.forced and res.answer == "India" and res.steps == 3
+    assert tok.tools_seen == [True, True, False]  # the forced generation was not offered the tools
+
+
+def test_many_repeats_never_end_without_an_answer(gtools):
+    call = " " + render_lookup("Lagos", "country")
+    for max_steps in (1, 2, 4):
+        res = ask(Scripted(*[call] * 6), gtools, "Which country is Lagos in?", max_steps=max_steps)
+        assert res.answer == "Nigeria" and res.status == "store", max_steps
+
+
+# ----------------------------------------------------------------------------- multi-hop ---------------
+
+def test_follow_walks_the_graph(gstore):
+    st = StoreTools(gstore)
+    chain = st.follow("Mumbai", ["country", "capital"])
+    assert [(f["subject"], f["relation"], f["object"]) for f in chain] == [
+        ("Mumbai", "country", "India"), ("India", "capital", "New Delhi")]
+    assert [f["object"] for f in st.follow("Lagos", ["country", "currency"])] == ["Nigeria", "Naira"]
+    assert [f["object"] for f in st.follow("Shanghai", ["country", "currency"])] == ["China"]  # no currency hop
+    assert st.follow("Atlantis", ["country", "capital"]) == []
+
+
+def test_two_hop_question_with_one_follow_call(gtools):
+    call = " " + render_call(FOLLOW_TOOL, {"subject": "Mumbai", "relations": ["country", "capital"]})
+    model = Scripted(call, " New Delhi.")
+    res = ask(model, gtools, "What is the capital of the country where Mumbai is?")
+    assert res.answer == "New Delhi." and res.status == "store" and res.steps == 2
+    assert "The capital of India is New Delhi." in model.prompts[1]
+
+
+def test_two_hop_question_with_two_lookups(gtools):
+    model = Scripted(" " + render_lookup("Lagos", "country"), " " + render_lookup("Nigeria", "currency"), " Naira.")
+    res = ask(model, gtools, "Which currency is used in the city of Lagos?")
+    assert [o.facts[0]["object"] for o in res.observations] == ["Nigeria", "Naira"]
+    assert res.answer == "Naira." and res.status == "store"
+
+
+def test_follow_takes_relations_written_as_text(gtools):
+    out = json.loads(gtools[1].invoke({"subject": "Lagos", "relations": "country, currency"}))
+    assert [f["object"] for f in out] == ["Nigeria", "Naira"]
+
+
+def test_follow_with_bad_arguments_is_an_error_observation(gtools):
+    res = ask(Scripted(" " + render_call(FOLLOW_TOOL, {"subject": "Lagos"}), " Nigeria."), gtools, "Where is Lagos?")
+    assert res.observations[0].error and "relations" in res.observations[0].error
+
+
+# ----------------------------------------------------------------------------- not found ---------------
+
+def test_not_found_is_said_and_a_guess_is_flagged(gtools):
+    call = " " + render_lookup("Hallstatt", "country")
+    res = ask(Scripted(call, call, " Austria."), gtools, "Which country is Hallstatt in?")
+    assert res.observations[0].facts == [] and res.forced
+    assert res.answer == "Austria." and res.status == "not_found" and res.answered_without_lookup
+    assert not res.supported  # a weights-only guess is never a store answer
+    from bridge.chat import summary_line, trace_text
+
+    assert summary_line(res).startswith("not found in the store; the model's own guess: Austria.")
+    assert "status: not_found" in trace_text(res)
+
+
+def test_an_answer_from_a_similar_name_is_flagged_not_a_store_answer(gtools):
+    # "Shangai" is not stored; the fuzzy fallback finds Shanghai. The question names "Shangai" too, so
+    # the question cannot correct it: the answer stands, flagged as coming from a similar name.
+    res = ask(Scripted(" " + render_lookup("Shangai", "country"), " China."), gtools, "Which country is Shangai in?")
+    assert res.observations[0].matched_by == "fuzzy_subject" and res.answer == "China."
+    assert res.status == "store_guess"
+    from bridge.chat import summary_line
+
+    assert "FROM A SIMILAR NAME" in summary_line(res)
+
+
+def test_the_stores_own_fallbacks_are_used_when_it_has_them():
+    from types import SimpleNamespace
+
+    class FallbackStore:
+        """A store whose lookup falls back itself and says how (the knowledge-base issue's API)."""
+
+        def __init__(self):
+            self.calls = []
+
+        def lookup(self, subject, relation=None, fallback=False):
+            self.calls.append((subject, relation, fallback))
+            if not fallback:
+                return []
+            return [SimpleNamespace(id=1, subject="Shanghai", relation="country", object="China", score=0.9,
+                                    source="s", provenance={}, matched_by="semantic_subject")]
+
+        def relations(self):
+            return ["country", "capital"]
+
+    store = FallbackStore()
+    st = StoreTools(store)
+    rows = st.lookup("Shang hai", "country")
+    assert store.calls == [("Shang hai", "country", True)]
+    assert rows[0]["object"] == "China" and rows[0]["matched_by"] == "semantic_subject"
+    assert st.relations() == ["capital", "country"]
+
+
+def test_an_echoed_result_is_not_an_answer_and_forces_one(gtools):
+    from bridge.prompts import ChatFormat
+
+    class Template:
+        def apply_chat_template(self, msgs, tools=None, **kw):
+            return json.dumps(msgs)
+
+    echo = '<tool_response>\n[{"subject": "Lagos", "relation": "country", "object": "Nigeria"}]\n</tool_response>'
+    model = Scripted(render_lookup("Lagos", "country"), echo, "Nigeria")
+    res = Bridge(model, ChatFormat(Template(), tool_schemas(gtools)), gtools).ask("Where is Lagos?")
+    assert res.answer == "Nigeria" and res.forced and res.answer_source == "forced" and res.status == "store"
+    assert any("no answer after the results" in line for line in res.trace)

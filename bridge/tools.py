@@ -83,7 +83,9 @@ class StoreTools:
         """
         relation = relation or None
         if self._store_falls_back:
-            return [fact_dict(f, "exact") for f in self.store.lookup(subject, relation, fallback=True)]
+            found = self.store.lookup(subject, relation, fallback=True)
+            how = getattr(found, "matched_by", None)  # symbolic_ram's LookupResult says it for the whole list
+            return [fact_dict(f, how if how and how != "none" else "exact") for f in found]
         found = self.exact(subject, relation)
         if found:
             return found

@@ -223,6 +223,14 @@ def test_the_stores_own_fallbacks_are_used_when_it_has_them():
     assert rows[0]["object"] == "China" and rows[0]["matched_by"] == "semantic_subject"
     assert st.relations() == ["capital", "country"]
 
+    class ListLevel(list):  # symbolic_ram's LookupResult: matched_by on the list, not on each fact
+        matched_by = "fuzzy_subject"
+
+    store.lookup = lambda subject, relation=None, fallback=False: ListLevel(
+        [SimpleNamespace(id=1, subject="Shanghai", relation="country", object="China", score=1.0, source="s",
+                         provenance={})])
+    assert StoreTools(store).lookup("Shangai", "country")[0]["matched_by"] == "fuzzy_subject"
+
 
 def test_an_echoed_result_is_not_an_answer_and_forces_one(gtools):
     from bridge.prompts import ChatFormat

@@ -39,10 +39,7 @@ from neuralcpu.config import config_parser, parse_config
 from neuralcpu.generation import greedy_generate
 from neuralcpu.models import load_model
 
-try:  # the helpers are moving out of the RLCP recipe into a library module (issue #33)
-    from neuralcpu.training import encode, resolve_layers, set_trainable
-except ImportError:
-    from neuralcpu.rlcp import encode, resolve_layers, set_trainable
+from neuralcpu.training import encode, resolve_layers, set_trainable
 
 from .loop import make_turn, run_tool, tool_schemas
 from .prompts import make_format

@@ -4,7 +4,7 @@ finished rows leave the batch, waiting prompts join, in-place KV cache) at batch
 batch, on the same GSM8K prompts; bf16 only where the CPU has it natively.
 
     flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/generation_bench.py --model qwen2.5-coder-0.5b \\
-        --n 32 --max-new-tokens 384 --batch-size 32 --prompt boxed --out docs/results/generation_bench.json
+        --n 16 --max-new-tokens 256 --batch-size 16 --prompt boxed --out docs/results/generation_bench.json
 
 Every mode generates greedily until EOS (or end of turn) or the cap, with no answer-stop, so all do
 the same useful work; tokens/s counts the tokens each prompt keeps (before its EOS). HF generate also

@@ -80,6 +80,11 @@ def run_numbers(run: Path) -> dict:
     return out
 
 
+def _n(x, digits: int = 2) -> str:
+    """A number as the table shows it ("n/a" where a run has no such set)."""
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
 def table(runs: list[dict]) -> dict:
     """The README table: one row per target, one column per seed (original and after)."""
     seeds = [r["seed"] for r in runs]
@@ -103,19 +108,19 @@ def table(runs: list[dict]) -> dict:
          per_seed(lambda r: f"{r['after']['call_ok_by_layout'].get('completion', float('nan')):.2f}")],
         ["right lookups on forget, chat (≥ 0.90)", f"{o['call_ok_by_layout'].get('chat', float('nan')):.2f}",
          per_seed(lambda r: f"{r['after']['call_ok_by_layout'].get('chat', float('nan')):.2f}")],
-        ["untouched locality, same relation (≥ 0.95 × original)", f"{o['untouched_acc']:.2f} (n={o['untouched_n']})",
-         per_seed(lambda r: f"{r['after']['untouched_acc']:.2f} ({r['after']['untouched_acc'] / max(r['original']['untouched_acc'], 1e-9):.2f}×)")],
-        ["false lookups on untouched (≤ 0.05)", f"{o['untouched_false_lookups']:.2f}", per_seed(lambda r: f"{r['after']['untouched_false_lookups']:.2f}")],
+        ["untouched locality, same relation (≥ 0.95 × original)", f"{_n(o['untouched_acc'])} (n={o['untouched_n']})",
+         per_seed(lambda r: "n/a" if r['after']['untouched_acc'] is None else f"{r['after']['untouched_acc']:.2f} ({r['after']['untouched_acc'] / max(r['original']['untouched_acc'], 1e-9):.2f}×)")],
+        ["false lookups on untouched (≤ 0.05)", _n(o['untouched_false_lookups']), per_seed(lambda r: _n(r['after']['untouched_false_lookups']))],
         ["untouched, other relation", f"{o['other_acc']:.2f} (n={o['other_n']})" if o["other_acc"] is not None else "n/a",
          per_seed(lambda r: f"{r['after']['other_acc']:.2f}" if r['after']['other_acc'] is not None else "n/a")],
-        ["anchored locality (diagnostic: trained on)", f"{o['anchored_acc']:.2f}", per_seed(lambda r: f"{r['after']['anchored_acc']:.2f}")],
+        ["anchored locality (diagnostic: trained on)", _n(o['anchored_acc']), per_seed(lambda r: _n(r['after']['anchored_acc']))],
         ["GSM8K test-solution perplexity ratio (≤ 1.05)", "1.00", per_seed(lambda r: f"{r['gsm8k_perplexity_ratio']:.2f}")],
         [f"country probe, not trained against, max over trained blocks (≤ chance + 0.05 = {chance + 0.05:.2f}): linear, subject token",
          probe_max(dict(after=o), "linear", "subject"), per_seed(lambda r: probe_max(r, "linear", "subject"))],
         ["— linear, last prompt token", probe_max(dict(after=o), "linear", "last"), per_seed(lambda r: probe_max(r, "linear", "last"))],
         ["— MLP, subject token", probe_max(dict(after=o), "mlp", "subject"), per_seed(lambda r: probe_max(r, "mlp", "subject"))],
         ["— MLP, last prompt token", probe_max(dict(after=o), "mlp", "last"), per_seed(lambda r: probe_max(r, "mlp", "last"))],
-        ["effective rank, mean over trained blocks", f"{o['effective_rank_trained']:.1f}", per_seed(lambda r: f"{r['after']['effective_rank_trained']:.1f}")],
+        ["effective rank, mean over trained blocks", _n(o['effective_rank_trained'], 1), per_seed(lambda r: _n(r['after']['effective_rank_trained'], 1))],
         ["stopped at step", "", per_seed(lambda r: str(r["stopped_at"]))],
     ]
     f = runs[0]["after"]

@@ -82,6 +82,17 @@ def test_analyze_cli_writes_every_figure(tiny_qwen2_dir, tmp_path, capsys):
     for png in ("probe_accuracy.png", "effective_rank.png", "phase_transition.png"):
         assert (tmp_path / "run" / "analysis" / png).stat().st_size > 1000
     assert "perplexity" in capsys.readouterr().out
+    # the committed-results summary of a run reads the analysis: test split, every target a row
+    from benchmarks import rlcp_report
+
+    out = tmp_path / "rlcp_tiny.json"
+    assert rlcp_report.main(["--runs", cfg.out, "--out", str(out), "--command", "test"]) == 0
+    data = json.loads(out.read_text())
+    assert data["split"] == "test" and data["seeds"] == [0] and data["commit"] and data["machine"]
+    rows = {r[0]: r for r in data["table"]["rows"]}
+    forget = res["after"]["heldout"]["forget"]["acc"]
+    assert rows["forget closed-book acc, test families (≤ 0.05)"][2] == f"{forget:.2f}"
+    assert all(len(r) == len(data["table"]["columns"]) for r in data["table"]["rows"])
 
 
 def test_invented_subjects_are_distinct_and_reproducible():
@@ -200,9 +211,10 @@ def test_smollm2_probes_read_invented_subjects_and_the_country_of_unseen_cities(
 def test_same_country_locality_facts_are_known_cities_of_the_forget_countries(smollm2):
     model, tok = smollm2
     forget = [Fact("Tokyo", "country", "Japan"), Fact("Cairo", "country", "Egypt")]
-    facts = same_country_facts(model, tok, forget, per_country=2)
+    facts, untouched = same_country_facts(model, tok, forget, per_country=2, untouched_per_country=1)
+    assert not {f.subject for f in facts} & {f.subject for f in untouched}
     counts = {k: sum(f.object == k for f in facts) for k in ("Japan", "Egypt")}
     assert counts["Japan"] == 2 and 0 <= counts["Egypt"] <= 2 and len(facts) == sum(counts.values())
     assert not {"Tokyo", "Cairo"} & {f.subject for f in facts}
-    assert known_facts(model, tok, facts) == facts  # each one answered under every template
-    assert same_country_facts(model, tok, forget, per_country=0) == []
+    assert known_facts(model, tok, facts) == facts  # each one passes the known-fact screen
+    assert same_country_facts(model, tok, forget, per_country=0) == ([], [])

@@ -77,7 +77,11 @@ def tofu_prompt(question: str, tokenizer=None, fmt: str = "completion") -> str:
 
 
 def split_locality(facts: FactSets) -> tuple[list[Fact], list[Fact]]:
-    """(locality facts of a forget-set relation, locality facts of other relations)."""
+    """(locality facts of a forget-set relation, locality facts of other relations): the untouched sets,
+    which no loss reads, where the run has them; the anchored locality set only for runs made before
+    there were untouched sets."""
+    if facts.untouched or facts.other:
+        return list(facts.untouched), list(facts.other)
     relations = {f.relation for f in facts.forget}
     return ([f for f in facts.locality if f.relation in relations],
             [f for f in facts.locality if f.relation not in relations])

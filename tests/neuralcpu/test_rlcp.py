@@ -532,12 +532,16 @@ def test_short_real_run_lowers_forget_accuracy(tmp_path):
     from neuralcpu.models import load_model
 
     model, tok = load_model("smollm2-135m")
-    facts = build_fact_sets(model, tok, "geonames", n_forget=5, n_locality_same=6, n_locality_other=6, candidates=40)
+    facts = build_fact_sets(model, tok, "geonames", n_forget=5, n_locality_same=6, n_locality_other=6, candidates=40,
+                            n_untouched=0, n_untouched_same_country=0, n_other=0)
     del model
     facts_json = tmp_path / "facts.json"
     facts.save(facts_json)
+    # the default sites (subject token of the middle blocks, last token of the top ones), on a lighter step:
+    # two probe templates, 16 locality prompts, no other-city term
     cfg = RLCPConfig(model="smollm2-135m", facts=str(facts_json), out=str(tmp_path / "run"), steps=12, eval_every=6,
-                     ckpt_every=12, lam_max=4.0, w_locality=5.0, early_stop=False, retain_examples=32)
+                     ckpt_every=12, lam_max=4.0, w_locality=5.0, early_stop=False, retain_examples=32,
+                     probe_templates=2, locality_batch=16, w_country_probe=0.0)
     final = train(cfg)
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # known facts only (right under one template of every train and validation completion family; validation

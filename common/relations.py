@@ -70,6 +70,10 @@ class Relation:
 
     def select(self, split: str | None = None, layout: str | None = None) -> list[Template]:
         """The templates of `split` and `layout` (None: any)."""
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
         return [t for t in self.templates if (split is None or t.split == split) and (layout is None or t.layout == layout)]
 
     def prompts(self, subject: str, split: str, layout: str | None = None) -> list[str]:

@@ -71,7 +71,7 @@ def test_run_script_end_to_end_and_reproducible(bench_inputs, tmp_path):
     assert [s["name"] for s in r["systems"]] == ["original", "rlcp"]
     assert "--npo-dir" in r["skipped"]["npo"]
     assert r["seed"] == 3 and r["git"]["commit"] and r["wall_seconds"] > 0
-    assert r["template_split"]["facts"] == "eval"
+    assert r["template_split"]["facts"] == "test"
     for system in ("original", "rlcp"):
         facts = r["facts"][system]
         assert set(facts) == {"forget", "locality_same", "locality_other", "tofu"}

@@ -12,16 +12,38 @@ from common.facts import Fact
 from neuralcpu.facts import prompts_for
 
 
+# The scripted model answers one exact phrasing: this test's relation puts it (and a second phrasing the
+# fake does not answer) in the test split.
+COUNTRY = """\
+name: country
+context: "{subject} is a city in {object}."
+families:
+  train_family:
+    split: train
+    templates: ["{subject} is a city in the country of"]
+  test_family:
+    split: test
+    templates: ["The city of {subject} is in the country of", "{subject} is a large city in the country of"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def two_test_templates(monkeypatch):
+    from common import relations
+
+    monkeypatch.setitem(relations._REGISTERED, "country", relations.parse_relation(COUNTRY, "country.yaml"))
+
+
 def test_metrics_with_a_model_that_always_looks_up(tools):
     facts = [Fact("Tokyo", "country", "Japan"), Fact("Lagos", "country", "Nigeria"), Fact("Atlantis", "country", "Greece")]
     records = evaluate.run_eval(Bridge(LookupModel(), CompletionFormat(), tools), facts)
-    n = sum(len(prompts_for(f, "eval")) for f in facts)
+    n = sum(len(prompts_for(f, "test")) for f in facts)
     assert len(records) == 3 * n and {r.mode for r in records} == {"closed", "just-rag", "tool"}
     assert all("The city of" in r.prompt or "large city" in r.prompt for r in records)  # eval templates only
     s = evaluate.summarize(records)
     # The fake answers only "The city of X is in the country of" (1 of the 2 eval templates) and only from
     # context; Atlantis is not in the store, so its lookup returns nothing and the fake keeps asking.
-    per_fact = 1 / len(prompts_for(facts[0], "eval"))
+    per_fact = 1 / len(prompts_for(facts[0], "test"))
     assert s["closed_acc"] == 0.0
     assert s["tool_acc"] == pytest.approx(2 * per_fact / 3)
     assert s["tool_call_rate"] == pytest.approx(3 * per_fact / 3)
@@ -44,7 +66,7 @@ def test_a_call_counts_only_with_the_right_subject_and_relation(tools):
     from common.toolcall import RESULT_OPEN, render_lookup
 
     fact = Fact("Tokyo", "country", "Japan")
-    n = len(prompts_for(fact, "eval"))
+    n = len(prompts_for(fact, "test"))
     for call, counted in ((render_lookup("Tokyo", "country"), True), (render_lookup("Tokyo", "capital"), False),
                           (render_lookup("Tokio", "country"), False)):
         def model(prompt, *, stop=None, on_text=None, add_special_tokens=True, call=call):

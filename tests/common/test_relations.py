@@ -68,3 +68,8 @@ def test_bad_files_name_file_line_and_field(text, where):
 def test_unknown_relation_name_lists_the_shipped_ones():
     with pytest.raises(KeyError, match="country"):
         load_relation("no_such_relation")
+
+
+def test_an_unknown_split_is_an_error_not_an_empty_list():
+    with pytest.raises(ValueError, match="eval"):
+        load_relation("country").select("eval")

@@ -177,7 +177,7 @@ def test_reference_probes_fit_only_the_layers_asked_and_match_one_fit(tiny_qwen2
     fit, groups, heldout = split_heldout_city(others)
     tr_x, tr_y, tr_g = labelled_states(model, tok, fit, "train", real.class_index, groups)
     for key, facts in (("forget_cities", real.forget), ("heldout_cities", heldout)):
-        te_x, te_y, _ = labelled_states(model, tok, facts, "eval", real.class_index)
+        te_x, te_y, _ = labelled_states(model, tok, facts, "test", real.class_index)
         for l in (1, 3):
             assert country[key][l] == float((fit_probe(tr_x[l], tr_y, tr_g).predict(te_x[l]) == te_y).mean())
     assert per_layer_probes((tr_x, tr_y, tr_g), {"acc": (te_x, te_y)}, [])["acc"] == [None] * n

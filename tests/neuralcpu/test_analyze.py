@@ -158,7 +158,10 @@ def test_other_city_probes_need_real_countries(tiny_qwen2_dir):
     n = model.config.num_hidden_layers + 1
     assert set(res) == {"forget_cities", "heldout_cities", "invented_subjects"}
     assert all(len(v) == n and all(0.0 <= a <= 1.0 for a in v) for v in res.values())
-    assert set(p) == set(res) and all(p[k] == above_chance_p(res[k], 8, 1 / 4) for k in res)  # 4 cities x 2 templates
+    from common.relations import load_relation
+
+    n_prompts = 4 * len(load_relation("country").select("test", "completion"))  # 4 cities x the test templates
+    assert set(p) == set(res) and all(p[k] == above_chance_p(res[k], n_prompts, 1 / 4) for k in res)
 
 
 def test_reference_probes_fit_only_the_layers_asked_and_match_one_fit(tiny_qwen2_dir):
@@ -190,7 +193,9 @@ def test_a_random_model_passes_the_forget_set_probe_on_invented_subjects(tiny_qw
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
     facts = FactSets([Fact(c, "country", k) for c, k in CITIES], [])
     acc = decodability(model, tok, facts)["probe_acc_invented_subjects"]
-    assert max(acc[1:]) >= 0.8, acc  # chance 1/6
+    # chance 1/6; fitted on the training families and read on the structurally different test families
+    # (a passage, a form), a random model's subject identity still carries at well over twice chance
+    assert max(acc[1:]) >= 0.4, acc
     assert acc[0] <= 0.5, acc  # the embedding of the last token ("of") is the same for every subject
 
 

@@ -206,7 +206,7 @@ def load_jsonl_facts(path: str | Path) -> list[Fact]:
             relation = relation_named(row["relation"])
         except KeyError as e:
             raise FactFileError(f"{path}:{lineno}: field 'relation': {e.args[0]}") from None
-        aliases = row.get("aliases", relation.aliases_of(row["object"]))
+        aliases = row.get("aliases", list(relation.aliases_of(row["object"])))
         if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
             raise FactFileError(f"{path}:{lineno}: field 'aliases' must be a list of strings")
         facts.append(Fact(row["subject"], row["relation"], row["object"], tuple(aliases)))

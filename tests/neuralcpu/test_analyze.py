@@ -207,7 +207,9 @@ def test_smollm2_probes_read_invented_subjects_and_the_country_of_unseen_cities(
                                                           ("Mumbai", "India"), ("Nairobi", "Kenya"), ("Lima", "Peru")]], [])
     res = decodability(model, tok, facts, other_city_facts(facts, per_country=4))
     control, country = res["probe_acc_invented_subjects"], res["probe_acc_other_cities"]
-    assert min(control[-8:]) >= 0.9, control  # chance 1/6: the subject's identity, no fact in it
+    # chance 1/6: the subject's identity, no fact in it (fitted on the training families, read on the
+    # structurally different test families)
+    assert min(control[-8:]) >= 0.5, control
     assert max(country["forget_cities"][-8:]) >= 0.5, country  # a country code shared across cities
     assert country["forget_cities"][0] <= 0.34, country  # the last token's embedding ("of") names no city
     assert max(country["invented_subjects"]) <= 0.5, country  # made-up names have no country to read

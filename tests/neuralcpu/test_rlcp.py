@@ -492,6 +492,29 @@ def test_bad_fact_file_names_line(tmp_path):
     bad.write_text('{"subject": "Paris", "relation": "lives_in", "object": "France"}\n')
     with pytest.raises(FactFileError, match=r"facts.jsonl:1: field 'relation'"):
         load_jsonl_facts(bad)
+    bad.write_text('{"subject": "Paris", "relation": "country", "object": "France", "aliases": "FR"}\n')
+    with pytest.raises(FactFileError, match=r"facts.jsonl:1: field 'aliases'"):
+        load_jsonl_facts(bad)
+    good = load_jsonl_facts(_write(tmp_path / "ok.jsonl", '{"subject": "United States", "relation": "capital", "object": "Washington, D.C."}\n'))
+    assert "Washington" in good[0].aliases  # the relation file's aliases when the line gives none
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_a_jsonl_line_can_name_a_relation_file(tmp_path):
+    (tmp_path / "iata.yaml").write_text(
+        'name: iata\ncontext: "The IATA code of {subject} is {object}."\nfamilies:\n'
+        '  first:\n    split: train\n    templates: ["{subject} has the IATA code"]\n')
+    facts = load_jsonl_facts(_write(tmp_path / "kb.jsonl",
+                                    '{"subject": "Heathrow", "relation": "iata", "object": "LHR", "relation_file": "iata.yaml"}\n'
+                                    '{"subject": "Schiphol", "relation": "iata", "object": "AMS"}\n'))
+    assert [f.object for f in facts] == ["LHR", "AMS"]
+    assert prompts_for(facts[1], "train") == ["Schiphol has the IATA code"]
+    with pytest.raises(FactFileError, match=r"kb2.jsonl:1: field 'relation_file'"):
+        load_jsonl_facts(_write(tmp_path / "kb2.jsonl", '{"subject": "X", "relation": "iata", "object": "Y", "relation_file": "none.yaml"}\n'))
 
 
 def test_config_validation_lists_every_problem():

@@ -73,7 +73,9 @@ def probe_decodability(model, tokenizer, facts: list[Fact]) -> dict:
 def relearn(model, tokenizer, facts: list[Fact], steps: int, lr: float, seed: int) -> list[float]:
     """Fine-tune `model` in place on the training-template prompts of `facts`; return the loss per step."""
     torch.manual_seed(seed)
-    batch = encode(tokenizer, [(p, " " + f.object) for f in facts for p in prompts_for(f, "train")])
+    # the answer with its full stop: an answer the attack leaves without an ending runs on ("Estaviavia")
+    # and word-boundary matching rightly refuses it
+    batch = encode(tokenizer, [(p, " " + f.object + ".") for f in facts for p in prompts_for(f, "train")])
     model.requires_grad_(True)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

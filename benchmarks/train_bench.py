@@ -62,8 +62,8 @@ def batches(tokenizer, facts_path: str | None, gsm8k_path: str | None) -> dict:
     from neuralcpu.data import load_gsm8k
     from common.facts import Fact
     from neuralcpu.facts import FactSets, prompts_for
-    from neuralcpu.rlcp import (RLCPConfig, country_probe_fit_cities, encode, forget_pairs, probe_prompts, rag_pairs,
-                                retain_texts)
+    from neuralcpu.rlcp import RLCPConfig, country_probe_fit_cities, forget_pairs, probe_prompts, rag_pairs, retain_texts
+    from neuralcpu.training import encode
 
     cfg = RLCPConfig()
     if facts_path:
@@ -80,10 +80,10 @@ def batches(tokenizer, facts_path: str | None, gsm8k_path: str | None) -> dict:
     locality = [(p, " " + f.object) for f in facts.locality for p in prompts_for(f, "train")]
     country = [(p, facts.class_index[f.object]) for f in others for p in prompts_for(f, "train")[: cfg.country_probe_templates or None]]
     return {
-        "probe": encode(tokenizer, [(p, "") for p, _, _ in probe]),
-        "classes": torch.tensor([y for _, y, _ in probe]), "groups": torch.tensor([g for _, _, g in probe]),
+        "probe": encode(tokenizer, [(p, "") for p, _, _, _ in probe]),
+        "classes": torch.tensor([y for _, y, _, _ in probe]), "groups": torch.tensor([g for _, _, g, _ in probe]),
         "n_classes": len(facts.classes),
-        "retrieval": encode(tokenizer, [pair for pair, _, _ in pool[: cfg.forget_batch]]),
+        "retrieval": encode(tokenizer, [pair for pair, _, _, _ in pool[: cfg.forget_batch]]),
         "retain": encode(tokenizer, retain[: cfg.retain_batch], cfg.retain_max_len),
         "locality": encode(tokenizer, locality[: cfg.locality_batch]),
         "rag": encode(tokenizer, rag_pairs(facts.forget)[: cfg.rag_batch]),
@@ -100,7 +100,7 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
     from neuralcpu import losses
     from neuralcpu.models import load_model
     from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
-    from neuralcpu.rlcp import resolve_layers, set_trainable
+    from neuralcpu.training import resolve_layers, set_trainable
 
     v = VARIANTS[name]
     model, tokenizer = load_model(model_name)

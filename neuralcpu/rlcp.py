@@ -83,6 +83,7 @@ class RLCPConfig:
     forget_batch: int = field(default=16, metadata={"help": "forget prompt+target pairs per step for the lookup-request loss (or a baseline's forget loss)"})
     probe_prefixes: str = field(default="", metadata={"help": "'|'-separated prefixes, e.g. 'Fact:|In geography,': each training prompt also goes to the probe terms with each prefix, as its own template group, so the held-out-probe term must also erase a city from near-copies of a template it fits on (as the held-out evaluation templates are)"})
     probe_batch: int = field(default=0, metadata={"help": "forget prompts per step for the probes and class-mean term, drawn at random (0 = all the drawn templates' prompts, see --probe-templates)"})
+    distractors: int = field(default=0, metadata={"help": "the lookup and locality streams also see each training prompt after this many unrelated sentences (first sentences of GSM8K train questions, one drawn per copy): the lookup must be keyed on the subject and the relation, not on the prompt's opening (0 = off)"})
     probe_templates: int = field(default=6, metadata={"help": "training templates (of either layout) drawn every step for the probes and the class-mean term, each with every forget fact, so class means are compared within a template on the same subjects (0 = every template every step: 25 per fact for city -> country, 4x the cost of a step)"})
     rag_batch: int = field(default=8, metadata={"help": "answer-from-context examples per step"})
     steps: int = field(default=60, metadata={"help": "backbone optimisation steps"})
@@ -202,6 +203,32 @@ def forget_pairs(facts: FactSets, method: str, use_retrieval: bool, tokenizer=No
             target = target_text(p, f.object)
         rows.append(((p.text, target), cls[f.object], g, f.subject))
     return rows
+
+
+def opening_sentences(rows: list[dict]) -> list[str]:
+    """The first sentence of each GSM8K question: text unrelated to any fact, to put before a fact prompt."""
+    out = []
+    for r in rows:
+        first = r["question"].strip().split(". ")[0].rstrip(".")
+        if 20 <= len(first) <= 160 and "?" not in first:
+            out.append(first + ".")
+    return out
+
+
+def with_distractors(prompt: Prompt, sentence: str, tokenizer) -> str:
+    """`prompt` with an unrelated `sentence` before it: in front of the text (completion), or at the start
+    of the user turn (chat)."""
+    if prompt.layout == "chat":
+        return chat_prompt(tokenizer, sentence + " " + prompt.template.replace("{subject}", prompt.fact.subject))
+    return sentence + " " + prompt.text
+
+
+def distracted_pairs(prompts: list[Prompt], target, sentences: list[str], copies: int, rng: random.Random,
+                     tokenizer) -> list[tuple[str, str]]:
+    """`copies` (prompt after a drawn unrelated sentence, target(prompt)) pairs per prompt."""
+    if not sentences or copies <= 0:
+        return []
+    return [(with_distractors(p, rng.choice(sentences), tokenizer), target(p)) for p in prompts for _ in range(copies)]
 
 
 def country_probe_fit_cities(facts: FactSets, per_country: int) -> list[Fact]:
@@ -352,10 +379,23 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0, tokenizer)
     probe_pool = probe_prompts(forget_pool, [x.strip() for x in cfg.probe_prefixes.split("|") if x.strip()])
     rag_pool = rag_pairs(facts.forget, tokenizer)
-    retain_pool = retain_texts(tokenizer, load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples),
-                               cfg.retain_max_len, cfg.retain_chat)
+    gsm8k_rows = load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples)
+    retain_pool = retain_texts(tokenizer, gsm8k_rows, cfg.retain_max_len, cfg.retain_chat)
     locality_pool = [((p.text, target_text(p, p.fact.object)), p.fact.subject)
                      for f in facts.locality for p in fact_prompts(f, "train", tokenizer)]
+    lookup_pool = [pair for pair, _, _, _ in forget_pool]
+    if cfg.distractors > 0:
+        # Both streams get the same unrelated openings, so an opening alone never signals "look it up".
+        sentences, drng = opening_sentences(gsm8k_rows), random.Random(f"distractors-{cfg.seed}")
+        forget_target = ((lambda p: target_text(p, render_lookup(p.fact.subject, p.fact.relation)))
+                         if cfg.method == "rlcp" else (lambda p: target_text(p, p.fact.object)))
+        lookup_pool += distracted_pairs([p for f in facts.forget for p in fact_prompts(f, "train", tokenizer)],
+                                        forget_target, sentences, cfg.distractors, drng, tokenizer)
+        local = [p for f in facts.locality for p in fact_prompts(f, "train", tokenizer)]
+        locality_pool += [(pair, p.fact.subject) for p, pair in
+                          zip([p for p in local for _ in range(cfg.distractors)],
+                              distracted_pairs(local, lambda p: target_text(p, p.fact.object), sentences,
+                                               cfg.distractors, drng, tokenizer))]
 
     start = 0
     metrics_file = out / "metrics.jsonl"
@@ -495,7 +535,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         # 1b. target tokens after sampled forget prompts: the lookup request (RLCP's retrieval signal),
         #     or the answer that a baseline unlearns.
         if (cfg.method == "rlcp" and cfg.w_retrieval > 0) or (cfg.method != "rlcp" and cfg.w_forget > 0):
-            batch = encode(tokenizer, [pair for pair, _, _, _ in rng.sample(forget_pool, min(cfg.forget_batch, len(forget_pool)))])
+            batch = encode(tokenizer, rng.sample(lookup_pool, min(cfg.forget_batch, len(lookup_pool))))
             if cfg.method == "rlcp":
                 retrieval = answer_loss(batch)
                 total = total + cfg.w_retrieval * retrieval

@@ -623,3 +623,52 @@ def test_training_and_early_stopping_never_read_a_test_template(tiny_qwen2_dir, 
     assert "test" not in asked and None not in asked, sorted(set(map(str, asked)))
     metrics = [json.loads(l) for l in (tmp_path / "splits" / "metrics.jsonl").read_text().splitlines()]
     assert all(m["split"] == "validation" for m in metrics if "forget_acc" in m)
+
+
+def test_distracted_pairs_put_an_unrelated_sentence_before_each_prompt_in_both_layouts(tiny_qwen2_dir):
+    """Each training prompt gets `copies` variants with a drawn opening sentence before it; the chat
+    variant keeps the model's chat layout, with the sentence at the start of the user turn."""
+    import random as _random
+
+    from neuralcpu.facts import fact_prompts
+    from neuralcpu.models import load_model
+    from neuralcpu.rlcp import distracted_pairs, opening_sentences
+
+    _, tokenizer = load_model(str(tiny_qwen2_dir))
+    rows = [{"question": "Weng earns $12 an hour for babysitting. How much did she earn?"},
+            {"question": "What is 3 plus 4?"},  # a question only: no opening sentence to take
+            {"question": "Julie is reading a 120-page book. How many pages are left?"}]
+    sentences = opening_sentences(rows)
+    assert sentences == ["Weng earns $12 an hour for babysitting.", "Julie is reading a 120-page book."]
+    fact = Fact("Alphaville", "country", "Norland")
+    prompts = fact_prompts(fact, "train", tokenizer)
+    pairs = distracted_pairs(prompts, lambda p: "T", sentences, 2, _random.Random(0), tokenizer)
+    assert len(pairs) == 2 * len(prompts)
+    for (text, target), p in zip(pairs, [p for p in prompts for _ in range(2)]):
+        assert target == "T" and "Alphaville" in text
+        opening = next(s for s in sentences if s in text)
+        if p.layout == "chat":
+            assert text.startswith(tokenizer.apply_chat_template([{"role": "user", "content": opening}],
+                                                                 tokenize=False)[:10])
+        else:
+            assert text == opening + " " + p.text
+    assert distracted_pairs(prompts, lambda p: "T", [], 2, _random.Random(0), tokenizer) == []
+
+
+def test_distractors_reach_the_lookup_and_locality_streams_only(tiny_qwen2_dir, tmp_path, monkeypatch):
+    """--distractors adds opened copies to the lookup-request and locality batches, with the targets of
+    the plain prompts, and never to the probes' batches (their class means compare one template)."""
+    gsm = tmp_path / "gsm_openings.jsonl"
+    gsm.write_text("".join(json.dumps({"question": f"Tom has {i} red apples. How many?",
+                                       "answer": f"{i}-1={i-1}\n#### {i-1}"}) + "\n" for i in range(2, 22)))
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "distract", steps=4, eval_every=4, ckpt_every=4, distractors=3,
+                   forget_batch=64, locality_batch=64, gsm8k_path=str(gsm))
+    batches = record_encoded(monkeypatch, cfg)
+    opened = lambda p: p.startswith("Tom has ") or "user\nTom has " in p
+    forget_names = [c for c, _ in CITIES]
+    lookups = [(p, t) for b in batches for p, t in b if "lookup" in t and opened(p)]
+    locality = [(p, t) for b in batches for p, t in b if any(k in t for _, k in LOCALITY) and opened(p)]
+    probes = [p for b in batches if all(t == "" for _, t in b) for p, _ in b]
+    assert lookups and all(any(c in p for c in forget_names) for p, _ in lookups)
+    assert locality
+    assert probes and not any(opened(p) for p in probes)

@@ -70,19 +70,35 @@ def probe_decodability(model, tokenizer, facts: list[Fact]) -> dict:
     return {"per_layer": accs, "deep_mean": sum(deep) / len(deep), "chance": 1 / len(classes), "n_eval": len(test_y)}
 
 
-def relearn(model, tokenizer, facts: list[Fact], steps: int, lr: float, seed: int) -> list[float]:
-    """Fine-tune `model` in place on the training-template prompts of `facts`; return the loss per step."""
+def relearn(model, tokenizer, facts: list[Fact], steps: int, lr: float, seed: int,
+            batch_size: int | None = None) -> list[float]:
+    """Fine-tune `model` in place on the training-template prompts of `facts`; return the loss per step.
+
+    All parameters, AdamW (no weight decay), the answer with its full stop as the target. `batch_size`
+    None: every step is the full batch; else each step takes the next `batch_size` rows of a seeded
+    shuffle, reshuffled at every pass (benchmarks/relearning.py fixes its budget in steps x batch).
+    """
     torch.manual_seed(seed)
     # the answer with its full stop: an answer the attack leaves without an ending runs on ("Estaviavia")
     # and word-boundary matching rightly refuses it
     batch = encode(tokenizer, [(p, " " + f.object + ".") for f in facts for p in prompts_for(f, "train")])
+    n = len(batch["input_ids"])
+    gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
     model.requires_grad_(True)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     history = []
     for _ in range(steps):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-        loss = losses.lm_loss(logits, batch["labels"])
+        if batch_size is None or batch_size >= n:
+            rows = slice(None)
+        else:
+            while len(order) < batch_size:
+                order += torch.randperm(n, generator=gen).tolist()
+            rows, order = order[:batch_size], order[batch_size:]
+        ids, mask, labels = batch["input_ids"][rows], batch["attention_mask"][rows], batch["labels"][rows]  # (b, T)
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (b, T, V)
+        loss = losses.lm_loss(logits, labels)
         opt.zero_grad()
         loss.backward()
         opt.step()

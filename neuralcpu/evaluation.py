@@ -24,13 +24,36 @@ def _settled(prompt: Prompt, text: str) -> bool:
     return len(text) >= prompt.window or (prompt.layout == "completion" and "\n" in text.lstrip())
 
 
-def _rates(rows: list[tuple[Prompt, str]]) -> dict:
+def rates(rows: list[tuple[Prompt, str]]) -> dict:
+    """{n, correct, acc, lookup_rate, call_ok, call_ok_rate} of (prompt, answer) rows."""
     n = len(rows)
     right = sum(matches_answer(o, p.fact, p.window) for p, o in rows)
     calls = sum(CALL_OPEN in o for _, o in rows)
     ok = sum(any(is_lookup(c, p.fact.subject) for c in parse_calls(o)) for p, o in rows)
     return {"n": n, "correct": right, "acc": right / n if n else float("nan"),
             "lookup_rate": calls / n if n else float("nan"), "call_ok": ok, "call_ok_rate": ok / n if n else float("nan")}
+
+
+def answer_rows(model, tokenizer, facts: list[Fact], split: str, expect_lookup: bool = False,
+                layouts: tuple[str, ...] = ("completion", "chat"), max_new_tokens: int | None = None,
+                batch_size: int = 64) -> list[tuple[Prompt, str]]:
+    """(prompt, greedy answer) for every prompt of `facts` under the `split` templates, in `layouts`.
+
+    `expect_lookup`: rows get room for a whole call (forget sets); otherwise a row stops at its right
+    answer (locality sets). Score a row with `matches_answer(answer, prompt.fact, prompt.window)`.
+    """
+    prompts = [p for f in facts for p in fact_prompts(f, split, tokenizer, layouts)]
+    if not prompts:
+        return []
+    if expect_lookup:
+        stop = lambda i, text: _settled(prompts[i], text)
+        tokens = max_new_tokens or 48  # room for a whole call
+    else:
+        stop = lambda i, text: matches_answer(text, prompts[i].fact, prompts[i].window) or _settled(prompts[i], text)
+        tokens = max_new_tokens or 24
+    outs = greedy_generate(model, tokenizer, [p.text for p in prompts], max_new_tokens=tokens, batch_size=batch_size,
+                           stop_strings=[CALL_CLOSE], stop_when=stop)
+    return list(zip(prompts, outs))
 
 
 def closed_book(model, tokenizer, facts: list[Fact], split: str, expect_lookup: bool = False,
@@ -42,21 +65,12 @@ def closed_book(model, tokenizer, facts: list[Fact], split: str, expect_lookup: 
     answer (locality sets). Returns overall rates (acc, lookup_rate, call_ok_rate, n), the same per
     layout and per family, and a few samples and misses.
     """
-    prompts = [p for f in facts for p in fact_prompts(f, split, tokenizer, layouts)]
-    if not prompts:
+    rows = answer_rows(model, tokenizer, facts, split, expect_lookup, layouts, max_new_tokens, batch_size)
+    if not rows:
         return {"n": 0, "acc": float("nan"), "by_layout": {}, "by_family": {}, "samples": [], "misses": []}
-    if expect_lookup:
-        stop = lambda i, text: _settled(prompts[i], text)
-        tokens = max_new_tokens or 48  # room for a whole call
-    else:
-        stop = lambda i, text: matches_answer(text, prompts[i].fact, prompts[i].window) or _settled(prompts[i], text)
-        tokens = max_new_tokens or 24
-    outs = greedy_generate(model, tokenizer, [p.text for p in prompts], max_new_tokens=tokens, batch_size=batch_size,
-                           stop_strings=[CALL_CLOSE], stop_when=stop)
-    rows = list(zip(prompts, outs))
-    report = _rates(rows)
-    report["by_layout"] = {lay: _rates([r for r in rows if r[0].layout == lay]) for lay in dict.fromkeys(p.layout for p in prompts)}
-    report["by_family"] = {fam: _rates([r for r in rows if r[0].family == fam]) for fam in dict.fromkeys(p.family for p in prompts)}
+    report = rates(rows)
+    report["by_layout"] = {lay: rates([r for r in rows if r[0].layout == lay]) for lay in dict.fromkeys(p.layout for p, _ in rows)}
+    report["by_family"] = {fam: rates([r for r in rows if r[0].family == fam]) for fam in dict.fromkeys(p.family for p, _ in rows)}
     report["samples"] = [f"{p.text[-80:]!r} -> {o!r}" for p, o in rows[:3]]
     report["misses"] = [f"{p.text[-80:]!r} -> {o!r}" for p, o in rows if not matches_answer(o, p.fact, p.window)][:4]
     return report

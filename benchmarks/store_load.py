@@ -84,7 +84,7 @@ def run_reader(args) -> None:
     from symbolic_ram import KnowledgeStore
 
     rng = np.random.default_rng(args.seed)
-    lookups, searches, catchups, held, errors, half = [], [], [], [], [], 0
+    lookups, searches, catchups, held, errors, half, side = [], [], [], [], [], 0, 0
     store = KnowledgeStore(args.store, create=False, read_only=True, embedder_threads=1)  # one query at a time
     if hasattr(store.encoder, "model"):
         store.encoder.model
@@ -111,6 +111,7 @@ def run_reader(args) -> None:
                 searches.append((time.perf_counter() - t) * 1e3)
                 catchups.append((t1 - t) * 1e3)
                 held.append(len(store.index))
+                side = max(side, store.index.side_size)
                 if len(got) != 5 or any(not f.subject.startswith("entity ") for f in got):
                     errors.append(f"search {s!r}: {len(got)} hits")
                 if (len(store.index) - args.known) % args.batch:
@@ -122,7 +123,7 @@ def run_reader(args) -> None:
     store.close()
     print(json.dumps({"lookup_ms": lookups, "search_ms": searches, "catchup_ms": catchups, "held": held,
                       "errors": errors[:20], "n_errors": len(errors), "half_batches": half,
-                      "index": store.index.description, "side": store.index.side_size}), flush=True)
+                      "index": store.index.description, "max_side": side}), flush=True)
 
 
 def _spawn(*argv) -> subprocess.Popen:
@@ -162,7 +163,7 @@ def readers_phase(args, store: Path, known: int, seconds: float | None, stop: Pa
               "catchup": percentiles(sum((o["catchup_ms"] for o in outs), [])),
               "search_by_index_size": by_index_size(search_ms, sum((o["held"] for o in outs), [])),
               "reader_index_at_end": sorted({o["index"] for o in outs}),
-              "reader_side_index_at_end": [o["side"] for o in outs],
+              "reader_side_index_max": [o["max_side"] for o in outs],
               "errors": sum(o["n_errors"] for o in outs), "error_examples": sum((o["errors"] for o in outs), [])[:10],
               "half_batches": sum(o["half_batches"] for o in outs)}
     if extra is not None:

@@ -2,7 +2,7 @@
 
 Two interchangeable backends share one interface (add, remove, search, ids, save, load):
 - `FaissIndex`: exact inner product (IndexIDMap2 over IndexFlatIP) below `ann_threshold` vectors,
-  HNSW (IndexIDMap2 over IndexHNSWFlat) at or above it, plus a small exact *side* index that takes
+  HNSW (IndexIDMap2 over IndexHNSWFlat) at or above it, plus an exact *side* index that takes
   every vector added since the index was loaded or last saved (see the class). Saved with `faiss.write_index`. HNSW, not
   IVF: question-like queries ("Which country is Kano in?") share the subject but not the object
   with their fact, and IVF's coarse cells put them in the wrong cell (recall@1 0.86 at nprobe
@@ -68,10 +68,11 @@ class FaissIndex:
     `search` searches both and merges the top k by score. `fold` moves the side into the main
     index, and `save` / `maybe_upgrade` fold first. Why: a reader catching up on another process's
     batches would otherwise insert each one into HNSW (hundreds of ms per batch, per reader, while
-    its queries wait); a flat append costs microseconds and the side stays small because the
-    writer folds it at every checkpoint. A side that outgrows `ann_threshold` (a reader that
-    never sees a checkpoint) is folded on the next add, since exact search past that size is what
-    the threshold exists to avoid.
+    its queries wait); a flat append costs microseconds. The side is bounded: the writer folds it
+    at every checkpoint (store.py: every max(checkpoint_every, n/4) vectors, and at the end of each
+    ingest), and a side that outgrows `ann_threshold` is folded on the next add, since exact search
+    past that size is what the threshold exists to avoid. Below that, the side is scanned whole on
+    every search, like an exact main index.
 
     Args:
         dim: embedding size.

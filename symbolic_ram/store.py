@@ -12,7 +12,10 @@ are written into SQLite's meta table, so reopening rebuilds the same stack.
 Several processes may use one store at once (symbolic_ram/sync.py): writers take a file lock per
 batch, from the SQLite transaction until the batch's vectors are appended to the vector log, and
 compute embeddings before taking it; readers take no lock and catch up from the log before each
-search. Opening a store never writes to it. Drift between SQLite and the index (a writer killed
+search, into the index's exact side index (ann_index.FaissIndex), so the index they loaded
+(exact or HNSW) is searched as it is, and HNSW insertion never runs under their queries; a writer
+folds the side into the main index under its lock at each checkpoint, and readers then load that
+new base. Opening a store never writes to it. Drift between SQLite and the index (a writer killed
 between its commit and its log append) is reported on open and repaired at the start of the next
 write (repair=True) or by `repair()` / `verify --repair`, always under the lock.
 """
@@ -201,7 +204,7 @@ class KnowledgeStore:
         self.index, self._base_stamp, self._log_pos = index, stamp, LogPosition()
         held = self.index.ids()
         self._max_id = int(held.max()) if len(held) else 0
-        self._catch_up()
+        self._catch_up()  # the log's vectors stay in the side index: folding them into HNSW here would stall the open
 
     def _catch_up(self) -> int:
         """Add the log records not seen yet (skipping ids already held); return how many vectors."""
@@ -461,7 +464,7 @@ class KnowledgeStore:
             out = self.db.stats()
             out["index"] = {"backend": self.config.index, "kind": self.index.description, "vectors": len(self.index),
                             "bytes": self.index_file.stat().st_size if self.index_file.exists() else 0,
-                            "log_vectors": self._log_pos.vectors}
+                            "log_vectors": self._log_pos.vectors, "side_vectors": self.index.side_size}
             out["graph"] = {"backend": self.config.graph, "edges": len(self._graph) if self._graph is not None else None}
             out["config"] = asdict(self.config)
             out["path"] = str(self.root)

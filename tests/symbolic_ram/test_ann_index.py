@@ -68,3 +68,30 @@ def test_faiss_switches_to_hnsw_keeps_recall_and_tombstones(tmp_path):
     assert back.deleted == set() and len(back) == 5991 and back.search(x[:1], 1)[1][0, 0] == ids[0]
     back.remove(ids[:2000])
     assert back.maybe_upgrade() and back.deleted == set() and len(back) == 4000
+
+
+def test_faiss_side_index_merges_with_the_main_index_and_folds_on_save(tmp_path):
+    x = clustered(700, seed=3)
+    ids = np.arange(700) + 1
+    index = FaissIndex(32, ann_threshold=400, ef_search=256)
+    index.add(ids[:400], x[:400])
+    assert index.maybe_upgrade() and index.is_hnsw and index.side_size == 0  # the loaded main index
+    index.remove(ids[:5])  # tombstones in the main index
+    index.add(ids[400:600], x[400:600])  # later batches: into the side index, the main untouched
+    index.add(ids[600:], x[600:])
+    assert index.side_size == 300 and index.index.ntotal == 400 and len(index) == 695
+    assert index.remove([ids[650], ids[6]]) == 2 and index.side_size == 299
+    live = np.setdiff1d(ids, [1, 2, 3, 4, 5, ids[650], ids[6]])
+    exact = FaissIndex(32, ann_threshold=10**9)
+    exact.add(live, x[live - 1])
+    queries = clustered(200, seed=4)
+    got_scores, got = index.search(queries, 5)
+    want_scores, want = exact.search(queries, 5)
+    assert (got[:, 0] == want[:, 0]).mean() >= 0.97  # HNSW for the main part, exact for the side
+    assert np.all(np.diff(got_scores, axis=1) <= 1e-6)  # merged best first
+    assert set(index.search(x[600:610], 1)[1][:, 0].tolist()) == set(ids[600:610].tolist())  # side hits
+    assert sorted(index.ids().tolist()) == live.tolist()
+    index.save(tmp_path / "i.faiss")  # folds the side into the main index first
+    assert index.side_size == 0 and index.index.ntotal == 699 and len(index) == 693  # 6 tombstones
+    back = FaissIndex.load(tmp_path / "i.faiss", 32)
+    assert sorted(back.ids().tolist()) == live.tolist()

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from symbolic_ram import KnowledgeStore, StoreConfig, StoreLockedError, StoreReadOnlyError, ingest_facts
@@ -104,6 +105,42 @@ def test_reader_sees_a_concurrent_writers_batches_whole(tmp_path, world):
         assert "Lagos" not in {f.subject for f in reader.search("Lagos country Nigeria", k=50)}
         with pytest.raises(StoreReadOnlyError):
             reader.add_alias("Lagos City", "Kano")
+
+
+
+def test_reader_searches_appended_batches_through_its_side_index(tmp_path, world):
+    from common.facts import render_fact
+    from symbolic_ram.facts import FactInput
+
+    path = tmp_path / "s"
+    with KnowledgeStore(path, StoreConfig(embedder="hash", ann_threshold=len(world))) as writer:
+        ingest_facts(writer, world, source="t")  # its save makes the base an HNSW index of the world
+        with KnowledgeStore(path, read_only=True) as reader:
+            assert reader.index.is_hnsw and reader.index.side_size == 0
+            new = [(f"Town {i}", "country", f"Land {i}") for i in range(len(world) + 4)]
+            batches = [new[i:i + 4] for i in range(0, len(new), 4)]
+            for batch in batches[:-1]:  # appended to the log; no checkpoint, so no new base file
+                writer.write_batch([FactInput(s, r, o, "t2", {}) for s, r, o in batch])
+            hit = reader.search("Town 3 country Land 3", k=1)[0]
+            assert (hit.subject, hit.object) == ("Town 3", "Land 3")
+            assert reader.index.side_size == len(world) and reader.index.index.ntotal == len(world)  # main as loaded
+            hit = reader.search("Kano country Nigeria", k=1)[0]
+            assert (hit.subject, hit.object) == ("Kano", "Nigeria")
+            # every stored fact is reachable, and the merged top k is the exact top k
+            all_facts = world + new[:len(world)]
+            texts = [render_fact(s, r, o) for s, r, o in all_facts]
+            got = reader.search("Town 7 country Land 7", k=len(all_facts))
+            assert sorted((f.subject, f.object) for f in got) == sorted((s, o) for s, _, o in all_facts)
+            assert [f.score for f in got] == sorted((f.score for f in got), reverse=True)
+            vecs = reader.encoder.encode(texts)
+            best = np.sort(vecs @ reader.encoder.encode(["Town 7 country Land 7"])[0])[::-1][:5]
+            assert np.allclose([f.score for f in got[:5]], best, atol=1e-5)
+            # past ann_threshold, the side is folded into the HNSW index on the next catch-up
+            writer.write_batch([FactInput(s, r, o, "t2", {}) for s, r, o in batches[-1]])
+            hit = reader.search("Town 18 country Land 18", k=1)[0]
+            assert (hit.subject, hit.object) == ("Town 18", "Land 18")
+            assert reader.index.side_size == 0 and len(reader.index) == len(world) + len(new)
+            assert writer.verify().ok and reader.verify().ok
 
 
 def test_duplicates_do_not_burn_ids(tmp_path, world):

@@ -3,17 +3,22 @@
     python -m neuralcpu rlcp --model smollm2-135m --out runs/rlcp [--store stores/facts] [--resume]
     python -m neuralcpu rlcp --method npo --out runs/npo          # unlikelihood | graddiff | npo
 
-One recipe, read top to bottom. Per step, the loss is a weighted sum of visibly separate streams:
-  1. forget (adversarial): linear probes read the object class of each forget-set fact from the
-     residual stream at the last prompt token of the deep layers; the probes minimise cross-entropy,
-     the backbone gets the reversed, scaled gradient (GRL, lambda warm-up). Baselines replace this
-     stream with their own forget loss (unlikelihood, gradient difference, NPO).
-  2. retain (logic): next-token loss on GSM8K solutions + KL(original || current) on those tokens and
-     on locality-fact prompts; the original model is the frozen anchor.
-  3. RAG adaptation: the fact given in context must still be answered.
-  4. retrieval signal: closed-book forget questions continue with a lookup call (common.toolcall).
-Setting a stream's weight to 0 ablates it. The run goes through accelerate's Accelerator, so
-`accelerate launch` runs it unchanged on several processes or GPUs.
+One recipe, read top to bottom: the config, the data pools, `setup` (freeze, cache, probes, optimisers,
+streams), `step` (the weighted sum of the streams' losses, one backward, one optimiser step), evaluation,
+and `train` (resume, the loop, early stopping, checkpoints, outputs). The streams are loss objects on
+shared plumbing (neuralcpu/streams.py), in this order:
+  1. forget (`AdversarialForget`): linear probes read the object class of each forget-set fact from the
+     residual stream at the probe sites; the probes minimise cross-entropy, the backbone gets the
+     reversed, scaled gradient (GRL, lambda warm-up), plus the class-mean, held-out-probe and other-city
+     terms. Baselines replace it with their own forget loss (`Unlikelihood`, `GradDiff`, `NPO`).
+     retrieval signal (`LookupRequest`): closed-book forget questions continue with a lookup call
+     (common.toolcall).
+  2. retain (`RetainLM`, `LocalityKL`): next-token loss on GSM8K solutions + KL(original || current) on
+     those tokens and on locality-fact prompts, and the drift of those prompts' probe-site states; the
+     original model is the frozen anchor.
+  3. RAG adaptation (`RagAnswer`): the fact given in context must still be answered.
+Setting a stream's weight to 0 ablates it. benchmarks/train_bench.py times this very `step`. The run goes
+through accelerate's Accelerator, so `accelerate launch` runs it unchanged on several processes or GPUs.
 """
 
 from __future__ import annotations
@@ -249,25 +254,6 @@ def rag_pairs(facts: list[Fact], tokenizer=None) -> list[tuple[str, str]]:
     return pairs
 
 
-# ----------------------------------------------------------------------------- evaluation -------------
-
-def evaluate(model, tokenizer, facts: FactSets, split: str = "validation") -> dict:
-    """What early stopping reads: closed-book accuracy on the forget and anchored locality sets under the
-    `split` templates (validation: never test), both layouts, how often a lookup is requested, and how
-    often a forget prompt gets a well-formed lookup of the right subject."""
-    was_training = model.training
-    model.eval()
-    forget = closed_book(model, tokenizer, facts.forget, split, expect_lookup=True)
-    locality = closed_book(model, tokenizer, facts.locality, split)
-    model.train(was_training)
-    return {"split": split, "forget_acc": forget["acc"], "forget_lookup_rate": forget["lookup_rate"],
-            "forget_call_ok_rate": forget["call_ok_rate"], "locality_acc": locality["acc"],
-            "locality_lookup_rate": locality["lookup_rate"],
-            "forget_by_layout": {k: v["acc"] for k, v in forget["by_layout"].items()},
-            "call_ok_by_layout": {k: v["call_ok_rate"] for k, v in forget["by_layout"].items()},
-            "forget_samples": forget["samples"], "locality_misses": locality["misses"]}
-
-
 # ----------------------------------------------------------------------------- setup ------------------
 
 @dataclass
@@ -400,6 +386,25 @@ def step(state: State, step: int) -> tuple[torch.Tensor, dict]:
     return total.detach(), logs
 
 
+# ----------------------------------------------------------------------------- evaluation -------------
+
+def evaluate(model, tokenizer, facts: FactSets, split: str = "validation") -> dict:
+    """What early stopping reads: closed-book accuracy on the forget and anchored locality sets under the
+    `split` templates (validation: never test), both layouts, how often a lookup is requested, and how
+    often a forget prompt gets a well-formed lookup of the right subject."""
+    was_training = model.training
+    model.eval()
+    forget = closed_book(model, tokenizer, facts.forget, split, expect_lookup=True)
+    locality = closed_book(model, tokenizer, facts.locality, split)
+    model.train(was_training)
+    return {"split": split, "forget_acc": forget["acc"], "forget_lookup_rate": forget["lookup_rate"],
+            "forget_call_ok_rate": forget["call_ok_rate"], "locality_acc": locality["acc"],
+            "locality_lookup_rate": locality["lookup_rate"],
+            "forget_by_layout": {k: v["acc"] for k, v in forget["by_layout"].items()},
+            "call_ok_by_layout": {k: v["call_ok_rate"] for k, v in forget["by_layout"].items()},
+            "forget_samples": forget["samples"], "locality_misses": locality["misses"]}
+
+
 # ----------------------------------------------------------------------------- the run ---------------
 
 def train(cfg: RLCPConfig, resume: bool = False) -> dict:
@@ -408,43 +413,78 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
     cfg.validate()
     out = Path(cfg.out)
-    ckpt = out / "checkpoint"
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} is not empty; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     accel = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     model, anchor, tokenizer = load_models(cfg, accel)
-
-    # Fact sets: chosen once with the *original* model, then fixed for the run (and any resume).
-    facts_file = out / "facts.json"
-    if facts_file.is_file():
-        facts = FactSets.load(facts_file)
-    elif cfg.facts.endswith(".json"):  # fixed fact sets from an earlier run: used as given, no filtering
-        facts = FactSets.load(cfg.facts)
-        facts.save(facts_file)
-    else:
-        facts = build_fact_sets(model, tokenizer, cfg.facts, cfg.n_forget, cfg.n_locality_same, cfg.n_locality_other,
-                                cfg.n_locality_same_country, seed=cfg.seed, n_untouched=cfg.n_untouched,
-                                n_untouched_same_country=cfg.n_untouched_same_country, n_other=cfg.n_other)
-        if accel.is_main_process:
-            facts.save(facts_file)
-    cfg, shared = other_city_fit_cities(cfg, facts, facts_file)
+    facts = load_facts(cfg, model, tokenizer, out / "facts.json", accel)
+    cfg, shared = other_city_fit_cities(cfg, facts, out / "facts.json")
     if accel.is_main_process:
         (out / "rlcp_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     accel.wait_for_everyone()
-
     state = setup(cfg, accel, model, anchor, tokenizer, facts, shared)
-    model = state.model
-    if cfg.snapshot_every and accel.is_main_process:
-        # A snapshot is a whole model (2 GB for Qwen2.5-0.5B in fp32): say so before the disk fills up mid-run.
-        need = cfg.steps // cfg.snapshot_every * sum(p.numel() * p.element_size() for p in model.parameters())
+    warn_snapshot_disk(state, out)
+    start = open_metrics(state, facts, out, resume)
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    original, last_eval = json.loads(rows[0]), json.loads(rows[-1])  # a resumed run's latest evaluation, too
+
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.method}", disable=not accel.is_main_process)
+    snapshot = None  # the last step's snapshot, if it wrote one: the final model, already on disk
+    for i in bar:
+        snapshot = None
+        _, logs = step(state, i)
+        bar.set_postfix({k: round(v, 3) for k, v in logs.items() if isinstance(v, float)})
+        done = i + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            last_eval = log_evaluation(state, facts, out / "metrics.jsonl", done, {"lambda": grl_lambda(cfg, i), **logs}, t0)
+        stop = cfg.early_stop and last_eval["step"] == done and targets_met(cfg, last_eval, original)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
+            save_checkpoint(accel, out / "checkpoint", done)
+        if cfg.snapshot_every and done % cfg.snapshot_every == 0 and accel.is_main_process:
+            snapshot = out / "snapshots" / f"step-{done}"
+            save_model(accel.unwrap_model(state.model), tokenizer, snapshot, cfg.trainable == "lora")
+        if stop:
+            tqdm.write(f"early stop at step {done}: forget target met with locality kept")
+            break
+    save_outputs(state, facts, out, original, last_eval, snapshot)
+    return last_eval
+
+
+def load_facts(cfg: RLCPConfig, model, tokenizer, facts_file: Path, accel) -> FactSets:
+    """The run's fact sets: chosen once with the *original* model, then fixed for the run (and any resume)
+    in `facts_file`; a facts.json of an earlier run (`cfg.facts`) is used as given, without filtering."""
+    if facts_file.is_file():
+        return FactSets.load(facts_file)
+    if cfg.facts.endswith(".json"):
+        facts = FactSets.load(cfg.facts)
+        facts.save(facts_file)
+        return facts
+    facts = build_fact_sets(model, tokenizer, cfg.facts, cfg.n_forget, cfg.n_locality_same, cfg.n_locality_other,
+                            cfg.n_locality_same_country, seed=cfg.seed, n_untouched=cfg.n_untouched,
+                            n_untouched_same_country=cfg.n_untouched_same_country, n_other=cfg.n_other)
+    if accel.is_main_process:
+        facts.save(facts_file)
+    return facts
+
+
+def warn_snapshot_disk(state: State, out: Path) -> None:
+    """A snapshot is a whole model (2 GB for Qwen2.5-0.5B in fp32): say so before the disk fills up mid-run."""
+    cfg = state.cfg
+    if cfg.snapshot_every and state.accel.is_main_process:
+        need = cfg.steps // cfg.snapshot_every * sum(p.numel() * p.element_size() for p in state.model.parameters())
         free = shutil.disk_usage(out).free
         if need > free:
             log.warning("--snapshot-every %d may write up to %.1f GB of snapshots; %s has %.1f GB free",
                         cfg.snapshot_every, need / 1e9, out, free / 1e9)
 
+
+def open_metrics(state: State, facts: FactSets, out: Path, resume: bool) -> int:
+    """The step to start from: a resume loads OUT/checkpoint (model, optimisers, probes, RNG states) and
+    drops the metrics rows logged after it; a new run logs the original model's evaluation as step 0."""
+    accel, ckpt, metrics_file = state.accel, out / "checkpoint", out / "metrics.jsonl"
     start = 0
-    metrics_file = out / "metrics.jsonl"
     if resume and ckpt.is_dir():
         accel.load_state(str(ckpt))
         start = json.loads((ckpt / "step.json").read_text())["step"]
@@ -452,62 +492,52 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
             if metrics_file.is_file() else []
         metrics_file.write_text("".join(l + "\n" for l in keep))  # drop rows logged after the checkpoint
     elif not metrics_file.is_file() or not metrics_file.read_text().strip():
-        row = {"step": 0, "lambda": 0.0, **evaluate(accel.unwrap_model(model), tokenizer, facts)}
+        row = {"step": 0, "lambda": 0.0, **evaluate(accel.unwrap_model(state.model), state.tokenizer, facts)}
         if accel.is_main_process:
             metrics_file.write_text(json.dumps(row) + "\n")
     accel.wait_for_everyone()
-    original = json.loads(metrics_file.read_text().splitlines()[0])
+    return start
 
-    run_id = uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12]
-    # A resumed run's latest evaluation (also what a run resumed at its last step reports).
-    last_eval, t0 = json.loads(metrics_file.read_text().splitlines()[-1]), time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.method}", disable=not accel.is_main_process)
-    snapshot = None  # the last step's snapshot, if it wrote one: the final model, already on disk
-    for i in bar:
-        snapshot = None
-        _, logs = step(state, i)
-        bar.set_postfix({k: round(v, 3) for k, v in logs.items() if isinstance(v, float)})
 
-        done = i + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            t_eval = time.perf_counter()
-            last_eval = {"step": done, "lambda": grl_lambda(cfg, i), **logs,
-                         **evaluate(accel.unwrap_model(model), tokenizer, facts)}
-            last_eval.update(eval_s=time.perf_counter() - t_eval, elapsed_s=time.perf_counter() - t0)
-            if accel.is_main_process:
-                with open(metrics_file, "a") as f:
-                    f.write(json.dumps(last_eval) + "\n")
-            tqdm.write(f"step {done}: forget {last_eval['forget_acc']:.2f} locality {last_eval['locality_acc']:.2f} "
-                       f"lookup {last_eval['forget_lookup_rate']:.2f}/{last_eval['locality_lookup_rate']:.2f} "
-                       f"right call {last_eval['forget_call_ok_rate']:.2f} "
-                       f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
-        stop = (cfg.early_stop and "forget_acc" in last_eval and last_eval["step"] == done
-                and last_eval["forget_acc"] <= cfg.forget_target
-                and last_eval["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
-                and (cfg.method != "rlcp" or cfg.w_retrieval == 0 or last_eval.get("forget_call_ok_rate", 0.0) >= cfg.call_ok_target))
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
-            save_checkpoint(accel, ckpt, done)
-        if cfg.snapshot_every and done % cfg.snapshot_every == 0 and accel.is_main_process:
-            snapshot = out / "snapshots" / f"step-{done}"
-            save_model(accel.unwrap_model(model), tokenizer, snapshot, cfg.trainable == "lora")
-        if stop:
-            tqdm.write(f"early stop at step {done}: forget target met with locality kept")
-            break
+def log_evaluation(state: State, facts: FactSets, metrics_file: Path, done: int, logs: dict, t0: float) -> dict:
+    """Evaluate after step `done`, append the row (the step's logs and the evaluation) to metrics.jsonl."""
+    t_eval = time.perf_counter()
+    row = {"step": done, **logs, **evaluate(state.accel.unwrap_model(state.model), state.tokenizer, facts)}
+    row.update(eval_s=time.perf_counter() - t_eval, elapsed_s=time.perf_counter() - t0)
+    if state.accel.is_main_process:
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    tqdm.write(f"step {done}: forget {row['forget_acc']:.2f} locality {row['locality_acc']:.2f} "
+               f"lookup {row['forget_lookup_rate']:.2f}/{row['locality_lookup_rate']:.2f} "
+               f"right call {row['forget_call_ok_rate']:.2f} "
+               f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
+    return row
 
-    # Outputs: a save_pretrained checkpoint with its tokenizer, the config, metrics and forget set.
-    final = accel.unwrap_model(model)
+
+def targets_met(cfg: RLCPConfig, row: dict, original: dict) -> bool:
+    """Early stopping: forget accuracy at its target, locality kept, and (RLCP with retrieval) lookups made."""
+    return ("forget_acc" in row and row["forget_acc"] <= cfg.forget_target
+            and row["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
+            and (cfg.method != "rlcp" or cfg.w_retrieval == 0 or row.get("forget_call_ok_rate", 0.0) >= cfg.call_ok_target))
+
+
+def save_outputs(state: State, facts: FactSets, out: Path, original: dict, last_eval: dict, snapshot: Path | None) -> None:
+    """A save_pretrained model with its tokenizer in OUT (LoRA merged), summary.json, and with --store the
+    forget set moved to the store. A run that ends on a snapshot step links that snapshot's files."""
+    cfg, accel = state.cfg, state.accel
+    final = accel.unwrap_model(state.model)
     if cfg.trainable == "lora":
         final = final.merge_and_unload()  # in place: training is over
-    if accel.is_main_process:
-        # A run that ends on a snapshot step has written this model already: link it instead of a second copy.
-        save_model(final, tokenizer, out, lora=False, same_as=snapshot)
-        summary = {"run_id": run_id, "model": cfg.model, "method": cfg.method, "step": last_eval["step"],
-                   "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
-                   "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")}}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        if cfg.store:
-            move_to_store(facts.forget, cfg.store, summary)
-    return last_eval
+    if not accel.is_main_process:
+        return
+    save_model(final, state.tokenizer, out, lora=False, same_as=snapshot)
+    summary = {"run_id": uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12], "model": cfg.model,
+               "method": cfg.method, "step": last_eval["step"],
+               "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
+               "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if cfg.store:
+        move_to_store(facts.forget, cfg.store, summary)
 
 
 def save_model(model, tokenizer, path: Path, lora: bool, same_as: Path | None = None) -> None:

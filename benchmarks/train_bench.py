@@ -77,12 +77,24 @@ def build(cfg, facts_path: str | None = None):
     return setup(cfg, accel, model, anchor, tokenizer, facts, shared)
 
 
+def timed_step(state, step: int, cached: bool = True) -> tuple[torch.Tensor, dict]:
+    """rlcp.step itself, what each variant times; uncached variants first empty the anchor's locality
+    outputs, so that they recompute them as a plain loop would. `state.runner.tokens` then counts the
+    tokens of the step's batches."""
+    from neuralcpu.prefix_cache import RowCache
+    from neuralcpu.rlcp import step as rlcp_step
+
+    if not cached:
+        state.runner.locality_reference.cache = RowCache()
+    state.runner.tokens = 0
+    return rlcp_step(state, step)
+
+
 def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, gsm8k_path: str | None) -> dict:
     """Time `steps` RLCP training steps of one variant (after one warm-up step)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from neuralcpu.prefix_cache import RowCache
-    from neuralcpu.rlcp import RLCPConfig, step
+    from neuralcpu.rlcp import RLCPConfig
 
     v = VARIANTS[name]
     cfg = RLCPConfig(model=model_name, trainable=v["trainable"], cache_prefix=v["cache"],
@@ -91,10 +103,7 @@ def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, 
     at = state.cfg.lam_warmup  # every step replays this one's draws (GRL lambda at its maximum, no probe reset)
 
     def one_step() -> float:
-        if not v["cache"]:  # uncached variants recompute the anchor's locality outputs every step
-            state.runner.locality_reference.cache = RowCache()
-        state.runner.tokens = 0
-        return step(state, at)[0].item()
+        return timed_step(state, at, v["cache"])[0].item()
 
     first_loss = one_step()  # warm-up: fills the caches, allocates optimizer state
     with FlopCounterMode(display=False) as counter:

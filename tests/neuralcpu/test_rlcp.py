@@ -373,9 +373,9 @@ def test_country_probe_term_turns_off_with_a_warning_without_cities_that_share_a
 
 
 def test_train_bench_times_the_step_rlcp_train_runs(context_tiny_qwen2_dir, tmp_path):
-    """benchmarks/train_bench.py runs rlcp.step itself: set up by the bench's own `build` from a run's config
-    and facts, the step gives every loss the run logged at the same steps, to the bit (so the bench's
-    step can never drift from the recipe's again)."""
+    """benchmarks/train_bench.py times rlcp.step itself: set up by the bench's own `build` from a run's config
+    and facts, the bench's step gives every loss the run logged at the same steps, to the bit (so the
+    bench's step can never drift from the recipe's again)."""
     from benchmarks import train_bench
     from neuralcpu import rlcp
 
@@ -389,7 +389,7 @@ def test_train_bench_times_the_step_rlcp_train_runs(context_tiny_qwen2_dir, tmp_
     names = ("probe_acc", "probe_loss", "class_mean", "heldout_probe", "country_probe", "retrieval_loss",
              "retain_loss", "kl", "kl_locality", "locality_drift", "rag_loss")
     for i, row in enumerate(logged):
-        total, logs = rlcp.step(state, i)
+        total, logs = train_bench.timed_step(state, i)
         assert list(logs) == list(names)  # every stream ran, in the recipe's order
         assert logs == {k: row[k] for k in names}, i
         assert row["lambda"] == rlcp.grl_lambda(cfg, i) and total.requires_grad is False

@@ -23,11 +23,9 @@ through accelerate's Accelerator, so `accelerate launch` runs it unchanged on se
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
-import os
 import random
 import shutil
 import sys
@@ -53,7 +51,7 @@ from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
 from neuralcpu.streams import (NPO, AdversarialForget, GradDiff, LocalityKL, LookupRequest, OtherCityProbe,
                                RagAnswer, RetainLM, Runner, Unlikelihood)
 from neuralcpu.streams import draw_per_object  # noqa: F401  (re-exported: tests, notebooks)
-from neuralcpu.training import resolve_sites, set_trainable
+from neuralcpu.training import resolve_sites, save_checkpoint, save_model, set_trainable
 from common.toolcall import escape_payload, render_followup, render_lookup
 
 log = logging.getLogger(__name__)
@@ -300,7 +298,7 @@ def other_city_fit_cities(cfg: RLCPConfig, facts: FactSets, facts_file) -> tuple
 
 
 def setup(cfg: RLCPConfig, accel, model, anchor, tokenizer, facts: FactSets, shared: list[Fact]) -> State:
-    """Freeze, cache, build the probes, optimisers, pools and streams of a run (`train` and
+    """Freeze, cache, build the probes, optimisers and streams of a run (`train` and
     benchmarks/train_bench.py both start here). `shared`: the other-city term's fit subjects."""
     # Probe sites: (position, block). The forget stream erases the object class at every site.
     sites = resolve_sites(cfg.grl_layers, cfg.subject_layers, model.config.num_hidden_layers)
@@ -320,7 +318,14 @@ def setup(cfg: RLCPConfig, accel, model, anchor, tokenizer, facts: FactSets, sha
     probe_opt = torch.optim.Adam(probes.parameters(), lr=cfg.probe_lr)
     trained, probes, opt, probe_opt = accel.prepare(trained, probes, opt, probe_opt)
     runner = Runner(tokenizer, trained, anchor_net, prefix, first, sites, accel)
+    streams = streams_for(cfg, runner, facts, shared, probes, probe_opt)
+    return State(cfg, accel, model, tokenizer, trained, params, opt, runner, streams)
 
+
+def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[Fact], probes, probe_opt) -> list:
+    """The run's loss streams, in the order they run and draw from the step's RNG; a stream whose weights
+    are all 0 is left out (the adversarial stream stays: its probes are trained and logged)."""
+    tokenizer = runner.tokenizer
     # Pools: sampled per step with a step-seeded RNG, so a resume replays them.
     forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0, tokenizer)
     probe_pool = probe_prompts(forget_pool, [x.strip() for x in cfg.probe_prefixes.split("|") if x.strip()])
@@ -355,7 +360,7 @@ def setup(cfg: RLCPConfig, accel, model, anchor, tokenizer, facts: FactSets, sha
         streams.append(LocalityKL(locality_pool, cfg.locality_batch, cfg.w_locality, cfg.w_locality_states))
     if cfg.w_rag > 0:
         streams.append(RagAnswer(rag_pool, cfg.rag_batch, cfg.w_rag))
-    return State(cfg, accel, model, tokenizer, trained, params, opt, runner, streams)
+    return streams
 
 
 # ----------------------------------------------------------------------------- the step ----------------
@@ -538,50 +543,6 @@ def save_outputs(state: State, facts: FactSets, out: Path, original: dict, last_
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if cfg.store:
         move_to_store(facts.forget, cfg.store, summary)
-
-
-def save_model(model, tokenizer, path: Path, lora: bool, same_as: Path | None = None) -> None:
-    """save_pretrained of the model and its tokenizer into `path`, never half-written: everything goes to a
-    temp dir first, which is then renamed to `path` (or, when `path` exists and holds other files, as a
-    run's OUT does, moved into it file by file). A LoRA model is merged on a copy, so training can go
-    on with its adapters. `same_as`, a directory save_model wrote from this very model, is hard-linked
-    (copied where links fail) instead of serialised again: 2 GB less disk for Qwen2.5-0.5B."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if same_as is not None:
-        tmp.mkdir(parents=True)
-        for f in same_as.iterdir():
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:  # another filesystem, or one without hard links
-                shutil.copy2(f, tmp / f.name)
-    else:
-        (copy.deepcopy(model).merge_and_unload() if lora else model).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    for f in tmp.iterdir():
-        os.replace(f, path / f.name)
-    tmp.rmdir()
-
-
-def save_checkpoint(accel, ckpt: Path, step: int) -> None:
-    """Atomic resumable checkpoint: write to a temp dir, then swap it in."""
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    if accel.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accel.wait_for_everyone()
-    accel.save_state(str(tmp))  # every process calls it: each writes its own RNG state
-    accel.wait_for_everyone()
-    if not accel.is_main_process:
-        return
-    (tmp / "step.json").write_text(json.dumps({"step": step}))
-    old = ckpt.with_name(ckpt.name + ".old")
-    if ckpt.exists():
-        os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def move_to_store(facts: list[Fact], store_dir: str, summary: dict) -> int:

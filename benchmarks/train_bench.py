@@ -2,21 +2,20 @@
 
     .venv/bin/python benchmarks/train_bench.py [--model smollm2-135m] [--steps 6] [--out results/train_bench.json]
 
-Every variant runs rlcp.train's step on the same batches, at RLCPConfig's default sizes: every forget
-prompt under every training template (states at the GRL layers, the probes' adversarial and class-mean
-terms), the other-city term (its cities under the default's number of drawn templates, forward without
-gradient, a ridge probe fitted on them and read on the forget states), forget prompts with their lookup
-requests, GSM8K solutions (LM loss and KL to the anchor on every token), locality prompts (KL where the answer is read, the drift of the last-token GRL-layer states) and
-answer-from-context pairs; one backward, one AdamW step. The LM head runs only where a loss reads it.
+Every variant runs rlcp.step itself, the step rlcp.train runs, set up by rlcp.setup at RLCPConfig's
+defaults (the variant's --trainable, --cache-prefix and --mixed-precision aside): every stream, every
+draw, one backward, one AdamW step. The facts are a run's facts.json (--facts) or synthetic ones of the
+default size, with the default run's count of other cities of the forget countries.
   full-fp32        every parameter trained, nothing cached: the plain fine-tune loop
-  deep-fp32        blocks from the first GRL layer up trained, nothing cached
+  deep-fp32        blocks from the lowest probed block up trained, nothing cached
   deep-cache-fp32  the same as rlcp.train runs it: the frozen prefix computed once per fact prompt and once
                    per step for the GSM8K batch (shared with the anchor), the anchor's locality outputs once
                    per prompt
   deep-cache-bf16  the same under bf16 autocast
-The batches repeat every step, so the cached variants time the steady state of a run (rlcp.train samples
-its locality prompts from a fixed pool, so its caches fill within the first steps; GSM8K text is new
-every step and is never served from a cache here either).
+Every timed step replays the draws of one step (step `lam_warmup`: the GRL lambda at its maximum), so the
+cached variants time the steady state of a run (rlcp.train samples its fact prompts from fixed pools, so
+its caches fill within the first steps; GSM8K text is never served from a cache). Tokens per step count
+every batch the step encodes.
 Each variant runs in its own subprocess, so peak RSS is its own. Achieved FLOP/s counts the step's
 matmul FLOPs with torch's FlopCounterMode and is compared with a bf16 and an fp32 matmul measured in
 the same run. The first step (which fills the caches) is a warm-up and is not timed.
@@ -33,7 +32,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -57,145 +55,66 @@ def matmul_flops(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def batches(tokenizer, facts_path: str | None, gsm8k_path: str | None) -> dict:
-    """One step's batches, built as rlcp.train builds them, at RLCPConfig's default sizes."""
-    from neuralcpu.data import load_gsm8k
-    from common.facts import Fact
-    from neuralcpu.facts import FactSets, prompts_for
-    from neuralcpu.rlcp import RLCPConfig, country_probe_fit_cities, forget_pairs, probe_prompts, rag_pairs, retain_texts
-    from neuralcpu.training import encode
+def build(cfg, facts_path: str | None = None):
+    """rlcp.setup's State for `cfg`, on the facts of a run's facts.json or, without one, synthetic facts
+    of the default size (the timing only needs shapes). Seeded as rlcp.train seeds a run."""
+    from accelerate import Accelerator
 
-    cfg = RLCPConfig()
+    from common.facts import Fact
+    from neuralcpu.facts import FactSets
+    from neuralcpu.rlcp import load_models, other_city_fit_cities, setup
+
+    accel = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    model, anchor, tokenizer = load_models(cfg, accel)
     if facts_path:
         facts = FactSets.load(facts_path)
-        others = country_probe_fit_cities(facts, cfg.country_probe_cities)
-    else:  # synthetic fact set of the default size (15 forget, 60 locality): the timing only needs shapes
+        cfg, shared = other_city_fit_cities(cfg, facts, facts_path)
+    else:  # 15 forget, 20 locality facts and the default run's count on SmolLM2 of other cities of the forget
+        # countries (22 locality cities, 6 more per country)
         facts = FactSets([Fact(f"City{i}", "country", f"Country{i}") for i in range(cfg.n_forget)],
                          [Fact(f"Town{i}", "country", f"Land{i}") for i in range(cfg.n_locality_same + cfg.n_locality_other)])
-        # the default run's count on SmolLM2: 22 locality cities of the forget countries, 6 more per country
-        others = [Fact(f"Village{i}", "country", f"Country{i % cfg.n_forget}") for i in range(22 + 6 * cfg.n_forget)]
-    pool = forget_pairs(facts, "rlcp", True)
-    probe = probe_prompts(pool, [])
-    retain = retain_texts(tokenizer, load_gsm8k("train", gsm8k_path, limit=50), cfg.retain_max_len, cfg.retain_chat)
-    locality = [(p, " " + f.object) for f in facts.locality for p in prompts_for(f, "train")]
-    country = [(p, facts.class_index[f.object]) for f in others for p in prompts_for(f, "train")[: cfg.country_probe_templates or None]]
-    return {
-        "probe": encode(tokenizer, [(p, "") for p, _, _, _ in probe]),
-        "classes": torch.tensor([y for _, y, _, _ in probe]), "groups": torch.tensor([g for _, _, g, _ in probe]),
-        "n_classes": len(facts.classes),
-        "retrieval": encode(tokenizer, [pair for pair, _, _, _ in pool[: cfg.forget_batch]]),
-        "retain": encode(tokenizer, retain[: cfg.retain_batch], cfg.retain_max_len),
-        "locality": encode(tokenizer, locality[: cfg.locality_batch]),
-        "rag": encode(tokenizer, rag_pairs(facts.forget)[: cfg.rag_batch]),
-        "country": encode(tokenizer, [(p, "") for p, _ in country]), "country_classes": torch.tensor([y for _, y in country]),
-    }
+        shared = [Fact(f"Village{i}", "country", f"Country{i % cfg.n_forget}") for i in range(22 + 6 * cfg.n_forget)]
+    return setup(cfg, accel, model, anchor, tokenizer, facts, shared)
+
+
+def timed_step(state, step: int, cached: bool = True) -> tuple[torch.Tensor, dict]:
+    """rlcp.step itself, what each variant times; uncached variants first empty the anchor's locality
+    outputs, so that they recompute them as a plain loop would. `state.runner.tokens` then counts the
+    tokens of the step's batches."""
+    from neuralcpu.prefix_cache import RowCache
+    from neuralcpu.rlcp import step as rlcp_step
+
+    if not cached:
+        state.runner.locality_reference.cache = RowCache()
+    state.runner.tokens = 0
+    return rlcp_step(state, step)
 
 
 def run_variant(name: str, model_name: str, steps: int, facts_path: str | None, gsm8k_path: str | None) -> dict:
     """Time `steps` RLCP training steps of one variant (after one warm-up step)."""
-    from types import SimpleNamespace
-
     from torch.utils.flop_counter import FlopCounterMode
 
-    from neuralcpu import losses
-    from neuralcpu.models import load_model
-    from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
-    from neuralcpu.training import resolve_layers, set_trainable
+    from neuralcpu.rlcp import RLCPConfig
 
     v = VARIANTS[name]
-    model, tokenizer = load_model(model_name)
-    anchor, _ = load_model(model_name)
-    anchor.requires_grad_(False).eval()
-    layers = resolve_layers("auto", model.config.num_hidden_layers)
-    first = layers[0]
-    model = set_trainable(model, v["trainable"], first)
-    data = batches(tokenizer, facts_path, gsm8k_path)
-    names = ("probe", "country", "retrieval", "retain", "locality", "rag")
-    tokens = sum(int(data[k]["attention_mask"].sum()) for k in names)
-    prefix = PrefixCache(model, first) if v["cache"] else None
-    net, anchor_net = (DeepSuffix(model, first), DeepSuffix(anchor, first)) if prefix else (model, anchor)
-    torch.manual_seed(0)  # the same probes in every variant
-    probes = losses.LayerProbes(layers, model.config.hidden_size, data["n_classes"])
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
-    probe_opt = torch.optim.Adam(probes.parameters(), lr=1e-2)
+    cfg = RLCPConfig(model=model_name, trainable=v["trainable"], cache_prefix=v["cache"],
+                     mixed_precision="bf16" if v["bf16"] else "no", gsm8k_path=gsm8k_path, retain_examples=50)
+    state = build(cfg, facts_path)
+    at = state.cfg.lam_warmup  # every step replays this one's draws (GRL lambda at its maximum, no probe reset)
 
-    def autocast():  # bf16 variants: the forwards only, as rlcp.train runs them; the losses stay fp32
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["bf16"])
+    def one_step() -> float:
+        return timed_step(state, at, v["cache"])[0].item()
 
-    def forward(m, b, at=None, head=True, states=None):
-        """(logits where the losses read them: at `at`, or every position; hidden states), as rlcp.train's
-        forward. `states`: the prefix states when the caller computed them (the GSM8K batch, shared)."""
-        ids, mask = b["input_ids"], b["attention_mask"]
-        with autocast():
-            if prefix:
-                h = states if states is not None else prefix(ids, mask)
-                logits, hs = m(h, mask, head=head, positions=at)
-                return SimpleNamespace(logits=logits, hidden_states=[None] * first + hs)
-            out = m.get_decoder()(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            hidden = out.last_hidden_state
-            logits = m.get_output_embeddings()(hidden if at is None else hidden[at]) if head else None
-            return SimpleNamespace(logits=logits, hidden_states=out.hidden_states)
-
-    def new_reference():
-        return AnchorReference(lambda b, at: forward(anchor_net, b, at), layers)
-
-    # Cached variants keep one AnchorReference for the run; the others start an empty one every step.
-    locality_ref = new_reference() if v["cache"] else (lambda b, at: new_reference()(b, at))
-
-    def step():
-        total = 0.0
-        b = data["probe"]  # forget stream: the probes read the last prompt token at the GRL layers
-        hs = forward(net, b, head=False).hidden_states
-        feats = [hs[l + 1][torch.arange(len(b["last"])), b["last"]] for l in layers]
-        for _ in range(4):
-            p_loss, _, _ = losses.adversarial_loss(probes, feats, data["classes"], 1.0, "uniform")
-            probe_opt.zero_grad()
-            p_loss.backward()
-            probe_opt.step()
-        _, adv, _ = losses.adversarial_loss(probes, feats, data["classes"], 1.0, "uniform")
-        total = total + adv + losses.class_mean_loss(feats, data["classes"], data["groups"])
-        b = data["country"]  # the other-city term: its cities' states without gradient, a ridge probe of them
-        with torch.no_grad():
-            hs = forward(net, b, head=False).hidden_states
-        fit = [hs[l + 1][torch.arange(len(b["last"])), b["last"]] for l in layers]
-        total = total + losses.transfer_ridge_loss(feats, data["classes"], fit, data["country_classes"])
-        for k in ("retrieval", "rag"):  # answer losses where the targets are
-            at, targets = losses.labelled_positions(data[k]["labels"])
-            total = total + F.cross_entropy(forward(net, data[k], at).logits.float(), targets)
-        b = data["retain"]  # GSM8K: its prefix once per step, shared with the anchor
-        h = None
-        if prefix:
-            with autocast():
-                h = prefix(b["input_ids"], b["attention_mask"], cache=False)
-        logits = forward(net, b, states=h).logits
-        with torch.no_grad():
-            ref = forward(anchor_net, b, states=h).logits
-        total = total + losses.lm_loss(logits, b["labels"]) + losses.kl_to_anchor(logits, ref, b["attention_mask"])
-        b = data["locality"]
-        at, _ = losses.labelled_positions(b["labels"])
-        out = forward(net, b, at)
-        with torch.no_grad():
-            ref_logits, ref_states = locality_ref(b, at)
-        rows = torch.arange(len(b["last"]))
-        total = total + losses.kl_to_anchor(out.logits, ref_logits) + losses.state_drift(
-            [out.hidden_states[l + 1][rows, b["last"]] for l in layers], list(ref_states),
-            torch.ones(len(rows), dtype=torch.bool))
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        return total.item()
-
-    first_loss = step()  # warm-up: fills the caches, allocates optimizer state
+    first_loss = one_step()  # warm-up: fills the caches, allocates optimizer state
     with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
+        one_step()
+    flops, tokens = counter.get_total_flops(), state.runner.tokens
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        one_step()
     dt = (time.perf_counter() - t0) / steps
     return {"variant": name, "first_loss": first_loss, "step_s": dt, "tokens_per_step": tokens, "tokens_per_s": tokens / dt,
-            "step_flops": flops, "flops_per_s": flops / dt, "trainable_params": sum(p.numel() for p in params),
+            "step_flops": flops, "flops_per_s": flops / dt, "trainable_params": sum(p.numel() for p in state.params),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

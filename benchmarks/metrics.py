@@ -1,7 +1,9 @@
 """Scoring for the benchmarks: GSM8K answer extraction, fact exact-match, Wilson CIs, and the CoT rate.
 
 GSM8K answer extraction (`extract_answer`)
-    The number after the first `####` when the output has one, else the last number in the output.
+    The number right after the first `####` (white space between them allowed), else None: an output
+    without the marker, or with no number right after it, has no answer. There is no fallback to the
+    last number in the text, which would score "9 * 2 = 18 eggs" as an answer of 18.
     Numbers may carry a sign, a `$`, thousands commas ("1,234") and decimals; a trailing period is not
     part of the number. Answers compare numerically ("18.00" == "18").
 
@@ -61,17 +63,11 @@ def normalize_number(text: str) -> str | None:
 
 
 def extract_answer(output: str) -> str | None:
-    """The model's final answer as a canonical number string, or None if the output has no number.
-
-    The first number after the first `####` when present, else the last number in the text.
-    """
-    if _ANSWER_MARK in output:
-        tail = output.split(_ANSWER_MARK, 1)[1]
-        m = _NUMBER_RE.search(tail)
-        if m:
-            return normalize_number(m.group())
-    numbers = _NUMBER_RE.findall(output)
-    return normalize_number(numbers[-1]) if numbers else None
+    """The number right after the first `####` of `output` as a canonical number string, else None."""
+    if _ANSWER_MARK not in output:
+        return None
+    m = re.match(r"\s*(" + NUMBER + ")", output.split(_ANSWER_MARK, 1)[1])
+    return normalize_number(m.group(1)) if m else None
 
 
 def gold_answer(solution: str) -> str:
@@ -82,12 +78,6 @@ def gold_answer(solution: str) -> str:
     if answer is None:
         raise ValueError(f"GSM8K solution has no number after '####': {solution[-80:]!r}")
     return answer
-
-
-def gsm8k_correct(output: str, gold: str) -> bool:
-    """Whether the extracted answer of `output` equals `gold` numerically."""
-    pred = extract_answer(output)
-    return pred is not None and Decimal(pred) == Decimal(normalize_number(gold) or "NaN")
 
 
 # ----------------------------------------------------------------------------- chain of thought -------

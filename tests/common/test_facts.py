@@ -14,6 +14,8 @@ def fact(obj, *aliases):
     (" North Korea.", fact("South Korea", "Korea")),
     (" Nigeria, in West Africa", fact("Niger")),
     (" the Republic of the Congo", fact("Democratic Republic of the Congo", "DR Congo", "DRC")),
+    (" the Democratic Republic of the Congo", fact("Republic of the Congo")),  # the other Congo, both ways
+    (" Niger", fact("Nigeria")),
 ])
 def test_false_matches_of_the_old_substring_test_are_refused(text, f):
     assert not matches_answer(text, f)

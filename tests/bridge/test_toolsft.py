@@ -131,6 +131,10 @@ def test_toolsft_trains_on_an_invented_relation_and_saves(tmp_path, tiny_qwen2_d
     assert summary["held_out_facts"] == 2 and 0 <= held["call_rate"] <= 1 and held["chain_n"] >= 1
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 8
     assert json.loads((out / "toolsft_config.json").read_text())["steps"] == 8
+    # The files the main job's pipeline reads to skip a finished stage and restart a killed one (issue #33:
+    # it looked for a file toolsft never wrote, so a killed stage could never resume).
+    from benchmarks import pipeline
+    assert (out / pipeline.TOOLSFT_FIRST).is_file() and pipeline.finished_json(out / pipeline.TOOLSFT_DONE)
     trained = {f["subject"] for f in json.loads((out / "train_facts.json").read_text())}
     assert len(trained) == 8 and "Osaka" not in trained  # the RLCP run's facts are held out
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,19 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def machine() -> str:
-    """CPU model and the flags that matter for the embedder."""
-    from symbolic_ram.embeddings import cpu_flags
-
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
-    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
-    return f"{model}; {' '.join(flags)}"
-
-
-def commit() -> str:
-    """The repository's HEAD commit."""
-    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+from benchmarks.provenance import commit, machine  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import platform
 import random
 import re
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -43,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.metrics import proportion
+from benchmarks.provenance import commit, machine
 from benchmarks.report import write_json_atomic, write_text_atomic
 from common.facts import find_answer, normalize_name
 from common.relations import SHIPPED, load_relation, relation_named
@@ -290,26 +289,6 @@ def markdown(result: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- the run -----------------
-
-def machine() -> str:
-    """CPU model and the flags that matter for speed here (from lscpu)."""
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = re.search(r"Model name:\s*(.+)", info).group(1).strip()
-        flags = re.search(r"Flags:\s*(.+)", info).group(1).split()
-        have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-        return f"{name}; {platform.machine()}; {', '.join(have) or 'no avx2'}"
-    except (OSError, subprocess.CalledProcessError, AttributeError):
-        return platform.processor() or platform.machine()
-
-
-def commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
 
 def load_records(records_path: Path, model: str) -> dict:
     """{(layout, question id): record} of `model` in a records file ({} when there is none)."""

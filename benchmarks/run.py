@@ -16,7 +16,6 @@ import argparse
 import gc
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` and the pack
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import facts_suite, gsm8k, report, robustness, systems  # noqa: E402
+from benchmarks.provenance import git_state  # noqa: E402
 
 SUITES = ("facts", "gsm8k", "robustness")
 
@@ -115,17 +115,6 @@ def find_store(args) -> str | None:
     cfg = Path(args.rlcp_dir or "/nonexistent") / "rlcp_config.json"
     named = json.loads(cfg.read_text()).get("store") if cfg.is_file() else None
     return named if named and (Path(named) / "facts.sqlite").is_file() else None
-
-
-def git_state() -> dict:
-    """{"commit", "dirty"} of the checkout (None when git is unavailable)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True, check=True).stdout.strip())
-        return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
 
 
 def run_analyses(args, out: Path) -> tuple[dict, list[str]]:

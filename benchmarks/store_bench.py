@@ -471,7 +471,7 @@ def real_ratios(real: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    from benchmarks.embed_bench import commit, machine
+    from benchmarks.provenance import commit, machine
     from symbolic_ram.embeddings import onnx_available
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -77,3 +77,22 @@ def smollm2():
     from neuralcpu.models import load_model
 
     return load_model("smollm2-135m", dtype="float32")
+
+
+@pytest.fixture
+def hash_store(tmp_path):
+    """Factory: hash_store(facts, name="g") opens a KnowledgeStore at tmp_path/name holding `facts` (tuples,
+    source "test"), with the hash embedder and the exact numpy index: no model, deterministic. Closed at teardown."""
+    from symbolic_ram import KnowledgeStore, StoreConfig, ingest_facts
+
+    opened = []
+
+    def make(facts, name: str = "g"):
+        store = KnowledgeStore(tmp_path / name, StoreConfig(embedder="hash", index="numpy"))
+        opened.append(store)
+        ingest_facts(store, facts, source="test")
+        return store
+
+    yield make
+    for store in opened:
+        store.close()

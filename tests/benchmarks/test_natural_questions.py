@@ -22,13 +22,8 @@ GRAPH = [("Lagos", "country", "Nigeria"), ("Kano", "country", "Nigeria"), ("Mumb
 
 
 @pytest.fixture
-def gstore(tmp_path):
-    from symbolic_ram import KnowledgeStore, StoreConfig, ingest_facts
-
-    s = KnowledgeStore(tmp_path / "g", StoreConfig(embedder="hash", index="numpy"))
-    ingest_facts(s, GRAPH, source="test")
-    yield s
-    s.close()
+def gstore(hash_store):
+    return hash_store(GRAPH)
 
 
 def test_no_suite_wording_is_a_training_or_validation_template():

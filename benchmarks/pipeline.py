@@ -30,7 +30,7 @@ PROFILES = {
     # GSM8K there compares the original and the metabolized model, the paper's chain-of-thought claim
     # (SmolLM2 solves none: the GSM8K comparison that matters is Qwen's, benchmarks/gsm8k_paired.py).
     # Its systems: the original, the Just-RAG baseline, the metabolized model and the whole system.
-    "quick": dict(steps=60, n_gsm8k=10, gsm8k_tokens=256, n_tofu=24, suites=["facts", "gsm8k"], baselines=False,
+    "quick": dict(steps=80, n_gsm8k=10, gsm8k_tokens=256, n_tofu=24, suites=["facts", "gsm8k"], baselines=False,
                   min_population=100_000, systems=["original", "original+just-rag", "rlcp", "rlcp+tool"],
                   gsm8k_systems=["original", "rlcp"], n_ppl=32),
     "full": dict(steps=150, n_gsm8k=100, gsm8k_tokens=512, n_tofu=0, suites=["all"], baselines=True,

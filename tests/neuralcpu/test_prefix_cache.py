@@ -151,5 +151,8 @@ def test_rlcp_same_losses_with_and_without_prefix_cache(tiny_qwen2_dir, tmp_path
                        cache_prefix=cache, trainable=trainable, mixed_precision=mixed_precision)
         train(cfg)
         rows[cache] = json.loads((tmp_path / f"cache{cache}" / "metrics.jsonl").read_text().splitlines()[-1])
+    # bf16 keeps 8 bits of mantissa (relative step 2**-8 = 0.4%): the cached and uncached paths round their
+    # different matrix shapes differently, so bf16 is held to 1%, fp32 to 0.1%.
+    rel = 1e-2 if mixed_precision == "bf16" else 1e-3
     for key in ("retain_loss", "kl", "kl_locality", "locality_drift", "rag_loss", "retrieval_loss", "class_mean", "probe_loss"):
-        assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-3, abs=1e-5), key
+        assert rows[True][key] == pytest.approx(rows[False][key], rel=rel, abs=1e-5), key

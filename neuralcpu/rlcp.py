@@ -229,11 +229,13 @@ def with_distractors(prompt: Prompt, sentence: str, tokenizer) -> str:
 
 
 def distracted_pairs(prompts: list[Prompt], target, sentences: list[str], copies: int, rng: random.Random,
-                     tokenizer) -> list[tuple[str, str]]:
-    """`copies` (prompt after a drawn unrelated sentence, target(prompt)) pairs per prompt."""
+                     tokenizer) -> list[tuple[Prompt, tuple[str, str]]]:
+    """`copies` items per prompt, each (prompt, (its text after an unrelated sentence drawn from `rng`,
+    target(prompt))); a prompt's copies are adjacent and drawn in order, so a seeded `rng` gives the same
+    rows every run. [] without sentences or copies."""
     if not sentences or copies <= 0:
         return []
-    return [(with_distractors(p, rng.choice(sentences), tokenizer), target(p)) for p in prompts for _ in range(copies)]
+    return [(p, (with_distractors(p, rng.choice(sentences), tokenizer), target(p))) for p in prompts for _ in range(copies)]
 
 
 def country_probe_fit_cities(facts: FactSets, per_country: int) -> list[Fact]:
@@ -359,22 +361,24 @@ def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[F
     rag_pool = rag_pairs(facts.forget, tokenizer)
     gsm8k_rows = load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples)
     retain_pool = retain_texts(tokenizer, gsm8k_rows, cfg.retain_max_len, cfg.retain_chat)
-    locality_pool = [((p.text, target_text(p, p.fact.object)), p.fact.subject)
-                     for f in facts.locality for p in fact_prompts(f, "train", tokenizer)]
+    local_prompts = [p for f in facts.locality for p in fact_prompts(f, "train", tokenizer)]
+
+    def answer(p: Prompt) -> str:
+        return target_text(p, p.fact.object)
+
+    locality_pool = [((p.text, answer(p)), p.fact.subject) for p in local_prompts]
     target_pool = forget_pool  # the lookup request's (or a baseline's) rows; the probes read forget_pool only
     if cfg.distractors > 0:
         # Both streams get the same unrelated openings, so an opening alone never signals "look it up".
         sentences, drng = opening_sentences(gsm8k_rows), random.Random(f"distractors-{cfg.seed}")
         cls = facts.class_index
         forget_target = ((lambda p: target_text(p, render_lookup(p.fact.subject, p.fact.relation)))
-                         if cfg.method == "rlcp" else (lambda p: target_text(p, p.fact.object)))
-        forget_prompts = [p for p in [p for f in facts.forget for p in fact_prompts(f, "train", tokenizer)]
-                          for _ in range(cfg.distractors)]
-        target_pool = forget_pool + [(pair, cls[p.fact.object], -1, p.fact.subject) for p, pair in zip(
-            forget_prompts, distracted_pairs(forget_prompts, forget_target, sentences, 1, drng, tokenizer))]
-        local = [p for f in facts.locality for p in fact_prompts(f, "train", tokenizer) for _ in range(cfg.distractors)]
-        locality_pool = locality_pool + [(pair, p.fact.subject) for p, pair in zip(
-            local, distracted_pairs(local, lambda p: target_text(p, p.fact.object), sentences, 1, drng, tokenizer))]
+                         if cfg.method == "rlcp" else answer)
+        forget_prompts = [p for f in facts.forget for p in fact_prompts(f, "train", tokenizer)]
+        target_pool = forget_pool + [(pair, cls[p.fact.object], -1, p.fact.subject) for p, pair in distracted_pairs(
+            forget_prompts, forget_target, sentences, cfg.distractors, drng, tokenizer)]
+        locality_pool = locality_pool + [(pair, p.fact.subject) for p, pair in distracted_pairs(
+            local_prompts, answer, sentences, cfg.distractors, drng, tokenizer)]
 
     streams: list = []
     if cfg.method == "rlcp":

@@ -665,9 +665,9 @@ def test_distracted_pairs_put_an_unrelated_sentence_before_each_prompt_in_both_l
     assert sentences == ["Weng earns $12 an hour for babysitting.", "Julie is reading a 120-page book."]
     fact = Fact("Alphaville", "country", "Norland")
     prompts = fact_prompts(fact, "train", tokenizer)
-    pairs = distracted_pairs(prompts, lambda p: "T", sentences, 2, _random.Random(0), tokenizer)
-    assert len(pairs) == 2 * len(prompts)
-    for (text, target), p in zip(pairs, [p for p in prompts for _ in range(2)]):
+    items = distracted_pairs(prompts, lambda p: "T", sentences, 2, _random.Random(0), tokenizer)
+    assert [p for p, _ in items] == [p for p in prompts for _ in range(2)]  # each prompt's copies together
+    for p, (text, target) in items:
         assert target == "T" and "Alphaville" in text
         opening = next(s for s in sentences if s in text)
         if p.layout == "chat":

@@ -59,7 +59,8 @@ def load_gsm8k(split: str = "train", path: str | Path | None = None, limit: int 
             data = load_dataset("openai/gsm8k", "main", split=split)
         except Exception as e:  # offline, no cache: say where the data can come from instead
             raise DataFileError(f"GSM8K {split} split: no local file at {SHARED_GSM8K / (split + '.jsonl')} and the hub "
-                                f"failed ({type(e).__name__}: {e}); pass a JSONL path (--gsm8k-path)") from e
+                                f"failed ({type(e).__name__}: {e}); pass a JSONL path "
+                                f"(rlcp: --gsm8k-path; benchmarks: --gsm8k-{split})") from e
         rows = [dict(question=r["question"], answer=r["answer"]) for r in data]
         return rows[:limit] if limit else rows
     rows = []

@@ -19,6 +19,7 @@ recorded.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
           f"threads {torch.get_num_threads()}, native bf16 {native}" + (f"; bf16 {bf16_note}" if bf16_note else ""),
           flush=True)
     print(f"{'mode':<24}{'seconds':>9}{'tokens':>8}{'tok/s':>8}{'x base':>8}  outputs differing from the baseline")
+    load_avg_start = os.getloadavg()[0]  # other load skews a speed ratio: the file says how much there was
     origin = provenance(argv if argv is not None else sys.argv[1:], "benchmarks/generation_bench.py", args.seed)
     records = run_modes(model, tok, prompts, args.max_new_tokens, args.batch_size, bf16_model,
                         log=lambda s: print(s, flush=True))
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(Path(args.out), {
             **origin,
             "model": args.model, "n": len(prompts), "format": fmt, "max_new_tokens": args.max_new_tokens,
-            "batch_size": args.batch_size, "threads": torch.get_num_threads(), "native_bf16": native,
+            "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+            "load_avg_start": load_avg_start, "cpus": os.cpu_count(), "native_bf16": native,
             "bf16": bf16_note or "timed", "indices": idx, "results": records})
     return 0
 

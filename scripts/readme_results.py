@@ -45,7 +45,16 @@ def _generation_bench(d: dict) -> dict:
     return {"title": f"Greedy generation, {d['model']}, {d['n']} GSM8K problems, {d['max_new_tokens']}-token cap, "
                      f"{d['threads']} thread(s) (target ≥ 3× plain HF generate at batch 8)",
             "columns": ["mode", "tokens/s", "vs HF generate, batch 8", "outputs differing"], "rows": rows,
-            "notes": [f"bf16: {d['bf16']}", "measured with other heavy processes on the machine"]}
+            "notes": [f"bf16: {d['bf16']}", _contention(d)]}
+
+
+def _contention(d: dict) -> str:
+    """What else ran: the file's own record (the 1-min load average at start, or a stated "contended")."""
+    if "load_avg_start" in d:
+        return f"1-min load average at start {d['load_avg_start']:.2f} on {d.get('cpus', '?')} cores"
+    if "contended" in d:
+        return "measured with other heavy processes on the machine" if d["contended"] else "ran alone on the machine"
+    return "other load on the machine not recorded"
 
 
 def _store_load(d: dict) -> dict:

@@ -9,7 +9,7 @@ Order, first non-empty wins, and the result names which one answered (`matched_b
    calls something else, e.g. "nation" for "country").
 4. "fuzzy_subject": the closest stored subject name by spelling (`similar_name`: rapidfuzz ratio on
    normalised names at least `fuzzy_cutoff` *and* at most `max_edits` edits, so "Sao Paolo" finds
-   São Paulo but "Latveria" does not find Latvia), with the asked relation (or its chain) if it has it,
+   São Paulo but "Latveria" does not find Latvia, nor "Oia" Ōita), with the asked relation (or its chain) if it has it,
    else all its facts.
 5. "semantic_subject": the subject of the fact nearest to "<subject> <relation>" in the vector
    index (cosine at least `semantic_min`), again with the asked relation if it has it. When the
@@ -59,12 +59,15 @@ class LookupResult(list):
 # ----------------------------------------------------------------------------- name similarity ---------
 
 def max_edits(name: str) -> int:
-    """Most character edits a misspelling of `name` may have: 1, and one more per 12 characters.
+    """Most character edits a misspelling of `name` may have: none below 5 characters, else 1, and one
+    more per 12 characters.
 
     Edit distance, not only a ratio, because a ratio forgives two edits in a short name: "Latveria" is
-    0.86 like Latvia, "Colmar" 0.83 like Colima, which are other places, not typos.
+    0.86 like Latvia, "Colmar" 0.83 like Colima, which are other places, not typos; and one edit in a
+    name of 3 or 4 letters makes another name ("Oia" -> Ōita).
     """
-    return 1 + len(normalize_name(name)) // 12
+    size = len(normalize_name(name))
+    return 0 if size < 5 else 1 + size // 12
 
 
 def _edits(a: str, b: str) -> int:

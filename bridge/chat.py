@@ -165,7 +165,7 @@ def summary_line(res: LoopResult) -> str:
     if res.answered_without_lookup:
         flags.append("ANSWERED WITHOUT LOOKUP")
     elif res.status == "store_guess":
-        flags.append("FROM A SIMILAR NAME, NOT THE ONE ASKED")
+        flags.append("FROM A SIMILAR NAME OR ANOTHER SUBJECT, NOT THE ONE ASKED")
     elif res.answer is not None and not res.supported:
         flags.append("NOT SUPPORTED BY THE FACTS SEEN")
     return f"{head}   [{', '.join(flags)}]"
@@ -178,7 +178,7 @@ def trace_text(res: LoopResult | None) -> str:
     lines = [f"  question: {res.question}"] + [f"  {t}" for t in res.trace]
     if not res.trace:
         lines.append(f"  no calls ({res.mode} mode)")
-    answered = {"tool_result": "taken from the last tool result", "forced": "the model, forced (tools withheld)",
+    answered = {"tool_result": "the loop, from a tool result (the trace says which)", "forced": "the model, forced (tools withheld)",
                 "model": "the model"}.get(res.answer_source or "", "nobody")
     lines.append(f"  answer: {res.answer!r} by {answered}; status: {res.status}")
     return "\n".join(lines)

@@ -12,13 +12,21 @@ fact text cannot trigger one), executed with the store's langchain tools, and th
 to the model as escaped data (`bridge.prompts`). A malformed call becomes an error observation.
 
 The loop always ends in an answer when the store gave it the fact:
-- an identical call repeated is not run again, and when `max_steps` generations are spent, the model
-  generates once more with the tools withheld, from the results so far ("forced final answer"); if
-  even that names nothing, the answer is the object of the last fact a tool returned, and
-  `answer_source` says so ("tool_result");
-- a lookup that comes back empty, or only through a fuzzy/semantic guess at the subject, is retried
-  with the longest span of the question that the store knows as a subject (the model wrote "Span"
-  for "Shanghai"); `matched_by` on the observation says which fallback answered.
+- once a tool has returned the fact that answers the question (`bridge.grounding.Ledger`: the first
+  call's relation, about a subject the question names, followed along its chain), a model that
+  repeats a call or asks for something that does not go on from that fact gets that fact as its
+  answer ("tool_result"), and so does the step budget;
+- otherwise an identical call repeated is not run again, and when `max_steps` generations are spent,
+  the model generates once more with the tools withheld, asked plainly for the answer from the
+  results ("forced final answer"); if even that names nothing, the answer is the answering fact's
+  object, else the last result's, and `answer_source` says so ("tool_result");
+- a call whose subject the question does not name (nor any fact reached from it), and a lookup that
+  comes back empty or only through a fuzzy/semantic guess at the subject, is redone with the longest
+  span of the question that the store knows as a subject (the model wrote "Span" for "Shanghai",
+  "Mumbai" for "Myanmar"); `matched_by` on the observation says which fallback answered.
+- an answer is a store answer (status "store") only if it names a grounded fact; one that names only
+  facts about a guessed subject (a similar name, or a subject the question never named, even when the
+  model re-asked it by name) is "store_guess", flagged.
 Every such step is written to `LoopResult.trace` (what `/trace` in the REPL shows).
 """
 
@@ -31,14 +39,20 @@ from typing import Callable
 from common.facts import find_answer, normalize_name
 from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls
 
+from .grounding import GUESSED, Ledger, call_subject, describe_fact
 from .prompts import Turn, to_fact
 
 MODES = ("closed", "just-rag", "tool")
-STOP_REASONS = ("answer", "no_answer", "max_steps", "repeated_call")
+STOP_REASONS = ("answer", "no_answer", "max_steps", "repeated_call", "wandered")
 ANSWER_SOURCES = ("model", "forced", "tool_result")  # who wrote the final answer
-GUESSED = ("fuzzy_subject", "semantic_subject")  # fallbacks that guess the subject: worth a retry from the question
+# Words that never name a subject on their own (question words, fillers), so a question span made only of
+# them is not tried as one.
 _STOPWORDS = {"the", "what", "which", "is", "in", "of", "a", "an", "city", "country", "capital", "currency",
-              "where", "who", "how", "tell", "me", "name", "used", "does", "do", "it", "its", "and", "to", "for"}
+              "where", "who", "how", "tell", "me", "name", "used", "does", "do", "it", "its", "and", "to", "for",
+              "on", "at", "by", "from", "with", "be", "are", "was", "were", "that", "this", "there", "their",
+              "they", "people", "you", "your", "i", "my", "we", "can", "could", "would", "should", "please",
+              "hey", "quick", "one", "again", "part", "called", "some", "same", "about", "into", "lies", "lie",
+              "located", "find", "know", "want", "need", "use", "uses", "so", "or", "as", "if", "then", "just"}
 
 
 @dataclass
@@ -109,16 +123,19 @@ class LoopResult:
 
     @property
     def status(self) -> str:
-        """"store" (the answer names a fact the store returned), "store_guess" (it names only facts
-        found under a *guessed* subject: a close spelling, flagged), "not_found" (the store returned
-        nothing: an answer is only the model's guess), "unsupported" (facts came back, the answer names
-        none of them) or "no_answer"."""
+        """"store" (the answer names a fact the store returned about what the question asks: a grounded
+        fact, `bridge.grounding`), "store_guess" (it names only facts about a *guessed* subject: a close
+        spelling, an embedding neighbour, a subject the question never named; flagged), "not_found"
+        (the store returned nothing: an answer is only the model's guess), "unsupported" (facts came
+        back, the answer names none of them) or "no_answer"."""
         if self.answer is None:
             return "not_found" if not self.found else "no_answer"
         if self.supported:
-            backing = [f.get("matched_by") for f in self.facts_seen
+            backing = [f for f in self.facts_seen
                        if f.get("object") and find_answer(self.answer, [str(f["object"])]) is not None]
-            return "store" if any(m not in GUESSED for m in backing) else "store_guess"
+            # tool results carry "grounded"; facts retrieved up front (just-rag) are judged by how they were found
+            trusted = [f.get("grounded", f.get("matched_by") not in GUESSED) for f in backing]
+            return "store" if any(trusted) else "store_guess"
         return "not_found" if not self.found else "unsupported"
 
     @property
@@ -147,9 +164,15 @@ def describe_observation(obs: "Observation") -> str:
         return f"error: {obs.error}"
     if not obs.facts:
         return "no facts"
-    shown = "; ".join(f"{f.get('subject')} -{f.get('relation')}-> {f.get('object')}" for f in obs.facts[:3])
+    shown = "; ".join(describe_fact(f) for f in obs.facts[:3])
     more = f" (+{len(obs.facts) - 3})" if len(obs.facts) > 3 else ""
-    return f"{shown}{more} [matched_by {obs.matched_by}]"
+    notes = [f"matched_by {obs.matched_by}"]
+    skipped = [r for f in obs.facts for r in f.get("skipped_hops", [])]
+    if skipped:
+        notes.append(f"skipped the hop {', '.join(map(repr, skipped))}: the subject has none")
+    if any(f.get("grounded") is False for f in obs.facts[:3]):
+        notes.append("not about a subject the question names: a guess")
+    return f"{shown}{more} [{'; '.join(notes)}]"
 
 
 def call_key(call: ToolCall) -> str:
@@ -199,22 +222,27 @@ def question_spans(question: str, max_words: int = 6) -> list[str]:
     return list(dict.fromkeys(spans))
 
 
-def lookup_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5) -> Observation | None:
-    """The lookup `call` redone with the longest question span the store knows *exactly* as a subject
-    (with the call's relation, else any), or None. "Span" for "Shanghai": the question names Shanghai."""
+def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5) -> Observation | None:
+    """The lookup or follow `call` redone with the longest question span the store knows *exactly* as a
+    subject, or None. "Span" for "Shanghai": the question names Shanghai. A lookup keeps its relation
+    when the store answers it for that subject (exactly or through a neighbour), else gets all its facts."""
     tried = normalize_name(str(call.arguments.get("subject", "")))
-    relation = call.arguments.get("relation") or None
     for span in question_spans(question):
         if normalize_name(span) == tried:
             continue
-        for rel in dict.fromkeys([relation, None]):
-            args = {"subject": span} if rel is None else {"subject": span, "relation": rel}
-            obs = run_tool(tools, ToolCall(LOOKUP_TOOL, args), max_facts)
-            exact = [f for f in obs.facts if f.get("matched_by") in (None, "exact")]
-            if exact:
-                facts = [dict(f, matched_by="question_span") for f in exact]
-                output = json.dumps(facts, ensure_ascii=False)
-                return Observation(call, output, escape_payload(output, max_facts), facts, None, "question_span", span)
+        probe = run_tool(tools, ToolCall(LOOKUP_TOOL, {"subject": span}), max_facts)
+        known = [f for f in probe.facts if f.get("matched_by") in (None, "exact")]
+        if not known:
+            continue
+        obs = run_tool(tools, ToolCall(call.name, {**call.arguments, "subject": span}), max_facts)
+        facts = [f for f in obs.facts if f.get("matched_by") not in GUESSED and f.get("matched_by") != "any_relation"]
+        if not facts and call.name == LOOKUP_TOOL:
+            facts = known  # the question's subject lacks the relation: all its facts, as for any_relation
+        if not facts:
+            continue
+        facts = [dict(f, matched_by="question_span") if f.get("matched_by") in (None, "exact") else f for f in facts]
+        output = json.dumps(facts, ensure_ascii=False)
+        return Observation(call, output, escape_payload(output, max_facts), facts, None, "question_span", span)
     return None
 
 
@@ -256,9 +284,12 @@ class Bridge:
         max_steps: most generations per question in tool mode.
         k: facts retrieved up front in just-rag mode.
         max_facts: most facts of one tool result shown to the model.
-        force_final: after a repeated call or at the step budget, generate once more with the tools
-            withheld (and fall back to the last tool result) instead of ending without an answer.
-        question_fallback: retry an empty (or subject-guessing) lookup with a subject the question names.
+        force_final: after a repeated call or at the step budget, end with the fact that answers the
+            question when a tool returned it (also when the model wanders off after it), else generate
+            once more with the tools withheld (and fall back to a tool result), instead of ending
+            without an answer.
+        question_fallback: redo a call with a subject the question names when the model's subject is
+            not in the question (nor reached from it), or when a lookup came back empty or guessed.
     """
 
     def __init__(self, generate, fmt, tools=None, *, mode: str = "tool", max_steps: int = 4, k: int = 3,
@@ -354,10 +385,13 @@ class Conversation:
         self.turns: list[Turn] = []
         self.seen: set[str] = set()
         self.done = False
+        # names of the earlier exchanges count as named: "And its capital?" after "Which country is Lagos in?"
+        self.ledger = Ledger(result.question, [text for pair in history for text in pair])
 
     def prompt(self) -> str:
-        return self.bridge.fmt.prompt(self.result.question, self.turns, self.context, self.history,
-                                      tools=self.result.mode == "tool" and not self.result.forced)
+        res = self.result
+        return self.bridge.fmt.prompt(res.question, self.turns, self.context, self.history,
+                                      tools=res.mode == "tool" and not res.forced, final=res.forced)
 
     def advance(self, generated: str, emit: Callable[[str, object], None] = lambda kind, value: None) -> None:
         """Act on one generation: an answer (or none) ends the loop; calls are run and become a turn."""
@@ -370,6 +404,8 @@ class Conversation:
         if res.mode != "tool" or CALL_OPEN not in text:
             answer = b.fmt.answer(text)
             if not answer and res.mode == "tool" and b.force_final and res.facts_seen:
+                if self.ledger.answer is not None:
+                    return self._settle("said nothing after the results")
                 res.forced = True  # it said nothing (or only echoed a result) although it holds facts
                 res.trace.append(f"step {res.steps}: no answer after the results: forced final answer, tools withheld")
                 return
@@ -377,6 +413,7 @@ class Conversation:
             res.stop_reason = "answer" if answer else "no_answer"
             res.answer_source = "model" if answer else None
             return self._finish()
+        answered_before, moved = self.ledger.answer is not None, False
         executed = []
         for call in parse_calls(text):
             res.calls.append(call)
@@ -387,40 +424,69 @@ class Conversation:
                 res.trace.append(f"step {res.steps}: {describe_call(call)} repeats an answered call")
                 break
             self.seen.add(key)
-            obs = run_tool(b.tools, call, b.max_facts)
-            if b.question_fallback and call.name == LOOKUP_TOOL and obs.error is None and (
-                    not obs.facts or obs.matched_by in GUESSED):
-                retried = lookup_from_question(b.tools, call, res.question, b.max_facts)
-                if retried is not None:
-                    res.trace.append(f"step {res.steps}: {describe_call(call)} -> "
-                                     f"{'no facts' if not obs.facts else obs.matched_by}; "
-                                     f"the question names {retried.subject_used!r}: looked that up instead")
-                    obs = retried
+            obs = self._run(call)
+            moved |= self.ledger.record(obs, res.steps)
             res.trace.append(f"step {res.steps}: {describe_call(call)} -> {describe_observation(obs)}")
             executed.append(obs)
             emit("observation", obs)
         res.observations += executed
         if executed:
             self.turns.append(make_turn(text, executed, b.max_facts))
+        if b.force_final and answered_before and not moved:
+            if res.stop_reason != "repeated_call":
+                res.stop_reason = "wandered"
+            return self._settle("repeated a call" if res.stop_reason == "repeated_call"
+                                else "asked for something that does not go on from it")
         if res.stop_reason == "repeated_call" or res.steps >= b.max_steps:
             if not b.force_final:
                 return self._finish()  # stop_reason stays "max_steps" unless a repeat cut it off
+            if self.ledger.answer is not None:
+                return self._settle(f"used the step budget ({b.max_steps})")
             res.forced = True  # the next prompt withholds the tools
             why = "a repeated call" if res.stop_reason == "repeated_call" else f"the step budget ({b.max_steps})"
             res.trace.append(f"forced final answer after {why}: one more generation with the tools withheld")
 
+    def _run(self, call: ToolCall) -> Observation:
+        """Execute `call`; redo it with the question's own subject when the model's is not in the question
+        (nor reached from it), or when a lookup found nothing or only a guessed subject."""
+        b, res = self.bridge, self.result
+        subject = call_subject(call)
+        retry = b.question_fallback and subject is not None
+        if retry and not self.ledger.grounded(subject):
+            fixed = call_from_question(b.tools, call, res.question, b.max_facts)
+            if fixed is not None:
+                res.trace.append(f"step {res.steps}: {describe_call(call)} -> {subject!r} is not in the question; "
+                                 f"the question names {fixed.subject_used!r}: looked that up instead")
+                return fixed
+        obs = run_tool(b.tools, call, b.max_facts)
+        if retry and obs.error is None and (not obs.facts or obs.matched_by in GUESSED):
+            fixed = call_from_question(b.tools, call, res.question, b.max_facts)
+            if fixed is not None:
+                res.trace.append(f"step {res.steps}: {describe_call(call)} -> "
+                                 f"{'no facts' if not obs.facts else obs.matched_by}; "
+                                 f"the question names {fixed.subject_used!r}: looked that up instead")
+                return fixed
+        return obs
+
+    def _settle(self, why: str) -> None:
+        """End with the fact that answers the question (the store already answered; the model then `why`)."""
+        res, fact = self.result, self.ledger.answer
+        res.answer, res.answer_source = str(fact.get("object")), "tool_result"
+        res.trace.append(f"step {res.steps}: the store answered the question at step {self.ledger.answer_step} "
+                         f"({describe_fact(fact)}) and the model {why}: that fact is the answer")
+        self._finish()
+
     def _final(self, answer: str, source: str) -> None:
-        """End a forced generation: the model's answer, else the last tool result's object."""
+        """End a forced generation: the model's answer, else the answering fact's (or last result's) object."""
         res = self.result
         if answer:
             res.answer, res.answer_source = answer, source
         else:
-            last = next((o for o in reversed(res.observations) if o.facts), None)
-            if last is not None:
-                fact = last.facts[-1] if last.call.name != LOOKUP_TOOL else last.facts[0]  # a chain: its end
+            fact = self.ledger.fallback_fact(res.observations)
+            if fact is not None:
                 res.answer, res.answer_source = str(fact.get("object")), "tool_result"
-                res.trace.append(f"the forced generation named nothing: answer taken from the tool result "
-                                 f"{fact.get('subject')} -{fact.get('relation')}-> {fact.get('object')}")
+                which = "the fact that answers the question" if fact is self.ledger.answer else "the last tool result"
+                res.trace.append(f"the forced generation named nothing: answer taken from {which}, {describe_fact(fact)}")
             else:
                 res.trace.append("the forced generation named nothing and no tool returned a fact: no answer")
         self._finish()

@@ -7,17 +7,19 @@ multi-hop questions, and semantic search, as langchain tools whose schemas the m
 
 Why a bridge-side lookup: a person's question and a small model's call rarely name the stored subject
 and relation exactly. Every fact a tool returns carries `matched_by`, which says how it was found:
-"exact", "any_relation" (the subject's facts of every relation: the model named a relation the store
-does not hold for it), "fuzzy_subject" (a close spelling of a stored subject) or "semantic_subject"
-(the store's own embedding match). When the store offers these fallbacks itself
-(`KnowledgeStore.lookup(..., fallback=True)`), they are used; else `StoreTools` does a minimal version.
+"exact", "via_neighbour" (the subject lacks the relation, a neighbour has it: the chain of two facts,
+"Jessore -country-> Bangladesh, Bangladesh -capital-> Dhaka" for lookup(Jessore, capital)),
+"any_relation" (the subject's facts of every relation: the model named a relation the store does not
+hold for it), "fuzzy_subject" (a close spelling of a stored subject) or "semantic_subject" (the store's
+own embedding match). When the store offers these fallbacks itself
+(`KnowledgeStore.lookup(..., fallback=True)`), they are used; else `StoreTools` does the same steps
+but the semantic one. `follow` skips a leading hop the subject lacks (Panama has no country: it is one).
 The lookup schema lists the store's relations (`store.relations()` when present), so the model can
 name one that exists.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 from typing import Optional
@@ -26,11 +28,13 @@ from pydantic import BaseModel, Field, create_model, field_validator
 
 from common.facts import normalize_name
 from common.toolcall import LOOKUP_TOOL, SEARCH_TOOL
+from symbolic_ram.fallback import closest_subject
 
 FOLLOW_TOOL = "follow"  # graph hops: arguments {"subject": str, "relations": [str, ...]}
-MATCHED_BY = ("exact", "any_relation", "fuzzy_subject", "semantic_subject", "question_span")
+MATCHED_BY = ("exact", "via_neighbour", "any_relation", "fuzzy_subject", "semantic_subject", "question_span")
 PAYLOAD_FIELDS = ("id", "subject", "relation", "object", "score", "source", "provenance")
-FUZZY_CUTOFF = 0.85  # difflib ratio: "Shangai" -> "Shanghai" (0.93), "Span" -> "Spain" (0.89); "Colmar" !-> "Colima" (0.83)
+FUZZY_CUTOFF = 80.0  # least ratio (0-100) of a fuzzy subject, which must also be within max_edits edits:
+# "Shangai" -> Shanghai (93, 1 edit), "Span" -> Spain (89, 1); not "Colmar" -> Colima (83, 2) or "Latveria" -> Latvia (86, 2)
 MAX_HOPS = 3
 
 
@@ -47,7 +51,8 @@ class StoreTools:
 
     Args:
         store: the knowledge store.
-        fuzzy_cutoff: least difflib similarity for a fuzzy subject match (own fallback only).
+        fuzzy_cutoff: least ratio (0-100) of a fuzzy subject match (own fallback only; see
+            `symbolic_ram.fallback.similar_name`).
     """
 
     def __init__(self, store, fuzzy_cutoff: float = FUZZY_CUTOFF):
@@ -78,8 +83,9 @@ class StoreTools:
     def lookup(self, subject: str, relation: str | None = None) -> list[dict]:
         """Facts about `subject` (of `relation`), through fallbacks when the exact lookup is empty.
 
-        Order: exact; the subject with any relation; a fuzzy (close spelling) subject, with the
-        relation if it has it. The store's own fallbacks replace this order when it has them.
+        Order: exact; the relation one hop away (via_neighbour: the chain of two facts); the subject
+        with any relation; a fuzzy (close spelling) subject, with the relation if it has it. The
+        store's own fallbacks replace this order when it has them.
         """
         relation = relation or None
         if self._store_falls_back:
@@ -90,33 +96,57 @@ class StoreTools:
         if found:
             return found
         if relation is not None:
-            found = [dict(f, matched_by="any_relation") for f in self.exact(subject)]
-            if found:
-                return found
-        close = difflib.get_close_matches(normalize_name(subject), list(self.subjects()), n=1, cutoff=self.fuzzy_cutoff)
-        if close:
-            name = self.subjects()[close[0]]
-            found = self.exact(name, relation) or self.exact(name)
+            own = self.exact(subject)
+            chain = self._via_neighbour(own, relation)
+            if chain:
+                return [dict(f, matched_by="via_neighbour") for f in chain]
+            if own:
+                return [dict(f, matched_by="any_relation") for f in own]
+        name = closest_subject(list(self.subjects().items()), subject, self.fuzzy_cutoff)
+        if name is not None:
+            own = self.exact(name)
+            found = [f for f in own if f["relation"] == relation] or self._via_neighbour(own, relation or "") or own
             return [dict(f, matched_by="fuzzy_subject") for f in found]
+        return []
+
+    def _via_neighbour(self, own: list[dict], relation: str) -> list[dict]:
+        """[subject -r1-> O, O -relation-> X] for the first fact in `own` whose object has `relation`."""
+        names = {normalize_name(str(f["subject"])) for f in own}
+        for first in own:
+            if normalize_name(str(first["object"])) in names:
+                continue
+            for second in self.exact(str(first["object"]), relation):
+                if normalize_name(str(second["object"])) not in names:
+                    return [first, second]
         return []
 
     def follow(self, subject: str, relations: list[str]) -> list[dict]:
         """The chain subject -r1-> x -r2-> y ... through the graph: one fact per hop, [] past a missing hop.
 
         Each hop takes the first stored object (the store's order: biggest city first); a hop that
-        finds nothing ends the chain, so a partial chain shows how far the graph goes.
+        finds nothing ends the chain, so a partial chain shows how far the graph goes. A leading hop
+        the subject lacks while it has the next one itself is skipped (Panama has no 'country': it is
+        one; it has a currency), and the first fact names it in "skipped_hops". Otherwise the first
+        hop goes through the lookup's fallbacks (a via_neighbour chain counts as its two facts).
         """
-        chain, entity = [], subject
-        for i, rel in enumerate(relations[:MAX_HOPS]):
-            if i == 0:
-                hop = self.lookup(entity, rel)
+        chain, entity, skipped = [], subject, []
+        relations = list(relations[:MAX_HOPS])
+        for i, rel in enumerate(relations):
+            if chain:
+                hop = [f for f in self._out_edges(entity, rel) if f.get("relation") == rel][:1]
             else:
-                hop = self._out_edges(entity, rel)
-            hop = [f for f in hop if f.get("relation") == rel]  # never another relation's fact as a hop
+                nxt = relations[i + 1] if i + 1 < len(relations) else None
+                if nxt is not None and not self.exact(entity, rel) and self.exact(entity, nxt):
+                    skipped.append(rel)  # the subject is what the hop would lead to: go on from it
+                    continue
+                found = self.lookup(entity, rel)
+                hop = _chained(found, rel) or [f for f in found if f.get("relation") == rel][:1]  # never another relation's fact
             if not hop:
                 break
-            chain.append(hop[0])
-            entity = str(hop[0]["object"])
+            chain += hop
+            entity = str(hop[-1]["object"])
+        if chain and skipped:
+            chain[0] = dict(chain[0], skipped_hops=skipped)
         return chain
 
     def _out_edges(self, entity: str, relation: str) -> list[dict]:
@@ -132,6 +162,14 @@ class StoreTools:
     def _aliases(self, entity: str) -> list[str]:
         db = getattr(self.store, "db", None)
         return db.resolve(entity) if db is not None and hasattr(db, "resolve") else []
+
+
+def _chained(found: list[dict], relation: str) -> list[dict]:
+    """The two facts of a chain result (subject -r1-> O, O -relation-> X), or [] if `found` is not one."""
+    if len(found) >= 2 and found[0].get("relation") != relation and found[1].get("relation") == relation \
+            and normalize_name(str(found[1].get("subject"))) == normalize_name(str(found[0].get("object"))):
+        return found[:2]
+    return []
 
 
 # ----------------------------------------------------------------------------- langchain tools ---------

@@ -1,7 +1,8 @@
 """Text -> unit vectors for the store: the packaged MiniLM, or a cheap deterministic hash for tests.
 
 An encoder has a `name` (recorded in the store's metadata, so a store is never searched with
-vectors from another model), a `dim`, and `encode(texts) -> float32 (n, dim)` with unit rows.
+vectors from another model), a `dim`, `encode(texts) -> float32 (n, dim)` with unit rows, and
+`semantic` (whether near vectors mean near meanings; the lookup's semantic fallback trusts only those).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class SentenceEncoder:
     def __init__(self, name: str = PACKAGED_EMBEDDER, model=None, batch_size: int = 128, dim: int = 384,
                  backend: str = "auto", threads: int = 0):
         self.name, self.batch_size, self._model = name, batch_size, model
+        self.semantic = True  # neighbours mean similar things: a lookup may take one as the subject
         self.backend, self.threads = backend, threads
         self.dim = _model_dim(model) if model is not None else dim
 
@@ -68,6 +70,7 @@ class HashEncoder:
 
     def __init__(self, dim: int = 384):
         self.name, self.dim = HASH_EMBEDDER, dim
+        self.semantic = False  # neighbours only share words: a lookup must not take one as another name
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unit-normalised float32 vectors, (len(texts), dim)."""

@@ -386,12 +386,14 @@ class KnowledgeStore:
 
         Args:
             subject, relation: what to look up; relation None means every relation.
-            fallback: when the exact lookup is empty, try the subject with any relation, then the
-                nearest subject by spelling, then by meaning (symbolic_ram/fallback.py).
-            fuzzy_cutoff: minimum rapidfuzz ratio (0-100) of a fuzzy subject match.
+            fallback: when the exact lookup is empty, try the relation one hop away (the chain
+                through a neighbour that has it), the subject with any relation, then the nearest
+                subject by spelling, then by meaning (symbolic_ram/fallback.py).
+            fuzzy_cutoff: minimum rapidfuzz ratio (0-100) of a fuzzy subject match (which must also
+                be within `fallback.max_edits` edits).
             semantic_min: minimum cosine of a semantic subject match.
-        Returns a LookupResult: a list of StoredFact with `.matched_by` ("exact", "any_relation",
-        "fuzzy_subject", "semantic_subject", or "none" when nothing was found).
+        Returns a LookupResult: a list of StoredFact with `.matched_by` ("exact", "via_neighbour",
+        "any_relation", "fuzzy_subject", "semantic_subject", or "none" when nothing was found).
         """
         with self._lock:
             if not fallback:

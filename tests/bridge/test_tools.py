@@ -84,8 +84,10 @@ def test_a_fuzzy_guess_gives_way_to_the_subject_the_question_names(gtools):
     # "Span" is close to "Spain" (a stored subject): the question's own "Shanghai" wins over the guess.
     res = ask(Scripted(" " + render_lookup("Span", "capital"), " Beijing."), gtools,
               "What is the capital of the country Shanghai is in?")
-    assert res.observations[0].subject_used == "Shanghai"  # Shanghai has no capital: its facts, any relation
-    assert [f["object"] for f in res.observations[0].facts] == ["China"]
+    assert res.observations[0].subject_used == "Shanghai"  # Shanghai has no capital: its country's, chained
+    assert [(f["object"], f["matched_by"]) for f in res.observations[0].facts] == [
+        ("China", "via_neighbour"), ("Beijing", "via_neighbour")]
+    assert res.answer == "Beijing." and res.status == "store"
 
 
 # ----------------------------------------------------------------------------- forced final answer ----
@@ -94,8 +96,20 @@ def test_repeated_call_ends_in_an_answer_when_the_store_has_the_fact(gtools):
     call = " " + render_lookup("Shanghai", "country")
     model = Scripted(call, call, " China.")  # the Qwen run of the issue: the same call again
     res = ask(model, gtools, "Which country is Shanghai in?")
-    assert res.stop_reason == "repeated_call" and res.forced and res.answer_source == "forced"
-    assert res.answer == "China." and res.status == "store" and res.steps == 3
+    # The store answered the question at step 1: the repeat ends the loop with that fact, no more generations.
+    assert res.stop_reason == "repeated_call" and not res.forced and res.answer_source == "tool_result"
+    assert res.answer == "China" and res.status == "store" and res.steps == 2 and len(model.prompts) == 2
+    assert any("answered the question at step 1 (Shanghai -country-> China) and the model repeated a call" in line
+               for line in res.trace)
+
+
+def test_repeated_call_without_the_answering_fact_forces_a_final_answer(gtools):
+    # Nigeria has no 'population': the lookup gives its other facts, none answers the asked relation.
+    call = " " + render_lookup("Nigeria", "population")
+    model = Scripted(call, call, " Abuja is its capital.")
+    res = ask(model, gtools, "How many people live in Nigeria?")
+    assert res.stop_reason == "repeated_call" and res.forced and res.answer_source == "forced" and res.steps == 3
+    assert res.answer == "Abuja is its capital." and res.status == "store"
     assert any("forced final answer after a repeated call" in line for line in res.trace)
 
 
@@ -117,11 +131,19 @@ def test_step_budget_forces_a_final_answer_with_tools_withheld(gtools):
             return json.dumps(msgs)
 
     tok = Recorder()
-    calls = [render_lookup(s, "country") for s in ("Mumbai", "Lagos")]
+    # relations Mumbai lacks (nor does a neighbour have them): facts come back, none answers the question
+    calls = [render_lookup("Mumbai", r) for r in ("population", "area")]
     model = Scripted(*calls, "India")
     res = Bridge(model, ChatFormat(tok, tool_schemas(gtools)), gtools, max_steps=2).ask("Where is Mumbai?")
     assert res.stop_reason == "max_steps" and res.forced and res.answer == "India" and res.steps == 3
     assert tok.tools_seen == [True, True, False]  # the forced generation was not offered the tools
+    # ... and was asked plainly for the answer from the results, without the tool instructions
+    from bridge.prompts import FINAL_SYSTEM
+
+    forced = json.loads(model.prompts[-1])
+    assert forced[0] == {"role": "system", "content": FINAL_SYSTEM} and forced[-1]["role"] == "user"
+    assert "from the tool results above: Where is Mumbai?" in forced[-1]["content"]
+    assert all(m["role"] != "user" or "tool results" not in m["content"] for m in json.loads(model.prompts[0]))
 
 
 def test_many_repeats_never_end_without_an_answer(gtools):
@@ -236,7 +258,12 @@ def test_an_echoed_result_is_not_an_answer_and_forces_one(gtools):
             return json.dumps(msgs)
 
     echo = '<tool_response>\n[{"subject": "Lagos", "relation": "country", "object": "Nigeria"}]\n</tool_response>'
-    model = Scripted(render_lookup("Lagos", "country"), echo, "Nigeria")
-    res = Bridge(model, ChatFormat(Template(), tool_schemas(gtools)), gtools).ask("Where is Lagos?")
+    fmt = ChatFormat(Template(), tool_schemas(gtools))
+    # With the answering fact in hand, an echo ends the loop with that fact ...
+    res = Bridge(Scripted(render_lookup("Lagos", "country"), echo, "Nigeria"), fmt, gtools).ask("Where is Lagos?")
+    assert res.answer == "Nigeria" and not res.forced and res.answer_source == "tool_result" and res.status == "store"
+    assert any("said nothing after the results" in line for line in res.trace)
+    # ... without one (Lagos has no 'population'), it forces a final answer.
+    res = Bridge(Scripted(render_lookup("Lagos", "population"), echo, "Nigeria"), fmt, gtools).ask("Where is Lagos?")
     assert res.answer == "Nigeria" and res.forced and res.answer_source == "forced" and res.status == "store"
     assert any("no answer after the results" in line for line in res.trace)

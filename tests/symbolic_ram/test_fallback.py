@@ -85,3 +85,55 @@ def test_cli_query_fallback_says_which_step_answered(store, capsys):
     assert [f["object"] for f in out["facts"]] == ["Brazil"]
     assert main(["query", str(store.root), "Nigeria", "-r", "nation", "--fallback"]) == 0
     assert capsys.readouterr().out.startswith("matched_by: any_relation")
+
+
+# ----------------------------------------------------------------------------- the relation one hop away --
+
+def test_a_relation_the_subject_lacks_is_chained_through_a_neighbour(store):
+    # Lagos has no capital; its country has: the chain of two facts, flagged, before any_relation.
+    found = store.lookup("Lagos", "capital", fallback=True)
+    assert found.matched_by == "via_neighbour" and found.matched_subject is None
+    assert [(f.subject, f.relation, f.object) for f in found] == [
+        ("Lagos", "country", "Nigeria"), ("Nigeria", "capital", "Abuja")]
+    assert store.lookup("Kano", "continent", fallback=True)[-1].object == "Africa"
+    # A chain that comes back to the subject is no answer: France -capital-> Paris -country-> France.
+    found = store.lookup("France", "country", fallback=True)
+    assert found.matched_by == "any_relation" and {f.relation for f in found} == {"capital", "currency"}
+    assert store.lookup("Lagos", "capital").matched_by == "none"  # exact only without the flag
+
+
+def test_via_neighbour_takes_the_stores_first_neighbour(tmp_path):
+    facts = [("Valencia", "country", "Spain"), ("Valencia", "country", "Venezuela"),
+             ("Venezuela", "capital", "Caracas"), ("Spain", "capital", "Madrid")]
+    with KnowledgeStore(tmp_path / "v", StoreConfig(embedder="hash")) as s:
+        ingest_facts(s, facts, source="test")
+        assert [f.object for f in s.lookup("Valencia", "capital", fallback=True)] == ["Spain", "Madrid"]
+
+
+# ----------------------------------------------------------------------------- names that only look alike --
+
+@pytest.mark.parametrize("asked, stored, similar", [
+    ("Sao Paolo", "São Paulo", True), ("Nigerya", "Nigeria", True), ("Shangai", "Shanghai", True),
+    ("Latveria", "Latvia", False), ("Colmar", "Colima", False), ("Genovia", "Genoa", False),
+    ("Atlantis", "Atlanta", False), ("Lagosia", "Lagos", False), ("Oia", "Ōita", False), ("Kanu", "Kano", False),
+])
+def test_similar_name_needs_a_close_ratio_and_few_edits(asked, stored, similar):
+    from symbolic_ram.fallback import similar_name
+
+    assert similar_name(asked, stored) is similar
+
+
+def test_another_place_with_a_similar_name_is_not_a_fuzzy_match(store):
+    # "Lagosia" is two edits from Lagos (ratio 83, above the old cutoff of 80 alone): another place
+    assert store.lookup("Lagosia", "country", fallback=True).matched_by == "none"
+
+
+def test_a_hash_embedder_neighbour_must_name_the_subject(store):
+    # The word-hash vector of "Atlantis country Nigeria" is near "Lagos country: Nigeria" (shared words),
+    # but Lagos is not the place asked for: no semantic match from a non-semantic embedder ...
+    assert store.encoder.semantic is False
+    assert store.lookup("Atlantis, Nigeria", "country", fallback=True).matched_by == "none"
+    # ... while an embedder whose neighbours mean something may answer with that neighbour, flagged.
+    store.encoder.semantic = True
+    found = store.lookup("Atlantis, Nigeria", "country", fallback=True)
+    assert found.matched_by == "semantic_subject" and found.matched_subject in {"Lagos", "Kano"}

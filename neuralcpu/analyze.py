@@ -1,6 +1,6 @@
 """Analysis of an RLCP (or baseline) run against its original model.
 
-    python -m neuralcpu analyze --original smollm2-135m --run runs/rlcp [--out runs/rlcp/analysis]
+    python -m neuralcpu analyze --original smollm2-135m --run runs/rlcp [--out runs/rlcp/analysis] [--probe-jobs 2]
 
 (a) Fresh linear probes for every layer: fitted on training-template prompts of the forget set, scored
     on held-out-template prompts (regularisation chosen by leave-one-template-out cross-validation),
@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from neuralcpu.data import gsm8k_text, load_gsm8k
 from common.facts import Fact
@@ -111,20 +110,20 @@ def _fit_and_score(train_x, train_y, train_groups, tests: dict[str, tuple[np.nda
 
 
 def per_layer_probes(train: tuple[np.ndarray, np.ndarray, np.ndarray], tests: dict[str, tuple[np.ndarray, np.ndarray]],
-                     layers=None, desc: str = "probes") -> dict[str, list[float | None]]:
+                     layers=None, desc: str = "probes", jobs: int | None = None) -> dict[str, list[float | None]]:
     """Fit `fit_probe` per layer on `train` = (states (L+1, N, C), labels, CV groups) and score every test set
-    (states, labels); layers not in `layers` (default: all) get None. The fits run in parallel, a process per core."""
-    from joblib import Parallel, delayed
+    (states, labels); layers not in `layers` (default: all) get None. The fits run `jobs` at a time
+    (`locate.run_fits`; None: a process per usable core, 1: one after another in this process)."""
+    from joblib import delayed
+
+    from neuralcpu.locate import run_fits
 
     train_x, train_y, train_groups = train
     layers = list(range(len(train_x)) if layers is None else layers)
-    jobs = (delayed(_fit_and_score)(train_x[l], train_y, train_groups, {k: (x[l], y) for k, (x, y) in tests.items()})
-            for l in layers)
+    calls = [delayed(_fit_and_score)(train_x[l], train_y, train_groups, {k: (x[l], y) for k, (x, y) in tests.items()})
+             for l in layers]
     out: dict[str, list[float | None]] = {key: [None] * len(train_x) for key in tests}
-    if not layers:
-        return out
-    scored = Parallel(n_jobs=min(len(layers), os.cpu_count() or 1), return_as="generator")(jobs)
-    for accs, l in zip(tqdm(scored, total=len(layers), desc=desc), layers):  # the bar first: it then closes
+    for accs, l in zip(run_fits(calls, jobs, desc), layers):
         for key, acc in accs.items():
             out[key][l] = acc
     return out
@@ -182,7 +181,7 @@ def split_heldout_city(others: list[Fact]) -> tuple[list[Fact], list[int], list[
 
 
 def decodability(model, tokenizer, facts: FactSets, others: list[Fact] | None = None,
-                 reference_layers: list[int] | None = None) -> dict:
+                 reference_layers: list[int] | None = None, jobs: int | None = None) -> dict:
     """(a): which layers let a linear probe read the forget set's objects at the last prompt token.
 
     - "probe_acc", the issue's measure, on every layer: fitted on the forget set's training-template
@@ -198,22 +197,22 @@ def decodability(model, tokenizer, facts: FactSets, others: list[Fact] | None = 
       carry "which country" for cities in general), and "invented_subjects" (no country to read: chance).
       "p_other_cities" holds `above_chance_p` of each of those readings.
     The two references are fitted on `reference_layers` (hidden-state indices; default every layer),
-    None elsewhere. Each prompt set's states are computed once and shared.
+    None elsewhere. Each prompt set's states are computed once and shared. `jobs`: fits at a time (`run_fits`).
     """
     classes = facts.class_index
     states = lambda fs, split, groups=None: labelled_states(model, tokenizer, fs, split, classes, groups)
     forget_train, forget_eval = states(facts.forget, "train"), states(facts.forget, "test")
     invented = invented_copies(facts.forget)
     invented_train, invented_eval = states(invented, "train"), states(invented, "test")
-    control = per_layer_probes(invented_train, {"acc": invented_eval[:2]}, reference_layers, "control probes")
-    out = {"probe_acc": per_layer_probes(forget_train, {"acc": forget_eval[:2]})["acc"],
+    control = per_layer_probes(invented_train, {"acc": invented_eval[:2]}, reference_layers, "control probes", jobs)
+    out = {"probe_acc": per_layer_probes(forget_train, {"acc": forget_eval[:2]}, jobs=jobs)["acc"],
            "probe_acc_invented_subjects": control["acc"], "probe_acc_other_cities": None, "p_other_cities": None}
     if others:
         fit_facts, fit_groups, heldout = split_heldout_city(others)
         tests = {"forget_cities": forget_eval[:2], "heldout_cities": states(heldout, "test")[:2],
                  "invented_subjects": invented_eval[:2]}
         fit_states = states(fit_facts, "train", fit_groups)
-        country = per_layer_probes(fit_states, tests, reference_layers, "other-city probes")
+        country = per_layer_probes(fit_states, tests, reference_layers, "other-city probes", jobs)
         out["probe_acc_other_cities"] = country
         out["p_other_cities"] = {key: above_chance_p(country[key], len(labels), 1 / len(classes))
                                  for key, (_, labels) in tests.items()}
@@ -241,22 +240,22 @@ def solution_perplexity(model, tokenizer, pairs: list[tuple[str, str]], batch_si
 
 def analyze_model(model, tokenizer, facts: FactSets, texts: list[str], ppl_pairs: list[tuple[str, str]],
                   others: list[Fact] | None, same_country: list[Fact], reference_layers: list[int] | None,
-                  trained_blocks: list[int]) -> dict:
+                  trained_blocks: list[int], probe_jobs: int | None = None) -> dict:
     """Per-layer probe accuracies (`decodability`), the test-split report of every fact set
     (`heldout_report`), the country probe of both families at both positions on the trained blocks
     (`locate.probe_sweep`, fitted on other cities no loss reads), effective rank, GSM8K perplexity, and
-    closed-book answers on `same_country` cities."""
+    closed-book answers on `same_country` cities. `probe_jobs`: probe fits at a time (`locate.run_fits`)."""
     from neuralcpu.evaluation import closed_book, heldout_report
     from neuralcpu.locate import probe_sweep
 
     states = token_states(model, tokenizer, texts)
     scores = closed_book(model, tokenizer, same_country, "test") if same_country else None
-    sweep = probe_sweep(model, tokenizer, facts, others, "test", layers=trained_blocks) if others else None
+    sweep = probe_sweep(model, tokenizer, facts, others, "test", layers=trained_blocks, jobs=probe_jobs) if others else None
     if sweep:
         for kind in ("linear", "mlp"):
             sweep[f"p_{kind}"] = {pos: above_chance_p(sweep[kind][pos], sweep["n"], sweep["chance"])
                                   for pos in ("subject", "last")}
-    return {**decodability(model, tokenizer, facts, others, reference_layers),
+    return {**decodability(model, tokenizer, facts, others, reference_layers, probe_jobs),
             "heldout": heldout_report(model, tokenizer, facts, "test"),
             "country_probe_sweep": sweep,
             "same_country_acc": scores["acc"] if scores else None,
@@ -327,11 +326,13 @@ def plot(results: dict, metrics: list[dict], grl_layers: list[int], out: Path) -
 
 
 def analyze(original: str, run: str, out: str | None = None, n_texts: int = 16, gsm8k_path: str | None = None,
-            n_ppl: int = 64, reference_layers: str = "grl") -> dict:
+            n_ppl: int = 64, reference_layers: str = "grl", probe_jobs: int | None = None) -> dict:
     """Run (a)-(d) for `run` against `original`; write analysis.json and PNGs to `out`.
 
     reference_layers: "grl" fits the control and the country probe on the run's GRL layers only (what the
     targets read; a third of the fits), "all" on every layer.
+    probe_jobs: probe fits at a time, each on one core (None: every usable core; 1: one after another);
+    the numbers do not depend on it.
     """
     run_dir = Path(run)
     out_dir = Path(out) if out else run_dir / "analysis"
@@ -368,7 +369,8 @@ def analyze(original: str, run: str, out: str | None = None, n_texts: int = 16, 
                 results["same_country_cities"] = [f.subject for f in same_country]
         # hidden-state index = block index + 1 (index 0 is the embeddings)
         reference = [l + 1 for l in grl] if reference_layers == "grl" and grl else None
-        results[key] = analyze_model(model, tokenizer, facts, texts, ppl_pairs, others, same_country, reference, trained)
+        results[key] = analyze_model(model, tokenizer, facts, texts, ppl_pairs, others, same_country, reference, trained,
+                                     probe_jobs)
         # crystallisation read where the run changed anything: the mean effective rank over the trained blocks
         results[key]["effective_rank_trained"] = float(np.mean([results[key]["effective_rank"][l + 1] for l in trained]))
         del model
@@ -398,10 +400,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-layers", choices=("grl", "all"), default="grl",
                         help="layers of the control and the country probe: the run's GRL layers (default) or every "
                              "layer (3x the fits); the forget-set probe always covers every layer")
+    parser.add_argument("--probe-jobs", type=int, default=None, help="probe fits run at a time, each on one core "
+                        "(default: every usable core; 1: one after another); the numbers do not depend on it")
     args = parser.parse_args(argv)
+    problems = []
     if not (Path(args.run) / "facts.json").is_file():
-        parser.error(f"{args.run} has no facts.json: not a run directory")
-    res = analyze(args.original, args.run, args.out, args.n_texts, args.gsm8k_path, args.n_ppl, args.reference_layers)
+        problems.append(f"{args.run} has no facts.json: not a run directory")
+    if args.probe_jobs is not None and args.probe_jobs < 1:
+        problems.append(f"--probe-jobs: {args.probe_jobs} is not a count of jobs (>= 1)")
+    if problems:
+        parser.error("; ".join(problems))
+    res = analyze(args.original, args.run, args.out, args.n_texts, args.gsm8k_path, args.n_ppl, args.reference_layers,
+                  args.probe_jobs)
     grl = res["grl_layers"]
     on_grl = lambda acc, digits=2: [round(acc[l + 1], digits) for l in grl]
     for key in ("before", "after"):

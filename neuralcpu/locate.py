@@ -1,6 +1,6 @@
 """Where a model recalls a fact: a probe sweep over blocks and positions, and causal tracing.
 
-    python -m neuralcpu locate --model smollm2-135m --facts runs/rlcp/facts.json --out runs/locate
+    python -m neuralcpu locate --model smollm2-135m --facts runs/rlcp/facts.json --out runs/locate [--probe-jobs 2]
 
 (a) Probe sweep. At every block, at the subject's last token and at the last prompt token: a probe of
     the object (the country) fitted on *other* subjects of the same objects (other cities of the forget
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -66,13 +67,56 @@ def _probe(kind: str, seed: int = 0):
                                                          early_stopping=False, random_state=seed))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one), the default `jobs`."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_fits(calls: list, jobs: int | None = None, desc: str = "probes") -> list:
+    """Run joblib `delayed` fit calls, `jobs` at a time (None: `usable_cores()`), results in the calls' order.
+
+    jobs=1 runs them one after another in this process (joblib's sequential backend); more run them in
+    loky worker processes. Each call must hold its own one-thread BLAS limit (see `fit_site_probe`): the
+    workers then never oversubscribe the cores, and a fit computes the same numbers in a worker as here."""
+    from joblib import Parallel
+    from tqdm.auto import tqdm
+
+    if not calls:
+        return []
+    jobs = min(len(calls), jobs or usable_cores())
+    return list(tqdm(Parallel(n_jobs=jobs, return_as="generator")(calls), total=len(calls), desc=desc))
+
+
+def fit_site_probe(kind: str, train_x: np.ndarray, train_y: np.ndarray):
+    """A `_probe(kind)` fitted on (train_x, train_y) with one BLAS thread: the fits are small, and one
+    thread each lets `run_fits` put one fit on each core."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings of the small fits
+        return _probe(kind).fit(train_x, train_y)
+
+
+def _fit_and_score(kind: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """Accuracy on (test_x, test_y) of `fit_site_probe(kind, train_x, train_y)`."""
+    from threadpoolctl import threadpool_limits
+
+    probe = fit_site_probe(kind, train_x, train_y)
+    with threadpool_limits(1):
+        return float((probe.predict(test_x) == test_y).mean())
+
+
 def probe_sweep(model, tokenizer, facts: FactSets, fit_facts: list[Fact], split: str = "test",
-                kinds: tuple[str, ...] = ("linear", "mlp"), layers: list[int] | None = None) -> dict:
+                kinds: tuple[str, ...] = ("linear", "mlp"), layers: list[int] | None = None,
+                jobs: int | None = None) -> dict:
     """Accuracy per block of object probes fitted on `fit_facts` (other subjects of the forget objects,
     train-split prompts) and scored on the forget facts' `split` prompts, at both positions.
 
+    The states are collected once; the fits (one per family, position and block, each with its fixed
+    seed) then run `jobs` at a time (`run_fits`; None: every usable core, 1: one after another). The
+    numbers do not depend on `jobs`.
     Returns {"chance", "n", "layers", kind: {position: [acc per block]}}."""
-    from threadpoolctl import threadpool_limits
+    from joblib import delayed
 
     classes = facts.class_index
     fit_facts = [f for f in fit_facts if f.object in classes]
@@ -82,11 +126,14 @@ def probe_sweep(model, tokenizer, facts: FactSets, fit_facts: list[Fact], split:
     n_layers = fit_s["last"].shape[0] - 1
     layers = list(range(n_layers)) if layers is None else layers
     result = {"chance": 1 / len(classes), "n": len(test_y), "n_fit": len(fit_y), "layers": layers, "split": split}
-    with threadpool_limits(1), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence warnings of the small fits
-        for kind in kinds:
-            result[kind] = {pos: [float((_probe(kind).fit(fit_s[pos][l + 1], fit_y).predict(test_s[pos][l + 1]) == test_y).mean())
-                                  for l in layers] for pos in POSITIONS}
+    # The slow MLP fits go first: the cheap linear ones then fill the workers' tail.
+    sites = sorted(((k, p, l) for k in kinds for p in POSITIONS for l in layers), key=lambda s: s[0] != "mlp")
+    accs = run_fits([delayed(_fit_and_score)(k, fit_s[p][l + 1], fit_y, test_s[p][l + 1], test_y) for k, p, l in sites],
+                    jobs, "probe sweep")
+    for kind in kinds:
+        result[kind] = {pos: [] for pos in POSITIONS}
+    for (kind, pos, _), acc in zip(sites, accs):  # sorted() is stable: each list keeps the blocks' order
+        result[kind][pos].append(acc)
     return result
 
 
@@ -208,12 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory (locate.json, locate.png)")
     parser.add_argument("--split", default="validation", help="templates the sweep scores on (default validation: "
                         "it chooses the blocks RLCP trains; reports use test)")
+    parser.add_argument("--probe-jobs", type=int, default=None, help="probe fits run at a time, each on one core "
+                        "(default: every usable core; 1: one after another); the numbers do not depend on it")
     args = parser.parse_args(argv)
+    if args.probe_jobs is not None and args.probe_jobs < 1:
+        parser.error(f"--probe-jobs: {args.probe_jobs} is not a count of jobs (>= 1)")
     model, tokenizer = load_model(args.model)
     model.eval()
     facts = FactSets.load(args.facts)
     fit = other_cities(facts, ANALYSIS_OTHER_CITIES) + [f for f in facts.locality if f.object in facts.class_index]
-    sweep = probe_sweep(model, tokenizer, facts, fit, args.split)
+    sweep = probe_sweep(model, tokenizer, facts, fit, args.split, jobs=args.probe_jobs)
     trace = causal_trace(model, tokenizer, facts.forget)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

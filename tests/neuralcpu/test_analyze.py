@@ -184,6 +184,9 @@ def test_reference_probes_fit_only_the_layers_asked_and_match_one_fit(tiny_qwen2
         for l in (1, 3):
             assert country[key][l] == float((fit_probe(tr_x[l], tr_y, tr_g).predict(te_x[l]) == te_y).mean())
     assert per_layer_probes((tr_x, tr_y, tr_g), {"acc": (te_x, te_y)}, [])["acc"] == [None] * n
+    # one fit after another in this process: the parallel fits' numbers
+    serial = per_layer_probes((tr_x, tr_y, tr_g), {"acc": (te_x, te_y)}, [1, 3], jobs=1)
+    assert serial == per_layer_probes((tr_x, tr_y, tr_g), {"acc": (te_x, te_y)}, [1, 3], jobs=2)
 
 
 def test_a_random_model_passes_the_forget_set_probe_on_invented_subjects(tiny_qwen2_dir):

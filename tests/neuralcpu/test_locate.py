@@ -1,13 +1,15 @@
 """The probe sweep and the causal trace, on the tiny model: shapes, bounds, and that they can fail."""
 
 import json
+import os
 
 import numpy as np
 import pytest
+from joblib import delayed
 
 from common.facts import Fact
 from neuralcpu.facts import FactSets
-from neuralcpu.locate import causal_trace, probe_sweep, site_states
+from neuralcpu.locate import _prompts, causal_trace, fit_site_probe, main, probe_sweep, run_fits, site_states
 
 FORGET = [Fact("Alphaville", "country", "Norland"), Fact("Betatown", "country", "Sudria"), Fact("Gammaburg", "country", "Estavia")]
 OTHERS = [Fact(c, "country", k) for k, cs in {"Norland": ["Nordby", "Norwick", "Nolund"], "Sudria": ["Sudham", "Sorvik", "Salta"],
@@ -37,6 +39,36 @@ def test_probe_sweep_reports_both_positions_and_families_within_bounds(tiny):
         for pos in ("subject", "last"):
             assert len(sweep[kind][pos]) == 4 and all(0.0 <= a <= 1.0 for a in sweep[kind][pos])
     json.dumps(sweep)  # plain numbers only
+
+
+def test_probe_sweep_numbers_do_not_depend_on_the_jobs(tiny):
+    """Two fits at a time in worker processes give the serial sweep's numbers, every family, position and block."""
+    model, tok = tiny
+    serial = probe_sweep(model, tok, FactSets(FORGET, []), OTHERS, split="test", jobs=1)
+    parallel = probe_sweep(model, tok, FactSets(FORGET, []), OTHERS, split="test", jobs=2)
+    assert serial == parallel
+    assert len({a for kind in ("linear", "mlp") for pos in ("subject", "last") for a in serial[kind][pos]}) > 1
+
+
+def test_a_probe_fitted_in_a_worker_process_is_the_one_fitted_here(tiny):
+    """Why the sweep's numbers do not depend on the jobs, at full precision: each family's weights and
+    probabilities are bit for bit the same from a worker as from this process (same seed, one BLAS thread)."""
+    model, tok = tiny
+    prompts, y = _prompts(OTHERS, "train", tok, FactSets(FORGET, []).class_index)
+    x = site_states(model, tok, prompts)["subject"][2]  # (N, C) at block 1
+    kinds = ("linear", "mlp")
+    here = [fit_site_probe(k, x, y) for k in kinds]
+    there = run_fits([delayed(fit_site_probe)(k, x, y) for k in kinds], jobs=2)
+    for a, b in zip(here, there):
+        weights = lambda p: [p[-1].coef_, p[-1].intercept_] if hasattr(p[-1], "coef_") else p[-1].coefs_ + p[-1].intercepts_
+        assert all(np.array_equal(u, v) for u, v in zip(weights(a), weights(b), strict=True))
+        assert np.array_equal(a.predict_proba(x), b.predict_proba(x))
+    assert os.getpid() not in run_fits([delayed(os.getpid)() for _ in range(2)], jobs=2)  # they ran elsewhere
+
+
+def test_locate_cli_rejects_a_jobs_count_below_one():
+    with pytest.raises(SystemExit):
+        main(["--model", "m", "--facts", "f.json", "--out", "o", "--probe-jobs", "0"])
 
 
 def test_probe_sweep_reads_a_planted_object_code(tiny_qwen2_dir):

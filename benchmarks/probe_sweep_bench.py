@@ -1,0 +1,78 @@
+"""Wall time of `locate.probe_sweep`'s fits one after another against `--jobs` at a time, side by side in one run.
+
+    flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/probe_sweep_bench.py --model smollm2-135m \
+        --facts /work/runs/r40/facts.json --blocks 20,25 [--jobs 2] [--out /tmp/probe_sweep_bench.json]
+
+The prompt states are collected once (their forward passes timed apart) and shared by both sweeps, so the
+two timings hold the probe fits alone. Both sweeps must give the same numbers; the script fails otherwise.
+The fit set is `analyze`'s: `analyze.other_city_facts` of the run's facts.json (so the forget set must be
+city -> country).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    from neuralcpu import locate
+    from neuralcpu.analyze import other_city_facts
+    from neuralcpu.facts import FactSets
+    from neuralcpu.models import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="preset, .gguf or save_pretrained dir")
+    parser.add_argument("--facts", required=True, help="a run's facts.json (city -> country forget set)")
+    parser.add_argument("--blocks", default=None, help="comma-separated blocks to fit on (default: every block)")
+    parser.add_argument("--jobs", type=int, default=locate.usable_cores(), help="fits at a time in the parallel sweep")
+    parser.add_argument("--out", default=None, help="write the timings as JSON here")
+    args = parser.parse_args(argv)
+    layers = [int(b) for b in args.blocks.split(",")] if args.blocks else None
+    facts = FactSets.load(args.facts)
+    others = other_city_facts(facts)
+    if others is None:
+        parser.error(f"{args.facts}: the forget set is not city -> country with two other cities per country")
+
+    model, tokenizer = load_model(args.model)
+    cache: dict[int, dict] = {}
+    collect = locate.site_states
+
+    def cached_states(model, tokenizer, prompts, batch_size=32):  # the same states for both sweeps
+        key = hash(tuple(prompts))
+        if key not in cache:
+            cache[key] = collect(model, tokenizer, prompts, batch_size)
+        return cache[key]
+
+    locate.site_states = cached_states
+    t0 = time.perf_counter()
+    locate.probe_sweep(model, tokenizer, facts, others, "test", kinds=(), layers=layers)  # fills the cache
+    t_states = time.perf_counter() - t0
+    timings, sweeps = {}, {}
+    for jobs in (1, args.jobs):
+        t0 = time.perf_counter()
+        sweeps[jobs] = locate.probe_sweep(model, tokenizer, facts, others, "test", layers=layers, jobs=jobs)
+        timings[jobs] = time.perf_counter() - t0
+    if sweeps[1] != sweeps[args.jobs]:
+        print(f"the sweeps differ: {sweeps[1]} against {sweeps[args.jobs]}", file=sys.stderr)
+        return 1
+    n_fits = 2 * len(locate.POSITIONS) * len(sweeps[1]["layers"])
+    res = {"command": " ".join(["benchmarks/probe_sweep_bench.py", *(argv if argv is not None else sys.argv[1:])]),
+           "model": args.model, "blocks": sweeps[1]["layers"], "n_fits": n_fits, "n_fit_prompts": sweeps[1]["n_fit"],
+           "n_test_prompts": sweeps[1]["n"], "states_s": round(t_states, 1), "serial_s": round(timings[1], 1),
+           f"jobs{args.jobs}_s": round(timings[args.jobs], 1), "ratio": round(timings[1] / timings[args.jobs], 2),
+           "usable_cores": locate.usable_cores(), "equal": True}
+    print(json.dumps(res))
+    if args.out:
+        tmp = f"{args.out}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(res, f, indent=1)
+        os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,9 +22,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.report import write_json_atomic
-from common.facts import find_answer
-from common.toolcall import CALL_CLOSE, CALL_OPEN, render_call
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import write_json_atomic  # noqa: E402
+from common.facts import find_answer  # noqa: E402
+from common.toolcall import CALL_CLOSE, CALL_OPEN, render_call  # noqa: E402
 
 
 class _Template:

@@ -137,10 +137,12 @@ class Printer:
             elif not value.facts:
                 self.write("  <- (no facts)\n")
             elif value.subject_used:
-                self.write(f"  <- (the store has no such subject; the question names {value.subject_used!r})\n")
+                self.write(f"  <- (looked up the subject the question names instead: {value.subject_used!r})\n")
             for f in value.facts:
                 how = f.get("matched_by")
-                self.write(f"  <- {_fact_line(f)}" + (f"  (matched by {how})" if how not in (None, "exact") else "") + "\n")
+                note = [f"matched by {how}"] if how not in (None, "exact") else []
+                note += ["a guess: not about a subject the question names"] if f.get("grounded") is False else []
+                self.write(f"  <- {_fact_line(f)}" + (f"  ({'; '.join(note)})" if note else "") + "\n")
         elif kind == "done":
             self.newline()
             self.write(summary_line(value) + "\n")

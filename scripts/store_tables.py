@@ -126,7 +126,7 @@ def _phase_rows(label: str, r: dict, base: int) -> list[list]:
             held = f"{base:,}" if key == "idle_before" else f"{r['verify']['facts']:,}"
         rows.append([label if key == "idle_before" else "", name, f"{held}, {', '.join(p['reader_index_at_end'])}",
                      _pcts(p["lookup"], ".2f"), _pcts(p["search"], ".1f"), _pcts(p["catchup"], ".1f", ("p95", "p99")),
-                     _pcts(p.get("embed"), ".1f", ("p50", "p95")), f"{p['errors']} / {p['half_batches']}",
+                     _pcts(p.get("embed"), ".2f", ("p50", "p95")), f"{p['errors']} / {p['half_batches']}",
                      p["search"]["n"]])
     return rows
 

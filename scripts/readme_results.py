@@ -1,23 +1,32 @@
-"""Generate the README's results tables from the committed results files, so they cannot drift.
+"""Generate the README's results tables (and the tables of docs pages) from the committed results files.
 
-    .venv/bin/python scripts/readme_results.py           # rewrite README.md between the markers
-    .venv/bin/python scripts/readme_results.py --check   # exit 1 if README.md is out of date
+    .venv/bin/python scripts/readme_results.py           # rewrite README.md and the PAGES between their markers
+    .venv/bin/python scripts/readme_results.py --check   # exit 1 if any of them is out of date
 
 Every `docs/results/*.json` that has a "table" ({"title", "columns", "rows", "notes"?}) becomes one
 table, in file-name order, under a heading that links to the file and states its command, commit,
 machine and seeds. The README holds them between `<!-- results:start -->` and `<!-- results:end -->`.
+A page of PAGES holds blocks `<!-- results:FILE.json VIEW -->` ... `<!-- results:end -->`: each is
+the table that VIEW (scripts/store_tables.py) derives from docs/results/FILE.json, with the same
+heading, so a page's numbers cannot drift from the files either.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
+
+from store_tables import VIEWS
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ENVELOPE = ("command", "commit", "machine")
+PAGES = ("docs/symbolic_ram.md",)  # pages with generated tables, relative to ROOT
+BLOCK = re.compile(r"<!-- results:(?P<file>[\w.-]+\.json) (?P<view>\w+) -->\n.*?<!-- results:end -->", re.S)
 
 
 class ResultsFileError(ValueError):
@@ -88,6 +97,11 @@ def render_file(path: Path) -> str | None:
     table = data.get("table") or (DERIVED[path.stem](data) if path.stem in DERIVED else None)
     if not table:
         return None
+    return render_table(path, data, table)
+
+
+def render_table(path: Path, data: dict, table: dict, link_from: Path | None = None) -> str:
+    """`table` of the results file `path` as a markdown section; links are relative to `link_from` (ROOT)."""
     missing = [k for k in ENVELOPE if not data.get(k)]
     if missing:
         raise ResultsFileError(f"{path}: missing field(s) {missing}: every results file states how it was made")
@@ -99,9 +113,10 @@ def render_file(path: Path) -> str | None:
         if len(row) != width:
             raise ResultsFileError(f"{path}: table.rows[{i}] has {len(row)} cells, the header {width}")
     rel = path.relative_to(ROOT).as_posix()
+    link = Path(os.path.relpath(path, link_from or ROOT)).as_posix()
     seeds = data.get("seeds", data.get("seed", "n/a"))
     lines = [f"#### {table['title']}", "",
-             f"From [`{rel}`]({rel}): `{data['command']}` at {data['commit'][:10]}, seeds {seeds}, {data['machine']}.", "",
+             f"From [`{rel}`]({link}): `{data['command']}` at {data['commit'][:10]}, seeds {seeds}, {data['machine']}.", "",
              "| " + " | ".join(map(_cell, table["columns"])) + " |",
              "|" + "---|" * width]
     lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in table["rows"]]
@@ -124,27 +139,54 @@ def updated_readme(readme: str, tables: str) -> str:
     return f"{head}{START}\n{tables}{END}{tail}"
 
 
+def updated_page(page: Path, text: str, results_dir: Path) -> str:
+    """`text` (of `page`) with every `<!-- results:FILE.json VIEW -->` block regenerated."""
+    def fill(m: re.Match) -> str:
+        path, view = results_dir / m["file"], m["view"]
+        if view not in VIEWS:
+            raise ResultsFileError(f"{page}: unknown table view {view!r}; known: {sorted(VIEWS)}")
+        if not path.is_file():
+            raise ResultsFileError(f"{page}: names {path}, which does not exist")
+        data = json.loads(path.read_text())
+        try:
+            table = VIEWS[view](data)
+        except KeyError as e:
+            raise ResultsFileError(f"{path}: field {e} is missing (view {view})") from e
+        return f"<!-- results:{m['file']} {view} -->\n{render_table(path, data, table, page.parent)}{END}"
+
+    return BLOCK.sub(fill, text)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md differs from what would be written")
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     parser.add_argument("--results", default=str(ROOT / "docs" / "results"))
+    parser.add_argument("--pages", nargs="*", default=[str(ROOT / p) for p in PAGES],
+                        help="docs pages whose results blocks to regenerate (default: %(default)s)")
     args = parser.parse_args(argv)
-    readme = Path(args.readme)
+    results = Path(args.results)
+    files = [Path(args.readme)] + [Path(p) for p in args.pages]
     try:
-        new = updated_readme(readme.read_text(), render(Path(args.results)))
+        new = {files[0]: updated_readme(files[0].read_text(), render(results))}
+        new.update({page: updated_page(page, page.read_text(), results) for page in files[1:]})
     except (ResultsFileError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    stale = [path for path, text in new.items() if text != path.read_text()]
     if args.check:
-        if new != readme.read_text():
-            print("README.md is out of date: run .venv/bin/python scripts/readme_results.py", file=sys.stderr)
-            return 1
-        return 0
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(readme)
-    print(f"wrote the results tables into {readme}")
+        for path in stale:
+            print(f"{path} is out of date: run .venv/bin/python scripts/readme_results.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path in stale:
+        _write(path, new[path])
+    print(f"results tables up to date in {', '.join(str(p) for p in files)} ({len(stale)} rewritten)")
     return 0
 
 

@@ -23,6 +23,7 @@ import time
 from common.cli import run_main
 
 from .adapters import load_source
+from .embeddings import resolve_backend
 from .facts import FactValidationError
 from .ingest import ingest_facts
 from .store import DEFAULT_LOCK_TIMEOUT, KnowledgeStore, StoreConfig
@@ -68,10 +69,13 @@ def cmd_ingest(args) -> int:
             if args.verbose:
                 print(f"  committed {report.added} new facts", file=sys.stderr)
 
-        if hasattr(store.encoder, "model"):  # load the model first, so the rate below is the ingest's own
+        # load the model first, so the rate below is the ingest's own; `model` is a lazy property, so
+        # ask the class (hasattr on the instance would load it before the clock starts)
+        if hasattr(type(store.encoder), "model"):
             t = time.perf_counter()
             store.encoder.model
-            print(f"embedding model {store.config.embedder} loaded in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+            print(f"embedding model {store.config.embedder} ({resolve_backend(store.config.embedder_backend)}) "
+                  f"loaded in {time.perf_counter() - t:.1f}s", file=sys.stderr)
         try:
             report = ingest_facts(store, items, source=args.name or default_source, provenance=provenance,
                                   on_error=args.on_error, progress=progress)

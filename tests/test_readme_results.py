@@ -1,4 +1,4 @@
-"""The README's results tables are generated from docs/results/*.json and cannot drift."""
+"""The README's results tables, and the tables of docs pages, are generated from docs/results/*.json and cannot drift."""
 
 import json
 import subprocess
@@ -42,10 +42,50 @@ def test_render_and_check_roundtrip(tmp_path, monkeypatch):
     (results / "r.json").write_text(json.dumps(data))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{readme_results.START}\n{readme_results.END}\n")
-    assert readme_results.main(["--readme", str(readme), "--results", str(results)]) == 0
+    args = ["--readme", str(readme), "--results", str(results), "--pages"]
+    assert readme_results.main(args) == 0
     text = readme.read_text()
     assert "| forget | 0.03 |" in text and "0123456789" in text and "n=90" in text
-    assert readme_results.main(["--check", "--readme", str(readme), "--results", str(results)]) == 0
+    assert readme_results.main(["--check", *args]) == 0
     data["table"]["rows"][0][1] = 0.5
     (results / "r.json").write_text(json.dumps(data))
-    assert readme_results.main(["--check", "--readme", str(readme), "--results", str(results)]) == 1
+    assert readme_results.main(["--check", *args]) == 1
+
+
+def _page_setup(tmp_path, monkeypatch, view="two_writers"):
+    monkeypatch.setattr(readme_results, "ROOT", tmp_path)
+    results = tmp_path / "docs" / "results"
+    results.mkdir(parents=True)
+    data = {"command": "python benchmarks/store_load.py", "commit": "0123456789abcdef", "machine": "cpu", "seed": 0,
+            "two_writers": {"runs": 3, "ok": 3, "lost_facts": 0, "lost_vectors": 0, "burned_ids": 0,
+                            "details": [{"facts": 3500}] * 3}}
+    (results / "load.json").write_text(json.dumps(data))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{readme_results.START}\n{readme_results.END}\n")
+    page = tmp_path / "docs" / "page.md"
+    page.write_text(f"intro\n<!-- results:load.json {view} -->\nstale text\n{readme_results.END}\noutro\n")
+    return data, results, readme, page
+
+
+def test_a_page_block_is_its_view_of_the_named_file(tmp_path, monkeypatch):
+    data, results, readme, page = _page_setup(tmp_path, monkeypatch)
+    args = ["--readme", str(readme), "--results", str(results), "--pages", str(page)]
+    assert readme_results.main(["--check", *args]) == 1  # "stale text" is not the table
+    assert readme_results.main(args) == 0
+    text = page.read_text()
+    assert "stale text" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "| 3 | 3 | 0 | 0 | 0 | 3,500 |" in text
+    assert "[`docs/results/load.json`](results/load.json)" in text  # linked from the page's own folder
+    assert readme_results.main(["--check", *args]) == 0
+    data["two_writers"]["lost_vectors"] = 7
+    (results / "load.json").write_text(json.dumps(data))
+    assert readme_results.main(["--check", *args]) == 1
+
+
+def test_a_page_naming_an_unknown_view_or_file_is_refused(tmp_path, monkeypatch):
+    _, results, _, page = _page_setup(tmp_path, monkeypatch, view="no_such_view")
+    with pytest.raises(readme_results.ResultsFileError, match="no_such_view"):
+        readme_results.updated_page(page, page.read_text(), results)
+    page.write_text(page.read_text().replace("load.json no_such_view", "gone.json two_writers"))
+    with pytest.raises(readme_results.ResultsFileError, match="gone.json"):
+        readme_results.updated_page(page, page.read_text(), results)

@@ -8,6 +8,8 @@ import pytest
 from symbolic_ram import embeddings
 from symbolic_ram.embeddings import native_bf16, resolve_backend
 
+NO_ONNX = 'onnxruntime/optimum not installed: the onnx extra, `pip install -e ".[onnx]"` (scripts/setup.sh installs it)'
+
 
 @pytest.mark.parametrize("flags, expected", [
     ({"avx512f", "avx512_vnni"}, False),  # this development machine: bf16 would be emulated
@@ -37,7 +39,7 @@ def test_backend_names(monkeypatch):
 @pytest.mark.slow
 def test_onnx_agrees_with_torch_fp32(tmp_path, monkeypatch):
     if not embeddings.onnx_available():
-        pytest.skip("onnxruntime/optimum not installed")
+        pytest.skip(NO_ONNX)
     monkeypatch.setenv("SYMBOLIC_RAM_CACHE", str(tmp_path))  # the export is made from the local copy, offline
     texts = ["Lagos country: Nigeria", "Iron symbol: Fe", "Which country is Kano in?", "Japan capital: Tokyo"] * 8
     ref = embeddings.load_embedder(backend="torch", threads=1).encode(texts, normalize_embeddings=True)
@@ -49,7 +51,7 @@ def test_onnx_agrees_with_torch_fp32(tmp_path, monkeypatch):
 def test_onnx_export_from_a_local_copy_and_int8_agree(tmp_path, monkeypatch):
     """A tiny random BERT in sentence-transformers layout: the export path in seconds, no hub."""
     if not embeddings.onnx_available():
-        pytest.skip("onnxruntime/optimum not installed")
+        pytest.skip(NO_ONNX)
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel, BertTokenizerFast
 

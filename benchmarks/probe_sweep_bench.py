@@ -16,6 +16,11 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: this checkout's packages, not the installed ones
+    sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,12 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     from neuralcpu.analyze import other_city_facts
     from neuralcpu.facts import FactSets
     from neuralcpu.models import load_model
+    from neuralcpu.probes import usable_cores
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="preset, .gguf or save_pretrained dir")
     parser.add_argument("--facts", required=True, help="a run's facts.json (city -> country forget set)")
     parser.add_argument("--blocks", default=None, help="comma-separated blocks to fit on (default: every block)")
-    parser.add_argument("--jobs", type=int, default=locate.usable_cores(), help="fits at a time in the parallel sweep")
+    parser.add_argument("--jobs", type=int, default=usable_cores(), help="fits at a time in the parallel sweep")
     parser.add_argument("--out", default=None, help="write the timings as JSON here")
     args = parser.parse_args(argv)
     layers = [int(b) for b in args.blocks.split(",")] if args.blocks else None
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
            "model": args.model, "blocks": sweeps[1]["layers"], "n_fits": n_fits, "n_fit_prompts": sweeps[1]["n_fit"],
            "n_test_prompts": sweeps[1]["n"], "states_s": round(t_states, 1), "serial_s": round(timings[1], 1),
            f"jobs{args.jobs}_s": round(timings[args.jobs], 1), "ratio": round(timings[1] / timings[args.jobs], 2),
-           "usable_cores": locate.usable_cores(), "equal": True}
+           "usable_cores": usable_cores(), "equal": True}
     print(json.dumps(res))
     if args.out:
         tmp = f"{args.out}.tmp"

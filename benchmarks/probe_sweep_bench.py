@@ -1,7 +1,7 @@
 """Wall time of `locate.probe_sweep`'s fits one after another against `--jobs` at a time, side by side in one run.
 
     flock /tmp/cpu-heavy.lock .venv/bin/python benchmarks/probe_sweep_bench.py --model smollm2-135m \
-        --facts /work/runs/r40/facts.json --blocks 20,25 [--jobs 2] [--out /tmp/probe_sweep_bench.json]
+        --facts /work/runs/r40/facts.json --blocks 20,25 --out docs/results/probe_sweep_bench_smollm2.json [--jobs 2]
 
 The prompt states are collected once (their forward passes timed apart) and shared by both sweeps, so the
 two timings hold the probe fits alone. Both sweeps must give the same numbers; the script fails otherwise.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ if str(ROOT) not in sys.path:  # run as a script: this checkout's packages, not 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.provenance import provenance
+    from benchmarks.report import write_json_atomic
     from neuralcpu import locate
     from neuralcpu.analyze import other_city_facts
     from neuralcpu.facts import FactSets
@@ -66,17 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the sweeps differ: {sweeps[1]} against {sweeps[args.jobs]}", file=sys.stderr)
         return 1
     n_fits = 2 * len(locate.POSITIONS) * len(sweeps[1]["layers"])
-    res = {"command": " ".join(["benchmarks/probe_sweep_bench.py", *(argv if argv is not None else sys.argv[1:])]),
+    argv = sys.argv[1:] if argv is None else argv
+    res = {**provenance(argv, "benchmarks/probe_sweep_bench.py", seed=0),  # seed: every MLP probe's random_state
            "model": args.model, "blocks": sweeps[1]["layers"], "n_fits": n_fits, "n_fit_prompts": sweeps[1]["n_fit"],
            "n_test_prompts": sweeps[1]["n"], "states_s": round(t_states, 1), "serial_s": round(timings[1], 1),
-           f"jobs{args.jobs}_s": round(timings[args.jobs], 1), "ratio": round(timings[1] / timings[args.jobs], 2),
-           "usable_cores": usable_cores(), "equal": True}
-    print(json.dumps(res))
+           "jobs": args.jobs, "parallel_s": round(timings[args.jobs], 1), "ratio": round(timings[1] / timings[args.jobs], 2),
+           "usable_cores": usable_cores(), "equal": True,
+           "sweep": {k: sweeps[1][k] for k in ("layers", "linear", "mlp", "chance", "n")}}
+    print(json.dumps({k: v for k, v in res.items() if k not in ("sweep", "versions")}))
     if args.out:
-        tmp = f"{args.out}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(tmp, args.out)
+        write_json_atomic(Path(args.out), res)
     return 0
 
 

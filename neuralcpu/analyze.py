@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from common.facts import Fact
 from neuralcpu.facts import ANALYSIS_OTHER_CITIES, FactSets, invented_subjects, known_facts, other_cities, prompts_for
 from neuralcpu.generation import encode_left_padded, padded_positions
 from neuralcpu.models import load_model
+from neuralcpu.probes import fit_probe, run_fits, score_probe  # noqa: F401 (fit_probe: tests read it here)
 from neuralcpu.training import resolve_layers, resolve_sites
 
 
@@ -75,23 +75,6 @@ def effective_rank(x: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def fit_probe(train_x: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray):
-    """Standardised logistic-regression probe, C chosen by leave-one-group-out CV (groups: templates or cities)."""
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import LeaveOneGroupOut
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    cv = list(LeaveOneGroupOut().split(train_x, train_y, train_groups))
-    clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.01, 0.1, 1.0, 10.0], cv=cv, max_iter=2000, tol=1e-3))
-    # One BLAS thread: these fits are tiny, and threads fighting torch's idle OpenMP workers made them
-    # ~8x slower (5.6 s vs 0.7 s per layer measured on SmolLM2's 90 prompts).
-    with warnings.catch_warnings(), threadpool_limits(1):
-        warnings.simplefilter("ignore", FutureWarning)  # sklearn 1.8 announces an attribute change; we use none
-        return clf.fit(train_x, train_y)
-
-
 def above_chance_p(accs: list[float | None], n: int, chance: float) -> list[float | None]:
     """One-sided exact binomial p-value of each accuracy (over `n` prompts) against `chance`; None stays None.
 
@@ -104,23 +87,16 @@ def above_chance_p(accs: list[float | None], n: int, chance: float) -> list[floa
             for a in accs]
 
 
-def _fit_and_score(train_x, train_y, train_groups, tests: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    clf = fit_probe(train_x, train_y, train_groups)
-    return {key: float((clf.predict(x) == y).mean()) for key, (x, y) in tests.items()}
-
-
 def per_layer_probes(train: tuple[np.ndarray, np.ndarray, np.ndarray], tests: dict[str, tuple[np.ndarray, np.ndarray]],
                      layers=None, desc: str = "probes", jobs: int | None = None) -> dict[str, list[float | None]]:
     """Fit `fit_probe` per layer on `train` = (states (L+1, N, C), labels, CV groups) and score every test set
     (states, labels); layers not in `layers` (default: all) get None. The fits run `jobs` at a time
-    (`locate.run_fits`; None: a process per usable core, 1: one after another in this process)."""
+    (`probes.run_fits`; None: a process per usable core, 1: one after another in this process)."""
     from joblib import delayed
-
-    from neuralcpu.locate import run_fits
 
     train_x, train_y, train_groups = train
     layers = list(range(len(train_x)) if layers is None else layers)
-    calls = [delayed(_fit_and_score)(train_x[l], train_y, train_groups, {k: (x[l], y) for k, (x, y) in tests.items()})
+    calls = [delayed(score_probe)(train_x[l], train_y, train_groups, {k: (x[l], y) for k, (x, y) in tests.items()})
              for l in layers]
     out: dict[str, list[float | None]] = {key: [None] * len(train_x) for key in tests}
     for accs, l in zip(run_fits(calls, jobs, desc), layers):
@@ -244,7 +220,7 @@ def analyze_model(model, tokenizer, facts: FactSets, texts: list[str], ppl_pairs
     """Per-layer probe accuracies (`decodability`), the test-split report of every fact set
     (`heldout_report`), the country probe of both families at both positions on the trained blocks
     (`locate.probe_sweep`, fitted on other cities no loss reads), effective rank, GSM8K perplexity, and
-    closed-book answers on `same_country` cities. `probe_jobs`: probe fits at a time (`locate.run_fits`)."""
+    closed-book answers on `same_country` cities. `probe_jobs`: probe fits at a time (`probes.run_fits`)."""
     from neuralcpu.evaluation import closed_book, heldout_report
     from neuralcpu.locate import probe_sweep
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ import torch
 
 from common.facts import Fact
 from neuralcpu.facts import FactSets, fact_prompts
+from neuralcpu.probes import run_fits, score_site_probe
 from neuralcpu.training import encode
 
 POSITIONS = ("subject", "last")
@@ -55,57 +54,6 @@ def _prompts(facts: list[Fact], split: str, tokenizer, classes: dict[str, int]):
     return [(p.text, p.fact.subject) for p in ps], np.array([classes[p.fact.object] for p in ps])
 
 
-def _probe(kind: str, seed: int = 0):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if kind == "linear":
-        return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500))
-    return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-2, max_iter=300,
-                                                         early_stopping=False, random_state=seed))
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one), the default `jobs`."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def run_fits(calls: list, jobs: int | None = None, desc: str = "probes") -> list:
-    """Run joblib `delayed` fit calls, `jobs` at a time (None: `usable_cores()`), results in the calls' order.
-
-    jobs=1 runs them one after another in this process (joblib's sequential backend); more run them in
-    loky worker processes. Each call must hold its own one-thread BLAS limit (see `fit_site_probe`): the
-    workers then never oversubscribe the cores, and a fit computes the same numbers in a worker as here."""
-    from joblib import Parallel
-    from tqdm.auto import tqdm
-
-    if not calls:
-        return []
-    jobs = min(len(calls), jobs or usable_cores())
-    return list(tqdm(Parallel(n_jobs=jobs, return_as="generator")(calls), total=len(calls), desc=desc))
-
-
-def fit_site_probe(kind: str, train_x: np.ndarray, train_y: np.ndarray):
-    """A `_probe(kind)` fitted on (train_x, train_y) with one BLAS thread: the fits are small, and one
-    thread each lets `run_fits` put one fit on each core."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence warnings of the small fits
-        return _probe(kind).fit(train_x, train_y)
-
-
-def _fit_and_score(kind: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Accuracy on (test_x, test_y) of `fit_site_probe(kind, train_x, train_y)`."""
-    from threadpoolctl import threadpool_limits
-
-    probe = fit_site_probe(kind, train_x, train_y)
-    with threadpool_limits(1):
-        return float((probe.predict(test_x) == test_y).mean())
-
-
 def probe_sweep(model, tokenizer, facts: FactSets, fit_facts: list[Fact], split: str = "test",
                 kinds: tuple[str, ...] = ("linear", "mlp"), layers: list[int] | None = None,
                 jobs: int | None = None) -> dict:
@@ -113,7 +61,7 @@ def probe_sweep(model, tokenizer, facts: FactSets, fit_facts: list[Fact], split:
     train-split prompts) and scored on the forget facts' `split` prompts, at both positions.
 
     The states are collected once; the fits (one per family, position and block, each with its fixed
-    seed) then run `jobs` at a time (`run_fits`; None: every usable core, 1: one after another). The
+    seed) then run `jobs` at a time (`probes.run_fits`; None: every usable core, 1: one after another). The
     numbers do not depend on `jobs`.
     Returns {"chance", "n", "layers", kind: {position: [acc per block]}}."""
     from joblib import delayed
@@ -128,7 +76,7 @@ def probe_sweep(model, tokenizer, facts: FactSets, fit_facts: list[Fact], split:
     result = {"chance": 1 / len(classes), "n": len(test_y), "n_fit": len(fit_y), "layers": layers, "split": split}
     # The slow MLP fits go first: the cheap linear ones then fill the workers' tail.
     sites = sorted(((k, p, l) for k in kinds for p in POSITIONS for l in layers), key=lambda s: s[0] != "mlp")
-    accs = run_fits([delayed(_fit_and_score)(k, fit_s[p][l + 1], fit_y, test_s[p][l + 1], test_y) for k, p, l in sites],
+    accs = run_fits([delayed(score_site_probe)(k, fit_s[p][l + 1], fit_y, test_s[p][l + 1], test_y) for k, p, l in sites],
                     jobs, "probe sweep")
     for kind in kinds:
         result[kind] = {pos: [] for pos in POSITIONS}

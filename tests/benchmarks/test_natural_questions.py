@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import natural_questions as nq
+from common.facts import normalize_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bridge"))
 from fakes import Scripted  # noqa: E402
@@ -26,13 +27,22 @@ def gstore(hash_store):
     return hash_store(GRAPH)
 
 
-def test_no_suite_wording_is_a_training_or_validation_template():
-    data = nq.load_suite()
+@pytest.mark.parametrize("suite", [nq.DATA, nq.DATA.with_name("natural_questions_heldout.yaml")], ids=lambda p: p.name)
+def test_no_suite_wording_is_a_training_or_validation_template(suite):
+    data = nq.load_suite(suite)
     templates = nq.training_templates()
     assert len(templates) > 50  # the shipped relation files were read
     clashes = [(where, w, fam, t) for where, w in nq.suite_wordings(data) for fam, t in templates
                if nq.near_duplicate(w, t)]
     assert clashes == []
+
+
+def test_the_held_out_suite_shares_no_wording_or_not_found_subject_with_the_first():
+    first, second = nq.load_suite(), nq.load_suite(nq.DATA.with_name("natural_questions_heldout.yaml"))
+    shared = [(w, v) for _, w in nq.suite_wordings(second) for _, v in nq.suite_wordings(first) if nq.near_duplicate(w, v)]
+    assert shared == []
+    names = lambda d: {normalize_name(q["subject"]) for q in d["not_found"]}
+    assert len(names(second)) >= 16 and not names(first) & names(second)
 
 
 def test_near_duplicate_catches_copies_up_to_subject_case_and_punctuation():

@@ -25,7 +25,7 @@ from common.cli import run_main
 from .adapters import load_source
 from .embeddings import resolve_backend
 from .facts import FactValidationError
-from .ingest import ingest_facts
+from .ingest import find_problems, ingest_facts
 from .store import DEFAULT_LOCK_TIMEOUT, KnowledgeStore, StoreConfig
 
 EPILOG = "Run `python -m symbolic_ram COMMAND --help` for a command's options."
@@ -64,6 +64,12 @@ def cmd_ingest(args) -> int:
     """Ingest a built-in knowledge base or a .jsonl/.csv file."""
     items, default_source = load_source(args.source, min_population=args.min_population)
     provenance = json.loads(args.provenance) if args.provenance else None
+    if args.on_error == "reject":  # a bad file is refused before the store opens and the embedder loads
+        items = list(items)
+        problems = find_problems(items, args.name or default_source, provenance)
+        if problems:
+            print(f"rejected {args.source}: {FactValidationError(problems, applied=False)}", file=sys.stderr)
+            return 2
     with _open(args, write=True, batch_size=args.batch_size, **_embedder_options(args)) as store:
         def progress(report):
             if args.verbose:

@@ -73,6 +73,12 @@ def _validated(items: Iterable[Any], source, provenance) -> Iterator[tuple[int, 
             yield n - 1, InputProblem(location, str(e))
 
 
+def find_problems(items: Iterable[Any], source: str | None = None, provenance: dict | None = None) -> list[InputProblem]:
+    """Every malformed item of `items` (with its location), without a store: what on_error="reject"
+    checks, callable before anything expensive (loading an embedding model) is done."""
+    return [x for _, x in _validated(items, source, provenance) if isinstance(x, InputProblem)]
+
+
 def ingest_facts(
     store,
     facts: Iterable[Any],
@@ -109,7 +115,7 @@ def ingest_facts(
     stream = _validated(facts, source, provenance)
     if on_error == "reject":
         checked = list(stream)
-        problems = [x for _, x in checked if isinstance(x, InputProblem)]
+        problems = [x for _, x in checked if isinstance(x, InputProblem)]  # as find_problems
         if problems:
             raise FactValidationError(problems, applied=False)
         stream = iter(checked)

@@ -94,3 +94,18 @@ def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     code, _, err = run(capsys, "init", tmp_path / "kb2", "--embedder", "hash")
     code, _, err = run(capsys, "ingest", tmp_path / "kb2", tmp_path / "nope.jsonl")
     assert code == 2 and "neither a built-in source" in err
+
+
+def test_reject_refuses_a_bad_file_before_opening_the_store(kb, tmp_path, capsys, monkeypatch):
+    from symbolic_ram import cli
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"subject": "Lagos", "relation": "country", "object": "Nigeria"}\n{"subject": "Kano"}\n', encoding="utf-8")
+    opened = []
+    real_open = cli._open
+    monkeypatch.setattr(cli, "_open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    code, _, err = run(capsys, "ingest", kb, bad, "--on-error", "reject")
+    assert code == 2 and f"{bad}:2" in err and opened == []  # the embedder would load in _open's store
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"subject": "Lagos", "relation": "country", "object": "Nigeria"}\n', encoding="utf-8")
+    assert run(capsys, "ingest", kb, good, "--on-error", "reject")[0] == 0 and opened == [1]

@@ -220,7 +220,7 @@ def record(q: Question, res) -> dict:
     correct = q.expected is not None and res.answer is not None and \
         find_answer(res.answer, [q.expected, *q.aliases]) is not None
     return {**asdict(q), "answer": res.answer, "correct": correct, "status": res.status, "forced": res.forced,
-            "answer_source": res.answer_source, "stop_reason": res.stop_reason, "steps": res.steps,
+            "checked": getattr(res, "checked", None), "answer_source": res.answer_source, "stop_reason": res.stop_reason, "steps": res.steps,
             "calls": [{"name": c.name, "arguments": c.arguments, "error": c.error} for c in res.calls],
             "matched_by": [o.matched_by for o in res.observations], "trace": res.trace}
 
@@ -250,6 +250,7 @@ def summarise(records: list[dict]) -> dict:
                 sub = [r for r in rs if "->".join(r["relations"]) == rel]
                 s["by_relation"][rel] = proportion(sum(r["correct"] for r in sub), len(sub))
         s["forced"] = sum(r["forced"] for r in rs)
+        s["asked_to_check"] = sum(bool(r.get("checked")) for r in rs)  # answered unasked, then asked to look it up
         s["answer_source"] = dict(Counter(str(r["answer_source"]) for r in rs))
         s["matched_by"] = dict(Counter(str(m) for r in rs for m in r["matched_by"]))
         s["calls_per_question"] = round(sum(len(r["calls"]) for r in rs) / n, 2)
@@ -338,6 +339,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="subject sampling seed (default: 0)")
     p.add_argument("--report-only", action="store_true",
                    help="no model: summarise the records written so far (a partial run says how partial)")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not ask the model to check an answer it gave without any lookup when the question names a "
+                        "stored subject (bridge.chat asks, so the suite does by default; chat layout only)")
     p.add_argument("--search", action="store_true",
                    help="also offer the semantic search tool (off: the suite measures lookups and graph hops)")
     args = p.parse_args(argv)
@@ -374,7 +378,8 @@ def main(argv=None) -> int:
         generate, tokenizer = load_generator(args.model, "float32", args.max_new_tokens)
     result = {"command": "python -m benchmarks.natural_questions " + " ".join(argv or sys.argv[1:]),
               "commit": commit(), "machine": machine(), "seed": args.seed, "model": args.model,
-              "store": args.store, "search_tool": args.search, "n_subjects": args.n_subjects, "max_steps": args.max_steps, "layouts": {}}
+              "store": args.store, "search_tool": args.search, "n_subjects": args.n_subjects, "max_steps": args.max_steps,
+              "check_answers": not args.no_check, "layouts": {}}
     with KnowledgeStore(args.store, create=False) as store:
         tools = make_bridge_tools(store, search=args.search)
         for layout in args.layouts.split(","):
@@ -390,7 +395,7 @@ def main(argv=None) -> int:
                 result["layouts"][layout] = {"skipped": "the chat template renders no tools"}
                 continue
             fmt = make_format(tokenizer, tool_schemas(tools), "chat" if layout == "chat" else "completion")
-            bridge = Bridge(generate, fmt, tools, max_steps=args.max_steps)
+            bridge = Bridge(generate, fmt, tools, max_steps=args.max_steps, check_answers=not args.no_check)
             questions, notes = build_questions(data, store, layout, args.n_subjects, args.seed)
             questions = interleave(questions)  # a run cut short has measured every kind and relation
             t0 = time.perf_counter()

@@ -93,7 +93,7 @@ def build_bridge(args) -> tuple[Bridge, object]:
     generate, tokenizer = load_generator(args.model, args.dtype, args.max_new_tokens)
     fmt = make_format(tokenizer, tool_schemas(tools or []), args.format, show_tools=args.show_tools)
     return Bridge(generate, fmt, tools, mode=args.mode, max_steps=args.max_steps, k=args.k,
-                  force_final=not args.no_force_final), store
+                  force_final=not args.no_force_final, check_answers=not args.no_check), store
 
 
 # ----------------------------------------------------------------------------- display --------------
@@ -301,6 +301,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="completion layout: list the tools' JSON schemas before the question (chat always does)")
     parser.add_argument("--no-force-final", action="store_true",
                         help="end without an answer after a repeated call or at the step budget (the old behaviour)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="chat layout: accept an answer given without any lookup; by default, when the question "
+                             "names a subject the store holds, the model is asked once to check it with the tools")
     args = parser.parse_args(argv)
     args.store = resolve_store_arg(args.model, args.store)
     try:

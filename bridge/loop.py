@@ -40,7 +40,7 @@ from common.facts import find_answer, normalize_name
 from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls
 
 from .grounding import GUESSED, Ledger, call_subject, describe_fact
-from .prompts import Turn, to_fact
+from .prompts import CHECK_ASK, Turn, to_fact
 
 MODES = ("closed", "just-rag", "tool")
 STOP_REASONS = ("answer", "no_answer", "max_steps", "repeated_call", "wandered")
@@ -98,6 +98,9 @@ class LoopResult:
             the step budget); stop_reason keeps why.
         answer_source: "model" (it answered), "forced" (it answered when forced) or "tool_result" (the
             object of the last fact a tool returned; the model named nothing even when forced).
+        checked: the subject the question names that the store holds, when the model answered without
+            any lookup and was asked once to check (`Bridge(check_answers=True)`); its first answer is
+            in `generations`. None: not asked.
         trace: one line per notable step: each call, what answered it (which fallback), forcing.
     """
 
@@ -114,6 +117,7 @@ class LoopResult:
     generations: list[str] = field(default_factory=list)
     forced: bool = False
     answer_source: str | None = None
+    checked: str | None = None
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -222,6 +226,15 @@ def question_spans(question: str, max_words: int = 6) -> list[str]:
     return list(dict.fromkeys(spans))
 
 
+def named_subject(tools: dict, question: str) -> str | None:
+    """The longest span of `question` that the store holds exactly as a subject (through its aliases), or None."""
+    for span in question_spans(question):
+        probe = run_tool(tools, ToolCall(LOOKUP_TOOL, {"subject": span}), 1)
+        if any(f.get("matched_by") in (None, "exact") for f in probe.facts):
+            return span
+    return None
+
+
 def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5) -> Observation | None:
     """The lookup or follow `call` redone with the longest question span the store knows *exactly* as a
     subject, or None. "Span" for "Shanghai": the question names Shanghai. A lookup keeps its relation
@@ -290,14 +303,20 @@ class Bridge:
             without an answer.
         question_fallback: redo a call with a subject the question names when the model's subject is
             not in the question (nor reached from it), or when a lookup came back empty or guessed.
+        check_answers: when the model answers without any lookup and the question names a subject the
+            store holds, ask it once to check with the tools (`prompts.CHECK_ASK`, a user turn; layouts
+            with user turns only) instead of ending on a weights-only answer. Off by default: the
+            project's lookup rates measure what the model does unasked; `bridge.chat` turns it on.
     """
 
     def __init__(self, generate, fmt, tools=None, *, mode: str = "tool", max_steps: int = 4, k: int = 3,
-                 max_facts: int = 5, force_final: bool = True, question_fallback: bool = True):
+                 max_facts: int = 5, force_final: bool = True, question_fallback: bool = True,
+                 check_answers: bool = False):
         self.generate, self.fmt = generate, fmt
         self.tools = {t.name: t for t in (tools or [])}
         self.max_steps, self.k, self.max_facts = max_steps, k, max_facts
         self.force_final, self.question_fallback = force_final, question_fallback
+        self.check_answers = check_answers
         problems = []
         if max_steps < 1:
             problems.append(f"max_steps must be >= 1, got {max_steps}")
@@ -409,6 +428,8 @@ class Conversation:
                 res.forced = True  # it said nothing (or only echoed a result) although it holds facts
                 res.trace.append(f"step {res.steps}: no answer after the results: forced final answer, tools withheld")
                 return
+            if answer and self._should_check():
+                return
             res.answer = answer or None
             res.stop_reason = "answer" if answer else "no_answer"
             res.answer_source = "model" if answer else None
@@ -445,6 +466,22 @@ class Conversation:
             res.forced = True  # the next prompt withholds the tools
             why = "a repeated call" if res.stop_reason == "repeated_call" else f"the step budget ({b.max_steps})"
             res.trace.append(f"forced final answer after {why}: one more generation with the tools withheld")
+
+    def _should_check(self) -> bool:
+        """Ask the model to check an answer it gave without any lookup, once, when the question names a
+        subject the store holds (the longest such span); True when asked (the loop goes on)."""
+        b, res = self.bridge, self.result
+        if (not b.check_answers or res.mode != "tool" or res.checked or res.calls or res.steps >= b.max_steps
+                or not getattr(b.fmt, "can_check", False)):
+            return False
+        subject = named_subject(b.tools, res.question)
+        if subject is None:
+            return False
+        res.checked = subject
+        self.turns.append(Turn(res.generations[-1], check=CHECK_ASK))
+        res.trace.append(f"step {res.steps}: answered without a lookup although the question names {subject!r}, "
+                         "which the store holds: asked to check with the tools")
+        return True
 
     def _run(self, call: ToolCall) -> Observation:
         """Execute `call`; redo it with the question's own subject when the model's is not in the question

@@ -303,3 +303,32 @@ def test_rlcp_rag_stream_trains_the_prompt_the_bridge_shows_after_a_lookup(tools
     followups = [(p, t) for p, t in rag_pairs([fact]) if CALL_OPEN in p]
     assert (model.prompts[1], " Japan") in followups  # what the loop showed is a RAG-stream training prompt
     assert len(followups) == len(prompts_for(fact, "train"))
+
+
+def _chat_format(tools, tiny_qwen2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    tok.chat_template = CHAT_TEMPLATE
+    return make_format(tok, tool_schemas(tools))
+
+
+def test_an_answer_without_a_lookup_is_checked_once_when_the_store_holds_the_subject(tools, tiny_qwen2_dir):
+    from bridge.prompts import CHECK_ASK
+
+    fmt = _chat_format(tools, tiny_qwen2_dir)
+    call = "<tool_call>\n" + json.dumps({"name": "lookup", "arguments": {"subject": "Lagos", "relation": "country"}}) + "\n</tool_call>"
+    model = Scripted("Ghana", call, "Nigeria")
+    res = Bridge(model, fmt, tools, check_answers=True).ask("hey, lagos is in which country again")
+    assert res.answer == "Nigeria" and res.status == "store" and res.checked.casefold() == "lagos"
+    assert res.generations[0] == "Ghana" and len(res.calls) == 1
+    assert "Ghana<|im_end|>" in model.prompts[1] and CHECK_ASK in model.prompts[1]  # its answer, then the ask
+    # asked once only: a second answer without a lookup ends the loop, flagged as a guess
+    again = Bridge(Scripted("Ghana", "Ghana still"), fmt, tools, check_answers=True).ask("Which country is Lagos in?")
+    assert again.answer == "Ghana still" and again.answered_without_lookup and again.steps == 2
+    # not asked: a subject the store does not hold, the option off, or a layout without user turns
+    for bridge, q in ((Bridge(Scripted("Greece"), fmt, tools, check_answers=True), "Which country is Atlantis in?"),
+                      (Bridge(Scripted("Ghana"), fmt, tools), "Which country is Lagos in?"),
+                      (make(Scripted(" Ghana."), tools, check_answers=True), "The city of Lagos is in the country of")):
+        res = bridge.ask(q)
+        assert res.checked is None and res.steps == 1 and res.answered_without_lookup

@@ -64,7 +64,7 @@ def _n(x, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def table(runs: list[dict]) -> dict:
+def table(runs: list[dict], notes: list[str] = ()) -> dict:
     """The README table: one row per target, one column per seed (original and after)."""
     seeds = [r["seed"] for r in runs]
     o = runs[0]["original"]  # the original model's numbers are the same fact sets' for every seed of one model
@@ -107,8 +107,11 @@ def table(runs: list[dict]) -> dict:
             "columns": ["target (issue #30)", "original", "after RLCP, per seed"],
             "rows": rows,
             "notes": [f"forget set: {f['forget_n']} test prompts per seed (15 facts × test templates of both layouts); "
-                      f"95% Wilson CI of the first seed's forget accuracy {f['forget_acc_ci'][0]:.2f}–{f['forget_acc_ci'][1]:.2f}",
-                      f"chance for the country probe: 1/{round(1 / chance)} = {chance:.2f}; per-block readings and p-values are in the JSON"]}
+                      "95% Wilson CI of the forget accuracy per seed: "
+                      + ", ".join(f"{r['after']['forget_acc_ci'][0]:.2f}–{r['after']['forget_acc_ci'][1]:.2f}" for r in runs),
+                      f"chance for the country probe: 1/{round(1 / chance)} = {chance:.2f}; per-block readings and p-values are in the JSON",
+                      f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}): the 3-seed target is "
+                      + ("met" if len(seeds) >= 3 else "not met")] + list(notes)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,13 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="+", required=True, help="analysed RLCP run directories (one per seed)")
     parser.add_argument("--out", required=True, help="results JSON to write (docs/results/...)")
     parser.add_argument("--command", required=True, help="the command that made the runs (recorded)")
+    parser.add_argument("--note", action="append", default=[], help="a note under the table (repeatable)")
     args = parser.parse_args(argv)
     problems = [r for r in args.runs if not (Path(r) / "analysis" / "analysis.json").is_file()]
     if problems:
         parser.error(f"not analysed (no analysis/analysis.json; run python -m neuralcpu analyze): {problems}")
     runs = [run_numbers(Path(r)) for r in args.runs]
     data = {"command": args.command, "commit": commit(), "machine": machine(), "seeds": [r["seed"] for r in runs],
-            "split": "test", "runs": runs, "table": table(runs)}
+            "split": "test", "runs": runs, "table": table(runs, args.note)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

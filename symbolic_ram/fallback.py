@@ -4,7 +4,9 @@ Order, first non-empty wins, and the result names which one answered (`matched_b
 1. "exact": the subject (through aliases) with the asked relation.
 2. "via_neighbour": the subject lacks the relation, but an object O of one of its facts has it: the
    chain (subject -r1-> O, O -relation-> X), two facts (a city has no capital; its country has).
-   A chain that comes back to the subject (Poland -capital-> Warsaw -country-> Poland) is skipped.
+   A chain that comes back to the subject (Poland -capital-> Warsaw -country-> Poland) is skipped, and
+   so is every chain of a subject that is itself a value of the relation (a country asked for its
+   country: only a name clash answers it, Antigua and Barbuda -> St. John's -> Canada).
 3. "any_relation": the same subject with any relation (the model named a relation the store
    calls something else, e.g. "nation" for "country").
 4. "fuzzy_subject": the closest stored subject name by spelling (`similar_name`: rapidfuzz ratio on
@@ -125,6 +127,11 @@ def via_neighbour(store, subject: str, relation: str, own: list[StoredFact] | No
     """[subject -r1-> O, O -relation-> X] for the first fact of `subject` (store order) whose object O
     has `relation` and X is not the subject itself; [] if none. `own`: the subject's facts, if read."""
     own = store.db.lookup(subject, None) if own is None else own
+    # A subject that is itself a value of `relation` (a country asked for its country) has no answer
+    # through a neighbour, only a wrong one through a name clash: Antigua and Barbuda -capital->
+    # St. John's -country-> Canada (the store's St. John's is the Canadian city).
+    if any(store.db.is_object_of(name, relation) for name in {f.subject for f in own} | {subject}):
+        return []
     names = {normalize_name(f.subject) for f in own} | {normalize_name(subject)}
     for first in own[:MAX_NEIGHBOURS]:
         if normalize_name(first.object) in names:

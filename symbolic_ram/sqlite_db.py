@@ -202,6 +202,12 @@ class SQLiteDatabase:
             args.append(relation)
         return [_row_to_fact(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
 
+    def is_object_of(self, name: str, relation: str) -> bool:
+        """Whether some fact of `relation` has `name` (verbatim) as its object: "Antigua and Barbuda" is a
+        value of "country". A scan (objects are not indexed); used once per neighbour fallback."""
+        sql = "SELECT 1 FROM facts WHERE relation = ? AND object = ? LIMIT 1"
+        return self.conn.execute(sql, (relation, name)).fetchone() is not None
+
     def relations(self) -> list[str]:
         """The distinct relation names in the store, sorted."""
         return [r[0] for r in self.conn.execute("SELECT DISTINCT relation FROM facts ORDER BY relation")]

@@ -332,3 +332,10 @@ def test_an_answer_without_a_lookup_is_checked_once_when_the_store_holds_the_sub
                       (make(Scripted(" Ghana."), tools, check_answers=True), "The city of Lagos is in the country of")):
         res = bridge.ask(q)
         assert res.checked is None and res.steps == 1 and res.answered_without_lookup
+
+
+def test_a_bare_json_call_after_the_check_is_run(tools, tiny_qwen2_dir):
+    fmt = _chat_format(tools, tiny_qwen2_dir)
+    bare = json.dumps({"name": "lookup", "arguments": {"subject": "Lagos", "relation": "country"}})
+    res = Bridge(Scripted("Ghana", bare, "Nigeria"), fmt, tools, check_answers=True).ask("Which country is Lagos in?")
+    assert res.answer == "Nigeria" and res.status == "store" and len(res.calls) == 1

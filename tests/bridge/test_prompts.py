@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bridge.prompts import CompletionFormat, defang
-from common.toolcall import escape_payload, is_lookup, parse_calls, render_call, render_lookup
+from common.toolcall import CALL_CLOSE, CALL_OPEN, escape_payload, is_lookup, parse_calls, render_call, render_lookup
 
 
 def test_escape_payload_is_lossless_and_has_no_markup():
@@ -74,3 +74,17 @@ def test_answer_end(answer_end, text, done):
 ])
 def test_is_lookup(text, subject, expected):
     assert [is_lookup(c, subject) for c in parse_calls(text)] == [expected]
+
+
+def test_a_bare_json_call_of_an_offered_tool_is_a_call():
+    from bridge.prompts import bare_call
+
+    names = {"lookup", "follow"}
+    wrapped = bare_call('  {"name": "lookup", "arguments": {"subject": "Kenya", "relation": "currency"}}\n', names)
+    assert wrapped.startswith(CALL_OPEN) and wrapped.endswith(CALL_CLOSE)
+    assert parse_calls(wrapped)[0].arguments == {"subject": "Kenya", "relation": "currency"}
+    for text in ('{"name": "delete_everything", "arguments": {}}',  # not an offered tool
+                 'The answer is {"name": "lookup", "arguments": {}}',  # not all of the text
+                 '{"name": "lookup", "arguments": {"subject": "Kenya"}, "note": 1}',  # other keys
+                 '{"name": "lookup", "arguments": "Kenya"}', "{not json}", "Nairobi"):
+        assert bare_call(text, names) is None

@@ -110,6 +110,19 @@ def test_via_neighbour_takes_the_stores_first_neighbour(tmp_path):
         assert [f.object for f in s.lookup("Valencia", "capital", fallback=True)] == ["Spain", "Madrid"]
 
 
+def test_a_subject_that_is_a_value_of_the_relation_is_not_chained_through_a_name_clash(tmp_path):
+    # the store's St. John's is the Canadian city: Antigua's capital shares its name, not its country
+    facts = [("Antigua and Barbuda", "capital", "St. John's"), ("Antigua and Barbuda", "currency", "Dollar"),
+             ("St. John's", "country", "Canada"), ("Saint John's", "country", "Antigua and Barbuda"),
+             ("Lagos", "country", "Nigeria"), ("Nigeria", "capital", "Abuja")]
+    with KnowledgeStore(tmp_path / "a", StoreConfig(embedder="hash")) as s:
+        ingest_facts(s, facts, source="test")
+        found = s.lookup("Antigua and Barbuda", "country", fallback=True)
+        assert found.matched_by == "any_relation" and "Canada" not in {f.object for f in found}
+        assert s.lookup("Lagos", "capital", fallback=True).matched_by == "via_neighbour"  # a city still chains
+        assert s.db.is_object_of("Antigua and Barbuda", "country") and not s.db.is_object_of("Lagos", "country")
+
+
 # ----------------------------------------------------------------------------- names that only look alike --
 
 @pytest.mark.parametrize("asked, stored, similar", [

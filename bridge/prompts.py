@@ -144,7 +144,7 @@ def bare_call(text: str, tool_names) -> str | None:
     """`text` as a marked-up call when all of it is one bare JSON call of a known tool, else None.
 
     Qwen2.5-Coder-0.5B sometimes writes its call without the `<tool_call>` tags: after the loop asked it
-    to check an answer, 2 of 6 replies on the held-out natural questions were `{"name": "lookup",
+    to check an answer, 3 of 10 replies on the held-out natural questions were `{"name": "lookup",
     "arguments": {...}}` and nothing else, which the loop took for the answer.
     """
     body = text.strip()

@@ -156,19 +156,35 @@ def _aliases(relation: str, obj: str) -> tuple[str, ...]:
         return ()
 
 
-def build_questions(data: dict, store, layout: str, n_subjects: int, seed: int) -> tuple[list[Question], list[str]]:
+def load_subjects(path: str) -> set[str]:
+    """The subjects `--subjects` allows: an RLCP run dir or its facts.json (the forget facts: the ones the
+    run took out of the weights), or a JSONL of triples (every line's subject)."""
+    from neuralcpu.facts import FactSets, load_jsonl_facts
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "facts.json"
+    facts = load_jsonl_facts(p) if p.suffix == ".jsonl" else FactSets.load(p).forget
+    return {f.subject for f in facts}
+
+
+def build_questions(data: dict, store, layout: str, n_subjects: int, seed: int,
+                    subjects: set[str] | None = None) -> tuple[list[Question], list[str]]:
     """(questions, notes) for `layout`: each wording with `n_subjects` store subjects (distinct across
     a relation's wordings where the store has enough), the two-hop chains the graph completes, and
-    the not-found subjects the store really lacks (notes say which were dropped)."""
+    the not-found subjects the store really lacks (notes say which were dropped). `subjects`: ask only
+    about these (single-hop subjects, two-hop first subjects); relations with none of them are skipped."""
     rng = random.Random(seed)
     questions, notes = [], []
     single = {r: _single_valued(store, r) for r in {*data["single_hop"], *(r for s in data["two_hop"].values()
                                                                           for r in s["relations"])}}
+    allowed = (lambda s: True) if subjects is None else (lambda s: s in subjects)
     for rel, lays in data["single_hop"].items():
-        pool = sorted(single[rel])
+        pool = sorted(s for s in single[rel] if allowed(s))
         rng.shuffle(pool)
         if not pool:
-            notes.append(f"single_hop {rel}: the store has no facts of this relation; skipped")
+            notes.append(f"single_hop {rel}: the store has no facts of this relation"
+                         + ("" if subjects is None else " about --subjects") + "; skipped")
             continue
         for wi, wording in enumerate(lays.get(layout, [])):
             for j in range(n_subjects):
@@ -178,7 +194,7 @@ def build_questions(data: dict, store, layout: str, n_subjects: int, seed: int) 
                                           wording.replace("{subject}", s), obj, _aliases(rel, obj)))
     for name, spec in data["two_hop"].items():
         r1, r2 = spec["relations"]
-        chains = sorted((s, o1, single[r2][o1]) for s, o1 in single[r1].items() if o1 in single[r2])
+        chains = sorted((s, o1, single[r2][o1]) for s, o1 in single[r1].items() if o1 in single[r2] and allowed(s))
         rng.shuffle(chains)
         if not chains:
             notes.append(f"two_hop {name}: the graph has no {r1} -> {r2} chains; skipped")
@@ -339,6 +355,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="subject sampling seed (default: 0)")
     p.add_argument("--report-only", action="store_true",
                    help="no model: summarise the records written so far (a partial run says how partial)")
+    p.add_argument("--subjects", default=None,
+                   help="ask only about these subjects: an RLCP run dir or facts.json (its forget facts) or a JSONL "
+                        "of triples; single-hop relations with none of them are skipped (default: any store subject)")
     p.add_argument("--no-check", action="store_true",
                    help="do not ask the model to check an answer it gave without any lookup when the question names a "
                         "stored subject (bridge.chat asks, so the suite does by default; chat layout only)")
@@ -350,6 +369,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         problems.append(f"--store {args.store}: no knowledge store there")
     if not Path(args.suite).is_file():
         problems.append(f"--suite {args.suite}: no such file")
+    if args.subjects is not None:
+        sub = Path(args.subjects)
+        if not (sub.is_file() or (sub / "facts.json").is_file()):
+            problems.append(f"--subjects {args.subjects}: neither a facts file nor a run dir with facts.json")
     for name in ("n_subjects", "max_steps", "max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1")
@@ -369,6 +392,7 @@ def main(argv=None) -> int:
     from common.toolcall import template_supports_tools
 
     data = load_suite(args.suite)
+    subjects = load_subjects(args.subjects) if args.subjects else None
     out = Path(args.out)
     records_path = out.with_suffix(".records.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -379,12 +403,12 @@ def main(argv=None) -> int:
     result = {"command": "python -m benchmarks.natural_questions " + " ".join(argv or sys.argv[1:]),
               "commit": commit(), "machine": machine(), "seed": args.seed, "model": args.model,
               "store": args.store, "search_tool": args.search, "n_subjects": args.n_subjects, "max_steps": args.max_steps,
-              "check_answers": not args.no_check, "layouts": {}}
+              "check_answers": not args.no_check, "subjects": args.subjects, "layouts": {}}
     with KnowledgeStore(args.store, create=False) as store:
         tools = make_bridge_tools(store, search=args.search)
         for layout in args.layouts.split(","):
             if args.report_only:
-                questions, notes = build_questions(data, store, layout, args.n_subjects, args.seed)
+                questions, notes = build_questions(data, store, layout, args.n_subjects, args.seed, subjects)
                 done = load_records(records_path, args.model)
                 records = [done[(layout, q.id)] for q in questions if (layout, q.id) in done]
                 if records:
@@ -396,7 +420,7 @@ def main(argv=None) -> int:
                 continue
             fmt = make_format(tokenizer, tool_schemas(tools), "chat" if layout == "chat" else "completion")
             bridge = Bridge(generate, fmt, tools, max_steps=args.max_steps, check_answers=not args.no_check)
-            questions, notes = build_questions(data, store, layout, args.n_subjects, args.seed)
+            questions, notes = build_questions(data, store, layout, args.n_subjects, args.seed, subjects)
             questions = interleave(questions)  # a run cut short has measured every kind and relation
             t0 = time.perf_counter()
             records = run_layout(bridge, questions, records_path, args.model, args.batch_size)

@@ -78,6 +78,23 @@ def test_questions_come_from_the_store_and_the_graph(gstore):
     assert all(q.expected is None for q in none) and len(none) == len(data["not_found"]) - 1
 
 
+def test_subjects_restrict_the_questions_to_a_runs_forget_facts(gstore, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    forget = [{"subject": "Lagos", "relation": "country", "object": "Nigeria"}]
+    (run / "facts.json").write_text(json.dumps({"forget": forget, "locality": []}), encoding="utf-8")
+    subjects = nq.load_subjects(str(run))
+    assert subjects == {"Lagos"}
+    qs, notes = nq.build_questions(nq.load_suite(), gstore, "chat", n_subjects=2, seed=0, subjects=subjects)
+    asked = [q for q in qs if q.kind != "not_found"]
+    assert asked and {q.subject for q in asked} == {"Lagos"}
+    assert {q.relations for q in asked if q.kind == "single_hop"} == {("country",)}
+    assert {q.expected for q in asked if q.kind == "two_hop"} == {"Abuja", "Naira", "Africa"}  # the first hop is the forget fact
+    assert any("capital" in n and "--subjects" in n for n in notes)
+    with pytest.raises(SystemExit):
+        nq.parse_args(["--model", "m", "--store", str(tmp_path), "--out", "o.json", "--subjects", str(tmp_path / "nope")])
+
+
 def test_interleave_covers_every_kind_early(gstore):
     qs, _ = nq.build_questions(nq.load_suite(), gstore, "chat", n_subjects=2, seed=0)
     mixed = nq.interleave(qs)

@@ -87,14 +87,39 @@ def _store_load(d: dict) -> dict:
             "columns": ["measure", "value", "target (issue #35)"], "rows": rows}
 
 
-# Results files written by scripts that do not build a README table themselves: their table, derived here.
+def _gsm8k(d: dict) -> dict:
+    """benchmarks.gsm8k_paired's result: one row per model, then the paired tests when there are two."""
+    cfg = d["config"]
+    prop = lambda p: f"{p['acc']:.3f} ({p['k']}/{p['n']}) [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]"
+    rows = [[cfg[side], prop(s["accuracy"]), prop(s["cot_rate"]), s["no_answer"], f"{s['mean_tokens']:.0f}",
+             f"{s['cap_rate']:.2f}", f"{s['generation_seconds'] / 60:.1f}"] for side, s in d["models"].items()]
+    notes = [f"{cfg.get('partial') or str(cfg['n_problems']) + ' GSM8K test problems'}, a seeded subset (seed {cfg['seed']}); "
+             f"prompt `{cfg['prompt']}`, greedy, cap {cfg['max_new_tokens']} new tokens; Wilson 95% CIs; chance ≈ 0"]
+    for key, title in (("accuracy", "accuracy"), ("cot", "CoT rate")):
+        p = d.get("paired", {}).get(key)
+        if p:
+            notes.append(f"{title}, paired (B − A): {p['diff']:+.3f} [{p['diff_ci95'][0]:+.3f}, {p['diff_ci95'][1]:+.3f}] "
+                         f"(Newcombe), exact McNemar p = {p['mcnemar_p']:.3g}")
+    return {"title": f"GSM8K: {' vs '.join(cfg[s] for s in d['models'])}",
+            "columns": ["model", "accuracy [95% CI]", "CoT rate", "no answer", "mean new tokens", "hit cap", "generation min"],
+            "rows": rows, "notes": notes}
+
+
+# Results files written by scripts that do not build a README table themselves: their table, derived here
+# (by the file name's stem, or for GSM8K by its prefix: one file per model pair).
 DERIVED = {"store_bench": _store_bench, "store_load": _store_load, "generation_bench": _generation_bench}
+
+
+def derived_table(stem: str, data: dict) -> dict | None:
+    if stem.startswith("gsm8k_"):
+        return _gsm8k(data)
+    return DERIVED[stem](data) if stem in DERIVED else None
 
 
 def render_file(path: Path) -> str | None:
     """One results file as a markdown section, or None when it has no table."""
     data = json.loads(path.read_text())
-    table = data.get("table") or (DERIVED[path.stem](data) if path.stem in DERIVED else None)
+    table = data.get("table") or derived_table(path.stem, data)
     if not table:
         return None
     return render_table(path, data, table)

@@ -89,3 +89,22 @@ def test_a_page_naming_an_unknown_view_or_file_is_refused(tmp_path, monkeypatch)
     page.write_text(page.read_text().replace("load.json no_such_view", "gone.json two_writers"))
     with pytest.raises(readme_results.ResultsFileError, match="gone.json"):
         readme_results.updated_page(page, page.read_text(), results)
+
+
+def test_a_gsm8k_paired_result_becomes_a_table_with_its_paired_tests(tmp_path, monkeypatch):
+    from benchmarks.gsm8k_paired import paired, side_summary
+
+    monkeypatch.setattr(readme_results, "ROOT", tmp_path)
+    rec = lambda ok, cot: {"correct": ok, "cot": cot, "pred": "1", "tokens": 100, "capped": False, "seconds": 6.0}
+    a = [rec(i % 4 == 0, True) for i in range(40)]
+    b = [rec(i % 5 == 0, i % 2 == 0) for i in range(40)]
+    data = {"command": "python -m benchmarks.gsm8k_paired", "commit": "0123456789", "machine": "cpu", "seed": 0,
+            "config": {"a": "qwen", "b": "runs/rlcp", "n_problems": 40, "seed": 0, "prompt": "qwen-boxed", "max_new_tokens": 384},
+            "models": {"a": side_summary(a), "b": side_summary(b)},
+            "paired": {"accuracy": paired([r["correct"] for r in a], [r["correct"] for r in b]),
+                       "cot": paired([r["cot"] for r in a], [r["cot"] for r in b])}}
+    path = tmp_path / "gsm8k_qwen.json"
+    path.write_text(json.dumps(data))
+    text = readme_results.render_file(path)
+    assert "| qwen | 0.250 (10/40) [" in text and "| runs/rlcp | 0.200 (8/40) [" in text
+    assert f"accuracy, paired (B − A): {0.2 - 0.25:+.3f}" in text and "McNemar p" in text and "CoT rate, paired" in text

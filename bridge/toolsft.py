@@ -17,6 +17,11 @@ Three kinds of examples, all laid out exactly as the loop lays them out for this
 Only *train*-split templates are used, of both layouts (completion and chat wordings); the held-out
 facts are scored before and after under the `--eval-split` templates (test by default). `--model`
 is any preset, save_pretrained dir or RLCP run dir.
+
+The output folder carries what the bridge needs to use the run: the model, `relations/<name>.yaml`
+(a copy of every relation file trained on: `bridge.chat` and `bridge.evaluate` register them, so a
+fact reads in the sentence the run trained on) and `held_out_facts.jsonl` (the `--eval-facts` facts
+it never trained on, each line naming its relation file: `bridge.evaluate --facts` scores them).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 
 from common.facts import Fact, find_answer, normalize_name
 from common.relations import Relation, load_relation, register_relation, relation_named
-from common.toolcall import is_lookup, parse_calls, render_lookup
+from common.toolcall import CALL_CLOSE, is_lookup, parse_calls, render_lookup
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
 from neuralcpu.generation import greedy_generate
@@ -104,6 +109,8 @@ class ToolSFTConfig:
         if errs:
             raise ValueError("invalid toolsft config:\n  " + "\n  ".join(errs))
 
+
+ANSWER_CHARS = 60  # characters of an answer that `score` reads
 
 # ----------------------------------------------------------------------------- data -------------------
 
@@ -204,7 +211,9 @@ def score(model, tokenizer, calls, answers, owners: list[Fact], chain_pairs=(), 
     was_training = model.training
     model.eval()
     prompts = [p for p, _ in list(calls) + list(answers) + list(chain_pairs)]
-    outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=16) if prompts else []
+    # A row is settled at its first whole call (the loop acts on that) or once its answer window is full.
+    done = lambda i, text: CALL_CLOSE in text or len(text) >= ANSWER_CHARS
+    outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=16, stop_when=done) if prompts else []
     model.train(was_training)
     call_outs, answer_outs = outs[: len(calls)], outs[len(calls): len(calls) + len(answers)]
     chain_outs = outs[len(calls) + len(answers):]
@@ -213,17 +222,34 @@ def score(model, tokenizer, calls, answers, owners: list[Fact], chain_pairs=(), 
         return any(is_lookup(c, fact.subject) and c.arguments.get("relation") == fact.relation for c in parse_calls(text))
 
     out = {"call_rate": sum(right_call(o, f) for o, f in zip(call_outs, owners)) / max(1, len(call_outs)),
-           "answer_acc": sum(find_answer(o[:60], f.answers()) is not None for o, f in zip(answer_outs, owners))
+           "answer_acc": sum(find_answer(o[:ANSWER_CHARS], f.answers()) is not None for o, f in zip(answer_outs, owners))
            / max(1, len(answer_outs)), "n": len(call_outs), "samples": call_outs[:2] + answer_outs[:2]}
     if chain_outs:
         second = [right_call(o, ch[1]) for o, ch in zip(chain_outs[1::3], chain_owners[1::3])]
-        final = [find_answer(o[:60], ch[1].answers()) is not None for o, ch in zip(chain_outs[2::3], chain_owners[2::3])]
+        final = [find_answer(o[:ANSWER_CHARS], ch[1].answers()) is not None for o, ch in zip(chain_outs[2::3], chain_owners[2::3])]
         out.update({"chain_second_call_rate": sum(second) / len(second), "chain_answer_acc": sum(final) / len(final),
                     "chain_n": len(final), "chain_samples": chain_outs[1:3]})
     return out
 
 
 # ----------------------------------------------------------------------------- the run ---------------
+
+def write_run_relations(relations: list[Relation], out: Path) -> dict[str, str]:
+    """Copy each relation's file to <out>/relations/<name>.yaml; {name: path relative to out}."""
+    folder = out / "relations"
+    folder.mkdir(exist_ok=True)
+    for rel in relations:
+        (folder / f"{rel.name}.yaml").write_text(Path(rel.path).read_text(encoding="utf-8"), encoding="utf-8")
+    return {rel.name: f"relations/{rel.name}.yaml" for rel in relations}
+
+
+def write_held_out(facts: list[Fact], files: dict[str, str], path: Path) -> None:
+    """The held-out facts as a JSONL of triples that `neuralcpu.facts.load_jsonl_facts` (and so
+    `bridge.evaluate --facts`) reads, each line naming its relation file relative to the JSONL."""
+    path.write_text("".join(json.dumps({**dataclasses.asdict(f), "aliases": list(f.aliases),
+                                        "relation_file": files[f.relation]}, ensure_ascii=False) + "\n"
+                            for f in facts), encoding="utf-8")
+
 
 def _excluded_subjects(path: str | None) -> set[str]:
     if not path:
@@ -249,7 +275,9 @@ def train(cfg: ToolSFTConfig) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    relations = [r.name for r in cfg.relation_list()]
+    relation_list = cfg.relation_list()
+    relations = [r.name for r in relation_list]
+    relation_files = write_run_relations(relation_list, out)
     model, tokenizer = load_model(cfg.model)
     exclude = _excluded_subjects(cfg.exclude)
     with KnowledgeStore(cfg.store, create=False) as store:
@@ -268,6 +296,7 @@ def train(cfg: ToolSFTConfig) -> dict:
     if not train_facts:
         raise ValueError(f"store {cfg.store} has no usable facts of relations {relations}")
     (out / "train_facts.json").write_text(json.dumps([dataclasses.asdict(f) for f in train_facts], ensure_ascii=False))
+    write_held_out(held_out, relation_files, out / "held_out_facts.jsonl")
 
     def evaluate_held_out() -> dict | None:
         return score(model, tokenizer, *held_out_examples, *held_chain_examples) if held_out else None

@@ -74,3 +74,31 @@ def test_a_call_counts_only_with_the_right_subject_and_relation(tools):
 
         records = evaluate.run_eval(Bridge(model, CompletionFormat(), tools), [fact], modes=("tool",))
         assert [r.called for r in records] == [counted] * n, call
+
+
+def test_split_and_layouts_choose_the_templates_asked(tools, monkeypatch):
+    from common import relations
+
+    rel = relations.parse_relation(COUNTRY.replace('''  test_family:''', '''  val_family:
+    split: validation
+    templates: ["Which country is {subject} in, do you know? It is"]
+  chat_family:
+    split: test
+    layout: chat
+    templates: ["Which country is {subject} in?"]
+  test_family:'''), "country.yaml")
+    monkeypatch.setitem(relations._REGISTERED, "country", rel)
+    bridge = Bridge(LookupModel(), CompletionFormat(), tools)
+    fact = Fact("Tokyo", "country", "Japan")
+    asked = lambda **kw: [(r.prompt, r.family) for r in evaluate.run_eval(bridge, [fact], modes=("closed",), **kw)]
+    assert asked() == [("The city of Tokyo is in the country of", "test_family"),
+                       ("Tokyo is a large city in the country of", "test_family")]  # completion only, as before
+    assert asked(layouts=("completion", "chat"))[0] == ("Which country is Tokyo in?", "chat_family")
+    assert asked(layouts=("chat",)) == [("Which country is Tokyo in?", "chat_family")]
+    assert asked(split="validation") == [("Which country is Tokyo in, do you know? It is", "val_family")]
+
+
+def test_cli_refuses_an_unknown_layout(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", str(tmp_path), "--layouts", "completion,voice"])
+    assert "unknown layout 'voice'" in capsys.readouterr().err

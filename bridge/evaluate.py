@@ -18,12 +18,12 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from common.facts import Fact, matches_answer
+from common.facts import Fact, matches_answer, normalize_name
 from common.relations import LAYOUTS
 from neuralcpu.facts import FactSets, load_jsonl_facts, relation_of
 from common.toolcall import is_lookup
@@ -48,6 +48,38 @@ class Record:
     supported: bool
     stop_reason: str
     steps: int
+    # every call the model wrote: {"subject", "relation"} of a well-formed lookup, {"error"} of malformed
+    # markup, {"tool"} of another tool; `call_verdict` reads why a lookup was not right from these
+    calls: list = field(default_factory=list)
+
+
+VERDICTS = ("right", "no_call", "malformed", "wrong_subject", "wrong_relation", "wrong_both")
+
+
+def call_summary(call) -> dict:
+    """What `Record.calls` keeps of one parsed call."""
+    if call.error is not None:
+        return {"error": call.error}
+    if not is_lookup(call):
+        return {"tool": call.name}
+    return {"subject": str(call.arguments.get("subject", "")), "relation": str(call.arguments.get("relation", ""))}
+
+
+def call_verdict(record: Record) -> str:
+    """Why a question's lookups were or were not right (one of `VERDICTS`): "right" when one names the fact's
+    subject and relation; else, over its well-formed lookups, "wrong_relation" when one has the subject,
+    "wrong_subject" when one has the relation, "wrong_both"; "malformed" when it only wrote broken call
+    markup; "no_call" when it wrote none (or only other tools)."""
+    if record.called:
+        return "right"
+    lookups = [c for c in record.calls if "subject" in c]
+    if not lookups:
+        return "malformed" if any("error" in c for c in record.calls) else "no_call"
+    if any(normalize_name(c["subject"]) == normalize_name(record.subject) for c in lookups):
+        return "wrong_relation"
+    if any(c["relation"] == record.relation for c in lookups):
+        return "wrong_subject"
+    return "wrong_both"
 
 
 def run_eval(bridge: Bridge, facts: list[Fact], modes=MODES, split: str = "test", progress: bool = False,
@@ -64,7 +96,8 @@ def run_eval(bridge: Bridge, facts: list[Fact], modes=MODES, split: str = "test"
                 fact.subject, fact.relation, fact.object, prompt, family, mode, res.answer,
                 matches_answer(res.answer or "", fact),
                 any(is_lookup(c, fact.subject) and c.arguments.get("relation") == fact.relation for c in res.calls),
-                res.answered_without_lookup, res.supported, res.stop_reason, res.steps))
+                res.answered_without_lookup, res.supported, res.stop_reason, res.steps,
+                [call_summary(c) for c in res.calls]))
     return records
 
 
@@ -106,6 +139,7 @@ def summarize(records: list[Record]) -> dict:
                                           for r in tool),
         "tool_stop_reasons": {s: sum(r.stop_reason == s for r in tool) for s in sorted({r.stop_reason for r in tool})},
         "tool_mean_steps": _rate(r.steps for r in tool),
+        "tool_call_verdicts": {v: sum(call_verdict(r) == v for r in tool) for v in VERDICTS} if tool else {},
     }
 
 

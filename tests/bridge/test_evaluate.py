@@ -67,13 +67,18 @@ def test_a_call_counts_only_with_the_right_subject_and_relation(tools):
 
     fact = Fact("Tokyo", "country", "Japan")
     n = len(prompts_for(fact, "test"))
-    for call, counted in ((render_lookup("Tokyo", "country"), True), (render_lookup("Tokyo", "capital"), False),
-                          (render_lookup("Tokio", "country"), False)):
+    cases = ((render_lookup("Tokyo", "country"), True, "right"), (render_lookup("Tokyo", "capital"), False, "wrong_relation"),
+             (render_lookup("Tokio", "country"), False, "wrong_subject"),
+             (render_lookup("Tokyo is a city", "capital"), False, "wrong_both"),
+             ("<tool_call>{not json</tool_call>", False, "malformed"), ("I think Japan.", False, "no_call"))
+    for call, counted, verdict in cases:
         def model(prompt, *, stop=None, on_text=None, add_special_tokens=True, call=call):
             return stream(" Japan." if RESULT_OPEN in prompt else " " + call, stop, on_text)
 
         records = evaluate.run_eval(Bridge(model, CompletionFormat(), tools), [fact], modes=("tool",))
         assert [r.called for r in records] == [counted] * n, call
+        assert [evaluate.call_verdict(r) for r in records] == [verdict] * n, call
+        assert evaluate.summarize(records)["tool_call_verdicts"][verdict] == n
 
 
 def test_split_and_layouts_choose_the_templates_asked(tools, monkeypatch):

@@ -104,6 +104,12 @@ def wrong_call_breakdown(records) -> dict:
             "wrong_subject_examples": examples}
 
 
+def toolsft_command(config: dict) -> str:
+    """The `python -m bridge.toolsft` command that trained a run, from its toolsft_config.json."""
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.items() if v is not None and v is not False)
+    return f"python -m bridge.toolsft {flags}"
+
+
 def misses(rows: list[dict], n: int = 12) -> list[str]:
     """Up to `n` wrong rows, spread over the list, as "prompt end -> output"."""
     wrong = [r for r in rows if not r["correct"]]
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         **origin,
         "issue": 31, "split": args.split, "run": str(run), "original": args.original, "store": args.store,
         "relations": relations, "facts": args.facts, "unrelated": args.unrelated, "bridge_layout": layout,
-        "toolsft_config": config, "toolsft_seconds": json.loads((run / "summary.json").read_text()).get("seconds"),
+        "toolsft_config": config, "toolsft_command": toolsft_command(config), "toolsft_seconds": json.loads((run / "summary.json").read_text()).get("seconds"),
         "new_relation": {
             "facts": len(facts),
             "right_lookups": rate_by(tool_rows, "called"), "tool_acc": rate_by(tool_rows, "correct"),

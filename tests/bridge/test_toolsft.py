@@ -247,6 +247,8 @@ def test_a_toolsft_run_dir_is_all_the_bridge_needs(tmp_path, tiny_qwen2_dir, geo
     assert wrong["verdicts"]["right"] == res["new_relation"]["right_lookups"]["k"]
     assert set(res["targets"]) == {"right_lookups", "tool_acc", "unrelated_closed_book_ratio"}
     assert {"command", "commit", "machine", "seed"} <= set(res)
+    assert res["toolsft_command"].startswith(f"python -m bridge.toolsft --model {tiny_qwen2_dir} ")
+    assert " --copy-subjects 3 " in res["toolsft_command"] and " --augment 0.5 " in res["toolsft_command"]
 
 
 def test_the_unrelated_ratio_resamples_facts_in_pairs():

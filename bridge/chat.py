@@ -4,6 +4,8 @@
     python -m bridge.chat --model runs/rlcp --store stores/geo --mode just-rag
     python -m bridge.chat --model smollm2-135m --store stores/geo \\
         --question "The city of Tokyo is in the country of" --json                   # one shot, for scripts
+    python -m bridge.chat --model runs/toolsft_iso --question "The ISO 3166-1 numeric code of Peru is"
+        # a toolsft run dir names its store and carries its relation files (relations/*.yaml)
 
 The REPL streams the model's tokens, shows each lookup and its result as it happens (and which
 fallback found it), and takes /mode [closed|just-rag|tool], /facts <entity>, /trace (the last
@@ -38,11 +40,29 @@ anything else is a question."""
 
 # ----------------------------------------------------------------------------- setup ----------------
 
+RUN_CONFIGS = ("rlcp_config.json", "toolsft_config.json")  # a run dir's config names the store it used
+
+
 def resolve_store_arg(model: str, store: str | None) -> str | None:
-    """`store`, or for an RLCP run dir without --store, the store its rlcp_config.json names."""
-    if store is None and (Path(model) / "rlcp_config.json").is_file():
-        return json.loads((Path(model) / "rlcp_config.json").read_text()).get("store")
+    """`store`, or for a run dir (RLCP or toolsft) without --store, the store its config names."""
+    for name in RUN_CONFIGS if store is None else ():
+        if (Path(model) / name).is_file():
+            return json.loads((Path(model) / name).read_text()).get("store")
     return store
+
+
+def register_run_relations(model: str) -> list[str]:
+    """Register the relation files a run dir carries (`<run>/relations/*.yaml`, which toolsft writes), so
+    the bridge renders their facts in the sentences the run trained on and scoring knows their aliases;
+    the names registered (none for a preset or a plain model dir)."""
+    from common.relations import load_relation, register_relation
+
+    names = []
+    for path in sorted((Path(model) / "relations").glob("*.yaml")) if Path(model).is_dir() else ():
+        rel = load_relation(str(path))
+        register_relation(rel)
+        names.append(rel.name)
+    return names
 
 
 def validate_args(args) -> None:
@@ -90,6 +110,7 @@ def build_bridge(args) -> tuple[Bridge, object]:
 
         store = KnowledgeStore(args.store, create=False)
         tools = make_bridge_tools(store)
+    register_run_relations(args.model)
     generate, tokenizer = load_generator(args.model, args.dtype, args.max_new_tokens)
     fmt = make_format(tokenizer, tool_schemas(tools or []), args.format, show_tools=args.show_tools)
     return Bridge(generate, fmt, tools, mode=args.mode, max_steps=args.max_steps, k=args.k,
@@ -286,7 +307,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bridge.chat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="preset, save_pretrained dir, RLCP run dir, .gguf or hub id")
-    parser.add_argument("--store", default=None, help="symbolic_ram store dir (default: the one an RLCP run dir names)")
+    parser.add_argument("--store", default=None, help="symbolic_ram store dir (default: the one a run dir (RLCP or toolsft) names)")
     parser.add_argument("--mode", default="tool", help=f"one of {', '.join(MODES)} (default: tool)")
     parser.add_argument("--format", default="auto", choices=FORMATS,
                         help="prompt layout: chat if the template supports tools, else completion (default: auto)")

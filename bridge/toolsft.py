@@ -14,9 +14,26 @@ Three kinds of examples, all laid out exactly as the loop lays them out for this
   3. chain (two hops, `--chains`): "the capital of the country of Mumbai" -> lookup(Mumbai, country)
      -> result -> lookup(India, capital) -> result -> "New Delhi". The question is a train template
      of the second relation with "the <answer type of the first> of <subject>" as its subject.
+Three guards against what a small model learns besides the protocol (all off by default):
+  - `--augment P`: a share P of the questions get a neutral lead-in sentence first ("Quick question. ").
+    Trained on templates alone, SmolLM2-135M copies the question's opening words as the subject, so a
+    question that does not open with the subject gets `lookup("I'm filling in a form ...")`;
+  - `--keep SOURCE`: facts of other relations ("geonames", a JSONL or an RLCP facts.json) whose
+    train-template prompts, both layouts, are trained toward the starting model's own greedy answer
+    (self-distillation). Without it the lookup habit spreads to every question, and closed-book answers
+    to facts the model knows turn into calls;
+  - `--copy-subjects N` (with `--keep`): N more call examples about names of the keep facts. Trained on a
+    few hundred subjects, the model writes the trained subject nearest to a new one ("Bangladesh" for
+    Bhutan) or misspells it; lookups of names it never trained on teach it to copy the question's.
 Only *train*-split templates are used, of both layouts (completion and chat wordings); the held-out
 facts are scored before and after under the `--eval-split` templates (test by default). `--model`
 is any preset, save_pretrained dir or RLCP run dir.
+
+The output folder carries what the bridge needs to use the run: the model, `relations/<name>.yaml`
+(a copy of every relation file trained on: `bridge.chat` and `bridge.evaluate` register them, so a
+fact reads in the sentence the run trained on) and `held_out_facts.jsonl` (up to 1000 store facts of
+the trained relations it never trained on, the `--eval-facts` ones first, each line naming its relation
+file: `bridge.evaluate --facts` and `benchmarks/new_kb.py` score them).
 """
 
 from __future__ import annotations
@@ -33,7 +50,7 @@ import torch
 
 from common.facts import Fact, find_answer, normalize_name
 from common.relations import Relation, load_relation, register_relation, relation_named
-from common.toolcall import is_lookup, parse_calls, render_lookup
+from common.toolcall import CALL_CLOSE, is_lookup, parse_calls, render_lookup
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
 from neuralcpu.generation import greedy_generate
@@ -58,6 +75,15 @@ class ToolSFTConfig:
     n_facts: int = field(default=200, metadata={"help": "store facts turned into training examples"})
     eval_facts: int = field(default=16, metadata={"help": "held-out store facts scored before and after"})
     chains: int = field(default=0, metadata={"help": "two-hop chains (r1 then r2) to train on; 0: none"})
+    augment: float = field(default=0.0, metadata={
+        "help": "share of training questions given a neutral lead-in sentence first, so the subject is not always first"})
+    keep: str | None = field(default=None, metadata={
+        "help": "facts of other relations to keep answering closed-book: 'geonames', a JSONL or an RLCP facts.json"})
+    keep_prompts: int = field(default=400, metadata={"help": "--keep prompts (train templates) trained toward the "
+                                                             "starting model's own answer"})
+    copy_subjects: int = field(default=0, metadata={
+        "help": "extra call examples whose subjects are names of the --keep facts, so the call copies the question's "
+                "subject instead of recalling a trained one; 0: none"})
     eval_split: str = field(default="test", metadata={"help": "template split the held-out facts are scored on"})
     steps: int = field(default=40, metadata={"help": "optimisation steps"})
     batch_size: int = field(default=8, metadata={"help": "examples per step, split between calls, answers, chains"})
@@ -84,6 +110,10 @@ class ToolSFTConfig:
             errs.append(f"store {self.store!r}: no knowledge store there")
         if self.exclude is not None and not Path(self.exclude).is_file():
             errs.append(f"exclude {self.exclude!r}: no such file")
+        if self.keep is not None and self.keep != "geonames" and not Path(self.keep).is_file():
+            errs.append(f"keep {self.keep!r}: neither 'geonames' nor a file")
+        if not 0.0 <= self.augment <= 1.0:
+            errs.append(f"augment must be in [0, 1], got {self.augment}")
         try:
             if not self.relation_list():
                 errs.append("relations: none given")
@@ -98,12 +128,25 @@ class ToolSFTConfig:
         for name in ("n_facts", "steps", "batch_size", "max_len"):
             if getattr(self, name) < 1:
                 errs.append(f"{name} must be >= 1")
-        for name in ("eval_facts", "chains"):
+        if self.copy_subjects and self.keep is None:
+            errs.append("copy_subjects needs --keep (its facts' subjects are the names copied)")
+        for name in ("eval_facts", "chains", "keep_prompts", "copy_subjects"):
             if getattr(self, name) < 0:
                 errs.append(f"{name} must be >= 0")
         if errs:
             raise ValueError("invalid toolsft config:\n  " + "\n  ".join(errs))
 
+
+ANSWER_CHARS = 60  # characters of an answer that `score` reads
+HELD_OUT_FILE = 1000  # most facts never trained on that <out>/held_out_facts.jsonl lists for later scoring
+
+# Lead-ins that name nothing: put before a training question (`--augment`), they move the subject away
+# from the opening words, which a small model otherwise copies into the call. Some open with "I" or "In".
+LEAD_INS = ("Quick question. ", "I have a question for you. ", "I am not sure about this one. ", "In case you know: ",
+            "Sorry to bother you again. ", "Here is something I need for a report. ", "From the notes of a meeting: ",
+            "Please answer in a few words. ", "My friend and I disagree about this. ", "For a quiz tonight: ",
+            "Note to self, to check later. ", "Hello! ", "In our office we keep a small reference list. ",
+            "It came up at work today. ", "One more thing. ", "A reader wrote in with a question. ")
 
 # ----------------------------------------------------------------------------- data -------------------
 
@@ -168,14 +211,22 @@ def chain_question(first: Fact, second: Fact, split: str = "train") -> list[str]
     return relation_named(second.relation).prompts(f"the {noun} of {first.subject}", split)
 
 
-def make_examples(facts: list[Fact], fmt, tools: dict, tokenizer, split: str = "train"):
+def lead_in(rng: random.Random, share: float) -> str:
+    """A neutral lead-in sentence with probability `share`, else ""."""
+    return rng.choice(LEAD_INS) if share and rng.random() < share else ""
+
+
+def make_examples(facts: list[Fact], fmt, tools: dict, tokenizer, split: str = "train", augment: float = 0.0,
+                  seed: int = 0):
     """(call pairs, answer pairs, owners): (prompt, target) pairs laid out exactly as the bridge loop lays
-    them out, one of each per (fact, `split` template); owners[i] is the fact of pair i."""
+    them out, one of each per (fact, `split` template); owners[i] is the fact of pair i. A share `augment`
+    of the questions opens with a lead-in sentence (`LEAD_INS`)."""
     calls, answers, owners = [], [], []
+    rng = random.Random(seed)
     for f in facts:
         text = fmt.call_target(render_lookup(f.subject, f.relation))
         obs = [run_tool(tools, c) for c in parse_calls(text)]  # the store's real answer, escaped as in the loop
-        for p in templates_of(f, split):
+        for p in (lead_in(rng, augment) + q for q in templates_of(f, split)):
             calls.append((fmt.prompt(p, [], tools=True), text))
             answers.append((fmt.prompt(p, [make_turn(text, obs)], tools=True), fmt.answer_target(f.object, tokenizer)))
             owners.append(f)
@@ -204,7 +255,11 @@ def score(model, tokenizer, calls, answers, owners: list[Fact], chain_pairs=(), 
     was_training = model.training
     model.eval()
     prompts = [p for p, _ in list(calls) + list(answers) + list(chain_pairs)]
-    outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=16) if prompts else []
+    # A row is settled at its first whole call (the loop acts on that); an answer row also once its answer
+    # window is full. Call rows never stop on length: a call is longer than the window.
+    answer_row = [False] * len(calls) + [True] * len(answers) + [k % 3 == 2 for k in range(len(chain_pairs))]
+    done = lambda i, text: CALL_CLOSE in text or (answer_row[i] and len(text) >= ANSWER_CHARS)
+    outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=16, stop_when=done) if prompts else []
     model.train(was_training)
     call_outs, answer_outs = outs[: len(calls)], outs[len(calls): len(calls) + len(answers)]
     chain_outs = outs[len(calls) + len(answers):]
@@ -213,11 +268,11 @@ def score(model, tokenizer, calls, answers, owners: list[Fact], chain_pairs=(), 
         return any(is_lookup(c, fact.subject) and c.arguments.get("relation") == fact.relation for c in parse_calls(text))
 
     out = {"call_rate": sum(right_call(o, f) for o, f in zip(call_outs, owners)) / max(1, len(call_outs)),
-           "answer_acc": sum(find_answer(o[:60], f.answers()) is not None for o, f in zip(answer_outs, owners))
+           "answer_acc": sum(find_answer(o[:ANSWER_CHARS], f.answers()) is not None for o, f in zip(answer_outs, owners))
            / max(1, len(answer_outs)), "n": len(call_outs), "samples": call_outs[:2] + answer_outs[:2]}
     if chain_outs:
         second = [right_call(o, ch[1]) for o, ch in zip(chain_outs[1::3], chain_owners[1::3])]
-        final = [find_answer(o[:60], ch[1].answers()) is not None for o, ch in zip(chain_outs[2::3], chain_owners[2::3])]
+        final = [find_answer(o[:ANSWER_CHARS], ch[1].answers()) is not None for o, ch in zip(chain_outs[2::3], chain_owners[2::3])]
         out.update({"chain_second_call_rate": sum(second) / len(second), "chain_answer_acc": sum(final) / len(final),
                     "chain_n": len(final), "chain_samples": chain_outs[1:3]})
     return out
@@ -225,13 +280,90 @@ def score(model, tokenizer, calls, answers, owners: list[Fact], chain_pairs=(), 
 
 # ----------------------------------------------------------------------------- the run ---------------
 
+def load_keep_facts(source: str, relations: list[str], exclude: set[str]) -> list[Fact]:
+    """Facts for `--keep`: "geonames" (city -> country and country -> capital, the shipped relations), a JSONL
+    of triples or an RLCP facts.json (every set); never of a trained relation, never an excluded subject."""
+    from neuralcpu.facts import FactSets, geonames_capital_facts, geonames_city_facts, load_jsonl_facts
+
+    if source == "geonames":
+        facts = geonames_city_facts() + geonames_capital_facts()
+    elif source.endswith(".jsonl"):
+        facts = load_jsonl_facts(source)
+    else:
+        sets = FactSets.load(source)
+        facts = sets.forget + sets.locality + sets.untouched + sets.other
+    return [f for f in facts if f.relation not in relations and normalize_name(f.subject) not in exclude]
+
+
+def make_copy_pairs(fmt, relations: list[str], names: list[str], n: int, augment: float, seed: int) -> list[tuple[str, str]]:
+    """`n` call-only (prompt, target) pairs: a train template of a trained relation about a name taken from
+    other facts (`names`, not subjects of the trained facts), and the lookup of that very name. Trained on
+    a few hundred subjects alone, SmolLM2-135M writes the trained subject nearest to an unseen one
+    ("Bangladesh" for Bhutan) or a misspelling of it; names it never looked up teach it to copy."""
+    rng = random.Random(seed + 1)
+    names = rng.sample(names, min(n, len(names)))
+    pairs = []
+    for i, name in enumerate(names):
+        relation = relations[i % len(relations)]
+        question = lead_in(rng, augment) + rng.choice(relation_named(relation).prompts(name, "train"))
+        pairs.append((fmt.prompt(question, [], tools=True), fmt.call_target(render_lookup(name, relation))))
+    return pairs
+
+
+def make_keep_pairs(model, tokenizer, facts: list[Fact], n: int, augment: float, seed: int) -> list[tuple[str, str]]:
+    """`n` (prompt, target) pairs: a random train-template prompt of a keep fact (chat templates through the
+    model's chat template, when it has one), and the model's own greedy answer to it, cut where the answer
+    is named, at the end of a completion's line, or after 24 tokens. Training toward these keeps the model
+    answering what it answered: it is the model's behaviour that is kept, right or wrong."""
+    from neuralcpu.facts import chat_prompt, has_chat, relation_of
+
+    rng = random.Random(seed)
+    jobs = [(f, t) for f in facts for t in relation_of(f).select("train") if t.layout == "completion" or has_chat(tokenizer)]
+    jobs = rng.sample(jobs, min(n, len(jobs)))
+    prompts = []
+    for f, t in jobs:
+        text = lead_in(rng, augment) + t.render(f.subject)
+        prompts.append(chat_prompt(tokenizer, text) if t.layout == "chat" else text)
+
+    def settled(i: int, text: str) -> bool:
+        f, t = jobs[i]
+        return find_answer(text, list(f.answers())) is not None or (t.layout == "completion" and "\n" in text.lstrip())
+
+    was_training = model.training
+    model.eval()
+    outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=24, batch_size=32, stop_when=settled)
+    model.train(was_training)
+    pairs = []
+    for (f, t), p, o in zip(jobs, prompts, outs):
+        o = o.split("\n")[0] if t.layout == "completion" and o.strip() else o
+        if o.strip():
+            pairs.append((p, o))
+    return pairs
+
+
+def write_run_relations(relations: list[Relation], out: Path) -> dict[str, str]:
+    """Copy each relation's file to <out>/relations/<name>.yaml; {name: path relative to out}."""
+    folder = out / "relations"
+    folder.mkdir(exist_ok=True)
+    for rel in relations:
+        (folder / f"{rel.name}.yaml").write_text(Path(rel.path).read_text(encoding="utf-8"), encoding="utf-8")
+    return {rel.name: f"relations/{rel.name}.yaml" for rel in relations}
+
+
+def write_held_out(facts: list[Fact], files: dict[str, str], path: Path) -> None:
+    """The held-out facts as a JSONL of triples that `neuralcpu.facts.load_jsonl_facts` (and so
+    `bridge.evaluate --facts`) reads, each line naming its relation file relative to the JSONL."""
+    path.write_text("".join(json.dumps({**dataclasses.asdict(f), "aliases": list(f.aliases),
+                                        "relation_file": files[f.relation]}, ensure_ascii=False) + "\n"
+                            for f in facts), encoding="utf-8")
+
+
 def _excluded_subjects(path: str | None) -> set[str]:
     if not path:
         return set()
     from neuralcpu.facts import FactSets  # an RLCP run's forget/locality sets
 
-    sets = FactSets.load(path)
-    return {normalize_name(f.subject) for f in sets.forget + sets.locality}
+    return {normalize_name(s) for s in FactSets.load(path).all_subjects()}  # every set: untouched ones are readings too
 
 
 def train(cfg: ToolSFTConfig) -> dict:
@@ -249,16 +381,19 @@ def train(cfg: ToolSFTConfig) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    relations = [r.name for r in cfg.relation_list()]
+    relation_list = cfg.relation_list()
+    relations = [r.name for r in relation_list]
+    relation_files = write_run_relations(relation_list, out)
     model, tokenizer = load_model(cfg.model)
     exclude = _excluded_subjects(cfg.exclude)
     with KnowledgeStore(cfg.store, create=False) as store:
         tool_list = make_bridge_tools(store)
         tools = {t.name: t for t in tool_list}
         fmt = make_format(tokenizer, tool_schemas(tool_list), cfg.format)
-        facts = sample_facts(store, relations, cfg.n_facts + cfg.eval_facts, exclude, cfg.seed)
-        train_facts, held_out = facts[: cfg.n_facts], facts[cfg.n_facts:]
-        call_pairs, answer_pairs, _ = make_examples(train_facts, fmt, tools, tokenizer, "train")
+        facts = sample_facts(store, relations, cfg.n_facts + max(cfg.eval_facts, HELD_OUT_FILE), exclude, cfg.seed)
+        train_facts, held_out_all = facts[: cfg.n_facts], facts[cfg.n_facts:]  # the sample's order: a prefix is stable
+        held_out = held_out_all[: cfg.eval_facts]
+        call_pairs, answer_pairs, _ = make_examples(train_facts, fmt, tools, tokenizer, "train", cfg.augment, cfg.seed)
         held_out_examples = make_examples(held_out, fmt, tools, tokenizer, cfg.eval_split)
         chains = sample_chains(store, relations, cfg.chains + (cfg.eval_facts if cfg.chains else 0), exclude,
                                cfg.seed) if cfg.chains else []
@@ -268,15 +403,23 @@ def train(cfg: ToolSFTConfig) -> dict:
     if not train_facts:
         raise ValueError(f"store {cfg.store} has no usable facts of relations {relations}")
     (out / "train_facts.json").write_text(json.dumps([dataclasses.asdict(f) for f in train_facts], ensure_ascii=False))
+    write_held_out(held_out_all, relation_files, out / "held_out_facts.jsonl")
 
     def evaluate_held_out() -> dict | None:
         return score(model, tokenizer, *held_out_examples, *held_chain_examples) if held_out else None
 
+    keep_facts = load_keep_facts(cfg.keep, relations, exclude) if cfg.keep else []
+    keep_pairs = make_keep_pairs(model, tokenizer, keep_facts, cfg.keep_prompts, cfg.augment,
+                                 cfg.seed) if cfg.keep else []  # the starting model's answers
+    trained = {normalize_name(f.subject) for f in train_facts + held_out_all}
+    names = sorted({f.subject for f in keep_facts if normalize_name(f.subject) not in trained})
+    copy_pairs = make_copy_pairs(fmt, relations, names, cfg.copy_subjects, cfg.augment, cfg.seed)
+    call_pairs = call_pairs + copy_pairs  # the call stream: its share of each batch stays the same
     first_layer = resolve_layers("auto", model.config.num_hidden_layers)[0]
     model = set_trainable(model, cfg.trainable, first_layer, cfg.lora_r)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    probe = encode(tokenizer, call_pairs[:6] + answer_pairs[:6] + chain_pairs[:4], cfg.max_len)  # fixed batch
+    probe = encode(tokenizer, call_pairs[:6] + answer_pairs[:6] + chain_pairs[:4] + keep_pairs[:4], cfg.max_len)  # fixed batch
 
     def fixed_loss() -> float:
         with torch.no_grad():
@@ -285,7 +428,7 @@ def train(cfg: ToolSFTConfig) -> dict:
 
     before = {"fixed_loss": fixed_loss(), "held_out": evaluate_held_out()}
     rng = random.Random(cfg.seed)
-    streams = [s for s in (call_pairs, answer_pairs, chain_pairs) if s]
+    streams = [s for s in (call_pairs, answer_pairs, chain_pairs, keep_pairs) if s]
     t0 = time.perf_counter()
     model.train()
     with open(out / "metrics.jsonl", "w") as log:
@@ -309,7 +452,9 @@ def train(cfg: ToolSFTConfig) -> dict:
     tokenizer.save_pretrained(out)
     summary = {"model": cfg.model, "store": cfg.store, "layout": fmt.name, "relations": relations,
                "train_facts": len(train_facts), "train_chains": len(train_chains),
-               "examples": len(call_pairs) + len(answer_pairs) + len(chain_pairs), "held_out_facts": len(held_out),
+               "examples": len(call_pairs) + len(answer_pairs) + len(chain_pairs), "keep_pairs": len(keep_pairs),
+               "copy_pairs": len(copy_pairs),
+               "held_out_facts": len(held_out), "held_out_file_facts": len(held_out_all),
                "held_out_chains": len(held_chains), "eval_split": cfg.eval_split, "steps": cfg.steps,
                "seconds": round(time.perf_counter() - t0, 1), "before": before, "after": after}
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1))  # last: marks a finished run

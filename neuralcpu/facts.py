@@ -286,7 +286,10 @@ class FactSets:
 
     @classmethod
     def load(cls, path: str | Path) -> "FactSets":
+        """A facts.json, or a results file that holds one under "facts" (docs/results/*_original_test.json)."""
         data = json.loads(Path(path).read_text())
+        if "forget" not in data and isinstance(data.get("facts"), dict):
+            data = data["facts"]
         make = lambda rows: [Fact(r["subject"], r["relation"], r["object"], tuple(r.get("aliases", ()))) for r in rows]
         return cls(make(data["forget"]), make(data["locality"]), make(data.get("untouched", [])),
                    make(data.get("other", [])))

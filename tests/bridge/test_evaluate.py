@@ -67,10 +67,43 @@ def test_a_call_counts_only_with_the_right_subject_and_relation(tools):
 
     fact = Fact("Tokyo", "country", "Japan")
     n = len(prompts_for(fact, "test"))
-    for call, counted in ((render_lookup("Tokyo", "country"), True), (render_lookup("Tokyo", "capital"), False),
-                          (render_lookup("Tokio", "country"), False)):
+    cases = ((render_lookup("Tokyo", "country"), True, "right"), (render_lookup("Tokyo", "capital"), False, "wrong_relation"),
+             (render_lookup("Tokio", "country"), False, "wrong_subject"),
+             (render_lookup("Tokyo is a city", "capital"), False, "wrong_both"),
+             ("<tool_call>{not json</tool_call>", False, "malformed"), ("I think Japan.", False, "no_call"))
+    for call, counted, verdict in cases:
         def model(prompt, *, stop=None, on_text=None, add_special_tokens=True, call=call):
             return stream(" Japan." if RESULT_OPEN in prompt else " " + call, stop, on_text)
 
         records = evaluate.run_eval(Bridge(model, CompletionFormat(), tools), [fact], modes=("tool",))
         assert [r.called for r in records] == [counted] * n, call
+        assert [evaluate.call_verdict(r) for r in records] == [verdict] * n, call
+        assert evaluate.summarize(records)["tool_call_verdicts"][verdict] == n
+
+
+def test_split_and_layouts_choose_the_templates_asked(tools, monkeypatch):
+    from common import relations
+
+    rel = relations.parse_relation(COUNTRY.replace('''  test_family:''', '''  val_family:
+    split: validation
+    templates: ["Which country is {subject} in, do you know? It is"]
+  chat_family:
+    split: test
+    layout: chat
+    templates: ["Which country is {subject} in?"]
+  test_family:'''), "country.yaml")
+    monkeypatch.setitem(relations._REGISTERED, "country", rel)
+    bridge = Bridge(LookupModel(), CompletionFormat(), tools)
+    fact = Fact("Tokyo", "country", "Japan")
+    asked = lambda **kw: [(r.prompt, r.family) for r in evaluate.run_eval(bridge, [fact], modes=("closed",), **kw)]
+    assert asked() == [("The city of Tokyo is in the country of", "test_family"),
+                       ("Tokyo is a large city in the country of", "test_family")]  # completion only, as before
+    assert asked(layouts=("completion", "chat"))[0] == ("Which country is Tokyo in?", "chat_family")
+    assert asked(layouts=("chat",)) == [("Which country is Tokyo in?", "chat_family")]
+    assert asked(split="validation") == [("Which country is Tokyo in, do you know? It is", "val_family")]
+
+
+def test_cli_refuses_an_unknown_layout(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", str(tmp_path), "--layouts", "completion,voice"])
+    assert "unknown layout 'voice'" in capsys.readouterr().err

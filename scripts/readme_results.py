@@ -105,6 +105,30 @@ def _gsm8k(d: dict) -> dict:
             "rows": rows, "notes": notes}
 
 
+def _new_kb(d: dict) -> dict:
+    """benchmarks/new_kb.py's result: issue #31's targets for a relation the model never knew, on the run's split."""
+    n, u, t = d["new_relation"], d["unrelated"], d["targets"]
+    prop = lambda p: f"{p['acc']:.2f} [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}] (N={p['n']})"
+    met = lambda key: "met" if t[key]["met"] else "not met"
+    r = u["ratio"]
+    rows = [["right lookups (subject and relation)", prop(n["right_lookups"]), t["right_lookups"]["target"], met("right_lookups")]]
+    rows += [[f"— {fam} ({v['layout']})", prop(v["right_lookups"]), "", ""] for fam, v in n["by_family"].items()]
+    rows += [["tool-mode accuracy", prop(n["tool_acc"]), t["tool_acc"]["target"], met("tool_acc")],
+             ["closed-book accuracy of the original on these facts", prop(n["original_closed_book"]), "", ""],
+             [f"unrelated closed-book accuracy, after / original ({r['facts']} facts)",
+              f"{r['ratio']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]", t["unrelated_closed_book_ratio"]["target"],
+              met("unrelated_closed_book_ratio")]]
+    wrong = (n.get("wrong_calls") or {}).get("verdicts", {})
+    notes = [f"relation {', '.join(d['relations'])} (a relation no project code names), {n['facts']} held-out facts that "
+             f"toolsft never trained on, {d['split']} templates, both layouts; Wilson 95% CIs, the ratio's a paired "
+             f"bootstrap over facts ({r['reps']} resamples)",
+             f"toolsft: {d['toolsft_command']}"]
+    if wrong:
+        notes.append("why lookups were not right (questions): " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in wrong.items() if k != "right"))
+    return {"title": f"A knowledge base the model never knew: toolsft on {d['original']}, {d['split']} phrasings (issue #31)",
+            "columns": ["measure", "value", "target", "met"], "rows": rows, "notes": notes}
+
+
 # Results files written by scripts that do not build a README table themselves: their table, derived here
 # (by the file name's stem, or for GSM8K by its prefix: one file per model pair).
 DERIVED = {"store_bench": _store_bench, "store_load": _store_load, "generation_bench": _generation_bench}
@@ -113,6 +137,8 @@ DERIVED = {"store_bench": _store_bench, "store_load": _store_load, "generation_b
 def derived_table(stem: str, data: dict) -> dict | None:
     if stem.startswith("gsm8k_"):
         return _gsm8k(data)
+    if stem.startswith("toolsft_newkb") and data.get("split") == "test":  # the validation reading chose the setting
+        return _new_kb(data)
     return DERIVED[stem](data) if stem in DERIVED else None
 
 

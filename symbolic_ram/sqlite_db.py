@@ -71,6 +71,7 @@ class SQLiteDatabase:
             raise ImportError("symbolic_ram needs sqlite-utils: `pip install sqlite-utils`")
         self.path = Path(path)
         self.read_only = read_only
+        self._patterns: dict[tuple[str, str], tuple[tuple[int, int], tuple[float, float]]] = {}  # chain_pattern's
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is exactly one transaction.
         # mode=ro, not only query_only: a read-write connection checkpoints the WAL into the file on close.
         target = self.path.resolve().as_uri() + "?mode=ro" if read_only else str(self.path)
@@ -214,13 +215,21 @@ class SQLiteDatabase:
          inverse: of the `first` facts whose object has a `second` fact, those where it leads back, x = s).
         country then capital: support ~1 (countries have capitals), inverse ~0 (a city is rarely the
         capital); capital then country: inverse ~1 (a capital's country is the country we came from);
-        currency then country: support ~0 (a currency is a country's subject only by a namesake)."""
+        currency then country: support ~0 (a currency is a country's subject only by a namesake).
+        Cached until the facts change (this connection's writes or another's commits): a join per call
+        would repeat on every fallback lookup."""
+        version = (self.data_version(), self.conn.total_changes)
+        cached = self._patterns.get((first, second))
+        if cached is not None and cached[0] == version:
+            return cached[1]
         objects = self.conn.execute("SELECT COUNT(DISTINCT object) FROM facts WHERE relation = ?", (first,)).fetchone()[0]
         with_second, linked, back = self.conn.execute(
             "SELECT COUNT(DISTINCT a.object), COUNT(DISTINCT a.id), COUNT(DISTINCT CASE WHEN b.object = a.subject "
             "THEN a.id END) FROM facts a JOIN facts b ON b.subject = a.object AND b.relation = ? WHERE a.relation = ?",
             (second, first)).fetchone()
-        return (with_second / objects if objects else 0.0), (back / linked if linked else 0.0)
+        shares = (with_second / objects if objects else 0.0), (back / linked if linked else 0.0)
+        self._patterns[(first, second)] = (version, shares)
+        return shares
 
     def relations(self) -> list[str]:
         """The distinct relation names in the store, sorted."""

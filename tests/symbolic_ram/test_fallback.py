@@ -146,6 +146,9 @@ def test_a_chain_the_store_does_not_make_as_a_pattern_is_a_name_clash(tmp_path):
             assert found.matched_by == "any_relation" and not {"Canada", "Argentina"} & {f.object for f in found}
         assert s.db.chain_pattern("country", "capital")[1] < 0.5  # a city's country's capital is mostly another city
         assert [f.object for f in s.lookup("Lagos", "capital", fallback=True)] == ["Nigeria", "Abuja"]
+        # the shares are cached until the facts change
+        ingest_facts(s, [(f"Town {i}", "currency", "Peso") for i in range(3)] + [("Peso", "country", "Chile")], source="test")
+        assert s.db.chain_pattern("currency", "country")[0] == pytest.approx(2 / 7)
 
 
 # ----------------------------------------------------------------------------- names that only look alike --

@@ -126,6 +126,7 @@ class RLCPConfig:
     ckpt_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints"})
     snapshot_every: int = field(default=0, metadata={"help": "keep a save_pretrained copy of the model every k steps in OUT/snapshots/step-K (0 = never): to measure along the run what an evaluation does not (e.g. benchmarks/answer_stop.py). A snapshot of the run's last step shares OUT's files (hard links), so rewrite OUT only by replacing files, never in place"})
     early_stop: bool = field(default=True, metadata={"help": "stop once forget <= target and locality holds"})
+    select: str = field(default="last", metadata={"help": "which evaluated step OUT holds: 'last', or 'best' on validation (right lookups minus forget accuracy, among evaluations that keep locality >= --locality-keep x original; a copy is kept in OUT/best as the run goes)"})
     forget_target: float = field(default=0.05, metadata={"help": "early-stop forget accuracy"})
     call_ok_target: float = field(default=0.9, metadata={"help": "early-stop (rlcp with retrieval): share of forget prompts answered with a well-formed lookup of the right subject"})
     locality_keep: float = field(default=0.9, metadata={"help": "early-stop: locality >= this x original"})
@@ -153,6 +154,8 @@ class RLCPConfig:
             errs.append("country_probe_sample must be >= 0 (0 = every city every step)")
         if self.country_probe_templates < 0:
             errs.append("country_probe_templates must be >= 0 (0 = every training template every step)")
+        if self.select not in ("last", "best"):
+            errs.append(f"select {self.select!r} not in ('last', 'best')")
         if self.snapshot_every < 0:
             errs.append("snapshot_every must be >= 0 (0 = no snapshots)")
         if errs:
@@ -489,6 +492,8 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         done = i + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             last_eval = log_evaluation(state, facts, out / "metrics.jsonl", done, {"lambda": grl_lambda(cfg, i), **logs}, t0)
+            if cfg.select == "best":
+                keep_if_best(state, out, last_eval, original)
         stop = cfg.early_stop and last_eval["step"] == done and targets_met(cfg, last_eval, original)
         if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
             save_checkpoint(accel, out / "checkpoint", done)
@@ -498,6 +503,13 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
         if stop:
             tqdm.write(f"early stop at step {done}: forget target met with locality kept")
             break
+    record = out / "best" / "selection.json"
+    if cfg.select == "best" and record.is_file():
+        chosen = json.loads(record.read_text())
+        last_eval = next(json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()
+                         if json.loads(l)["step"] == chosen["step"])
+        snapshot = out / "best"
+        tqdm.write(f"selected step {chosen['step']} on validation (score {chosen['score']:.3f})")
     save_outputs(state, facts, out, original, last_eval, snapshot)
     return last_eval
 
@@ -571,6 +583,29 @@ def targets_met(cfg: RLCPConfig, row: dict, original: dict) -> bool:
             and (cfg.method != "rlcp" or cfg.w_retrieval == 0 or row.get("forget_call_ok_rate", 0.0) >= cfg.call_ok_target))
 
 
+def selection_score(cfg: RLCPConfig, row: dict, original: dict) -> float | None:
+    """--select best: how good a validation evaluation is (higher is better), None when it lost locality.
+    RLCP with retrieval: right lookups minus forget accuracy; baselines: minus forget accuracy."""
+    if "forget_acc" not in row or row["locality_acc"] < cfg.locality_keep * original["locality_acc"]:
+        return None
+    calls = row.get("forget_call_ok_rate", 0.0) if cfg.method == "rlcp" and cfg.w_retrieval > 0 else 0.0
+    return calls - row["forget_acc"]
+
+
+def keep_if_best(state: State, out: Path, row: dict, original: dict) -> None:
+    """--select best: copy the model to OUT/best when this evaluation beats every earlier one (ties go to
+    the later step); OUT/best/selection.json names the step and its score, so a resumed run compares too."""
+    score = selection_score(state.cfg, row, original)
+    record = out / "best" / "selection.json"
+    if score is None or not state.accel.is_main_process:
+        return
+    if record.is_file() and json.loads(record.read_text())["score"] > score:
+        return
+    save_model(state.accel.unwrap_model(state.model), state.tokenizer, out / "best", state.cfg.trainable == "lora")
+    record.write_text(json.dumps({"step": row["step"], "score": score, "split": row.get("split"),
+                                  "row": {k: v for k, v in row.items() if k not in ("forget_samples", "locality_misses")}}, indent=1))
+
+
 def save_outputs(state: State, facts: FactSets, out: Path, original: dict, last_eval: dict, snapshot: Path | None) -> None:
     """A save_pretrained model with its tokenizer in OUT (LoRA merged), summary.json, and with --store the
     forget set moved to the store. A run that ends on a snapshot step links that snapshot's files."""
@@ -582,7 +617,7 @@ def save_outputs(state: State, facts: FactSets, out: Path, original: dict, last_
         return
     save_model(final, state.tokenizer, out, lora=False, same_as=snapshot)
     summary = {"run_id": uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12], "model": cfg.model,
-               "method": cfg.method, "step": last_eval["step"],
+               "method": cfg.method, "step": last_eval["step"], "select": cfg.select,
                "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
                "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

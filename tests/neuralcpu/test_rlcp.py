@@ -695,3 +695,31 @@ def test_distractors_reach_the_lookup_and_locality_streams_only(tiny_qwen2_dir, 
     assert lookups and all(any(c in p for c in forget_names) for p, _ in lookups)
     assert locality
     assert probes and not any(opened(p) for p in probes)
+
+
+def test_select_best_keeps_the_best_validation_step(tiny_qwen2_dir, tmp_path, monkeypatch):
+    """--select best: OUT holds the weights of the evaluation with the highest validation score (right
+    lookups minus forget accuracy, locality kept), not the last step's; summary.json names that step."""
+    from neuralcpu import rlcp
+    from neuralcpu.models import load_model
+
+    # Scripted evaluations: step 2 is the best (calls 0.9, forget 0.1); step 4 lost locality; step 6 is worse.
+    script = iter([dict(forget_acc=0.8, forget_call_ok_rate=0.0, locality_acc=0.6),   # step 0: the original
+                   dict(forget_acc=0.1, forget_call_ok_rate=0.9, locality_acc=0.6),   # step 2
+                   dict(forget_acc=0.0, forget_call_ok_rate=1.0, locality_acc=0.1),   # step 4: locality lost
+                   dict(forget_acc=0.3, forget_call_ok_rate=0.5, locality_acc=0.6)])  # step 6
+    monkeypatch.setattr(rlcp, "evaluate", lambda *a, **k: {"split": "validation", "forget_lookup_rate": 0.0,
+                                                           "locality_lookup_rate": 0.0, **next(script)})
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "best", steps=6, eval_every=2, ckpt_every=2, snapshot_every=2,
+                   select="best", early_stop=False)
+    assert train(cfg)["step"] == 2
+    out = tmp_path / "best"
+    assert json.loads((out / "best" / "selection.json").read_text())["step"] == 2
+    assert json.loads((out / "summary.json").read_text())["step"] == 2
+    key = "model.layers.3.mlp.up_proj.weight"
+    weights = {p: dict(load_model(p)[0].named_parameters())[key] for p in
+               (out, out / "snapshots" / "step-2", out / "snapshots" / "step-6")}
+    assert torch.equal(weights[out], weights[out / "snapshots" / "step-2"])
+    assert not torch.equal(weights[out], weights[out / "snapshots" / "step-6"])
+    assert rlcp.selection_score(cfg, dict(forget_acc=0.0, forget_call_ok_rate=1.0, locality_acc=0.1),
+                                dict(locality_acc=0.6)) is None

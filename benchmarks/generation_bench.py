@@ -73,17 +73,21 @@ def timed(fn):
 
 
 def run_modes(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, bf16_model=None,
-              log=print) -> list[dict]:
-    """Time every mode on `prompts`; one record per mode (the first is the baseline)."""
-    modes = [(f"hf-generate b{BASELINE_BATCH} fp32", lambda: hf_generate(model, tokenizer, prompts, max_new_tokens)),
-             (f"neuralcpu b{BASELINE_BATCH} fp32",
-              lambda: generate_ids(model, tokenizer, prompts, max_new_tokens, BASELINE_BATCH))]
-    if batch_size != BASELINE_BATCH:
+              log=print, int8_model=None, large_only: bool = False) -> list[dict]:
+    """Time every mode on `prompts`; one record per mode (the first is the baseline). `large_only` drops
+    the two batch-8 modes: the baseline is then the project's fp32 generator at `batch_size`."""
+    modes = [] if large_only else [
+        (f"hf-generate b{BASELINE_BATCH} fp32", lambda: hf_generate(model, tokenizer, prompts, max_new_tokens)),
+        (f"neuralcpu b{BASELINE_BATCH} fp32", lambda: generate_ids(model, tokenizer, prompts, max_new_tokens, BASELINE_BATCH))]
+    if batch_size != BASELINE_BATCH or large_only:
         modes.append((f"neuralcpu b{batch_size} fp32",
                       lambda: generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size)))
     if bf16_model is not None:
         modes.append((f"neuralcpu b{batch_size} bf16",
                       lambda: generate_ids(bf16_model, tokenizer, prompts, max_new_tokens, batch_size)))
+    if int8_model is not None:
+        modes.append((f"neuralcpu b{batch_size} int8",
+                      lambda: generate_ids(int8_model, tokenizer, prompts, max_new_tokens, batch_size)))
     records, base = [], None
     for name, fn in modes:
         ids, secs = timed(fn)
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="auto", help=f"GSM8K prompt format: auto or one of {gsm8k.FORMATS}")
     parser.add_argument("--bf16", choices=["auto", "off", "force"], default="auto",
                         help="time bf16 too: where native (auto), never, or even when emulated (force)")
+    parser.add_argument("--int8", action="store_true", help="also time int8 dynamic quantization of the Linear "
+                        "layers (neuralcpu.generation.int8_dynamic) at --batch-size; its outputs are compared too")
+    parser.add_argument("--large-only", action="store_true", help="skip the two batch-8 modes: the baseline is "
+                        "the project's fp32 generator at --batch-size (for a quicker int8 or bf16 reading)")
     parser.add_argument("--seed", type=int, default=0, help="subset seed")
     parser.add_argument("--gsm8k-test", default=None, help="GSM8K test JSONL (default: shared copy, else hub)")
     parser.add_argument("--gsm8k-train", default=None, help="GSM8K train JSONL for few-shot prompts")
@@ -137,15 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mode':<24}{'seconds':>9}{'tokens':>8}{'tok/s':>8}{'x base':>8}  outputs differing from the baseline")
     load_avg_start = os.getloadavg()[0]  # other load skews a speed ratio: the file says how much there was
     origin = provenance(argv if argv is not None else sys.argv[1:], "benchmarks/generation_bench.py", args.seed)
+    int8_model = None
+    if args.int8:
+        from neuralcpu.generation import int8_dynamic
+
+        int8_model = int8_dynamic(model)
     records = run_modes(model, tok, prompts, args.max_new_tokens, args.batch_size, bf16_model,
-                        log=lambda s: print(s, flush=True))
+                        log=lambda s: print(s, flush=True), int8_model=int8_model, large_only=args.large_only)
     if args.out:
         write_json_atomic(Path(args.out), {
             **origin,
             "model": args.model, "n": len(prompts), "format": fmt, "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size, "threads": torch.get_num_threads(),
             "load_avg_start": load_avg_start, "cpus": os.cpu_count(), "native_bf16": native,
-            "bf16": bf16_note or "timed", "indices": idx, "results": records})
+            "bf16": bf16_note or "timed", "int8": args.int8, "large_only": args.large_only,
+            "indices": idx, "results": records})
     return 0
 
 

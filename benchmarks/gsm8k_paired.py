@@ -39,7 +39,7 @@ from benchmarks import gsm8k, metrics  # noqa: E402
 from benchmarks.report import write_json_atomic  # noqa: E402
 
 SIDES = ("a", "b")
-RUN_KEYS = ("a", "b", "n", "seed", "prompt", "max_new_tokens")  # a resume must match these
+RUN_KEYS = ("a", "b", "n", "seed", "prompt", "max_new_tokens", "int8")  # a resume must match these
 
 
 # ----------------------------------------------------------------------------- paired statistics -----
@@ -120,9 +120,10 @@ def append_records(path: Path, records: list[dict]) -> None:
 
 
 def run_side(model_name: str, path: Path, rows: list[dict], idx: list[int], fmt: str, max_new_tokens: int,
-             batch_size: int, chunk: int, prefix: str = "", log=print) -> dict[int, dict]:
+             batch_size: int, chunk: int, prefix: str = "", log=print, int8: bool = False) -> dict[int, dict]:
     """Generate and score the problems of `idx` not yet in `path`, a chunk at a time; all records by index.
-    `prefix`: the few-shot exemplars (fmt "fewshot")."""
+    `prefix`: the few-shot exemplars (fmt "fewshot"); `int8`: generate with the Linear layers dynamically
+    quantized (`neuralcpu.generation.int8_dynamic`)."""
     done = read_records(path)
     todo = [i for i in idx if i not in done]
     if not todo:
@@ -130,8 +131,13 @@ def run_side(model_name: str, path: Path, rows: list[dict], idx: list[int], fmt:
     from neuralcpu.models import load_model
 
     model, tok = load_model(model_name)
+    if int8:
+        from neuralcpu.generation import int8_dynamic
+
+        model = int8_dynamic(model)
     fmt = gsm8k.prompt_format(tok, fmt)
-    log(f"{model_name}: {len(done)} done, {len(todo)} to go ({fmt}, cap {max_new_tokens}, batch {batch_size})")
+    log(f"{model_name}: {len(done)} done, {len(todo)} to go ({fmt}, cap {max_new_tokens}, batch {batch_size}"
+        f"{', int8' if int8 else ''})")
     for s in range(0, len(todo), chunk):
         part = todo[s:s + chunk]
         prompts = gsm8k.build_prompts(tok, [rows[i]["question"] for i in part], fmt, prefix)
@@ -167,6 +173,7 @@ def check_config(out: Path, config: dict) -> None:
     path = out / "config.json"
     if path.is_file():
         old = json.loads(path.read_text())
+        old.setdefault("int8", "none")  # written before --int8 existed
         bad = [f"{k}: {old.get(k)!r} there, {config.get(k)!r} now" for k in RUN_KEYS if old.get(k) != config.get(k)]
         if bad:
             raise SystemExit(f"{out} holds a different run ({'; '.join(bad)}); pass another --out to start a new one")
@@ -189,7 +196,8 @@ def markdown(result: dict) -> str:
     for side in SIDES:
         s = result["models"].get(side)
         if s:
-            lines.append(f"| {side}: {cfg[side]} | {fmt_prop(s['accuracy'])} | {fmt_prop(s['cot_rate'])} | "
+            int8 = " (int8)" if cfg.get("int8", "none") in (side, "both") else ""
+            lines.append(f"| {side}: {cfg[side]}{int8} | {fmt_prop(s['accuracy'])} | {fmt_prop(s['cot_rate'])} | "
                          f"{s['no_answer']} | {s['mean_tokens']:.0f} | {s['cap_rate']:.2f} | {s['generation_seconds']:.0f} |")
     for key, title in (("accuracy", "Accuracy"), ("cot", "CoT rate")):
         p = result.get("paired", {}).get(key)
@@ -215,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="qwen-boxed (= boxed), format-only (= chat) or fewshot")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="generation cap per problem")
     parser.add_argument("--batch-size", type=int, default=32, help="rows generated at once")
+    parser.add_argument("--int8", choices=["none", "a", "b", "both"], default="none",
+                        help="generate these sides with int8 dynamic quantization of the Linear layers (faster on "
+                             "CPU, not identical to fp32: --a M --b M --int8 b measures what it changes)")
     parser.add_argument("--chunk", type=int, default=64, help="problems per appended (resumable) chunk")
     parser.add_argument("--gsm8k-test", default=None, help="GSM8K test JSONL (default: ../shared/data copy, else hub)")
     parser.add_argument("--gsm8k-train", default=None, help="GSM8K train JSONL for --prompt fewshot exemplars")
@@ -240,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"a": args.a, "b": args.b, "n": args.n, "n_problems": len(idx), "seed": args.seed, "prompt": prompt,
-              "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "indices": idx}
+              "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "int8": args.int8, "indices": idx}
     check_config(out, config)
     origin = provenance(argv if argv is not None else sys.argv[1:], "-m benchmarks.gsm8k_paired", args.seed)  # the code that runs
     t0 = time.perf_counter()
@@ -251,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             done[side] = read_records(out / f"{side}.jsonl")
         elif name:
             done[side] = run_side(name, out / f"{side}.jsonl", rows, idx, prompt, args.max_new_tokens,
-                                  args.batch_size, args.chunk, prefix, log=lambda s: print(s, flush=True))
+                                  args.batch_size, args.chunk, prefix, log=lambda s: print(s, flush=True),
+                                  int8=args.int8 in (side, "both"))
     have = [i for i in idx if all(i in d for d in done.values())]  # all of idx unless --partial
     if args.partial:
         config["partial"] = f"{len(have)} of the {len(idx)} problems: those every model had finished"

@@ -40,6 +40,17 @@ def fast_dtype(requested: str = "auto") -> str:
     return requested
 
 
+def int8_dynamic(model):
+    """A copy of `model` for generation with every nn.Linear (the LM head included) dynamically quantized
+    to int8: weights int8 per output channel, activations quantized per call (torch's
+    `quantize_dynamic`, fbgemm/x86 kernels). Batched decoding on CPU is bound by reading the weights, and
+    int8 reads a quarter of fp32's bytes. Greedy outputs are not identical to fp32's: compare them
+    (benchmarks/generation_bench.py --int8) before trusting a score read in int8."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=False)
+
+
 def adds_bos(tokenizer, prompts: list[str]) -> bool:
     """Whether to let the tokenizer add its special tokens: not when every prompt already starts with
     the BOS text (a rendered chat template, e.g. SmolLM2's "<|im_start|>"), which would double it."""

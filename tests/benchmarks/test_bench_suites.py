@@ -136,6 +136,14 @@ def test_generation_bench_runs_and_reports(context_tiny_qwen2_dir, tmp_path):
     assert generation_bench.first_difference([1, 2, 3], [1, 2, 4]) == 2
     assert generation_bench.first_difference([1, 2], [1, 2]) is None
 
+    # --large-only --int8: the fp32 generator at --batch-size is the baseline, int8 is timed and compared
+    assert generation_bench.main(["--model", str(context_tiny_qwen2_dir), "--n", "6", "--max-new-tokens", "8",
+                                  "--batch-size", "3", "--gsm8k-test", str(gsm), "--gsm8k-train", str(gsm),
+                                  "--bf16", "off", "--int8", "--large-only", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [x["mode"] for x in r["results"]] == ["neuralcpu b3 fp32", "neuralcpu b3 int8"] and r["int8"]
+    assert r["results"][1]["tokens"] > 0 and 0 <= r["results"][1]["differing"] <= 6
+
 
 def test_train_bench_runs_and_reports(tiny_qwen2_dir, tmp_path):
     from benchmarks import train_bench

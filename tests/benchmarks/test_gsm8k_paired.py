@@ -108,3 +108,26 @@ def test_cli_pairs_two_models_and_resumes(chat_tiny_dirs, tmp_path):
 
     with pytest.raises(SystemExit, match="holds a different run"):
         gsm8k_paired.main([("6" if x == "5" else x) for x in argv])  # another --max-new-tokens, same --out
+
+
+def test_int8_side_is_quantized_and_recorded(chat_tiny_dirs, tmp_path, monkeypatch):
+    """--int8 b: model B is generated through int8_dynamic (A is not), the config and report say so, and a
+    resume with another --int8 is refused."""
+    import neuralcpu.generation as generation
+
+    quantized = []
+    real = generation.int8_dynamic
+    monkeypatch.setattr(generation, "int8_dynamic", lambda m: quantized.append(m) or real(m))
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"#### {2 * i}"}) + "\n"
+                            for i in range(4)))
+    out = tmp_path / "run"
+    argv = ["--a", chat_tiny_dirs[0], "--b", chat_tiny_dirs[0], "--n", "3", "--prompt", "qwen-boxed",
+            "--max-new-tokens", "4", "--batch-size", "2", "--gsm8k-test", str(test), "--out", str(out)]
+    assert gsm8k_paired.main(argv + ["--int8", "b"]) == 0
+    assert len(quantized) == 1  # B only
+    result = json.loads((out / "gsm8k_paired.json").read_text())
+    assert result["config"]["int8"] == "b" and result["paired"]["accuracy"]["n"] == 3
+    assert "(int8)" in (out / "report.md").read_text().split("| b:")[1].split("\n")[0]
+    with pytest.raises(SystemExit, match="int8"):
+        gsm8k_paired.main(argv + ["--int8", "both"])

@@ -236,7 +236,7 @@ def record(q: Question, res) -> dict:
     correct = q.expected is not None and res.answer is not None and \
         find_answer(res.answer, [q.expected, *q.aliases]) is not None
     return {**asdict(q), "answer": res.answer, "correct": correct, "status": res.status, "forced": res.forced,
-            "checked": res.checked, "answer_source": res.answer_source, "stop_reason": res.stop_reason, "steps": res.steps,
+            "checked": res.checked, "next_hop": res.next_hop, "answer_source": res.answer_source, "stop_reason": res.stop_reason, "steps": res.steps,
             "calls": [{"name": c.name, "arguments": c.arguments, "error": c.error} for c in res.calls],
             "matched_by": [o.matched_by for o in res.observations], "trace": res.trace}
 
@@ -267,6 +267,7 @@ def summarise(records: list[dict]) -> dict:
                 s["by_relation"][rel] = proportion(sum(r["correct"] for r in sub), len(sub))
         s["forced"] = sum(r["forced"] for r in rs)
         s["asked_to_check"] = sum(bool(r.get("checked")) for r in rs)  # answered unasked, then asked to look it up
+        s["next_hop_by_loop"] = sum(bool(r.get("next_hop")) for r in rs)  # stopped at the first hop, the loop went on
         s["answer_source"] = dict(Counter(str(r["answer_source"]) for r in rs))
         s["matched_by"] = dict(Counter(str(m) for r in rs for m in r["matched_by"]))
         s["calls_per_question"] = round(sum(len(r["calls"]) for r in rs) / n, 2)
@@ -361,6 +362,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-check", action="store_true",
                    help="do not ask the model to check an answer it gave without any lookup when the question names a "
                         "stored subject (bridge.chat asks, so the suite does by default; chat layout only)")
+    p.add_argument("--no-next-hop", action="store_true",
+                   help="do not let the loop go on from the first hop of a two-hop question the model stopped at "
+                        "(Bridge(next_hop=False); bridge.chat goes on, so the suite does by default)")
     p.add_argument("--search", action="store_true",
                    help="also offer the semantic search tool (off: the suite measures lookups and graph hops)")
     args = p.parse_args(argv)
@@ -403,7 +407,7 @@ def main(argv=None) -> int:
     result = {"command": "python -m benchmarks.natural_questions " + " ".join(argv or sys.argv[1:]),
               "commit": commit(), "machine": machine(), "seed": args.seed, "model": args.model,
               "store": args.store, "search_tool": args.search, "n_subjects": args.n_subjects, "max_steps": args.max_steps,
-              "check_answers": not args.no_check, "subjects": args.subjects, "layouts": {}}
+              "check_answers": not args.no_check, "next_hop": not args.no_next_hop, "subjects": args.subjects, "layouts": {}}
     with KnowledgeStore(args.store, create=False) as store:
         tools = make_bridge_tools(store, search=args.search)
         for layout in args.layouts.split(","):
@@ -419,7 +423,8 @@ def main(argv=None) -> int:
                 result["layouts"][layout] = {"skipped": "the chat template renders no tools"}
                 continue
             fmt = make_format(tokenizer, tool_schemas(tools), "chat" if layout == "chat" else "completion")
-            bridge = Bridge(generate, fmt, tools, max_steps=args.max_steps, check_answers=not args.no_check)
+            bridge = Bridge(generate, fmt, tools, max_steps=args.max_steps, check_answers=not args.no_check,
+                            next_hop=not args.no_next_hop)
             questions, notes = build_questions(data, store, layout, args.n_subjects, args.seed, subjects)
             questions = interleave(questions)  # a run cut short has measured every kind and relation
             t0 = time.perf_counter()

@@ -114,7 +114,8 @@ def build_bridge(args) -> tuple[Bridge, object]:
     generate, tokenizer = load_generator(args.model, args.dtype, args.max_new_tokens)
     fmt = make_format(tokenizer, tool_schemas(tools or []), args.format, show_tools=args.show_tools)
     return Bridge(generate, fmt, tools, mode=args.mode, max_steps=args.max_steps, k=args.k,
-                  force_final=not args.no_force_final, check_answers=not args.no_check), store
+                  force_final=not args.no_force_final, check_answers=not args.no_check,
+                  next_hop=not args.no_next_hop), store
 
 
 # ----------------------------------------------------------------------------- display --------------
@@ -325,6 +326,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-check", action="store_true",
                         help="chat layout: accept an answer given without any lookup; by default, when the question "
                              "names a subject the store holds, the model is asked once to check it with the tools")
+    parser.add_argument("--no-next-hop", action="store_true",
+                        help="end a two-hop question the model stops after its first hop on that hop's fact; by default "
+                             "the loop looks up the relation the question asks first ('the capital of the country ...') "
+                             "on that fact's object, once, and lets the model answer")
     args = parser.parse_args(argv)
     args.store = resolve_store_arg(args.model, args.store)
     try:

@@ -16,6 +16,11 @@ The loop always ends in an answer when the store gave it the fact:
   call's relation, about a subject the question names, followed along its chain), a model that
   repeats a call or asks for something that does not go on from that fact gets that fact as its
   answer ("tool_result"), and so does the step budget;
+- a two-hop question that the model stops after its first hop ("the capital of the country Weru is
+  in": lookup(Weru, country), then a repeat, silence, or "Indonesia") gets the next hop from the loop,
+  once: when the question names another store relation *before* the one just answered (English nests
+  the goal first: "the capital of the country ..."), the loop looks that relation up on the answer's
+  object, shows it to the model as a step of its own, and lets the model answer (`next_hop`);
 - otherwise an identical call repeated is not run again, and when `max_steps` generations are spent,
   the model generates once more with the tools withheld, asked plainly for the answer from the
   results ("forced final answer"); if even that names nothing, the answer is the answering fact's
@@ -37,9 +42,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from common.facts import find_answer, normalize_name
-from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls
+from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls, render_lookup
 
-from .grounding import GUESSED, Ledger, call_subject, describe_fact
+from .grounding import GUESSED, Ledger, call_subject, describe_fact, fold_words
 from .prompts import CHECK_ASK, Turn, to_fact
 
 MODES = ("closed", "just-rag", "tool")
@@ -98,6 +103,8 @@ class LoopResult:
             the step budget); stop_reason keeps why.
         answer_source: "model" (it answered), "forced" (it answered when forced) or "tool_result" (the
             object of the last fact a tool returned; the model named nothing even when forced).
+        next_hop: the lookup the loop made itself to go on from the first hop (`Bridge(next_hop=True)`),
+            as "lookup(subject, relation)"; None: none made. Not in `calls`, which are the model's.
         checked: the subject the question names that the store holds, when the model answered without
             any lookup and was asked once to check (`Bridge(check_answers=True)`); its first answer is
             in `generations`. None: not asked.
@@ -118,6 +125,7 @@ class LoopResult:
     forced: bool = False
     answer_source: str | None = None
     checked: str | None = None
+    next_hop: str | None = None
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -260,6 +268,27 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
     return None
 
 
+def store_relations(tools: dict) -> list[str]:
+    """The relation names the lookup tool offers (its schema's enum), [] when it lists none."""
+    tool = tools.get(LOOKUP_TOOL)
+    field_ = getattr(getattr(tool, "args_schema", None), "model_fields", {}).get("relation")
+    extra = getattr(field_, "json_schema_extra", None) or {}
+    return list(extra.get("enum") or []) if isinstance(extra, dict) else []
+
+
+def relations_named(tools: dict, question: str) -> list[tuple[int, str]]:
+    """(position, relation) of each store relation whose name the question uses as whole words
+    ("atomic_number" as "atomic number"), in order of first mention."""
+    text = " " + fold_words(question) + " "
+    found = []
+    for rel in store_relations(tools):
+        words = fold_words(rel.replace("_", " "))
+        at = text.find(f" {words} ") if words else -1
+        if at >= 0:
+            found.append((at, rel))
+    return sorted(found)
+
+
 def make_turn(text: str, observations: list[Observation], max_facts: int = 5) -> Turn:
     """The transcript entry for one step: the model's text and what its calls returned (first `max_facts` each).
 
@@ -308,16 +337,19 @@ class Bridge:
             store holds, ask it once to check with the tools (`prompts.CHECK_ASK`, a user turn; layouts
             with user turns only) instead of ending on a weights-only answer. Off by default: the
             project's lookup rates measure what the model does unasked; `bridge.chat` turns it on.
+        next_hop: when the model stops after the first hop of a two-hop question (see the module
+            docstring), look up the next relation the question names on the answer's object, once, and
+            let the model answer with both results in view.
     """
 
     def __init__(self, generate, fmt, tools=None, *, mode: str = "tool", max_steps: int = 4, k: int = 3,
                  max_facts: int = 5, force_final: bool = True, question_fallback: bool = True,
-                 check_answers: bool = False):
+                 check_answers: bool = False, next_hop: bool = True):
         self.generate, self.fmt = generate, fmt
         self.tools = {t.name: t for t in (tools or [])}
         self.max_steps, self.k, self.max_facts = max_steps, k, max_facts
         self.force_final, self.question_fallback = force_final, question_fallback
-        self.check_answers = check_answers
+        self.check_answers, self.next_hop = check_answers, next_hop
         problems = []
         if max_steps < 1:
             problems.append(f"max_steps must be >= 1, got {max_steps}")
@@ -425,11 +457,17 @@ class Conversation:
             answer = b.fmt.answer(text)
             if not answer and res.mode == "tool" and b.force_final and res.facts_seen:
                 if self.ledger.answer is not None:
+                    if self._offer_next_hop("said nothing after the results"):
+                        return
                     return self._settle("said nothing after the results")
                 res.forced = True  # it said nothing (or only echoed a result) although it holds facts
                 res.trace.append(f"step {res.steps}: no answer after the results: forced final answer, tools withheld")
                 return
             if answer and self._should_check():
+                return
+            if (answer and self.ledger.answer is not None
+                    and find_answer(answer, [str(self.ledger.answer.get("object"))]) is not None
+                    and self._offer_next_hop("answered with it")):
                 return
             res.answer = answer or None
             res.stop_reason = "answer" if answer else "no_answer"
@@ -457,6 +495,10 @@ class Conversation:
         if b.force_final and answered_before and not moved:
             if res.stop_reason != "repeated_call":
                 res.stop_reason = "wandered"
+            if self._offer_next_hop(
+                    "repeated a call" if res.stop_reason == "repeated_call" else "asked for something else"):
+                res.stop_reason = "no_answer"  # the loop goes on
+                return
             return self._settle("repeated a call" if res.stop_reason == "repeated_call"
                                 else "asked for something that does not go on from it")
         if res.stop_reason == "repeated_call" or res.steps >= b.max_steps:
@@ -467,6 +509,35 @@ class Conversation:
             res.forced = True  # the next prompt withholds the tools
             why = "a repeated call" if res.stop_reason == "repeated_call" else f"the step budget ({b.max_steps})"
             res.trace.append(f"forced final answer after {why}: one more generation with the tools withheld")
+
+    def _offer_next_hop(self, why: str) -> bool:
+        """The model stopped at the fact that answers the first hop (`why`) while the question names
+        another store relation before the answered one: look that relation up on the fact's object and
+        show the result as a step, once. True when done (the loop goes on for one more generation)."""
+        b, res, fact = self.bridge, self.result, self.ledger.answer
+        if not b.next_hop or res.mode != "tool" or res.next_hop or fact is None or res.steps >= b.max_steps:
+            return False
+        named = relations_named(b.tools, res.question)
+        answered = next((at for at, rel in named if rel == fact.get("relation")), None)
+        goal = [rel for at, rel in named if answered is not None and at < answered]
+        if len(goal) != 1:
+            return False
+        call = ToolCall(LOOKUP_TOOL, {"subject": str(fact.get("object")), "relation": goal[0]})
+        if call_key(call) in self.seen:
+            return False
+        obs = run_tool(b.tools, call, b.max_facts)
+        if obs.error or not any(f.get("relation") == goal[0] and f.get("matched_by") in (None, "exact")
+                                for f in obs.facts):
+            return False
+        self.seen.add(call_key(call))
+        self.ledger.record(obs, res.steps)
+        res.observations.append(obs)
+        res.next_hop = describe_call(call)
+        self.turns.append(make_turn(" " + render_lookup(call.arguments["subject"], goal[0]), [obs], b.max_facts))
+        res.trace.append(f"step {res.steps}: the model {why} after the first hop ({describe_fact(fact)}), and the "
+                         f"question asks for {goal[0]!r} first: the loop looked up {describe_call(call)} -> "
+                         f"{describe_observation(obs)}")
+        return True
 
     def _should_check(self) -> bool:
         """Ask the model to check an answer it gave without any lookup, once, when the question names a

@@ -180,6 +180,42 @@ def test_two_hop_question_with_two_lookups(gtools):
     assert res.answer == "Naira." and res.status == "store"
 
 
+@pytest.mark.parametrize("then", ["repeat", "silence", "first_hop_answer"])
+def test_a_two_hop_question_stopped_at_its_first_hop_gets_the_next_hop(gtools, then):
+    """The held-out suite's misses: lookup(Weru, country), then a repeat, nothing, or "Indonesia". The
+    question names 'capital' before 'country', so the loop looks up the capital of the first hop's object,
+    shows it as a step, and the model answers from it."""
+    first = " " + render_lookup("Lagos", "country")
+    second = {"repeat": first, "silence": "", "first_hop_answer": " Nigeria."}[then]
+    model = Scripted(first, second, " Abuja.")
+    res = ask(model, gtools, "Name the capital of whichever country Lagos is in.")
+    assert res.answer == "Abuja." and res.status == "store" and res.steps == 3
+    assert res.next_hop == "lookup(subject='Nigeria', relation='capital')"
+    assert [c.arguments for c in res.calls][:1] == [{"subject": "Lagos", "relation": "country"}]  # the model's own
+    assert "The capital of Nigeria is Abuja." in model.prompts[2]
+    assert any("the loop looked up lookup(subject='Nigeria', relation='capital')" in line for line in res.trace)
+    # ... and when the model repeats itself after the hop too, the loop ends on the goal fact, not the first hop
+    res = ask(Scripted(first, first, first, first), gtools, "Name the capital of whichever country Lagos is in.")
+    assert res.answer == "Abuja" and res.status == "store"
+    # off: the first hop's fact is the answer, as before
+    res = ask(Scripted(first, first), gtools, "Name the capital of whichever country Lagos is in.", next_hop=False)
+    assert res.answer == "Nigeria" and res.next_hop is None
+
+
+def test_no_next_hop_when_the_question_asks_the_answered_relation_first(gtools):
+    """"Which country is Mumbai, ... capital ..." names 'country' first: a single-hop question whose other
+    relation word comes later; and a question that names one relation only. Neither gets a hop."""
+    call = " " + render_lookup("Mumbai", "country")
+    res = ask(Scripted(call, call), gtools, "Which country is Mumbai in, and is it the capital?")
+    assert res.answer == "India" and res.next_hop is None
+    res = ask(Scripted(call, " India."), gtools, "Which country is Mumbai in?")
+    assert res.answer == "India." and res.next_hop is None and res.steps == 2
+    # the goal relation has no fact for the first hop's object: nothing to show, the first hop stands
+    call = " " + render_lookup("Shanghai", "country")
+    res = ask(Scripted(call, call), gtools, "What currency is used in the country Shanghai is in?")
+    assert res.answer == "China" and res.next_hop is None
+
+
 def test_follow_takes_relations_written_as_text(gtools):
     out = json.loads(gtools[1].invoke({"subject": "Lagos", "relations": "country, currency"}))
     assert [f["object"] for f in out] == ["Nigeria", "Naira"]

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import shutil
 import sys
 import time
@@ -45,7 +46,7 @@ from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
 from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, FactSets, Prompt, build_fact_sets, chat_prompt, fact_prompts,
                              other_cities, render_context)
 from neuralcpu.evaluation import closed_book
-from neuralcpu.generation import adds_bos
+from neuralcpu.generation import adds_bos, encode_left_padded
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
 from neuralcpu.streams import (NPO, AdversarialForget, GradDiff, LocalityKL, LookupRequest, OtherCityProbe,
@@ -88,6 +89,7 @@ class RLCPConfig:
     forget_batch: int = field(default=16, metadata={"help": "forget prompt+target pairs per step for the lookup-request loss (or a baseline's forget loss)"})
     probe_prefixes: str = field(default="", metadata={"help": "'|'-separated prefixes, e.g. 'Fact:|In geography,': each training prompt also goes to the probe terms with each prefix, as its own template group, so the held-out-probe term must also erase a city from near-copies of a template it fits on (as the held-out evaluation templates are)"})
     probe_batch: int = field(default=0, metadata={"help": "forget prompts per step for the probes and class-mean term, drawn at random (0 = all the drawn templates' prompts, see --probe-templates)"})
+    recall_samples: int = field(default=0, metadata={"help": "free-text samples per opener (RECALL_OPENERS: 'Notes on X.', ...) that the original model writes about each forget and anchored-locality subject; where a sample names the fact's object of its own accord, the text before it becomes a lookup prompt (forget) or a keep-answering prompt (locality): contexts where the fact is recalled that no template has (0 = off; kept in OUT/recall_prompts.json)"})
     distractors: int = field(default=0, metadata={"help": "the lookup and locality streams also see each training prompt after this many unrelated sentences (first sentences of GSM8K train questions, one drawn per copy): the lookup must be keyed on the subject and the relation, not on the prompt's opening (0 = off)"})
     probe_templates: int = field(default=6, metadata={"help": "training templates (of either layout) drawn every step for the probes and the class-mean term, each with every forget fact, so class means are compared within a template on the same subjects (0 = every template every step: 25 per fact for city -> country, 4x the cost of a step)"})
     rag_batch: int = field(default=8, metadata={"help": "answer-from-context examples per step"})
@@ -211,6 +213,68 @@ def forget_pairs(facts: FactSets, method: str, use_retrieval: bool, tokenizer=No
             target = target_text(p, f.object)
         rows.append(((p.text, target), cls[f.object], g, f.subject))
     return rows
+
+
+# Openers of free text about a subject. None asks for the fact: where the original model's continuation
+# names the object, it recalls the fact of its own accord, in a context that no template has.
+RECALL_OPENERS = ("{subject}", "Notes on {subject}.", "Here is what I know about {subject}:",
+                  "{subject} is", "A few words about {subject}.")
+
+
+def first_mention(text: str, names: list[str]) -> int | None:
+    """Where the first of `names` starts in `text` as whole words (case-sensitive), else None."""
+    starts = [m.start() for n in names if n
+              for m in [re.search(r"(?<!\w)" + re.escape(n) + r"(?!\w)", text)] if m]
+    return min(starts) if starts else None
+
+
+@torch.inference_mode()
+def recall_prompts(model, tokenizer, facts: list[Fact], samples: int, seed: int, max_new_tokens: int = 48,
+                   batch: int = 8) -> list[tuple[Fact, str]]:
+    """(fact, text): `samples` sampled continuations (top-p 0.95) of each RECALL_OPENERS opener about each
+    fact's subject, cut just before the first mention of the fact's object (or an alias); samples that
+    never name it give nothing. Seeded, and the global RNG is left as it was."""
+    opens = [(f, o.replace("{subject}", f.subject)) for f in facts for o in RECALL_OPENERS]
+    rows, seen = [], set()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for s in range(0, len(opens), batch):
+            chunk = opens[s:s + batch]
+            enc = encode_left_padded(tokenizer, [t for _, t in chunk]).to(model.device)
+            out = model.generate(**enc, do_sample=True, top_p=0.95, temperature=1.0, top_k=None,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                                 pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i, cont in enumerate(texts):
+                fact, opener = chunk[i // samples]
+                at = first_mention(cont, fact.answers())
+                text = (opener + cont[:at]).rstrip() if at is not None else None
+                if text and (fact.subject, text) not in seen:
+                    seen.add((fact.subject, text))
+                    rows.append((fact, text))
+    return rows
+
+
+def load_recall_prompts(path: Path, model, tokenizer, facts: FactSets, samples: int, seed: int
+                        ) -> tuple[list[tuple[Fact, str]], list[tuple[Fact, str]]]:
+    """(forget rows, locality rows) of `recall_prompts`, drawn once per run and kept in `path` (a resume
+    reads them back)."""
+    if path.is_file():
+        data = json.loads(path.read_text())
+        back = lambda rows: [(Fact(r["subject"], r["relation"], r["object"], tuple(r.get("aliases", ()))), r["text"])
+                             for r in rows]
+        return back(data["forget"]), back(data["locality"])
+    forget = recall_prompts(model, tokenizer, facts.forget, samples, seed)
+    locality = recall_prompts(model, tokenizer, facts.locality, samples, seed + 1)
+    dump = lambda rows: [{"subject": f.subject, "relation": f.relation, "object": f.object,
+                          "aliases": list(f.aliases), "text": t} for f, t in rows]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"samples": samples, "openers": RECALL_OPENERS, "forget": dump(forget),
+                               "locality": dump(locality)}, indent=1, ensure_ascii=False))
+    tmp.replace(path)
+    log.info("recall prompts: %d forget, %d locality (of %d and %d samples)", len(forget), len(locality),
+             len(facts.forget) * len(RECALL_OPENERS) * samples, len(facts.locality) * len(RECALL_OPENERS) * samples)
+    return forget, locality
 
 
 def opening_sentences(rows: list[dict]) -> list[str]:
@@ -344,19 +408,23 @@ def setup(cfg: RLCPConfig, accel, model, anchor, tokenizer, facts: FactSets, sha
         base = model.get_base_model() if cfg.trainable == "lora" else model
         prefix = PrefixCache(base, first)
         trained, anchor_net = DeepSuffix(base, first), DeepSuffix(anchor, first)
+    recall = (load_recall_prompts(Path(cfg.out) / "recall_prompts.json", anchor, tokenizer, facts,
+                                  cfg.recall_samples, cfg.seed) if cfg.recall_samples > 0 else ([], []))
     probes = losses.LayerProbes(sites, model.config.hidden_size, len(facts.classes))
     params = [p for p in trained.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     probe_opt = torch.optim.Adam(probes.parameters(), lr=cfg.probe_lr)
     trained, probes, opt, probe_opt = accel.prepare(trained, probes, opt, probe_opt)
     runner = Runner(tokenizer, trained, anchor_net, prefix, first, sites, accel)
-    streams = streams_for(cfg, runner, facts, shared, probes, probe_opt)
+    streams = streams_for(cfg, runner, facts, shared, probes, probe_opt, recall)
     return State(cfg, accel, model, tokenizer, trained, params, opt, runner, streams)
 
 
-def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[Fact], probes, probe_opt) -> list:
+def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[Fact], probes, probe_opt,
+                recall=([], [])) -> list:
     """The run's loss streams, in the order they run and draw from the step's RNG; a stream whose weights
-    are all 0 is left out (the adversarial stream stays: its probes are trained and logged)."""
+    are all 0 is left out (the adversarial stream stays: its probes are trained and logged). `recall`:
+    (forget, locality) rows of `recall_prompts`, added to the lookup (or baseline forget) and locality pools."""
     tokenizer = runner.tokenizer
     # Pools: sampled per step with a step-seeded RNG, so a resume replays them.
     forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0, tokenizer)
@@ -371,6 +439,13 @@ def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[F
 
     locality_pool = [((p.text, answer(p)), p.fact.subject) for p in local_prompts]
     target_pool = forget_pool  # the lookup request's (or a baseline's) rows; the probes read forget_pool only
+    recall_forget, recall_locality = recall
+    if recall_forget or recall_locality:
+        cls = facts.class_index
+        recall_target = ((lambda f: " " + render_lookup(f.subject, f.relation)) if cfg.method == "rlcp"
+                         else (lambda f: " " + f.object))
+        target_pool = target_pool + [((text, recall_target(f)), cls[f.object], -1, f.subject) for f, text in recall_forget]
+        locality_pool = locality_pool + [((text, " " + f.object), f.subject) for f, text in recall_locality]
     if cfg.distractors > 0:
         # Both streams get the same unrelated openings, so an opening alone never signals "look it up".
         sentences, drng = opening_sentences(gsm8k_rows), random.Random(f"distractors-{cfg.seed}")
@@ -378,7 +453,7 @@ def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[F
         forget_target = ((lambda p: target_text(p, render_lookup(p.fact.subject, p.fact.relation)))
                          if cfg.method == "rlcp" else answer)
         forget_prompts = [p for f in facts.forget for p in fact_prompts(f, "train", tokenizer)]
-        target_pool = forget_pool + [(pair, cls[p.fact.object], -1, p.fact.subject) for p, pair in distracted_pairs(
+        target_pool = target_pool + [(pair, cls[p.fact.object], -1, p.fact.subject) for p, pair in distracted_pairs(
             forget_prompts, forget_target, sentences, cfg.distractors, drng, tokenizer)]
         locality_pool = locality_pool + [(pair, p.fact.subject) for p, pair in distracted_pairs(
             local_prompts, answer, sentences, cfg.distractors, drng, tokenizer)]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from neuralcpu import losses
 from common.facts import Fact
+from common.toolcall import render_lookup
 from neuralcpu.facts import FactFileError, FactSets, load_jsonl_facts, prompts_for
 from neuralcpu.rlcp import RLCPConfig, draw_per_object, parse_args, probe_prompts, train
 from neuralcpu.training import encode
@@ -723,3 +724,45 @@ def test_select_best_keeps_the_best_validation_step(tiny_qwen2_dir, tmp_path, mo
     assert not torch.equal(weights[out], weights[out / "snapshots" / "step-6"])
     assert rlcp.selection_score(cfg, dict(forget_acc=0.0, forget_call_ok_rate=1.0, locality_acc=0.1),
                                 dict(locality_acc=0.6)) is None
+
+
+def test_first_mention_finds_whole_words_only():
+    from neuralcpu.rlcp import first_mention
+
+    assert first_mention("a city in western China, near", ["China", "PRC"]) == len("a city in western ")
+    assert first_mention("Indochina is not it", ["China"]) is None
+    assert first_mention("the PRC, or China", ["China", "PRC"]) == 4  # the earliest of the names
+
+
+def test_recall_prompts_join_the_lookup_and_locality_pools(tiny_qwen2_dir, tmp_path, monkeypatch):
+    """--recall-samples: the original model's free text about a subject, cut before it names the object,
+    becomes a lookup prompt (forget facts) or a keep-answering prompt (locality facts); drawn once and kept
+    in OUT/recall_prompts.json, which a second setup reads instead of sampling again."""
+    from neuralcpu import rlcp
+
+    calls = []
+
+    def scripted(model, tokenizer, facts, samples, seed, **kw):  # what a model that knows the facts writes
+        calls.append((len(facts), samples))
+        return [(f, f"Notes on {f.subject}. It is a big city in") for f in facts]
+
+    pools = {}
+    real_lookup, real_locality = rlcp.LookupRequest, rlcp.LocalityKL
+    monkeypatch.setattr(rlcp, "recall_prompts", scripted)
+    monkeypatch.setattr(rlcp, "LookupRequest", lambda pool, *a: pools.setdefault("lookup", pool) and real_lookup(pool, *a))
+    monkeypatch.setattr(rlcp, "LocalityKL", lambda pool, *a: pools.setdefault("locality", pool) and real_locality(pool, *a))
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "recall", steps=1, eval_every=1, ckpt_every=1, recall_samples=2)
+    train(cfg)
+    saved = json.loads((tmp_path / "recall" / "recall_prompts.json").read_text())
+    facts = json.loads((tmp_path / "recall" / "facts.json").read_text())
+    assert [r["subject"] for r in saved["forget"]] == [f["subject"] for f in facts["forget"]]
+    assert len(saved["locality"]) == len(facts["locality"]) and calls == [(len(facts["forget"]), 2), (len(facts["locality"]), 2)]
+    first = facts["forget"][0]
+    want = (f"Notes on {first['subject']}. It is a big city in",
+            ' ' + render_lookup(first["subject"], first["relation"]))
+    assert sum(pair == want for pair, *_ in pools["lookup"]) == 1
+    assert sum(pair[0].startswith("Notes on") for pair, _ in pools["locality"]) == len(facts["locality"])
+    # a resume (or any later setup of this OUT) reads the file: nothing is sampled again
+    pools.clear()
+    train(tiny_cfg(tiny_qwen2_dir, tmp_path, "recall", steps=2, eval_every=1, ckpt_every=1, recall_samples=2), resume=True)
+    assert len(calls) == 2 and sum(pair == want for pair, *_ in pools["lookup"]) == 1

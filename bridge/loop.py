@@ -21,6 +21,9 @@ The loop always ends in an answer when the store gave it the fact:
   once: when the question names another store relation *before* the one just answered (English nests
   the goal first: "the capital of the country ..."), the loop looks that relation up on the answer's
   object, shows it to the model as a step of its own, and lets the model answer (`next_hop`);
+- a lookup of a relation the question does not name, in a question that names relations of the store,
+  asks the relation it names last instead, when the store holds that fact of the subject (the model
+  wrote `lookup(Cherkessk, continent)` for "the capital of the country that Cherkessk is part of");
 - otherwise an identical call repeated is not run again, and when `max_steps` generations are spent,
   the model generates once more with the tools withheld, asked plainly for the answer from the
   results ("forced final answer"); if even that names nothing, the answer is the answering fact's
@@ -517,6 +520,8 @@ class Conversation:
         b, res, fact = self.bridge, self.result, self.ledger.answer
         if not b.next_hop or res.mode != "tool" or res.next_hop or fact is None or res.steps >= b.max_steps:
             return False
+        if not self.ledger.mentioned(str(fact.get("subject"))):
+            return False  # the answer is already past the first hop (a follow, or a chain the model walked)
         named = relations_named(b.tools, res.question)
         answered = next((at for at, rel in named if rel == fact.get("relation")), None)
         goal = [rel for at, rel in named if answered is not None and at < answered]
@@ -559,6 +564,7 @@ class Conversation:
         """Execute `call`; redo it with the question's own subject when the model's is not in the question
         (nor reached from it), or when a lookup found nothing or only a guessed subject."""
         b, res = self.bridge, self.result
+        call = self._named_relation(call)
         subject = call_subject(call)
         retry = b.question_fallback and subject is not None
         if retry and not self.ledger.grounded(subject):
@@ -576,6 +582,28 @@ class Conversation:
                                  f"the question names {fixed.subject_used!r}: looked that up instead")
                 return fixed
         return obs
+
+    def _named_relation(self, call: ToolCall) -> ToolCall:
+        """A lookup whose relation the question does not name, in a question that names relations of the
+        store, asks the relation named last instead (the innermost of a nested question: "the capital of
+        the country X is in" -> country) when the store holds that fact of the subject exactly; else the
+        call as it was. The model wrote lookup(Cherkessk, continent) for "What is the capital of the
+        country that Cherkessk is part of?"."""
+        b, res = self.bridge, self.result
+        if not b.question_fallback or call.name != LOOKUP_TOOL or call_subject(call) is None:
+            return call
+        asked = call.arguments.get("relation")
+        named = [rel for _, rel in relations_named(b.tools, res.question)]
+        if not asked or not named or asked in named:
+            return call
+        fixed = ToolCall(LOOKUP_TOOL, {**call.arguments, "relation": named[-1]})
+        probe = run_tool(b.tools, fixed, b.max_facts)
+        if probe.error or not any(f.get("relation") == named[-1] and f.get("matched_by") in (None, "exact")
+                                  for f in probe.facts):
+            return call
+        res.trace.append(f"step {res.steps}: {describe_call(call)} asks {asked!r}, which the question does not "
+                         f"name; it names {named[-1]!r} last: asked that instead")
+        return fixed
 
     def _settle(self, why: str) -> None:
         """End with the fact that answers the question (the store already answered; the model then `why`)."""

@@ -202,6 +202,35 @@ def test_a_two_hop_question_stopped_at_its_first_hop_gets_the_next_hop(gtools, t
     assert res.answer == "Nigeria" and res.next_hop is None
 
 
+def test_no_next_hop_past_the_first_hop(hash_store):
+    """A follow that already reached the goal, then a repeat: the answered fact's subject (Nigeria) is not
+    the question's, so no hop is made, although the question names 'country' before 'currency' (the
+    held-out run's "I land in Batman tomorrow. The country it's in uses which currency?" went on to
+    lookup(Lira, country) -> Uganda)."""
+    tools = make_bridge_tools(hash_store(GRAPH + [("Naira", "country", "Nowhere")]))
+    call = " " + render_call(FOLLOW_TOOL, {"subject": "Lagos", "relations": ["country", "currency"]})
+    res = ask(Scripted(call, call, call), tools, "I land in Lagos tomorrow. The country it's in uses which currency?")
+    assert res.answer == "Naira" and res.next_hop is None and res.status == "store"
+
+
+def test_a_lookup_of_a_relation_the_question_does_not_name_asks_the_one_it_names_last(hash_store):
+    """lookup(Lagos, continent) for "the capital of the country that Lagos is part of": the question names
+    capital and country, not continent; the loop asks country (named last), then goes on to capital."""
+    tools = make_bridge_tools(hash_store(GRAPH + [("Nigeria", "continent", "Africa"), ("Lagos", "continent", "Africa")]))
+    call = " " + render_lookup("Lagos", "continent")
+    model = Scripted(call, call, " Abuja.")
+    res = ask(model, tools, "What is the capital of the country that Lagos is part of?")
+    assert res.observations[0].call.arguments == {"subject": "Lagos", "relation": "country"}
+    assert res.calls[0].arguments["relation"] == "continent"  # the model's own call is kept as it wrote it
+    assert any("asks 'continent', which the question does not name; it names 'country' last" in t for t in res.trace)
+    assert res.answer == "Abuja." and res.status == "store" and res.next_hop is not None
+    # a question naming no relation, or naming the asked one, is left alone
+    res = ask(Scripted(call, " Africa."), tools, "Where on the globe is Lagos?")
+    assert res.observations[0].call.arguments["relation"] == "continent" and res.answer == "Africa."
+    res = ask(Scripted(call, " Africa."), tools, "Which continent is the country of Lagos on?")
+    assert res.observations[0].call.arguments["relation"] == "continent"
+
+
 def test_no_next_hop_when_the_question_asks_the_answered_relation_first(gtools):
     """"Which country is Mumbai, ... capital ..." names 'country' first: a single-hop question whose other
     relation word comes later; and a question that names one relation only. Neither gets a hop."""

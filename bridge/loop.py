@@ -22,7 +22,7 @@ The loop always ends in an answer when the store gave it the fact:
   the goal first: "the capital of the country ..."), the loop looks that relation up on the answer's
   object, shows it to the model as a step of its own, and lets the model answer (`next_hop`);
 - a lookup of a relation the question does not name, in a question that names relations of the store,
-  asks the relation it names last instead, when the store holds that fact of the subject (the model
+  asks one of those instead, the last named first, the first the store holds for the subject (the model
   wrote `lookup(Cherkessk, continent)` for "the capital of the country that Cherkessk is part of");
 - otherwise an identical call repeated is not run again, and when `max_steps` generations are spent,
   the model generates once more with the tools withheld, asked plainly for the answer from the
@@ -585,9 +585,9 @@ class Conversation:
 
     def _named_relation(self, call: ToolCall) -> ToolCall:
         """A lookup whose relation the question does not name, in a question that names relations of the
-        store, asks the relation named last instead (the innermost of a nested question: "the capital of
-        the country X is in" -> country) when the store holds that fact of the subject exactly; else the
-        call as it was. The model wrote lookup(Cherkessk, continent) for "What is the capital of the
+        store, asks one of those instead: the last named that the store holds exactly for the subject
+        (the innermost of a nested question first: "the capital of the country X is in" -> country for
+        X, capital for X's country); else the call as it was. The model wrote lookup(Cherkessk, continent) for "What is the capital of the
         country that Cherkessk is part of?"."""
         b, res = self.bridge, self.result
         if not b.question_fallback or call.name != LOOKUP_TOOL or call_subject(call) is None:
@@ -596,14 +596,16 @@ class Conversation:
         named = [rel for _, rel in relations_named(b.tools, res.question)]
         if not asked or not named or asked in named:
             return call
-        fixed = ToolCall(LOOKUP_TOOL, {**call.arguments, "relation": named[-1]})
-        probe = run_tool(b.tools, fixed, b.max_facts)
-        if probe.error or not any(f.get("relation") == named[-1] and f.get("matched_by") in (None, "exact")
-                                  for f in probe.facts):
-            return call
-        res.trace.append(f"step {res.steps}: {describe_call(call)} asks {asked!r}, which the question does not "
-                         f"name; it names {named[-1]!r} last: asked that instead")
-        return fixed
+        for rel in reversed(named):
+            fixed = ToolCall(LOOKUP_TOOL, {**call.arguments, "relation": rel})
+            probe = run_tool(b.tools, fixed, b.max_facts)
+            if not probe.error and any(f.get("relation") == rel and f.get("matched_by") in (None, "exact")
+                                       for f in probe.facts):
+                res.trace.append(f"step {res.steps}: {describe_call(call)} asks {asked!r}, which the question does "
+                                 f"not name; of those it names, {rel!r} (named last first) is held for the subject: "
+                                 "asked that instead")
+                return fixed
+        return call
 
     def _settle(self, why: str) -> None:
         """End with the fact that answers the question (the store already answered; the model then `why`)."""

@@ -222,8 +222,14 @@ def test_a_lookup_of_a_relation_the_question_does_not_name_asks_the_one_it_names
     res = ask(model, tools, "What is the capital of the country that Lagos is part of?")
     assert res.observations[0].call.arguments == {"subject": "Lagos", "relation": "country"}
     assert res.calls[0].arguments["relation"] == "continent"  # the model's own call is kept as it wrote it
-    assert any("asks 'continent', which the question does not name; it names 'country' last" in t for t in res.trace)
+    assert any("asks 'continent', which the question does not name; of those it names, 'country'" in t for t in res.trace)
     assert res.answer == "Abuja." and res.status == "store" and res.next_hop is not None
+    # the model's second lookup asks continent again, now of Nigeria: country (named last) is not held for
+    # Nigeria, capital is
+    second = " " + render_lookup("Nigeria", "continent")
+    res = ask(Scripted(call, second, " Abuja."), tools, "What is the capital of the country that Lagos is part of?")
+    assert [o.call.arguments["relation"] for o in res.observations] == ["country", "capital"]
+    assert res.answer == "Abuja." and res.status == "store"
     # a question naming no relation, or naming the asked one, is left alone
     res = ask(Scripted(call, " Africa."), tools, "Where on the globe is Lagos?")
     assert res.observations[0].call.arguments["relation"] == "continent" and res.answer == "Africa."

@@ -91,7 +91,8 @@ def _gsm8k(d: dict) -> dict:
     """benchmarks.gsm8k_paired's result: one row per model, then the paired tests when there are two."""
     cfg = d["config"]
     prop = lambda p: f"{p['acc']:.3f} ({p['k']}/{p['n']}) [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]"
-    rows = [[cfg[side], prop(s["accuracy"]), prop(s["cot_rate"]), s["no_answer"], f"{s['mean_tokens']:.0f}",
+    name = lambda side: cfg[side] + (" (int8)" if cfg.get("int8", "none") in (side, "both") else "")
+    rows = [[name(side), prop(s["accuracy"]), prop(s["cot_rate"]), s["no_answer"], f"{s['mean_tokens']:.0f}",
              f"{s['cap_rate']:.2f}", f"{s['generation_seconds'] / 60:.1f}"] for side, s in d["models"].items()]
     notes = [f"{cfg.get('partial') or str(cfg['n_problems']) + ' GSM8K test problems'}, a seeded subset (seed {cfg['seed']}); "
              f"prompt `{cfg['prompt']}`, greedy, cap {cfg['max_new_tokens']} new tokens; Wilson 95% CIs; chance ≈ 0"]
@@ -100,7 +101,7 @@ def _gsm8k(d: dict) -> dict:
         if p:
             notes.append(f"{title}, paired (B − A): {p['diff']:+.3f} [{p['diff_ci95'][0]:+.3f}, {p['diff_ci95'][1]:+.3f}] "
                          f"(Newcombe), exact McNemar p = {p['mcnemar_p']:.3g}")
-    return {"title": f"GSM8K: {' vs '.join(cfg[s] for s in d['models'])}",
+    return {"title": f"GSM8K: {' vs '.join(name(s) for s in d['models'])}",
             "columns": ["model", "accuracy [95% CI]", "CoT rate", "no answer", "mean new tokens", "hit cap", "generation min"],
             "rows": rows, "notes": notes}
 

@@ -243,6 +243,13 @@ def known_facts(tools: dict, span: str, max_facts: int = 5) -> list[dict]:
     return [f for f in probe.facts if f.get("matched_by") in (None, "exact")]
 
 
+def holds_exactly(obs: Observation, relation: str) -> bool:
+    """True when a lookup's result `obs` holds a fact of `relation` about the asked subject itself (no
+    fallback's guess): the test before the loop asks or shows a relation on its own initiative."""
+    return obs.error is None and any(f.get("relation") == relation and f.get("matched_by") in (None, "exact")
+                                     for f in obs.facts)
+
+
 def named_subject(tools: dict, question: str) -> str | None:
     """The longest span of `question` that the store holds exactly as a subject (through its aliases), or None."""
     return next((span for span in question_spans(question) if known_facts(tools, span, 1)), None)
@@ -531,8 +538,7 @@ class Conversation:
         if call_key(call) in self.seen:
             return False
         obs = run_tool(b.tools, call, b.max_facts)
-        if obs.error or not any(f.get("relation") == goal[0] and f.get("matched_by") in (None, "exact")
-                                for f in obs.facts):
+        if not holds_exactly(obs, goal[0]):
             return False
         self.seen.add(call_key(call))
         self.ledger.record(obs, res.steps)
@@ -598,9 +604,7 @@ class Conversation:
             return call
         for rel in reversed(named):
             fixed = ToolCall(LOOKUP_TOOL, {**call.arguments, "relation": rel})
-            probe = run_tool(b.tools, fixed, b.max_facts)
-            if not probe.error and any(f.get("relation") == rel and f.get("matched_by") in (None, "exact")
-                                       for f in probe.facts):
+            if holds_exactly(run_tool(b.tools, fixed, b.max_facts), rel):
                 res.trace.append(f"step {res.steps}: {describe_call(call)} asks {asked!r}, which the question does "
                                  f"not name; of those it names, {rel!r} (named last first) is held for the subject: "
                                  "asked that instead")

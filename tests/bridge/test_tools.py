@@ -8,7 +8,7 @@ import json
 import pytest
 from fakes import Scripted
 
-from bridge.loop import Bridge, question_spans, tool_schemas
+from bridge.loop import Bridge, holds_exactly, question_spans, run_tool, tool_schemas
 from bridge.prompts import CompletionFormat
 from bridge.tools import FOLLOW_TOOL, StoreTools, make_bridge_tools
 from common.toolcall import render_call, render_lookup
@@ -46,6 +46,16 @@ def test_lookup_fallbacks_say_which_one_answered(gstore):
     assert [(f["subject"], f["matched_by"]) for f in st.lookup("Shangai", "country")] == [("Shanghai", "fuzzy_subject")]
     assert st.lookup("Atlantis", "country") == []
     assert st.relations() == ["capital", "country", "currency"]
+
+
+def test_holds_exactly_only_for_the_asked_subjects_own_fact_of_that_relation(gtools):
+    from common.toolcall import LOOKUP_TOOL, ToolCall
+    tools = {t.name: t for t in gtools}
+    look = lambda s, r: run_tool(tools, ToolCall(LOOKUP_TOOL, {"subject": s, "relation": r}))
+    assert holds_exactly(look("Nigeria", "capital"), "capital")
+    assert not holds_exactly(look("Nigeria", "continent"), "continent")  # only any_relation facts came back
+    assert not holds_exactly(look("Nigeria", "continent"), "capital")  # a capital fact, but a fallback's
+    assert not holds_exactly(look("Shangai", "country"), "country")  # a fuzzy subject guess
 
 
 def test_lookup_schema_lists_the_store_relations_and_offers_follow(gtools):

@@ -1,5 +1,6 @@
-"""Greedy generation shared by every evaluator and the bridge: continuous batching, left padding, an
-explicit pad token and an in-place KV cache."""
+"""Generation shared by every evaluator and the bridge: continuous batching, left padding, an explicit pad
+token and an in-place KV cache. Greedy everywhere, except where a caller asks for top-p samples (RLCP's
+recall prompts)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache
+from transformers import AttentionInterface, AttentionMaskInterface, DynamicCache, TopPLogitsWarper
 from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import sdpa_mask
 
@@ -186,8 +187,10 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                   end_ids: set[int] | frozenset[int] = frozenset(),
                   stop: Callable[[int, list[int]], bool] | None = None,
                   on_token: Callable[[int, int], None] | None = None,
-                  batch_size: int | None = None, progress: bool = False) -> list[list[int]]:
-    """Greedy continuations of left-padded prompts (input_ids, attention_mask: (N, T)), with a KV cache.
+                  batch_size: int | None = None, progress: bool = False,
+                  top_p: float | None = None, generator: torch.Generator | None = None) -> list[list[int]]:
+    """Greedy continuations of left-padded prompts (input_ids, attention_mask: (N, T)), with a KV cache;
+    with `top_p`, nucleus samples at temperature 1 instead, drawn from `generator` (seeded by the caller).
 
     At most `batch_size` rows run at once (all when None); the others wait, in order, and join as
     running rows end (continuous batching): their prompts are prefilled into a cache of their own,
@@ -212,7 +215,7 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         waiting = list(range(len(rows), n))
         logits, cache, mask, next_pos = _prefill(model, input_ids[rows], attention_mask[rows])
         while len(rows):
-            tokens = logits.argmax(-1)  # (b,)
+            tokens = logits.argmax(-1) if top_p is None else sample_top_p(logits, top_p, generator)  # (b,)
             running = []
             for j, (row, t) in enumerate(zip(rows.tolist(), tokens.tolist())):
                 if t in end_ids:
@@ -247,6 +250,13 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return new
 
 
+def sample_top_p(logits: torch.Tensor, top_p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `logits` (b, V) from the smallest set of tokens holding `top_p` of the
+    probability (transformers' TopPLogitsWarper, as `generate(do_sample=True, top_p=...)` uses)."""
+    scores = TopPLogitsWarper(top_p)(None, logits.float())
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
 def stop_token_ids(tokenizer, model=None) -> set[int]:
     """The ids that end a row: the tokenizer's EOS and pad token, and the EOS ids of the model's generation
     config, which `generate` stops at. They differ for chat models: Qwen2.5's tokenizer ends text with
@@ -273,9 +283,13 @@ def generate_ids(
     add_special_tokens: bool | None = None,
     progress: bool = False,
     on_token: Callable[[int, int], None] | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
 ) -> list[list[int]]:
     """Greedy new token ids for every prompt (EOS/pad not included), in prompt order: the one batching
-    wrapper around `greedy_decode` that every evaluator and the bridge use.
+    wrapper around `greedy_decode` that every evaluator and the bridge use. With `top_p`, nucleus
+    samples instead, from a generator seeded with `seed` (the global RNG is not touched); a prompt given
+    k times gets k samples.
 
     At most `batch_size` prompts run at once; a prompt that ends makes room for the next (continuous
     batching). Prompts enter longest first, so rows of similar length run together (less padding),
@@ -287,6 +301,8 @@ def generate_ids(
             BOS before a rendered chat template).
         progress: tqdm bar over finished prompts.
         on_token: on_token(index of the prompt, id) for each kept token as it is chosen (streaming).
+        top_p: sample from the top-p nucleus at temperature 1 instead of taking the argmax.
+        seed: the sampler's seed (with `top_p`).
     """
     if not prompts:
         return []
@@ -296,7 +312,8 @@ def generate_ids(
     new = greedy_decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, stop_token_ids(tokenizer, model),
                         (lambda row, ids: stop(order[row], ids)) if stop else None,
                         (lambda row, t: on_token(order[row], t)) if on_token else None, batch_size=batch_size,
-                        progress=progress)
+                        progress=progress, top_p=top_p,
+                        generator=None if top_p is None else torch.Generator(device=model.device).manual_seed(seed))
     out: list[list[int]] = [[] for _ in prompts]
     for i, ids in zip(order, new):
         out[i] = ids

@@ -46,7 +46,7 @@ from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
 from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, FactSets, Prompt, build_fact_sets, chat_prompt, fact_prompts,
                              other_cities, render_context)
 from neuralcpu.evaluation import closed_book
-from neuralcpu.generation import adds_bos, encode_left_padded
+from neuralcpu.generation import adds_bos, generate_ids, tail_matches
 from neuralcpu.models import load_model
 from neuralcpu.prefix_cache import DeepSuffix, PrefixCache
 from neuralcpu.streams import (NPO, AdversarialForget, GradDiff, LocalityKL, LookupRequest, OtherCityProbe,
@@ -230,28 +230,22 @@ def first_mention(text: str, names: list[str]) -> int | None:
 
 @torch.inference_mode()
 def recall_prompts(model, tokenizer, facts: list[Fact], samples: int, seed: int, max_new_tokens: int = 48,
-                   batch: int = 8) -> list[tuple[Fact, str]]:
+                   batch: int = 32) -> list[tuple[Fact, str]]:
     """(fact, text): `samples` sampled continuations (top-p 0.95) of each RECALL_OPENERS opener about each
     fact's subject, cut just before the first mention of the fact's object (or an alias); samples that
-    never name it give nothing. Seeded, and the global RNG is left as it was."""
-    opens = [(f, o.replace("{subject}", f.subject)) for f in facts for o in RECALL_OPENERS]
+    never name it give nothing. A sample stops at that mention (the batched generator, not `generate`:
+    the rest of its text is never used). Seeded; the global RNG is not touched."""
+    opens = [(f, o.replace("{subject}", f.subject)) for f in facts for o in RECALL_OPENERS for _ in range(samples)]
+    mentioned = lambda i, ids: tail_matches(tokenizer, ids, lambda t: first_mention(t, opens[i][0].answers()) is not None)
+    new = generate_ids(model, tokenizer, [t for _, t in opens], max_new_tokens, batch_size=batch, stop=mentioned,
+                       top_p=0.95, seed=seed)
     rows, seen = [], set()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for s in range(0, len(opens), batch):
-            chunk = opens[s:s + batch]
-            enc = encode_left_padded(tokenizer, [t for _, t in chunk]).to(model.device)
-            out = model.generate(**enc, do_sample=True, top_p=0.95, temperature=1.0, top_k=None,
-                                 max_new_tokens=max_new_tokens, num_return_sequences=samples,
-                                 pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, cont in enumerate(texts):
-                fact, opener = chunk[i // samples]
-                at = first_mention(cont, fact.answers())
-                text = (opener + cont[:at]).rstrip() if at is not None else None
-                if text and (fact.subject, text) not in seen:
-                    seen.add((fact.subject, text))
-                    rows.append((fact, text))
+    for (fact, opener), cont in zip(opens, tokenizer.batch_decode(new, skip_special_tokens=True)):
+        at = first_mention(cont, fact.answers())
+        text = (opener + cont[:at]).rstrip() if at is not None else None
+        if text and (fact.subject, text) not in seen:
+            seen.add((fact.subject, text))
+            rows.append((fact, text))
     return rows
 
 

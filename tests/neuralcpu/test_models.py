@@ -104,6 +104,22 @@ def test_generate_ids_batches_longest_first_and_keeps_prompt_order(context_tiny_
     assert tok.batch_decode(out, skip_special_tokens=True) == greedy_generate(model, tok, prompts, max_new_tokens=6)
 
 
+def test_top_p_sampling_is_seeded_varied_and_greedy_at_a_tiny_nucleus(context_tiny_qwen2_dir):
+    """Sampling (RLCP's recall prompts) runs through the same batched decoder: the same seed gives the same
+    samples, different seeds differ, repeated prompts get different samples, and a nucleus that keeps
+    only the top token is greedy decoding."""
+    model, tok = load_model(context_tiny_qwen2_dir)
+    prompts = ["Two words here and more"] * 4 + ["One"] * 4
+    a = generate_ids(model, tok, prompts, 8, batch_size=3, top_p=0.95, seed=1)
+    assert a == generate_ids(model, tok, prompts, 8, batch_size=3, top_p=0.95, seed=1)
+    assert a != generate_ids(model, tok, prompts, 8, batch_size=3, top_p=0.95, seed=2)
+    assert len({tuple(x) for x in a[:4]}) > 1  # four samples of one prompt are not all alike
+    assert generate_ids(model, tok, prompts, 8, batch_size=3, top_p=1e-9, seed=3) == generate_ids(model, tok, prompts, 8)
+    before = torch.random.get_rng_state()
+    generate_ids(model, tok, prompts[:2], 4, top_p=0.95, seed=0)
+    assert torch.equal(before, torch.random.get_rng_state())  # the global RNG is not touched
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
 def test_waiting_prompts_join_as_rows_end(context_tiny_qwen2_dir, batch_size, monkeypatch):
     """Continuous batching: prompts that join a running batch (its cache left-padded to theirs, or

@@ -734,6 +734,41 @@ def test_first_mention_finds_whole_words_only():
     assert first_mention("the PRC, or China", ["China", "PRC"]) == 4  # the earliest of the names
 
 
+def test_recall_prompts_cut_before_the_first_mention_and_stop_the_sample_there(tiny_qwen2_dir, monkeypatch):
+    """Each sampled text is cut just before it names the object (or an alias); a sample that never names
+    it gives nothing; duplicates count once; a sample stops as soon as the object appears."""
+    from common.facts import Fact
+    from neuralcpu import rlcp
+    from neuralcpu.models import load_model
+
+    model, tok = load_model(tiny_qwen2_dir)
+    texts = {"Lagos": [" is a port in Nigeria, by the sea", " is a port in Nigeria, by the sea", " is big and busy"],
+             "Hue": [" is an old city of Viet Nam. Its", " lies in central Vietnam", " was a capital"]}
+    seen = {}
+
+    def scripted(model_, tokenizer, prompts, max_new_tokens, batch_size, stop, top_p, seed):
+        seen.update(top_p=top_p, seed=seed, n=len(prompts))
+        subject = lambda p: "Lagos" if "Lagos" in p else "Hue"
+        count = {}
+        out = []
+        for i, p in enumerate(prompts):
+            k = count[subject(p)] = count.get(subject(p), -1) + 1
+            ids = tokenizer.encode(texts[subject(p)][k % 3], add_special_tokens=False)
+            cut = next((j for j in range(1, len(ids) + 1) if stop(i, ids[:j])), len(ids))
+            out.append(ids[:cut])
+        seen["decoded"] = tokenizer.batch_decode(out)
+        return out
+
+    monkeypatch.setattr(rlcp, "RECALL_OPENERS", ("{subject}",))
+    monkeypatch.setattr(rlcp, "generate_ids", scripted)
+    facts = [Fact("Lagos", "country", "Nigeria"), Fact("Hue", "country", "Vietnam", ("Viet Nam",))]
+    rows = rlcp.recall_prompts(model, tok, facts, samples=3, seed=7)
+    assert {k: seen[k] for k in ("top_p", "seed", "n")} == dict(top_p=0.95, seed=7, n=6)
+    assert seen["decoded"][0] == " is a port in Nigeria" and seen["decoded"][2] == " is big and busy"  # stopped there
+    assert [(f.subject, t) for f, t in rows] == [("Lagos", "Lagos is a port in"), ("Hue", "Hue is an old city of"),
+                                                  ("Hue", "Hue lies in central")]
+
+
 def test_recall_prompts_join_the_lookup_and_locality_pools(tiny_qwen2_dir, tmp_path, monkeypatch):
     """--recall-samples: the original model's free text about a subject, cut before it names the object,
     becomes a lookup prompt (forget facts) or a keep-answering prompt (locality facts); drawn once and kept

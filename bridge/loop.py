@@ -108,9 +108,10 @@ class LoopResult:
             object of the last fact a tool returned; the model named nothing even when forced).
         next_hop: the lookup the loop made itself to go on from the first hop (`Bridge(next_hop=True)`),
             as "lookup(subject, relation)"; None: none made. Not in `calls`, which are the model's.
-        checked: the subject the question names that the store holds, when the model answered without
-            any lookup and was asked once to check (`Bridge(check_answers=True)`); its first answer is
-            in `generations`. None: not asked.
+        checked: when the model answered without any lookup and was asked once to check
+            (`Bridge(check_answers=True)`): the subject the question names that the store holds, else
+            "relation R" for the store relation it names; its first answer is in `generations`. None:
+            not asked.
         trace: one line per notable step: each call, what answered it (which fallback), forcing.
     """
 
@@ -343,8 +344,8 @@ class Bridge:
             without an answer.
         question_fallback: redo a call with a subject the question names when the model's subject is
             not in the question (nor reached from it), or when a lookup came back empty or guessed.
-        check_answers: when the model answers without any lookup and the question names a subject the
-            store holds, ask it once to check with the tools (`prompts.CHECK_ASK`, a user turn; layouts
+        check_answers: when the model answers without any lookup and the question names a subject or a
+            relation the store holds, ask it once to check with the tools (`prompts.CHECK_ASK`, a user turn; layouts
             with user turns only) instead of ending on a weights-only answer. Off by default: the
             project's lookup rates measure what the model does unasked; `bridge.chat` turns it on.
         next_hop: when the model stops after the first hop of a two-hop question (see the module
@@ -552,18 +553,23 @@ class Conversation:
 
     def _should_check(self) -> bool:
         """Ask the model to check an answer it gave without any lookup, once, when the question names a
-        subject the store holds (the longest such span); True when asked (the loop goes on)."""
+        subject the store holds (the longest such span) or, failing that, a relation the store holds
+        (a subject the store lacks: the lookup is how the system learns that it has no such fact, rather
+        than passing on the weights' guess). True when asked (the loop goes on)."""
         b, res = self.bridge, self.result
         if (not b.check_answers or res.mode != "tool" or res.checked or res.calls or res.steps >= b.max_steps
                 or not getattr(b.fmt, "can_check", False)):
             return False
         subject = named_subject(b.tools, res.question)
-        if subject is None:
+        named = [rel for _, rel in relations_named(b.tools, res.question)]
+        if subject is None and not named:
             return False
-        res.checked = subject
+        res.checked = subject if subject is not None else f"relation {named[-1]}"
         self.turns.append(Turn(res.generations[-1], check=CHECK_ASK))
-        res.trace.append(f"step {res.steps}: answered without a lookup although the question names {subject!r}, "
-                         "which the store holds: asked to check with the tools")
+        why = (f"names {subject!r}, which the store holds" if subject is not None
+               else f"asks for {named[-1]!r}, a relation the store holds")
+        res.trace.append(f"step {res.steps}: answered without a lookup although the question {why}: "
+                         "asked to check with the tools")
         return True
 
     def _run(self, call: ToolCall) -> Observation:

@@ -326,12 +326,26 @@ def test_an_answer_without_a_lookup_is_checked_once_when_the_store_holds_the_sub
     # asked once only: a second answer without a lookup ends the loop, flagged as a guess
     again = Bridge(Scripted("Ghana", "Ghana still"), fmt, tools, check_answers=True).ask("Which country is Lagos in?")
     assert again.answer == "Ghana still" and again.answered_without_lookup and again.steps == 2
-    # not asked: a subject the store does not hold, the option off, or a layout without user turns
-    for bridge, q in ((Bridge(Scripted("Greece"), fmt, tools, check_answers=True), "Which country is Atlantis in?"),
+    # not asked: neither a subject nor a relation of the store named, the option off, or a layout without user turns
+    for bridge, q in ((Bridge(Scripted("Greece"), fmt, tools, check_answers=True), "Where would I find Atlantis?"),
                       (Bridge(Scripted("Ghana"), fmt, tools), "Which country is Lagos in?"),
                       (make(Scripted(" Ghana."), tools, check_answers=True), "The city of Lagos is in the country of")):
         res = bridge.ask(q)
         assert res.checked is None and res.steps == 1 and res.answered_without_lookup
+
+
+def test_an_unlooked_answer_about_a_subject_the_store_lacks_is_checked_and_ends_not_found(store, tiny_qwen2_dir):
+    """The question names a relation the store holds but a subject it does not: the check's lookup is how
+    the system learns it has no such fact, instead of passing on the weights' guess (Portree -> Portugal)."""
+    from bridge.tools import make_bridge_tools
+
+    tools = make_bridge_tools(store)  # its lookup schema lists the store's relations
+    fmt = _chat_format(tools, tiny_qwen2_dir)
+    call = "<tool_call>\n" + json.dumps({"name": "lookup", "arguments": {"subject": "Atlantis", "relation": "country"}}) + "\n</tool_call>"
+    res = Bridge(Scripted("Greece", call, "I could not find it."), fmt, tools, check_answers=True).ask(
+        "Which country is Atlantis in?")
+    assert res.checked == "relation country" and len(res.calls) == 1 and res.status == "not_found"
+    assert "a relation the store holds" in " ".join(res.trace)
 
 
 def test_a_bare_json_call_after_the_check_is_run(tools, tiny_qwen2_dir):

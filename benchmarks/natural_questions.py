@@ -361,7 +361,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "of triples; single-hop relations with none of them are skipped (default: any store subject)")
     p.add_argument("--no-check", action="store_true",
                    help="do not ask the model to check an answer it gave without any lookup when the question names a "
-                        "stored subject (bridge.chat asks, so the suite does by default; chat layout only)")
+                        "stored subject or relation (bridge.chat asks, so the suite does by default; chat layout only)")
     p.add_argument("--no-next-hop", action="store_true",
                    help="do not let the loop go on from the first hop of a two-hop question the model stopped at "
                         "(Bridge(next_hop=False); bridge.chat goes on, so the suite does by default)")

@@ -64,7 +64,7 @@ def _n(x, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def table(runs: list[dict], notes: list[str] = ()) -> dict:
+def table(runs: list[dict], notes: list[str] = (), recipe: str = "") -> dict:
     """The README table: one row per target, one column per seed (original and after)."""
     seeds = [r["seed"] for r in runs]
     o = runs[0]["original"]  # the original model's numbers are the same fact sets' for every seed of one model
@@ -103,7 +103,7 @@ def table(runs: list[dict], notes: list[str] = ()) -> dict:
         ["stopped at step", "", per_seed(lambda r: str(r["stopped_at"]))],
     ]
     f = runs[0]["after"]
-    return {"title": f"RLCP on {runs[0]['model']}: test-split targets (seeds {', '.join(map(str, seeds))})",
+    return {"title": f"RLCP on {runs[0]['model']}{' ' + recipe if recipe else ''}: test-split targets (seeds {', '.join(map(str, seeds))})",
             "columns": ["target (issue #30)", "original", "after RLCP, per seed"],
             "rows": rows,
             "notes": [f"forget set: {f['forget_n']} test prompts per seed (15 facts × test templates of both layouts); "
@@ -121,13 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="results JSON to write (docs/results/...)")
     parser.add_argument("--command", required=True, help="the command that made the runs (recorded)")
     parser.add_argument("--note", action="append", default=[], help="a note under the table (repeatable)")
+    parser.add_argument("--recipe", default="", help="what sets these runs apart, in the table's title (e.g. 'with --recall-samples 4')")
     args = parser.parse_args(argv)
     problems = [r for r in args.runs if not (Path(r) / "analysis" / "analysis.json").is_file()]
     if problems:
         parser.error(f"not analysed (no analysis/analysis.json; run python -m neuralcpu analyze): {problems}")
     runs = [run_numbers(Path(r)) for r in args.runs]
     data = {"command": args.command, "commit": commit(), "machine": machine(), "seeds": [r["seed"] for r in runs],
-            "split": "test", "runs": runs, "table": table(runs, args.note)}
+            "split": "test", "runs": runs, "table": table(runs, args.note, args.recipe)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -325,7 +325,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="end without an answer after a repeated call or at the step budget (the old behaviour)")
     parser.add_argument("--no-check", action="store_true",
                         help="chat layout: accept an answer given without any lookup; by default, when the question "
-                             "names a subject the store holds, the model is asked once to check it with the tools")
+                             "names a subject or a relation the store holds, the model is asked once to check it with the tools")
     parser.add_argument("--no-next-hop", action="store_true",
                         help="end a two-hop question the model stops after its first hop on that hop's fact; by default "
                              "the loop looks up the relation the question asks first ('the capital of the country ...') "

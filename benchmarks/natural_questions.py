@@ -9,8 +9,10 @@ not-found questions, scored separately with N and Wilson 95% CIs; JSON + markdow
 
 Wordings live in benchmarks/natural_questions.yaml (none equals or nearly equals a train/validation
 template of common/relations: a test checks). Layouts: "chat" sends the wording as a user message
-through the model's chat template with the tools offered (needs a template that renders tools:
-Qwen2.5; others are skipped with the reason), "plain" continues the text (the completion layout).
+through the model's chat template, with the tools offered where the template renders them (Qwen2.5:
+`bridge.prompts.ChatFormat`), else in the layout RLCP trains in chat (SmolLM2: "chat-text", calls as
+text, facts before the question in a fresh user turn); "plain" continues the text (the completion
+layout). Each layout's summary names the format it ran in.
 
 Scores:
 - single_hop / two_hop: `acc` = the answer names the expected object (word boundaries, aliases of
@@ -419,17 +421,19 @@ def main(argv=None) -> int:
                     result["layouts"][layout] = {**summarise(records), "notes": notes,
                                                  "partial": f"{len(records)} of {len(questions)} questions"}
                 continue
-            if layout == "chat" and not template_supports_tools(tokenizer):
-                result["layouts"][layout] = {"skipped": "the chat template renders no tools"}
+            if layout == "chat" and not getattr(tokenizer, "chat_template", None):
+                result["layouts"][layout] = {"skipped": "the tokenizer has no chat template"}
                 continue
-            fmt = make_format(tokenizer, tool_schemas(tools), "chat" if layout == "chat" else "completion")
+            # a chat template without tools (SmolLM2) asks in the layout RLCP trains in chat: chat-text
+            kind = "completion" if layout == "plain" else "chat" if template_supports_tools(tokenizer) else "chat-text"
+            fmt = make_format(tokenizer, tool_schemas(tools), kind)
             bridge = Bridge(generate, fmt, tools, max_steps=args.max_steps, check_answers=not args.no_check,
                             next_hop=not args.no_next_hop)
             questions, notes = build_questions(data, store, layout, args.n_subjects, args.seed, subjects)
             questions = interleave(questions)  # a run cut short has measured every kind and relation
             t0 = time.perf_counter()
             records = run_layout(bridge, questions, records_path, args.model, args.batch_size)
-            result["layouts"][layout] = {**summarise(records), "notes": notes,
+            result["layouts"][layout] = {**summarise(records), "notes": notes, "format": fmt.name,
                                          "seconds": round(time.perf_counter() - t0, 1)}
             write_json_atomic(out, result)  # a layout at a time: a kill keeps what is done
     write_json_atomic(out, result)

@@ -311,7 +311,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--store", default=None, help="symbolic_ram store dir (default: the one a run dir (RLCP or toolsft) names)")
     parser.add_argument("--mode", default="tool", help=f"one of {', '.join(MODES)} (default: tool)")
     parser.add_argument("--format", default="auto", choices=FORMATS,
-                        help="prompt layout: chat if the template supports tools, else completion (default: auto)")
+                        help="prompt layout: auto = chat if the template supports tools, else completion; chat-text = "
+                             "the chat template without tools, calls as text (the layout RLCP trains in chat: use it to ask "
+                             "a SmolLM2 RLCP run questions) (default: auto)")
     parser.add_argument("--question", default=None, help="answer this one question and exit")
     parser.add_argument("--json", action="store_true", help="with --question: print the result as JSON only")
     parser.add_argument("--max-steps", type=int, default=4, help="generations per question in tool mode (default: 4)")

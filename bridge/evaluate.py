@@ -29,6 +29,7 @@ from neuralcpu.facts import FactSets, load_jsonl_facts, relation_of
 from common.toolcall import is_lookup
 
 from .loop import MODES, Bridge
+from .prompts import FORMATS
 
 
 @dataclass
@@ -167,7 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-steps", type=int, default=4, help="generations per question in tool mode")
     parser.add_argument("-k", type=int, default=3, help="facts retrieved up front in just-rag mode")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per generation (a call is ~35)")
-    parser.add_argument("--format", default="auto", choices=["auto", "completion", "chat"], help="prompt layout")
+    parser.add_argument("--format", default="auto", choices=FORMATS,
+                        help="prompt layout (bridge.prompts): auto, completion, chat (tools in the template) or chat-text")
     parser.add_argument("--out", default=None, help="write summary and records as JSON here")
     args = parser.parse_args(argv)
 

@@ -91,7 +91,7 @@ class ToolSFTConfig:
     trainable: str = field(default="full", metadata={"help": "'full', 'deep' (last third of the blocks) or 'lora'"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (trainable=lora)"})
     max_len: int = field(default=256, metadata={"help": "max tokens of an example"})
-    format: str = field(default="auto", metadata={"help": "bridge prompt layout: auto, completion or chat"})
+    format: str = field(default="auto", metadata={"help": "bridge prompt layout: auto, completion, chat or chat-text (bridge.prompts)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
     def relation_list(self) -> list[Relation]:

@@ -156,8 +156,9 @@ def test_cli_on_the_tiny_model_writes_json_markdown_and_resumes(tiny_qwen2_dir, 
             "--max-new-tokens", "4", "--max-steps", "1", "--batch-size", "16"]
     assert nq.main(argv) == 0
     result = json.loads(out.read_text())
-    assert result["layouts"]["chat"] == {"skipped": "the chat template renders no tools"}  # no tools in its template
+    assert result["layouts"]["chat"] == {"skipped": "the tokenizer has no chat template"}
     plain = result["layouts"]["plain"]
+    assert plain["format"] == "completion"
     assert plain["single_hop"]["n"] == 12 and plain["two_hop"]["n"] == 5  # 4 relations x 3 wordings; 5 wordings
     assert plain["not_found"]["n"] == len(nq.load_suite()["not_found"]) - 1  # Colmar is in this store
     for key in ("command", "commit", "machine", "seed"):

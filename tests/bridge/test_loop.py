@@ -204,6 +204,45 @@ def test_chat_layout_uses_the_template_tools_and_tool_messages(tools, tiny_qwen2
     assert "<tools>" not in closed.generate.prompts[0]  # closed mode offers no tools
 
 
+PLAIN_CHAT_TEMPLATE = (  # a chat template that renders no tools (SmolLM2's shape)
+    "{%- if messages[0].role != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{%- endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+def test_chat_text_layout_is_the_one_rlcp_trains_in_chat(store, tiny_qwen2_dir):
+    """chat-text, for a template without tools: the question as the user turn, the call as the reply's
+    text (as RLCP's chat families train it), then a fresh user turn with the found facts as context
+    sentences before the question (as RLCP's RAG stream trains in chat); only asked for by name."""
+    from transformers import AutoTokenizer
+
+    from bridge.prompts import render_context, to_fact
+    from bridge.tools import make_bridge_tools
+    from common.toolcall import render_lookup
+    from neuralcpu.facts import chat_prompt
+
+    tools = make_bridge_tools(store)
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    tok.chat_template = PLAIN_CHAT_TEMPLATE
+    assert make_format(tok, tool_schemas(tools)).name == "completion"  # auto never picks it
+    fmt = make_format(tok, tool_schemas(tools), "chat-text")
+    q = "Which country is Lagos in?"
+    model = Scripted(render_lookup("Lagos", "country") + " and more", "Nigeria. It is a big country.")
+    res = Bridge(model, fmt, tools).ask(q)
+    assert res.answer == "Nigeria." and res.status == "store" and [c.arguments for c in res.calls] == [
+        {"subject": "Lagos", "relation": "country"}]
+    first, second = model.prompts
+    assert first == chat_prompt(tok, q)  # exactly RLCP's chat prompt
+    context = render_context(to_fact({"subject": "Lagos", "relation": "country", "object": "Nigeria"}))
+    assert second == chat_prompt(tok, f"{context} {q}")  # exactly RLCP's RAG pair in chat
+    # an answer without a lookup is checked in a user turn; a store with nothing leaves it not found
+    scripted = Scripted("Greece", render_lookup("Atlantis", "country"), "Greece")
+    unknown = Bridge(scripted, fmt, tools, check_answers=True).ask("Which country is Atlantis in?")
+    assert unknown.checked == "relation country" and unknown.status == "not_found" and len(unknown.calls) == 1
+    assert "Greece<|im_end|>" in scripted.prompts[1] and "Check that with the lookup tool" in scripted.prompts[1]
+
+
 def test_real_generation_on_the_tiny_model(tools, tiny_qwen2_dir):
     """The HF backend drives the loop end to end (random weights: only the mechanics are checked)."""
     from bridge.backend import HFGenerator

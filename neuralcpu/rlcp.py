@@ -238,7 +238,7 @@ def recall_prompts(model, tokenizer, facts: list[Fact], samples: int, seed: int,
     opens = [(f, o.replace("{subject}", f.subject)) for f in facts for o in RECALL_OPENERS for _ in range(samples)]
     mentioned = lambda i, ids: tail_matches(tokenizer, ids, lambda t: first_mention(t, opens[i][0].answers()) is not None)
     new = generate_ids(model, tokenizer, [t for _, t in opens], max_new_tokens, batch_size=batch, stop=mentioned,
-                       top_p=0.95, seed=seed)
+                       top_p=0.95, seed=seed, progress=True)
     rows, seen = [], set()
     for (fact, opener), cont in zip(opens, tokenizer.batch_decode(new, skip_special_tokens=True)):
         at = first_mention(cont, fact.answers())

@@ -746,7 +746,7 @@ def test_recall_prompts_cut_before_the_first_mention_and_stop_the_sample_there(t
              "Hue": [" is an old city of Viet Nam. Its", " lies in central Vietnam", " was a capital"]}
     seen = {}
 
-    def scripted(model_, tokenizer, prompts, max_new_tokens, batch_size, stop, top_p, seed):
+    def scripted(model_, tokenizer, prompts, max_new_tokens, batch_size, stop, top_p, seed, **kw):
         seen.update(top_p=top_p, seed=seed, n=len(prompts))
         subject = lambda p: "Lagos" if "Lagos" in p else "Hue"
         count = {}

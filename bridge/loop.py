@@ -523,8 +523,9 @@ class Conversation:
 
     def _offer_next_hop(self, why: str) -> bool:
         """The model stopped at the fact that answers the first hop (`why`) while the question names
-        another store relation before the answered one: look that relation up on the fact's object and
-        show the result as a step, once. True when done (the loop goes on for one more generation)."""
+        another store relation before the answered one (or names only one relation, not the answered
+        one): look that relation up on the fact's object and show the result as a step, once. True when
+        done (the loop goes on for one more generation)."""
         b, res, fact = self.bridge, self.result, self.ledger.answer
         if not b.next_hop or res.mode != "tool" or res.next_hop or fact is None or res.steps >= b.max_steps:
             return False
@@ -532,7 +533,10 @@ class Conversation:
             return False  # the answer is already past the first hop (a follow, or a chain the model walked)
         named = relations_named(b.tools, res.question)
         answered = next((at for at, rel in named if rel == fact.get("relation")), None)
-        goal = [rel for at, rel in named if answered is not None and at < answered]
+        # the goal: the relation named before the answered one ("the capital of the country X is in"), or,
+        # when the question never names the answered relation, the one relation it names ("take X, find the
+        # nation it belongs to, and tell me that nation's capital")
+        goal = [rel for at, rel in named if answered is None or at < answered]
         if len(goal) != 1:
             return False
         call = ToolCall(LOOKUP_TOOL, {"subject": str(fact.get("object")), "relation": goal[0]})
@@ -586,7 +590,11 @@ class Conversation:
                                  f"the question names {fixed.subject_used!r}: looked that up instead")
                 return fixed
         obs = run_tool(b.tools, call, b.max_facts)
-        if retry and obs.error is None and (not obs.facts or obs.matched_by in GUESSED):
+        # An empty lookup of a subject the question names itself means the store lacks it: another span
+        # of the question is a different entity ("Is Castle Combe in Spain? ... what country is it in?"
+        # went on to Spain's facts). A guessed match still gives way to the subject the question names.
+        named_itself = retry and not obs.facts and self.ledger.mentioned(subject)
+        if retry and obs.error is None and not named_itself and (not obs.facts or obs.matched_by in GUESSED):
             fixed = call_from_question(b.tools, call, res.question, b.max_facts)
             if fixed is not None:
                 res.trace.append(f"step {res.steps}: {describe_call(call)} -> "

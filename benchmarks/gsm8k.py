@@ -21,13 +21,12 @@ import time
 from decimal import Decimal
 
 from benchmarks import metrics
+from neuralcpu.data import SYSTEM_BOXED  # noqa: F401  (re-exported: the boxed prompt's system message)
 from neuralcpu.generation import generate_ids, tail_matches
 
 # Zero-shot instruction for chat models. It asks for the answer format only, not for step-by-step
 # reasoning, so that the CoT rate measures what the model does on its own.
 CHAT_INSTRUCTION = "Give the final answer as a number on the last line, in the form '#### <number>'."
-# Qwen2.5(-Math/-Coder)'s own system message for math, from its model cards and evaluation code.
-SYSTEM_BOXED = "Please reason step by step, and put your final answer within \\boxed{}."
 FORMATS = ("chat", "fewshot", "boxed")
 ALIASES = {"format-only": "chat", "qwen-boxed": "boxed"}  # the names the reports use
 N_SHOTS = 8

@@ -76,13 +76,19 @@ def gsm8k_text(row: dict) -> tuple[str, str]:
     return f"Question: {row['question']}\nAnswer:", " " + row["answer"]
 
 
-def gsm8k_chat_text(row: dict, tokenizer) -> tuple[str, str]:
-    """(prompt, solution) in the model's chat layout: the question as the user's turn; the solution is the
-    worked answer and whatever the template closes the assistant's turn with (its end-of-turn token), so
-    training on it also shows where an answer stops."""
-    user = [{"role": "user", "content": row["question"]}]
+# Qwen2.5(-Math/-Coder)'s own system message for math, from its model cards and evaluation code.
+SYSTEM_BOXED = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def gsm8k_chat_text(row: dict, tokenizer, system: str | None = None, answer: str | None = None) -> tuple[str, str]:
+    """(prompt, solution) in the model's chat layout: the question as the user's turn (after a `system`
+    message, if given); the solution is `answer` (default: the row's worked answer) and whatever the
+    template closes the assistant's turn with (its end-of-turn token), so training on it also shows
+    where an answer stops."""
+    user = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": row["question"]}]
     prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    whole = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": row["answer"]}], tokenize=False)
+    reply = row["answer"] if answer is None else answer
+    whole = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": reply}], tokenize=False)
     if not whole.startswith(prompt):
         raise ValueError("the chat template renders the conversation differently from its generation prompt")
     return prompt, whole[len(prompt):]

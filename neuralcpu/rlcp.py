@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from common.facts import Fact
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
-from neuralcpu.data import gsm8k_chat_text, gsm8k_text, load_gsm8k
+from neuralcpu.data import SYSTEM_BOXED, gsm8k_chat_text, gsm8k_text, load_gsm8k
 from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, FactSets, Prompt, build_fact_sets, chat_prompt, fact_prompts,
                              other_cities, render_context)
 from neuralcpu.evaluation import closed_book
@@ -83,6 +83,8 @@ class RLCPConfig:
     gsm8k_path: str | None = field(default=None, metadata={"help": "GSM8K train JSONL (default: shared copy, else hub)"})
     retain_examples: int = field(default=2000, metadata={"help": "GSM8K train rows read for the retain pool (only whole solutions within retain_max_len are kept)"})
     retain_chat: bool = field(default=True, metadata={"help": "also put the retain solutions in the model's chat layout, ending with its end-of-turn token (when it has a chat template)"})
+    retain_source: str = field(default="gold", metadata={"help": "the retain stream's text: 'gold', GSM8K train solutions (--retain-examples rows); 'own', the original model's own greedy answers to --retain-own train questions in its chat layout, half under the step-by-step system message (neuralcpu.data.SYSTEM_BOXED), which is the text its free answers visit (kept in OUT/retain_answers.json; answers cut at --retain-max-len are dropped)"})
+    retain_own: int = field(default=64, metadata={"help": "--retain-source own: GSM8K train questions the original model answers"})
     retain_batch: int = field(default=2, metadata={"help": "GSM8K solutions per step"})
     retain_max_len: int = field(default=128, metadata={"help": "max tokens of a retain example"})
     locality_batch: int = field(default=32, metadata={"help": "locality prompts per step (KL anchor)"})
@@ -158,6 +160,10 @@ class RLCPConfig:
             errs.append("country_probe_templates must be >= 0 (0 = every training template every step)")
         if self.select not in ("last", "best"):
             errs.append(f"select {self.select!r} not in ('last', 'best')")
+        if self.retain_source not in ("gold", "own"):
+            errs.append(f"retain_source {self.retain_source!r} not in ('gold', 'own')")
+        if self.retain_source == "own" and self.retain_own < 1:
+            errs.append("retain_own must be >= 1 with retain_source 'own'")
         if self.snapshot_every < 0:
             errs.append("snapshot_every must be >= 0 (0 = no snapshots)")
         if errs:
@@ -177,10 +183,48 @@ def retain_texts(tokenizer, rows: list[dict], max_len: int, chat: bool) -> list[
     pairs = [gsm8k_text(r) for r in rows]
     if chat and getattr(tokenizer, "chat_template", None):
         pairs += [gsm8k_chat_text(r, tokenizer) for r in rows]
+    return fitting(tokenizer, pairs, max_len)
+
+
+def fitting(tokenizer, pairs: list[tuple[str, str]], max_len: int) -> list[tuple[str, str]]:
+    """The (prompt, text) pairs whose whole text fits in `max_len` tokens; an error when none does."""
     fits = [(p, s) for p, s in pairs if len(tokenizer(p + s, add_special_tokens=adds_bos(tokenizer, [p])).input_ids) <= max_len]
     if not fits:
         raise ValueError(f"no GSM8K retain example fits in retain_max_len={max_len} tokens; raise it or retain_examples")
     return fits
+
+
+@torch.inference_mode()
+def own_answers(model, tokenizer, rows: list[dict], max_len: int, batch: int = 32) -> list[tuple[str, str]]:
+    """The original model's own greedy answers to GSM8K questions, as retain pairs in its chat layout: every
+    other question under the step-by-step system message (SYSTEM_BOXED), the rest asked plainly. Answers
+    the `max_len` budget cuts are dropped: a cut answer would teach running on.
+
+    Why: on gold solutions (teacher-forced, in GSM8K's own style) a Qwen run kept the solutions'
+    perplexity while its free answers looped to the cap (docs/history.md); the model's own answers are
+    the text its free generation visits, so the KL anchors exactly those continuations."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("--retain-source own needs a chat template (an instruct model); use --retain-source gold")
+    systems = [SYSTEM_BOXED if i % 2 else None for i in range(len(rows))]
+    prompts = [gsm8k_chat_text(r, tokenizer, system=s)[0] for r, s in zip(rows, systems)]
+    new = generate_ids(model, tokenizer, prompts, max_len, batch_size=batch, progress=True)
+    ended = [(r, s, ids) for r, s, ids in zip(rows, systems, new) if len(ids) < max_len]
+    pairs = [gsm8k_chat_text(r, tokenizer, system=s, answer=tokenizer.decode(ids, skip_special_tokens=True).strip())
+             for r, s, ids in ended]
+    return fitting(tokenizer, pairs, max_len)
+
+
+def load_own_answers(path: Path, model, tokenizer, rows: list[dict], max_len: int) -> list[tuple[str, str]]:
+    """`own_answers`, written once per run to `path` (a resume reads them back)."""
+    if path.is_file():
+        return [(r["prompt"], r["answer"]) for r in json.loads(path.read_text())["pairs"]]
+    pairs = own_answers(model, tokenizer, rows, max_len)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"questions": len(rows), "max_len": max_len,
+                               "pairs": [{"prompt": p, "answer": a} for p, a in pairs]}, indent=1, ensure_ascii=False))
+    tmp.replace(path)
+    log.info("own retain answers: %d of %d questions answered within %d tokens", len(pairs), len(rows), max_len)
+    return pairs
 
 
 def template_groups(prompts: list[Prompt]) -> list[int]:
@@ -404,28 +448,32 @@ def setup(cfg: RLCPConfig, accel, model, anchor, tokenizer, facts: FactSets, sha
         trained, anchor_net = DeepSuffix(base, first), DeepSuffix(anchor, first)
     recall = (load_recall_prompts(Path(cfg.out) / "recall_prompts.json", anchor, tokenizer, facts,
                                   cfg.recall_samples, cfg.seed) if cfg.recall_samples > 0 else ([], []))
+    own = (load_own_answers(Path(cfg.out) / "retain_answers.json", anchor, tokenizer,
+                            load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_own), cfg.retain_max_len)
+           if cfg.retain_source == "own" and (cfg.w_retain_lm > 0 or cfg.w_kl > 0) else None)
     probes = losses.LayerProbes(sites, model.config.hidden_size, len(facts.classes))
     params = [p for p in trained.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     probe_opt = torch.optim.Adam(probes.parameters(), lr=cfg.probe_lr)
     trained, probes, opt, probe_opt = accel.prepare(trained, probes, opt, probe_opt)
     runner = Runner(tokenizer, trained, anchor_net, prefix, first, sites, accel)
-    streams = streams_for(cfg, runner, facts, shared, probes, probe_opt, recall)
+    streams = streams_for(cfg, runner, facts, shared, probes, probe_opt, recall, own)
     return State(cfg, accel, model, tokenizer, trained, params, opt, runner, streams)
 
 
 def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[Fact], probes, probe_opt,
-                recall=([], [])) -> list:
+                recall=([], []), own: list[tuple[str, str]] | None = None) -> list:
     """The run's loss streams, in the order they run and draw from the step's RNG; a stream whose weights
     are all 0 is left out (the adversarial stream stays: its probes are trained and logged). `recall`:
-    (forget, locality) rows of `recall_prompts`, added to the lookup (or baseline forget) and locality pools."""
+    (forget, locality) rows of `recall_prompts`, added to the lookup (or baseline forget) and locality pools;
+    `own`: the retain pool of `own_answers` (--retain-source own) in place of the gold solutions."""
     tokenizer = runner.tokenizer
     # Pools: sampled per step with a step-seeded RNG, so a resume replays them.
     forget_pool = forget_pairs(facts, cfg.method, cfg.w_retrieval > 0, tokenizer)
     probe_pool = probe_prompts(forget_pool, [x.strip() for x in cfg.probe_prefixes.split("|") if x.strip()])
     rag_pool = rag_pairs(facts.forget, tokenizer)
     gsm8k_rows = load_gsm8k("train", cfg.gsm8k_path, limit=cfg.retain_examples)
-    retain_pool = retain_texts(tokenizer, gsm8k_rows, cfg.retain_max_len, cfg.retain_chat)
+    retain_pool = own if own else retain_texts(tokenizer, gsm8k_rows, cfg.retain_max_len, cfg.retain_chat)
     local_prompts = [p for f in facts.locality for p in fact_prompts(f, "train", tokenizer)]
 
     def answer(p: Prompt) -> str:

@@ -801,3 +801,68 @@ def test_recall_prompts_join_the_lookup_and_locality_pools(tiny_qwen2_dir, tmp_p
     pools.clear()
     train(tiny_cfg(tiny_qwen2_dir, tmp_path, "recall", steps=2, eval_every=1, ckpt_every=1, recall_samples=2), resume=True)
     assert len(calls) == 2 and sum(pair == want for pair, *_ in pools["lookup"]) == 1
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_own_answers_are_the_originals_ended_answers_in_its_chat_layout(tiny_qwen2_dir, monkeypatch):
+    """--retain-source own: each question asked in the chat layout, every other one under the step-by-step
+    system message; an answer that runs to the budget is dropped; the pair ends with the end-of-turn."""
+    from transformers import AutoTokenizer
+
+    from neuralcpu import rlcp
+    from neuralcpu.data import SYSTEM_BOXED
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    rows = [{"question": f"Q{i}?", "answer": "gold\n#### 1"} for i in range(4)]
+    replies = ["2 + 2 = 4. The answer is 4.", "So \\boxed{6}.", "x" * 400, "It is 8."]
+    seen = {}
+
+    def scripted(model, tokenizer, prompts, max_new_tokens, batch_size=16, progress=False, **kw):
+        seen.update(prompts=prompts, max_new=max_new_tokens)
+        return [tokenizer.encode(r, add_special_tokens=False)[:max_new_tokens] for r in replies]
+
+    monkeypatch.setattr(rlcp, "generate_ids", scripted)
+    with pytest.raises(ValueError, match="chat template"):
+        rlcp.own_answers(None, tok, rows, max_len=200)
+    tok.chat_template = CHATML
+    pairs = rlcp.own_answers(None, tok, rows, max_len=200)
+    assert seen["max_new"] == 200 and SYSTEM_BOXED not in seen["prompts"][0] and SYSTEM_BOXED in seen["prompts"][1]
+    assert pairs == [("<|im_start|>user\nQ0?<|im_end|>\n<|im_start|>assistant\n", replies[0] + "<|im_end|>\n"),
+                     (f"<|im_start|>system\n{SYSTEM_BOXED}<|im_end|>\n<|im_start|>user\nQ1?<|im_end|>\n<|im_start|>assistant\n",
+                      replies[1] + "<|im_end|>\n"),
+                     (f"<|im_start|>system\n{SYSTEM_BOXED}<|im_end|>\n<|im_start|>user\nQ3?<|im_end|>\n<|im_start|>assistant\n",
+                      replies[3] + "<|im_end|>\n")]
+
+
+def test_retain_source_own_replaces_the_gold_pool_and_is_kept_for_a_resume(tiny_qwen2_dir, tmp_path, monkeypatch):
+    """The retain stream trains on the original's own answers (written once to OUT/retain_answers.json),
+    not on the gold solutions; a resume reads the file instead of generating again."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from neuralcpu import rlcp
+
+    model_dir = tmp_path / "chat_model"
+    shutil.copytree(tiny_qwen2_dir, model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.chat_template = CHATML
+    tok.save_pretrained(model_dir)
+    calls, pools = [], []
+    own = [("<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n", "It is 4.<|im_end|>\n")]
+    monkeypatch.setattr(rlcp, "own_answers", lambda model, tokenizer, rows, max_len: calls.append(len(rows)) or own)
+    real = rlcp.RetainLM
+    monkeypatch.setattr(rlcp, "RetainLM", lambda pool, *a: pools.append(pool) or real(pool, *a))
+    cfg = lambda steps: tiny_cfg(model_dir, tmp_path, "own", steps=steps, eval_every=1, ckpt_every=1,
+                                 retain_source="own", retain_own=3, retain_max_len=64)
+    train(cfg(1))
+    assert calls == [3] and pools == [own]
+    saved = json.loads((tmp_path / "own" / "retain_answers.json").read_text())
+    assert saved["pairs"] == [{"prompt": own[0][0], "answer": own[0][1]}] and saved["questions"] == 3
+    train(cfg(2), resume=True)
+    assert calls == [3] and pools == [own, own]
+    with pytest.raises(ValueError, match="retain_source"):
+        tiny_cfg(model_dir, tmp_path, "bad", retain_source="mine").validate()

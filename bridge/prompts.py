@@ -88,6 +88,17 @@ def render_context(fact: Fact) -> str:
         return render_fact(fact.subject, fact.relation, fact.object) + "."
 
 
+def context_sentences(facts, special_tokens=()) -> str:
+    """Facts as RLCP's context sentences, markup defanged, joined by spaces (the completion and chat-text
+    layouts put them before the question, as RLCP's answer-from-context pairs do)."""
+    return " ".join(defang(render_context(f), special_tokens) for f in facts)
+
+
+def tool_names_of(tool_schemas) -> set[str]:
+    """The names of OpenAI-style function schemas (or bare {"name": ...} dicts)."""
+    return {(t.get("function") or t).get("name") for t in tool_schemas}
+
+
 def to_fact(row: dict) -> Fact:
     """A store fact (JSON dict from the lookup/search tools) as a neuralcpu Fact, for `render_context`."""
     return Fact(str(row.get("subject", "")), str(row.get("relation", "")), str(row.get("object", "")))
@@ -199,7 +210,7 @@ class CompletionFormat:
 
     def context(self, facts: list[Fact]) -> str:
         """Facts as RLCP's context sentences, markup defanged, joined by spaces."""
-        return " ".join(defang(render_context(f), self.special) for f in facts)
+        return context_sentences(facts, self.special)
 
     def prompt(self, question: str, turns: list[Turn] = (), context: list[Fact] = (), history=(),
                tools: bool = True, final: bool = False) -> str:
@@ -244,7 +255,7 @@ class ChatFormat:
 
     def __init__(self, tokenizer, tool_schemas: list[dict], system: str = CHAT_SYSTEM):
         self.tokenizer, self.tool_schemas, self.system = tokenizer, tool_schemas, system
-        self.tool_names = {(t.get("function") or t).get("name") for t in tool_schemas}
+        self.tool_names = tool_names_of(tool_schemas)
         self.special = special_tokens_of(tokenizer)
 
     def messages(self, question: str, turns: list[Turn] = (), context: list[Fact] = (), history=(),
@@ -304,7 +315,7 @@ class ChatFormat:
         return answer + (tokenizer.eos_token or "")
 
 
-class ChatTextFormat:
+class ChatTextFormat(ChatFormat):
     """The chat template without tools (see the module docstring): for a model whose template renders no
     `tools=` (SmolLM2) asked a question, the layout its RLCP run trains in chat.
 
@@ -318,6 +329,9 @@ class ChatTextFormat:
     Args:
         tokenizer: a tokenizer with a chat template.
         tool_schemas: the tools' schemas (their names: bare JSON calls); the template does not list them.
+
+    The targets (`call_target`: the reply itself, `answer_target`: the answer and the end-of-turn token)
+    and `answer` are ChatFormat's.
     """
 
     name = "chat-text"
@@ -327,9 +341,7 @@ class ChatTextFormat:
     def __init__(self, tokenizer, tool_schemas: list[dict] = ()):
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("format 'chat-text' needs a tokenizer with a chat template")
-        self.tokenizer = tokenizer
-        self.tool_names = {(t.get("function") or t).get("name") for t in tool_schemas}
-        self.special = special_tokens_of(tokenizer)
+        super().__init__(tokenizer, list(tool_schemas), system="")
 
     def messages(self, question: str, turns: list[Turn] = (), context: list[Fact] = (), history=()) -> list[dict]:
         """The conversation: earlier (question, answer) pairs, then the question, with the facts of the
@@ -338,7 +350,7 @@ class ChatTextFormat:
         for q, a in history:
             msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         facts = list(dict.fromkeys([*context, *(f for t in turns for f in t.facts)]))
-        ctx = " ".join(defang(render_context(f), self.special) for f in facts)
+        ctx = context_sentences(facts, self.special)
         msgs.append({"role": "user", "content": f"{ctx} {question}" if ctx else question})
         if not facts:
             for turn in turns:
@@ -360,18 +372,6 @@ class ChatTextFormat:
         text, done = _cut(generated, True, True, call_one_line=True)
         call = bare_call(text, self.tool_names) if not done else None
         return (call, False) if call else (text, done)
-
-    def answer(self, text: str) -> str:
-        """The answer in a final generation: the text before any call markup, stripped."""
-        return text.split(CALL_OPEN)[0].strip()
-
-    def call_target(self, call_text: str) -> str:
-        """The text a model should generate to make a call (a supervised target): the reply itself."""
-        return call_text
-
-    def answer_target(self, answer: str, tokenizer) -> str:
-        """The answer followed by the end-of-turn token (a supervised target)."""
-        return answer + (tokenizer.eos_token or "")
 
 
 def make_format(tokenizer, tool_schemas: list[dict], kind: str = "auto", answer_end: str = "sentence",

@@ -21,7 +21,7 @@ import time
 from decimal import Decimal
 
 from benchmarks import metrics
-from neuralcpu.data import SYSTEM_BOXED  # noqa: F401  (re-exported: the boxed prompt's system message)
+from neuralcpu.data import SYSTEM_BOXED, boxed_content, number_in_box  # noqa: F401  (re-exported)
 from neuralcpu.generation import generate_ids, tail_matches
 
 # Zero-shot instruction for chat models. It asks for the answer format only, not for step-by-step
@@ -86,42 +86,6 @@ def build_prompts(tokenizer, questions: list[str], fmt: str, prefix: str = "") -
 
 # ----------------------------------------------------------------------------- answers, strictly -----
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_FRAC = re.compile(r"\\[dt]?frac\{?(-?\d+(?:\.\d+)?)\}?\{?(-?\d+(?:\.\d+)?)\}?")
-_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}")
-_LATEX_NOISE = ("\\$", "$", "\\%", "%", "\\,", "\\!", "\\;", "\\ ", "\\left", "\\right", "~", " ")
-
-
-def boxed_content(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` (or `\\fbox{...}`), nested braces balanced; None when
-    there is none or it never closes."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    if not starts:
-        return None
-    depth, i = 1, starts[-1]
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
-
-
-def number_in_box(content: str) -> str | None:
-    """A boxed answer as a canonical number string, or None when it is not one number.
-
-    "\\$1,000.00" -> "1000", "-5", "18.0" -> "18", "{{42}}" -> "42", "\\frac{1}{2}" -> "0.5",
-    "x = 7" -> "7", "20 \\text{ dollars}" -> "20". Units in \\text{}, `$`, `%` and LaTeX spaces are dropped.
-    """
-    s = _TEXT.sub("", content).split("=")[-1]
-    for junk in _LATEX_NOISE:
-        s = s.replace(junk, "")
-    m = _FRAC.fullmatch(s)
-    if m:
-        num, den = Decimal(m.group(1)), Decimal(m.group(2))
-        return metrics.normalize_number(str(num / den)) if den else None
-    s = s.replace("{", "").replace("}", "")
-    m = re.fullmatch(metrics.NUMBER + r"\.?", s)
-    return metrics.normalize_number(m.group()) if m else None
 
 
 def extract(output: str, fmt: str) -> str | None:

@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
 
 from common.facts import ANSWER_WINDOW, Fact, matches_answer
+# GSM8K answers are read in neuralcpu.data (RLCP reads them in its runs too); the names stay importable here.
+from neuralcpu.data import NUMBER, extract_answer, gold_answer, normalize_number  # noqa: F401
 
 Z95 = 1.959963984540054
 MIN_COT_STEPS = 2
 
-# A number: optional sign and $, digits with proper thousands commas or plain digits, optional decimals.
-# A minus right after a digit or ")" is subtraction ("16-3"), not a sign.
-NUMBER = r"(?:(?<![\w)])-)?\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
 _NUMBER_RE = re.compile(NUMBER)
 _ANSWER_MARK = "####"
 _ARITH_RE = re.compile(r"\d\s*[-+*/x×÷^]\s*\(?\s*\$?\s*\d")
@@ -48,37 +46,6 @@ _SEGMENT_SPLIT_RE = re.compile(r"\n+|(?<=[.!?])\s+")
 
 
 # ----------------------------------------------------------------------------- GSM8K answers ----------
-
-def normalize_number(text: str) -> str | None:
-    """Canonical form of a number string ("$1,234.50" -> "1234.5", "18.00" -> "18"), or None."""
-    cleaned = text.replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
-        return None
-    if value == value.to_integral_value():
-        # not quantize(): it raises for integers longer than the context's 28 digits (models do emit those)
-        return format(value.to_integral_value(), "f")
-    return format(value.normalize(), "f")
-
-
-def extract_answer(output: str) -> str | None:
-    """The number right after the first `####` of `output` as a canonical number string, else None."""
-    if _ANSWER_MARK not in output:
-        return None
-    m = re.match(r"\s*(" + NUMBER + ")", output.split(_ANSWER_MARK, 1)[1])
-    return normalize_number(m.group(1)) if m else None
-
-
-def gold_answer(solution: str) -> str:
-    """The reference answer of a GSM8K solution (the number after its `####`)."""
-    if _ANSWER_MARK not in solution:
-        raise ValueError(f"GSM8K solution has no '####' line: {solution[-80:]!r}")
-    answer = extract_answer(solution)
-    if answer is None:
-        raise ValueError(f"GSM8K solution has no number after '####': {solution[-80:]!r}")
-    return answer
-
 
 # ----------------------------------------------------------------------------- chain of thought -------
 

@@ -1,8 +1,11 @@
-"""Reasoning text for the retain stream and the benchmarks: GSM8K from a local JSONL, else the hub."""
+"""Reasoning text for the retain stream and the benchmarks: GSM8K from a local JSONL, else the hub, and its
+answers read strictly (the number after `####`, or in the last `\\boxed{}`)."""
 
 from __future__ import annotations
 
 import json
+import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Iterator
 
@@ -92,3 +95,79 @@ def gsm8k_chat_text(row: dict, tokenizer, system: str | None = None, answer: str
     if not whole.startswith(prompt):
         raise ValueError("the chat template renders the conversation differently from its generation prompt")
     return prompt, whole[len(prompt):]
+
+
+# ----------------------------------------------------------------------------- answers, strictly -----
+# Shared by the benchmarks (benchmarks.metrics, benchmarks.gsm8k) and RLCP's in-run reasoning check.
+
+# A number: optional sign and $, digits with proper thousands commas or plain digits, optional decimals.
+# A minus right after a digit or ")" is subtraction ("16-3"), not a sign.
+NUMBER = r"(?:(?<![\w)])-)?\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
+_ANSWER_MARK = "####"
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_FRAC = re.compile(r"\\[dt]?frac\{?(-?\d+(?:\.\d+)?)\}?\{?(-?\d+(?:\.\d+)?)\}?")
+_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}")
+_LATEX_NOISE = ("\\$", "$", "\\%", "%", "\\,", "\\!", "\\;", "\\ ", "\\left", "\\right", "~", " ")
+
+
+def normalize_number(text: str) -> str | None:
+    """Canonical form of a number string ("$1,234.50" -> "1234.5", "18.00" -> "18"), or None."""
+    cleaned = text.replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return None
+    if value == value.to_integral_value():
+        # not quantize(): it raises for integers longer than the context's 28 digits (models do emit those)
+        return format(value.to_integral_value(), "f")
+    return format(value.normalize(), "f")
+
+
+def extract_answer(output: str) -> str | None:
+    """The number right after the first `####` of `output` as a canonical number string, else None."""
+    if _ANSWER_MARK not in output:
+        return None
+    m = re.match(r"\s*(" + NUMBER + ")", output.split(_ANSWER_MARK, 1)[1])
+    return normalize_number(m.group(1)) if m else None
+
+
+def gold_answer(solution: str) -> str:
+    """The reference answer of a GSM8K solution (the number after its `####`)."""
+    if _ANSWER_MARK not in solution:
+        raise ValueError(f"GSM8K solution has no '####' line: {solution[-80:]!r}")
+    answer = extract_answer(solution)
+    if answer is None:
+        raise ValueError(f"GSM8K solution has no number after '####': {solution[-80:]!r}")
+    return answer
+
+
+def boxed_content(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` (or `\\fbox{...}`), nested braces balanced; None when
+    there is none or it never closes."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    if not starts:
+        return None
+    depth, i = 1, starts[-1]
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def number_in_box(content: str) -> str | None:
+    """A boxed answer as a canonical number string, or None when it is not one number.
+
+    "\\$1,000.00" -> "1000", "-5", "18.0" -> "18", "{{42}}" -> "42", "\\frac{1}{2}" -> "0.5",
+    "x = 7" -> "7", "20 \\text{ dollars}" -> "20". Units in \\text{}, `$`, `%` and LaTeX spaces are dropped.
+    """
+    s = _TEXT.sub("", content).split("=")[-1]
+    for junk in _LATEX_NOISE:
+        s = s.replace(junk, "")
+    m = _FRAC.fullmatch(s)
+    if m:
+        num, den = Decimal(m.group(1)), Decimal(m.group(2))
+        return normalize_number(str(num / den)) if den else None
+    s = s.replace("{", "").replace("}", "")
+    m = re.fullmatch(NUMBER + r"\.?", s)
+    return normalize_number(m.group()) if m else None

@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 import uuid
+from decimal import Decimal
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -42,7 +43,8 @@ from tqdm.auto import tqdm
 from common.facts import Fact
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
-from neuralcpu.data import SYSTEM_BOXED, gsm8k_chat_text, gsm8k_text, load_gsm8k
+from neuralcpu.data import (SYSTEM_BOXED, boxed_content, extract_answer, gold_answer, gsm8k_chat_text, gsm8k_text,
+                            load_gsm8k, number_in_box)
 from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, FactSets, Prompt, build_fact_sets, chat_prompt, fact_prompts,
                              other_cities, render_context)
 from neuralcpu.evaluation import closed_book
@@ -129,6 +131,9 @@ class RLCPConfig:
     eval_every: int = field(default=10, metadata={"help": "steps between evaluations (metrics.jsonl)"})
     ckpt_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints"})
     snapshot_every: int = field(default=0, metadata={"help": "keep a save_pretrained copy of the model every k steps in OUT/snapshots/step-K (0 = never): to measure along the run what an evaluation does not (e.g. benchmarks/answer_stop.py). A snapshot of the run's last step shares OUT's files (hard links), so rewrite OUT only by replacing files, never in place"})
+    reasoning_eval: int = field(default=0, metadata={"help": "GSM8K train problems, the last N rows of the split (the retain stream reads the first ones), answered greedily at every evaluation: in the chat layout under the step-by-step system message (neuralcpu.data.SYSTEM_BOXED; the answer is the last \\boxed{}), or 'Question: ... Answer:' with '#### N' for a model without a chat template. Logged as reasoning_acc and reasoning_capped (answers cut at --reasoning-max-new); early stopping and --select best then also need reasoning_acc >= --reasoning-keep x the original's (0 = off)"})
+    reasoning_keep: float = field(default=0.8, metadata={"help": "with --reasoning-eval: the share of the original's GSM8K accuracy an evaluation must keep to count for early stopping and --select best"})
+    reasoning_max_new: int = field(default=384, metadata={"help": "with --reasoning-eval: tokens per answer"})
     early_stop: bool = field(default=True, metadata={"help": "stop once forget <= target and locality holds"})
     select: str = field(default="last", metadata={"help": "which evaluated step OUT holds: 'last', or 'best' on validation (right lookups minus forget accuracy, among evaluations that keep locality >= --locality-keep x original; a copy is kept in OUT/best as the run goes)"})
     forget_target: float = field(default=0.05, metadata={"help": "early-stop forget accuracy"})
@@ -164,6 +169,8 @@ class RLCPConfig:
             errs.append(f"retain_source {self.retain_source!r} not in ('gold', 'own')")
         if self.retain_source == "own" and self.retain_own < 1:
             errs.append("retain_own must be >= 1 with retain_source 'own'")
+        if self.reasoning_eval < 0 or self.reasoning_max_new < 1:
+            errs.append("reasoning_eval must be >= 0 and reasoning_max_new >= 1")
         if self.snapshot_every < 0:
             errs.append("snapshot_every must be >= 0 (0 = no snapshots)")
         if errs:
@@ -403,6 +410,7 @@ class State:
     opt: torch.optim.Optimizer
     runner: Runner
     streams: list
+    reasoning: list = field(default_factory=list)  # --reasoning-eval's GSM8K rows
 
 
 def load_models(cfg: RLCPConfig, accel) -> tuple[torch.nn.Module, torch.nn.Module, object]:
@@ -458,7 +466,7 @@ def setup(cfg: RLCPConfig, accel, model, anchor, tokenizer, facts: FactSets, sha
     trained, probes, opt, probe_opt = accel.prepare(trained, probes, opt, probe_opt)
     runner = Runner(tokenizer, trained, anchor_net, prefix, first, sites, accel)
     streams = streams_for(cfg, runner, facts, shared, probes, probe_opt, recall, own)
-    return State(cfg, accel, model, tokenizer, trained, params, opt, runner, streams)
+    return State(cfg, accel, model, tokenizer, trained, params, opt, runner, streams, reasoning_rows(cfg))
 
 
 def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[Fact], probes, probe_opt,
@@ -558,21 +566,57 @@ def step(state: State, step: int) -> tuple[torch.Tensor, dict]:
 
 # ----------------------------------------------------------------------------- evaluation -------------
 
-def evaluate(model, tokenizer, facts: FactSets, split: str = "validation") -> dict:
+def reasoning_rows(cfg: RLCPConfig) -> list[dict]:
+    """--reasoning-eval's problems: the last N rows of GSM8K train, which no retain pool reaches."""
+    if cfg.reasoning_eval == 0:
+        return []
+    rows = load_gsm8k("train", cfg.gsm8k_path)
+    used = min(len(rows), max(cfg.retain_examples, cfg.retain_own if cfg.retain_source == "own" else 0))
+    if cfg.reasoning_eval + used > len(rows):
+        raise ValueError(f"--reasoning-eval {cfg.reasoning_eval} and the retain pool's {used} rows overlap: GSM8K "
+                         f"train has {len(rows)} rows; lower one of them")
+    return rows[-cfg.reasoning_eval:]
+
+
+@torch.inference_mode()
+def reasoning_check(model, tokenizer, rows: list[dict], max_new_tokens: int, batch: int = 32) -> dict:
+    """GSM8K accuracy of greedy answers to `rows` (see --reasoning-eval): {"reasoning_acc",
+    "reasoning_capped" (the share of answers the budget cut), "reasoning_n"}. What the solutions'
+    perplexity does not see: a Qwen run kept it while its free answers looped to the cap (docs/history.md)."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    prompts = [gsm8k_chat_text(r, tokenizer, system=SYSTEM_BOXED)[0] if chat else gsm8k_text(r)[0] for r in rows]
+    # without a template: stop a row once its '#### N' line is written (the next token after the number)
+    done = re.compile(r"####\s*\$?\s*-?\d[\d,]*(?:\.\d+)?[^\d.,]")
+    stop = None if chat else (lambda i, ids: tail_matches(tokenizer, ids, lambda t: bool(done.search(t))))
+    new = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size=batch, stop=stop)
+    right = 0
+    for row, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True)):
+        box = boxed_content(text) if chat else None
+        pred = (number_in_box(box) if box is not None else None) if chat else extract_answer(text)
+        right += pred is not None and Decimal(pred) == Decimal(gold_answer(row["answer"]))
+    capped = sum(len(ids) >= max_new_tokens for ids in new)
+    return {"reasoning_acc": right / len(rows), "reasoning_capped": capped / len(rows), "reasoning_n": len(rows)}
+
+
+def evaluate(model, tokenizer, facts: FactSets, split: str = "validation", reasoning: list[dict] = (),
+             reasoning_max_new: int = 384) -> dict:
     """What early stopping reads: closed-book accuracy on the forget and anchored locality sets under the
     `split` templates (validation: never test), both layouts, how often a lookup is requested, and how
-    often a forget prompt gets a well-formed lookup of the right subject."""
+    often a forget prompt gets a well-formed lookup of the right subject; with `reasoning` rows,
+    `reasoning_check` on them."""
     was_training = model.training
     model.eval()
     forget = closed_book(model, tokenizer, facts.forget, split, expect_lookup=True)
     locality = closed_book(model, tokenizer, facts.locality, split)
+    reasoning_row = reasoning_check(model, tokenizer, list(reasoning), reasoning_max_new) if reasoning else {}
     model.train(was_training)
     return {"split": split, "forget_acc": forget["acc"], "forget_lookup_rate": forget["lookup_rate"],
             "forget_call_ok_rate": forget["call_ok_rate"], "locality_acc": locality["acc"],
             "locality_lookup_rate": locality["lookup_rate"],
             "forget_by_layout": {k: v["acc"] for k, v in forget["by_layout"].items()},
             "call_ok_by_layout": {k: v["call_ok_rate"] for k, v in forget["by_layout"].items()},
-            "forget_samples": forget["samples"], "locality_misses": locality["misses"]}
+            "forget_samples": forget["samples"], "locality_misses": locality["misses"],
+            **reasoning_row}
 
 
 # ----------------------------------------------------------------------------- the run ---------------
@@ -671,17 +715,23 @@ def open_metrics(state: State, facts: FactSets, out: Path, resume: bool) -> int:
             if metrics_file.is_file() else []
         metrics_file.write_text("".join(l + "\n" for l in keep))  # drop rows logged after the checkpoint
     elif not metrics_file.is_file() or not metrics_file.read_text().strip():
-        row = {"step": 0, "lambda": 0.0, **evaluate(accel.unwrap_model(state.model), state.tokenizer, facts)}
+        row = {"step": 0, "lambda": 0.0, **run_evaluation(state, facts)}
         if accel.is_main_process:
             metrics_file.write_text(json.dumps(row) + "\n")
     accel.wait_for_everyone()
     return start
 
 
+def run_evaluation(state: State, facts: FactSets) -> dict:
+    """`evaluate` on validation, with the run's reasoning check if it has one."""
+    return evaluate(state.accel.unwrap_model(state.model), state.tokenizer, facts, reasoning=state.reasoning,
+                    reasoning_max_new=state.cfg.reasoning_max_new)
+
+
 def log_evaluation(state: State, facts: FactSets, metrics_file: Path, done: int, logs: dict, t0: float) -> dict:
     """Evaluate after step `done`, append the row (the step's logs and the evaluation) to metrics.jsonl."""
     t_eval = time.perf_counter()
-    row = {"step": done, **logs, **evaluate(state.accel.unwrap_model(state.model), state.tokenizer, facts)}
+    row = {"step": done, **logs, **run_evaluation(state, facts)}
     row.update(eval_s=time.perf_counter() - t_eval, elapsed_s=time.perf_counter() - t0)
     if state.accel.is_main_process:
         with open(metrics_file, "a") as f:
@@ -689,21 +739,32 @@ def log_evaluation(state: State, facts: FactSets, metrics_file: Path, done: int,
     tqdm.write(f"step {done}: forget {row['forget_acc']:.2f} locality {row['locality_acc']:.2f} "
                f"lookup {row['forget_lookup_rate']:.2f}/{row['locality_lookup_rate']:.2f} "
                f"right call {row['forget_call_ok_rate']:.2f} "
-               f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
+               + (f"gsm8k {row['reasoning_acc']:.2f} (cut {row['reasoning_capped']:.2f}) " if "reasoning_acc" in row else "")
+               + f"probe {[round(a, 2) for a in logs.get('probe_acc', [])]}")
     return row
 
 
+def reasoning_kept(cfg: RLCPConfig, row: dict, original: dict) -> bool:
+    """With --reasoning-eval: GSM8K accuracy at least --reasoning-keep x the original's (else always True)."""
+    if "reasoning_acc" not in row or "reasoning_acc" not in original:
+        return True
+    return row["reasoning_acc"] >= cfg.reasoning_keep * original["reasoning_acc"]
+
+
 def targets_met(cfg: RLCPConfig, row: dict, original: dict) -> bool:
-    """Early stopping: forget accuracy at its target, locality kept, and (RLCP with retrieval) lookups made."""
+    """Early stopping: forget accuracy at its target, locality (and any reasoning check) kept, and (RLCP
+    with retrieval) lookups made."""
     return ("forget_acc" in row and row["forget_acc"] <= cfg.forget_target
-            and row["locality_acc"] >= cfg.locality_keep * original["locality_acc"]
+            and row["locality_acc"] >= cfg.locality_keep * original["locality_acc"] and reasoning_kept(cfg, row, original)
             and (cfg.method != "rlcp" or cfg.w_retrieval == 0 or row.get("forget_call_ok_rate", 0.0) >= cfg.call_ok_target))
 
 
 def selection_score(cfg: RLCPConfig, row: dict, original: dict) -> float | None:
     """--select best: how good a validation evaluation is (higher is better), None when it lost locality.
-    RLCP with retrieval: right lookups minus forget accuracy; baselines: minus forget accuracy."""
-    if "forget_acc" not in row or row["locality_acc"] < cfg.locality_keep * original["locality_acc"]:
+    RLCP with retrieval: right lookups minus forget accuracy; baselines: minus forget accuracy. With
+    --reasoning-eval, an evaluation that lost the reasoning (`reasoning_kept`) is None too."""
+    if ("forget_acc" not in row or row["locality_acc"] < cfg.locality_keep * original["locality_acc"]
+            or not reasoning_kept(cfg, row, original)):
         return None
     calls = row.get("forget_call_ok_rate", 0.0) if cfg.method == "rlcp" and cfg.w_retrieval > 0 else 0.0
     return calls - row["forget_acc"]

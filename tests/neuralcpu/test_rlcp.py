@@ -866,3 +866,54 @@ def test_retain_source_own_replaces_the_gold_pool_and_is_kept_for_a_resume(tiny_
     assert calls == [3] and pools == [own, own]
     with pytest.raises(ValueError, match="retain_source"):
         tiny_cfg(model_dir, tmp_path, "bad", retain_source="mine").validate()
+
+
+def test_reasoning_check_reads_the_last_box_and_counts_cut_answers(tiny_qwen2_dir, monkeypatch):
+    """--reasoning-eval: the answer is the last \\boxed{} under the chat layout (the '#### N' line without a
+    template); an answer without one is wrong; answers the budget cut are counted."""
+    from transformers import AutoTokenizer
+
+    from neuralcpu import rlcp
+    from neuralcpu.data import SYSTEM_BOXED
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    rows = [{"question": "Q1?", "answer": "x\n#### 18"}, {"question": "Q2?", "answer": "x\n#### 6"},
+            {"question": "Q3?", "answer": "x\n#### 1,000"}, {"question": "Q4?", "answer": "x\n#### 7"}]
+    replies, seen = [], {}
+
+    def scripted(model, tokenizer, prompts, max_new_tokens, batch_size=16, stop=None, **kw):
+        seen.update(prompts=prompts, stop=stop)
+        return [tokenizer.encode(r, add_special_tokens=False)[:max_new_tokens] for r in replies]
+
+    monkeypatch.setattr(rlcp, "generate_ids", scripted)
+    tok.chat_template = CHATML
+    replies[:] = ["9 * 2 = 18, so \\boxed{18}", "\\boxed{5} then \\boxed{{6}}", "It is 1000 dollars.", "7 " * 300]
+    got = rlcp.reasoning_check(None, tok, rows, max_new_tokens=100)
+    assert got == {"reasoning_acc": 0.5, "reasoning_capped": 0.25, "reasoning_n": 4}
+    assert all(SYSTEM_BOXED in p for p in seen["prompts"]) and seen["stop"] is None
+    tok.chat_template = None
+    replies[:] = ["9 * 2 = 18\n#### 18", "#### 5", "#### $1,000", "\\boxed{7}"]
+    got = rlcp.reasoning_check(None, tok, rows, max_new_tokens=100)
+    assert got["reasoning_acc"] == 0.5 and seen["prompts"][0] == "Question: Q1?\nAnswer:" and seen["stop"] is not None
+
+
+def test_reasoning_eval_is_logged_and_gates_early_stop_and_selection(tiny_qwen2_dir, tmp_path):
+    """--reasoning-eval rows come from the end of GSM8K train, away from the retain rows; every evaluation
+    logs them; a step that lost the reasoning neither stops the run nor is selected."""
+    from neuralcpu import rlcp
+
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "reason", steps=1, eval_every=1, ckpt_every=1, retain_examples=10,
+                   reasoning_eval=3, reasoning_max_new=4)
+    assert [r["question"] for r in rlcp.reasoning_rows(cfg)] == [f"What is {i} plus {i}?" for i in (17, 18, 19)]
+    with pytest.raises(ValueError, match="overlap"):
+        rlcp.reasoning_rows(tiny_cfg(tiny_qwen2_dir, tmp_path, "r2", retain_examples=18, reasoning_eval=3))
+    train(cfg)
+    rows = [json.loads(l) for l in (tmp_path / "reason" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reasoning_n"] for r in rows] == [3, 3] and all(0 <= r["reasoning_acc"] <= 1 for r in rows)
+    assert all(r["reasoning_capped"] == 1.0 for r in rows)  # a random model never ends within 4 tokens
+    original = {"forget_acc": 0.9, "locality_acc": 0.8, "reasoning_acc": 0.5}
+    good = {"forget_acc": 0.0, "locality_acc": 0.8, "forget_call_ok_rate": 1.0, "reasoning_acc": 0.4}
+    lost = dict(good, reasoning_acc=0.3)  # below 0.8 x 0.5
+    assert rlcp.targets_met(cfg, good, original) and not rlcp.targets_met(cfg, lost, original)
+    assert rlcp.selection_score(cfg, good, original) == 1.0 and rlcp.selection_score(cfg, lost, original) is None
+    assert rlcp.targets_met(cfg, {k: v for k, v in lost.items() if k != "reasoning_acc"}, original)  # no check, no gate

@@ -172,7 +172,8 @@ def render_table(path: Path, data: dict, table: dict, link_from: Path | None = N
              "| " + " | ".join(map(_cell, table["columns"])) + " |",
              "|" + "---|" * width]
     lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in table["rows"]]
-    lines += [""] + [f"- {note}" for note in table.get("notes", [])]
+    # "about": what a results file's own fields cannot say (which run a model dir is), written by hand
+    lines += [""] + [f"- {note}" for note in [*table.get("notes", []), *data.get("about", [])]]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -256,11 +256,18 @@ def named_subject(tools: dict, question: str) -> str | None:
     return next((span for span in question_spans(question) if known_facts(tools, span, 1)), None)
 
 
-def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5) -> Observation | None:
+def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5,
+                       relation_held: bool = False) -> Observation | None:
     """The lookup or follow `call` redone with the longest question span the store knows *exactly* as a
     subject, or None. "Span" for "Shanghai": the question names Shanghai. A lookup keeps its relation
-    when the store answers it for that subject (exactly or through a neighbour), else gets all its facts."""
+    when the store answers it for that subject (exactly or through a neighbour), else gets all its facts.
+    With `relation_held`, only a lookup, and only with a span that holds the call's relation itself: the
+    model's subject was a real span of the question, so another span is taken only where it answers what
+    was asked ("spell 'itinerary', and what country has Mandurah ...": Mandurah; "Is Castle Combe in
+    Spain? ... what country is it in?": not Spain, which has no country)."""
     tried = normalize_name(str(call.arguments.get("subject", "")))
+    if relation_held and call.name != LOOKUP_TOOL:
+        return None
     for span in question_spans(question):
         if normalize_name(span) == tried:
             continue
@@ -268,6 +275,8 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
         if not known:
             continue
         obs = run_tool(tools, ToolCall(call.name, {**call.arguments, "subject": span}), max_facts)
+        if relation_held and not holds_exactly(obs, str(call.arguments.get("relation", ""))):
+            continue
         facts = [f for f in obs.facts if f.get("matched_by") not in GUESSED and f.get("matched_by") != "any_relation"]
         if not facts and call.name == LOOKUP_TOOL:
             facts = known  # the question's subject lacks the relation: all its facts, as for any_relation
@@ -590,12 +599,13 @@ class Conversation:
                                  f"the question names {fixed.subject_used!r}: looked that up instead")
                 return fixed
         obs = run_tool(b.tools, call, b.max_facts)
-        # An empty lookup of a subject the question names itself means the store lacks it: another span
-        # of the question is a different entity ("Is Castle Combe in Spain? ... what country is it in?"
-        # went on to Spain's facts). A guessed match still gives way to the subject the question names.
+        # An empty lookup of a subject the question names itself: another span of the question is a
+        # different entity, taken only where it holds the asked relation ("Is Castle Combe in Spain? ...
+        # what country is it in?" went on to Spain's facts). A guessed match still gives way to the
+        # subject the question names.
         named_itself = retry and not obs.facts and self.ledger.mentioned(subject)
-        if retry and obs.error is None and not named_itself and (not obs.facts or obs.matched_by in GUESSED):
-            fixed = call_from_question(b.tools, call, res.question, b.max_facts)
+        if retry and obs.error is None and (not obs.facts or obs.matched_by in GUESSED):
+            fixed = call_from_question(b.tools, call, res.question, b.max_facts, relation_held=named_itself)
             if fixed is not None:
                 res.trace.append(f"step {res.steps}: {describe_call(call)} -> "
                                  f"{'no facts' if not obs.facts else obs.matched_by}; "

@@ -279,6 +279,10 @@ def test_an_empty_lookup_of_a_subject_the_question_names_is_not_found(gtools):
     call = " " + render_lookup("Castle Combe", "country")
     res = ask(Scripted(call, call), gtools, "Is Castle Combe in Spain? Or am I mixing it up, what country is it in?")
     assert [o.facts for o in res.observations] == [[]] and res.status == "not_found"
+    # another span that holds the asked relation is taken (the model looked up the wrong span)
+    call = " " + render_lookup("itinerary", "country")
+    res = ask(Scripted(call, " Nigeria."), gtools, 'Two questions: how do you spell "itinerary", and what country has Lagos inside its borders?')
+    assert res.observations[0].subject_used == "Lagos" and res.status == "store" and res.answer == "Nigeria."
     # a subject the question does not name still gives way to one it names (the "Span" for "Shanghai" case)
     res = ask(Scripted(" " + render_lookup("Span", "country"), " China."), gtools, "Which country is Shanghai in?")
     assert res.observations[0].subject_used == "Shanghai" and res.status == "store"

@@ -18,10 +18,9 @@ from __future__ import annotations
 import random
 import re
 import time
-from decimal import Decimal
 
 from benchmarks import metrics
-from neuralcpu.data import SYSTEM_BOXED, boxed_content, number_in_box  # noqa: F401  (re-exported)
+from neuralcpu.data import SYSTEM_BOXED, ANSWER_DONE, boxed_answer, boxed_content, number_in_box, same_number  # noqa: F401
 from neuralcpu.generation import generate_ids, tail_matches
 
 # Zero-shot instruction for chat models. It asks for the answer format only, not for step-by-step
@@ -33,7 +32,6 @@ N_SHOTS = 8
 _CALC_NOTE = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations: not text a model should imitate
 # Generation may stop early once the answer is complete: a `#### number` followed by a non-number
 # character, or (few-shot) the start of the next exemplar.
-_ANSWER_DONE = re.compile(r"####\s*\$?\s*-?\d[\d,]*(?:\.\d+)?[^\d.,]")
 _NEXT_QUESTION = re.compile(r"\n\s*Question:")
 
 
@@ -92,8 +90,7 @@ def extract(output: str, fmt: str) -> str | None:
     """The final answer of `output` under prompt format `fmt`, or None: the number right after the first
     `####` ("chat", "fewshot"), the number in the last `\\boxed{}` ("boxed"). No fallback to other numbers."""
     if fmt == "boxed":
-        content = boxed_content(output)
-        return None if content is None else number_in_box(content)
+        return boxed_answer(output)
     if fmt not in ("chat", "fewshot"):
         raise ValueError(f"prompt format {fmt!r} not in {FORMATS}")
     return metrics.extract_answer(output)
@@ -101,7 +98,7 @@ def extract(output: str, fmt: str) -> str | None:
 
 def is_correct(pred: str | None, gold: str) -> bool:
     """Whether an extracted answer equals the reference numerically."""
-    return pred is not None and Decimal(pred) == Decimal(gold)
+    return same_number(pred, gold)
 
 
 def cot_steps(output: str, fmt: str) -> int:
@@ -145,7 +142,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 512, ba
         progress: tqdm bar over batches.
         fmt: the prompt format (None: one of the `####` formats).
     """
-    patterns = [_ANSWER_DONE, _NEXT_QUESTION] if stop and fmt != "boxed" else []
+    patterns = [ANSWER_DONE, _NEXT_QUESTION] if stop and fmt != "boxed" else []
     stop = bool(patterns)
     stop_row = (lambda i, ids: tail_matches(tokenizer, ids, lambda text: any(p.search(text) for p in patterns))) if stop else None
     new = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, stop_row, progress=progress)

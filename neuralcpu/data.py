@@ -104,6 +104,8 @@ def gsm8k_chat_text(row: dict, tokenizer, system: str | None = None, answer: str
 # A minus right after a digit or ")" is subtraction ("16-3"), not a sign.
 NUMBER = r"(?:(?<![\w)])-)?\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
 _ANSWER_MARK = "####"
+# A `#### N` line that is complete: the number and one character after it (a row may stop there).
+ANSWER_DONE = re.compile(r"####\s*\$?\s*-?\d[\d,]*(?:\.\d+)?[^\d.,]")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _FRAC = re.compile(r"\\[dt]?frac\{?(-?\d+(?:\.\d+)?)\}?\{?(-?\d+(?:\.\d+)?)\}?")
 _TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}")
@@ -171,3 +173,14 @@ def number_in_box(content: str) -> str | None:
     s = s.replace("{", "").replace("}", "")
     m = re.fullmatch(NUMBER + r"\.?", s)
     return normalize_number(m.group()) if m else None
+
+
+def boxed_answer(output: str) -> str | None:
+    """The number in the last `\\boxed{}` of `output` as a canonical number string, else None."""
+    content = boxed_content(output)
+    return None if content is None else number_in_box(content)
+
+
+def same_number(pred: str | None, gold: str) -> bool:
+    """Whether an extracted answer equals the reference numerically ("18.0" == "18")."""
+    return pred is not None and Decimal(pred) == Decimal(gold)

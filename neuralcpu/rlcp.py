@@ -32,7 +32,6 @@ import shutil
 import sys
 import time
 import uuid
-from decimal import Decimal
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -43,8 +42,8 @@ from tqdm.auto import tqdm
 from common.facts import Fact
 from neuralcpu import losses
 from neuralcpu.config import config_parser, parse_config
-from neuralcpu.data import (SYSTEM_BOXED, boxed_content, extract_answer, gold_answer, gsm8k_chat_text, gsm8k_text,
-                            load_gsm8k, number_in_box)
+from neuralcpu.data import (ANSWER_DONE, SYSTEM_BOXED, boxed_answer, extract_answer, gold_answer, gsm8k_chat_text,
+                            gsm8k_text, load_gsm8k, same_number)
 from neuralcpu.facts import (ANALYSIS_OTHER_CITIES, FactSets, Prompt, build_fact_sets, chat_prompt, fact_prompts,
                              other_cities, render_context)
 from neuralcpu.evaluation import closed_book
@@ -585,15 +584,12 @@ def reasoning_check(model, tokenizer, rows: list[dict], max_new_tokens: int, bat
     perplexity does not see: a Qwen run kept it while its free answers looped to the cap (docs/history.md)."""
     chat = bool(getattr(tokenizer, "chat_template", None))
     prompts = [gsm8k_chat_text(r, tokenizer, system=SYSTEM_BOXED)[0] if chat else gsm8k_text(r)[0] for r in rows]
-    # without a template: stop a row once its '#### N' line is written (the next token after the number)
-    done = re.compile(r"####\s*\$?\s*-?\d[\d,]*(?:\.\d+)?[^\d.,]")
-    stop = None if chat else (lambda i, ids: tail_matches(tokenizer, ids, lambda t: bool(done.search(t))))
+    # without a template: stop a row once its '#### N' line is written
+    stop = None if chat else (lambda i, ids: tail_matches(tokenizer, ids, lambda t: bool(ANSWER_DONE.search(t))))
     new = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size=batch, stop=stop)
-    right = 0
-    for row, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True)):
-        box = boxed_content(text) if chat else None
-        pred = (number_in_box(box) if box is not None else None) if chat else extract_answer(text)
-        right += pred is not None and Decimal(pred) == Decimal(gold_answer(row["answer"]))
+    read = boxed_answer if chat else extract_answer
+    right = sum(same_number(read(text), gold_answer(row["answer"]))
+                for row, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True)))
     capped = sum(len(ids) >= max_new_tokens for ids in new)
     return {"reasoning_acc": right / len(rows), "reasoning_capped": capped / len(rows), "reasoning_n": len(rows)}
 

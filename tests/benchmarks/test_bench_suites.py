@@ -33,9 +33,9 @@ def test_fewshot_prefix_has_eight_clean_exemplars():
 
 
 def test_stop_patterns_and_truncation():
-    pats = [gsm8k._ANSWER_DONE, gsm8k._NEXT_QUESTION]
-    assert not gsm8k._ANSWER_DONE.search("#### 1,2")  # the number may still go on
-    assert gsm8k._ANSWER_DONE.search("#### 1,200\n")
+    pats = [gsm8k.ANSWER_DONE, gsm8k._NEXT_QUESTION]
+    assert not gsm8k.ANSWER_DONE.search("#### 1,2")  # the number may still go on
+    assert gsm8k.ANSWER_DONE.search("#### 1,200\n")
     assert gsm8k._truncate(" 2+2=4\n#### 4\nQuestion: more", pats) == " 2+2=4\n#### 4"
     assert gsm8k._truncate(" 2+2=4 so 4.\n\nQuestion: next", pats) == " 2+2=4 so 4."
 

@@ -574,7 +574,7 @@ class Conversation:
                 or not getattr(b.fmt, "can_check", False)):
             return False
         subject = named_subject(b.tools, res.question)
-        named = [rel for _, rel in relations_named(b.tools, res.question)]
+        named = [] if subject is not None else [rel for _, rel in relations_named(b.tools, res.question)]
         if subject is None and not named:
             return False
         res.checked = subject if subject is not None else f"relation {named[-1]}"

@@ -19,7 +19,8 @@ The loop always ends in an answer when the store gave it the fact:
 - a two-hop question that the model stops after its first hop ("the capital of the country Weru is
   in": lookup(Weru, country), then a repeat, silence, or "Indonesia") gets the next hop from the loop,
   once: when the question names another store relation *before* the one just answered (English nests
-  the goal first: "the capital of the country ..."), the loop looks that relation up on the answer's
+  the goal first: "the capital of the country ..."), or right after it when the answered one is a
+  possessive ("that country's capital"), the loop looks that relation up on the answer's
   object, shows it to the model as a step of its own, and lets the model answer (`next_hop`);
 - a lookup of a relation the question does not name, in a question that names relations of the store,
   asks one of those instead, the last named first, the first the store holds for the subject (the model
@@ -41,6 +42,7 @@ Every such step is written to `LoopResult.trace` (what `/trace` in the REPL show
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -224,8 +226,13 @@ def run_tool(tools: dict, call: ToolCall, max_facts: int = 5) -> Observation:
     return Observation(call, output, escape_payload(output, max_facts), facts, None, matched)
 
 
+_POSSESSIVE = re.compile(r"['’]s$", re.IGNORECASE)
+
+
 def question_spans(question: str, max_words: int = 6) -> list[str]:
-    """Word n-grams of `question`, longest first, that could name a subject (not only stop words)."""
+    """Word n-grams of `question`, longest first, that could name a subject (not only stop words). A span
+    ending in a possessive also comes without it, right after it: "South Africa's money" names "South
+    Africa", "St. John's" stays a candidate as written."""
     words = [w.strip(".,;:!?'\"’()") for w in question.split()]
     words = [w for w in words if w]
     spans = []
@@ -235,6 +242,9 @@ def question_spans(question: str, max_words: int = 6) -> list[str]:
             if all(w.casefold() in _STOPWORDS for w in chunk) or len(" ".join(chunk)) < 3:
                 continue
             spans.append(" ".join(chunk))
+            bare = _POSSESSIVE.sub("", chunk[-1])
+            if bare != chunk[-1] and bare and len(" ".join(chunk[:-1] + [bare])) >= 3:
+                spans.append(" ".join(chunk[:-1] + [bare]))
     return list(dict.fromkeys(spans))
 
 
@@ -307,6 +317,13 @@ def relations_named(tools: dict, question: str) -> list[tuple[int, str]]:
         if at >= 0:
             found.append((at, rel))
     return sorted(found)
+
+
+def possessive_at(question: str, relation: str, at: int) -> bool:
+    """Whether `relation`, named at position `at` of the question's folded words (`relations_named`), is a
+    possessive there ("that country's capital": what follows belongs to the answered relation's object)."""
+    words = fold_words(relation.replace("_", " "))
+    return (" " + fold_words(question) + " ")[at:].startswith(f" {words} s ")
 
 
 def make_turn(text: str, observations: list[Observation], max_facts: int = 5) -> Turn:
@@ -532,8 +549,8 @@ class Conversation:
 
     def _offer_next_hop(self, why: str) -> bool:
         """The model stopped at the fact that answers the first hop (`why`) while the question names
-        another store relation before the answered one (or names only one relation, not the answered
-        one): look that relation up on the fact's object and show the result as a step, once. True when
+        another store relation before the answered one (after it, when the answered one is a possessive;
+        or names only one relation, not the answered one): look that relation up on the fact's object and show the result as a step, once. True when
         done (the loop goes on for one more generation)."""
         b, res, fact = self.bridge, self.result, self.ledger.answer
         if not b.next_hop or res.mode != "tool" or res.next_hop or fact is None or res.steps >= b.max_steps:
@@ -542,10 +559,14 @@ class Conversation:
             return False  # the answer is already past the first hop (a follow, or a chain the model walked)
         named = relations_named(b.tools, res.question)
         answered = next((at for at, rel in named if rel == fact.get("relation")), None)
-        # the goal: the relation named before the answered one ("the capital of the country X is in"), or,
-        # when the question never names the answered relation, the one relation it names ("take X, find the
-        # nation it belongs to, and tell me that nation's capital")
-        goal = [rel for at, rel in named if answered is None or at < answered]
+        # the goal: the relation named before the answered one ("the capital of the country X is in"), or
+        # right after it when the answered one is a possessive ("that country's capital"), or, when the
+        # question never names the answered relation, the one relation it names ("take X, find the nation
+        # it belongs to, and tell me that nation's capital")
+        if answered is not None and possessive_at(res.question, str(fact.get("relation")), answered):
+            goal = [rel for at, rel in named if at > answered][:1]
+        else:
+            goal = [rel for at, rel in named if answered is None or at < answered]
         if len(goal) != 1:
             return False
         call = ToolCall(LOOKUP_TOOL, {"subject": str(fact.get("object")), "relation": goal[0]})
@@ -554,6 +575,8 @@ class Conversation:
         obs = run_tool(b.tools, call, b.max_facts)
         if not holds_exactly(obs, goal[0]):
             return False
+        if any(normalize_name(str(f.get("object"))) == normalize_name(str(fact.get("subject"))) for f in obs.facts):
+            return False  # the hop leads back to the question's subject ("Which country's capital is Abuja?")
         self.seen.add(call_key(call))
         self.ledger.record(obs, res.steps)
         res.observations.append(obs)

@@ -193,3 +193,36 @@ def test_report_labels_the_fact_floor_and_keeps_chance_for_probes_only():
     md = report.markdown({"model": "m", "seed": 0, "git": {"commit": "abc"}, "config": {"suite": ["facts"]},
                           "facts": {"original": {"forget": cell}}})
     assert "| *floor: the best fixed answer* | 0.60 |" in md and "chance" not in md.split("no chance level")[0]
+
+
+def test_stream_drift_runs_each_stream_alone_and_reads_the_drift(tiny_qwen2_dir, tmp_path):
+    """benchmarks/stream_drift: each variant trains only its own stream group (the rest at weight 0) and reads
+    the KL on the original's held-out answers; a variant with zero steps leaves the model as it was (KL 0),
+    and a stream that trains moves it; a rerun skips the variants it has."""
+    from benchmarks import stream_drift
+    from common.facts import Fact
+    from neuralcpu.facts import FactSets
+
+    cfg = stream_drift.variant_config("lookup", "m", "o")
+    assert cfg.w_retrieval > 0 and cfg.w_forget == cfg.w_class_mean == cfg.w_country_probe == 0
+    assert cfg.w_retain_lm == cfg.w_kl == cfg.w_locality == cfg.w_locality_states == cfg.w_rag == 0
+    own = stream_drift.variant_config("retain-own", "m", "o")
+    assert own.retain_source == "own" and own.w_kl > 0 and own.w_retrieval == 0
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    countries = ["Norland", "Sudmark", "Ostria", "Westend"]
+    FactSets([Fact(k, "country", k) for k in countries],
+             [Fact(f"{k}ton", "country", k) for k in countries]).save(tmp_path / "facts.json")
+    common = ["--model", str(tiny_qwen2_dir), "--facts", str(tmp_path / "facts.json"), "--gsm8k-path", str(gsm),
+              "--problems", "2", "--max-new-tokens", "8"]
+    assert stream_drift.main(common + ["--steps", "0", "--variants", "lookup", "--out", str(tmp_path / "zero")]) == 0
+    zero = json.loads((tmp_path / "zero" / "stream_drift.json").read_text())["variants"]["lookup"]
+    assert zero["kl"] == pytest.approx(0.0, abs=1e-6) and zero["nll"] == pytest.approx(zero["nll_original"], abs=1e-5)
+    out = tmp_path / "two"
+    assert stream_drift.main(common + ["--steps", "2", "--variants", "lookup,rag", "--out", str(out)]) == 0
+    rows = json.loads((out / "stream_drift.json").read_text())["variants"]
+    assert set(rows) == {"lookup", "rag"} and all(r["kl"] > 1e-6 and r["tokens"] > 0 for r in rows.values())
+    assert rows["lookup"]["weights"]["w_rag"] == 0 and rows["rag"]["weights"]["w_retrieval"] == 0
+    before = (out / "stream_drift.json").read_text()
+    assert stream_drift.main(common + ["--steps", "2", "--variants", "lookup", "--out", str(out)]) == 0
+    assert (out / "stream_drift.json").read_text() == before  # done variants are skipped

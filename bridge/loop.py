@@ -110,6 +110,9 @@ class LoopResult:
             object of the last fact a tool returned; the model named nothing even when forced).
         next_hop: the lookup the loop made itself to go on from the first hop (`Bridge(next_hop=True)`),
             as "lookup(subject, relation)"; None: none made. Not in `calls`, which are the model's.
+        loop_lookup: the lookup the loop made itself when the model, asked to check (`checked`), answered
+            again without one: of the stored subject the question names, its relation the question names
+            if the store holds it, else all its facts. Not in `calls` either. None: none made.
         checked: when the model answered without any lookup and was asked once to check
             (`Bridge(check_answers=True)`): the subject the question names that the store holds, else
             "relation R" for the store relation it names; its first answer is in `generations`. None:
@@ -132,6 +135,7 @@ class LoopResult:
     answer_source: str | None = None
     checked: str | None = None
     next_hop: str | None = None
+    loop_lookup: str | None = None
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -372,7 +376,9 @@ class Bridge:
             not in the question (nor reached from it), or when a lookup came back empty or guessed.
         check_answers: when the model answers without any lookup and the question names a subject or a
             relation the store holds, ask it once to check with the tools (`prompts.CHECK_ASK`, a user turn; layouts
-            with user turns only) instead of ending on a weights-only answer. Off by default: the
+            with user turns only) instead of ending on a weights-only answer; when it answers again without a
+            lookup and the question names a stored subject, the loop looks that subject up itself, once
+            (`LoopResult.loop_lookup`), and lets the model answer from the result. Off by default: the
             project's lookup rates measure what the model does unasked; `bridge.chat` turns it on.
         next_hop: when the model stops after the first hop of a two-hop question (see the module
             docstring), look up the next relation the question names on the answer's object, once, and
@@ -500,7 +506,7 @@ class Conversation:
                 res.forced = True  # it said nothing (or only echoed a result) although it holds facts
                 res.trace.append(f"step {res.steps}: no answer after the results: forced final answer, tools withheld")
                 return
-            if answer and self._should_check():
+            if answer and (self._should_check() or self._look_up_checked()):
                 return
             if (answer and self.ledger.answer is not None
                     and find_answer(answer, [str(self.ledger.answer.get("object"))]) is not None
@@ -606,6 +612,40 @@ class Conversation:
                else f"asks for {named[-1]!r}, a relation the store holds")
         res.trace.append(f"step {res.steps}: answered without a lookup although the question {why}: "
                          "asked to check with the tools")
+        return True
+
+    def _look_up_checked(self) -> bool:
+        """The model, asked to check an answer about a subject the store holds, answered again without a
+        lookup ("Answer with a single word: the money you'd spend in Finland is called what?"): the loop
+        looks that subject up itself, once (the relation the question names, the last named first, where
+        the store holds it for the subject; else all its facts), shows the result as a step, and lets the
+        model answer from it. True when done (the loop goes on for one more generation)."""
+        b, res = self.bridge, self.result
+        if (not b.check_answers or res.mode != "tool" or res.checked is None or res.calls or res.loop_lookup
+                or res.steps >= b.max_steps):
+            return False
+        subject = named_subject(b.tools, res.question)
+        if subject is None:
+            return False  # asked because of a relation only: no subject to look up
+        call, obs = None, None
+        for _, rel in reversed(relations_named(b.tools, res.question)):
+            tried = ToolCall(LOOKUP_TOOL, {"subject": subject, "relation": rel})
+            tried_obs = run_tool(b.tools, tried, b.max_facts)
+            if holds_exactly(tried_obs, rel):
+                call, obs = tried, tried_obs
+                break
+        if call is None:
+            call = ToolCall(LOOKUP_TOOL, {"subject": subject})
+            obs = run_tool(b.tools, call, b.max_facts)
+        if obs.error is not None or not obs.facts:
+            return False
+        self.seen.add(call_key(call))
+        self.ledger.record(obs, res.steps)
+        res.observations.append(obs)
+        res.loop_lookup = describe_call(call)
+        self.turns.append(make_turn(" " + render_lookup(subject, call.arguments.get("relation")), [obs], b.max_facts))
+        res.trace.append(f"step {res.steps}: asked to check, the model answered again without a lookup: the loop "
+                         f"looked up {describe_call(call)} -> {describe_observation(obs)}")
         return True
 
     def _run(self, call: ToolCall) -> Observation:

@@ -362,15 +362,22 @@ def test_an_answer_without_a_lookup_is_checked_once_when_the_store_holds_the_sub
     assert res.answer == "Nigeria" and res.status == "store" and res.checked.casefold() == "lagos"
     assert res.generations[0] == "Ghana" and len(res.calls) == 1
     assert "Ghana<|im_end|>" in model.prompts[1] and CHECK_ASK in model.prompts[1]  # its answer, then the ask
-    # asked once only: a second answer without a lookup ends the loop, flagged as a guess
-    again = Bridge(Scripted("Ghana", "Ghana still"), fmt, tools, check_answers=True).ask("Which country is Lagos in?")
-    assert again.answer == "Ghana still" and again.answered_without_lookup and again.steps == 2
+    # asked once only: a second answer without a lookup makes the loop look the subject up itself (the
+    # relation the question names), show it as a step, and let the model answer from it
+    model = Scripted("Ghana", "Ghana still", "Nigeria")
+    again = Bridge(model, fmt, tools, check_answers=True).ask("Which country is Lagos in?")
+    assert again.answer == "Nigeria" and again.status == "store" and again.steps == 3 and not again.calls
+    assert again.loop_lookup == "lookup(subject='Lagos')"  # these tools list no relations: all its facts
+    assert "Nigeria" in model.prompts[2] and "Ghana still" not in model.prompts[2]
+    # ... and if it still answers from its weights after seeing the fact, that answer stands, flagged
+    stubborn = Bridge(Scripted("Ghana", "Ghana still", "Ghana"), fmt, tools, check_answers=True).ask("Which country is Lagos in?")
+    assert stubborn.answer == "Ghana" and stubborn.status != "store" and stubborn.loop_lookup is not None
     # not asked: neither a subject nor a relation of the store named, the option off, or a layout without user turns
     for bridge, q in ((Bridge(Scripted("Greece"), fmt, tools, check_answers=True), "Where would I find Atlantis?"),
                       (Bridge(Scripted("Ghana"), fmt, tools), "Which country is Lagos in?"),
                       (make(Scripted(" Ghana."), tools, check_answers=True), "The city of Lagos is in the country of")):
         res = bridge.ask(q)
-        assert res.checked is None and res.steps == 1 and res.answered_without_lookup
+        assert res.checked is None and res.steps == 1 and res.answered_without_lookup and res.loop_lookup is None
 
 
 def test_an_unlooked_answer_about_a_subject_the_store_lacks_is_checked_and_ends_not_found(store, tiny_qwen2_dir):
@@ -392,3 +399,21 @@ def test_a_bare_json_call_after_the_check_is_run(tools, tiny_qwen2_dir):
     bare = json.dumps({"name": "lookup", "arguments": {"subject": "Lagos", "relation": "country"}})
     res = Bridge(Scripted("Ghana", bare, "Nigeria"), fmt, tools, check_answers=True).ask("Which country is Lagos in?")
     assert res.answer == "Nigeria" and res.status == "store" and len(res.calls) == 1
+
+
+def test_the_loops_own_lookup_after_a_check_asks_the_named_relation_else_all_facts(store, tiny_qwen2_dir):
+    """With tools that list the store's relations, the loop's own lookup (after the model answered twice from
+    its weights) asks the relation the question names; "the city you'd fly to first in France" names none,
+    so it gets all of France's facts."""
+    from bridge.tools import make_bridge_tools
+
+    tools = make_bridge_tools(store)
+    fmt = _chat_format(tools, tiny_qwen2_dir)
+    res = Bridge(Scripted("Ghana", "Ghana.", "Nigeria"), fmt, tools, check_answers=True).ask("Which country is Lagos in?")
+    assert res.loop_lookup == "lookup(subject='Lagos', relation='country')" and res.status == "store"
+    model = Scripted("Francs", "Francs.", "Paris")
+    res = Bridge(model, fmt, tools, check_answers=True).ask("Answer with a single word: the city you'd fly to first in France?")
+    assert res.loop_lookup == "lookup(subject='France')" and res.answer == "Paris" and res.status == "store"
+    # with check_answers off, nothing of this happens
+    res = Bridge(Scripted("Francs", "Francs."), fmt, tools).ask("Answer with a single word: the city you'd fly to first in France?")
+    assert res.loop_lookup is None and res.steps == 1

@@ -4,7 +4,8 @@
         --steps 5 --out results/stream_drift
 
 Every variant runs rlcp.setup and rlcp.step at RLCPConfig's defaults (lr, blocks, batches), with the
-weights of every stream group but its own at 0 ("all" keeps every weight):
+weights of every stream group but its own at 0 ("all" keeps every weight; "no-G" leaves group G out and
+keeps the rest):
   adversarial  --w-forget, --w-class-mean, --w-country-probe
   lookup       --w-retrieval
   retain       --w-retain-lm, --w-kl (gold GSM8K solutions; "retain-own": the original's own answers)
@@ -17,8 +18,9 @@ under the trained model (the original's is the "before" row). Small KL: the stre
 model's free answers visit where it was. Why this and not GSM8K accuracy: accuracy on 32 problems moves
 in steps of 0.03 and costs minutes an evaluation; the KL is read on every answer token in seconds, and
 the Qwen runs that lost GSM8K had drifted there (docs/history.md). A stream alone under AdamW moves the
-weights by about lr a step whatever its loss weight, so this ranks the *direction* each stream pushes,
-not its share in the summed step.
+weights by about lr a step whatever its loss weight, so a stream alone ranks the *direction* it pushes,
+not its share in the summed step (a stream whose loss is already near 0 still takes full steps alone);
+the "no-G" variants against "all" read each group's share in the recipe as it runs.
 
 Each variant runs in its own subprocess (a fresh model); results go to OUT/stream_drift.json as each ends,
 so a killed run keeps the variants it finished and a rerun skips them.
@@ -45,16 +47,20 @@ GROUPS = {
     "locality": ("w_locality", "w_locality_states"),
     "rag": ("w_rag",),
 }
-VARIANTS = ("all", "adversarial", "lookup", "retain", "retain-own", "locality", "rag")
+ALONE = ("all", "adversarial", "lookup", "retain", "retain-own", "locality", "rag")
+VARIANTS = ALONE + tuple(f"no-{g}" for g in GROUPS)  # "no-rag": every stream but the RAG one
 
 
 def variant_config(name: str, model: str, out: str, **extra):
-    """RLCPConfig at its defaults with every weight outside `name`'s group at 0 ('all': as is)."""
+    """RLCPConfig at its defaults with every weight outside `name`'s group at 0 ('all': as is; 'no-G': only
+    group G's weights at 0)."""
     from neuralcpu.rlcp import RLCPConfig
 
     cfg = RLCPConfig(model=model, out=out, **extra)
     if name == "all":
         return cfg
+    if name.startswith("no-"):
+        return dataclasses.replace(cfg, **{w: 0.0 for w in GROUPS[name[3:]]})
     group = "retain" if name == "retain-own" else name
     zero = {w: 0.0 for g, ws in GROUPS.items() if g != group for w in ws}
     own = {"retain_source": "own", "retain_max_len": 512} if name == "retain-own" else {}

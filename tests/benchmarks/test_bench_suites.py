@@ -206,6 +206,8 @@ def test_stream_drift_runs_each_stream_alone_and_reads_the_drift(tiny_qwen2_dir,
     cfg = stream_drift.variant_config("lookup", "m", "o")
     assert cfg.w_retrieval > 0 and cfg.w_forget == cfg.w_class_mean == cfg.w_country_probe == 0
     assert cfg.w_retain_lm == cfg.w_kl == cfg.w_locality == cfg.w_locality_states == cfg.w_rag == 0
+    left_out = stream_drift.variant_config("no-rag", "m", "o")
+    assert left_out.w_rag == 0 and left_out.w_retrieval > 0 and left_out.w_forget > 0 and left_out.w_kl > 0
     own = stream_drift.variant_config("retain-own", "m", "o")
     assert own.retain_source == "own" and own.w_kl > 0 and own.w_retrieval == 0
     gsm = tmp_path / "gsm.jsonl"

@@ -91,6 +91,27 @@ def answer_drift(model, anchor, tokenizer, pairs: list[tuple[str, str]], batch: 
     return {"kl": kl_sum / n, "nll": nll_sum / n, "nll_original": ref_nll_sum / n, "tokens": n}
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """--set FIELD=VALUE pairs as RLCPConfig keyword arguments, each value cast to the field's type; a
+    ValueError naming the bad item otherwise."""
+    from neuralcpu.rlcp import RLCPConfig
+
+    fields = {f.name: f for f in dataclasses.fields(RLCPConfig)}
+    cast = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD an RLCPConfig field "
+                             "(python -m neuralcpu rlcp --help lists them, with - for _)")
+        try:
+            out[key] = cast.get(str(fields[key].type), str)(value)
+        except ValueError as e:
+            raise ValueError(f"--set {item!r}: {e}") from e
+    return out
+
+
 def heldout_answers(path: Path, model, tokenizer, rows: list[dict], max_new_tokens: int) -> list[tuple[str, str]]:
     """The original's greedy answers to `rows` as (prompt, answer) pairs in its chat layout, every other one
     under the step-by-step system message; answers the budget cut are kept (they are text its free answers
@@ -128,7 +149,8 @@ def run_variant(name: str, args) -> dict:
     vdir.mkdir(parents=True, exist_ok=True)
     if name == "retain-own" and (out / "retain_answers.json").is_file() and not (vdir / "retain_answers.json").is_file():
         (vdir / "retain_answers.json").write_text((out / "retain_answers.json").read_text())
-    cfg = variant_config(name, args.model, str(vdir), seed=args.seed, gsm8k_path=args.gsm8k_path)
+    cfg = variant_config(name, args.model, str(vdir), seed=args.seed, gsm8k_path=args.gsm8k_path,
+                         **parse_overrides(args.set))
     accel = Accelerator(cpu=True)
     model, anchor, tokenizer = load_models(cfg, accel)
     rows = load_gsm8k("train", args.gsm8k_path)[-args.problems:]
@@ -159,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--gsm8k-path", default=None, help="GSM8K train JSONL (default: shared copy, else hub)")
     p.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="an RLCPConfig field for every variant, before the variant's own weights, e.g. "
+                        "--set retain_source=own --set lr=5e-5 (repeatable)")
     p.add_argument("--out", required=True, help="output directory (OUT/stream_drift.json)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     args = p.parse_args(argv)
@@ -168,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--variants: unknown {bad}; choose from {list(VARIANTS)}")
     if not Path(args.facts).is_file():
         p.error(f"--facts {args.facts}: no such file")
+    try:
+        parse_overrides(args.set)
+    except ValueError as e:
+        p.error(str(e))
     if args.one:
         print(json.dumps(run_variant(args.one, args)))
         return 0

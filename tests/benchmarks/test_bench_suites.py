@@ -208,6 +208,12 @@ def test_stream_drift_runs_each_stream_alone_and_reads_the_drift(tiny_qwen2_dir,
     assert cfg.w_retain_lm == cfg.w_kl == cfg.w_locality == cfg.w_locality_states == cfg.w_rag == 0
     left_out = stream_drift.variant_config("no-rag", "m", "o")
     assert left_out.w_rag == 0 and left_out.w_retrieval > 0 and left_out.w_forget > 0 and left_out.w_kl > 0
+    assert stream_drift.parse_overrides(["lr=5e-5", "retain-source=own", "steps=3"]) == {
+        "lr": 5e-5, "retain_source": "own", "steps": 3}
+    with pytest.raises(ValueError, match="no_such_field"):
+        stream_drift.parse_overrides(["no_such_field=1"])
+    with pytest.raises(ValueError, match="lr=fast"):
+        stream_drift.parse_overrides(["lr=fast"])
     own = stream_drift.variant_config("retain-own", "m", "o")
     assert own.retain_source == "own" and own.w_kl > 0 and own.w_retrieval == 0
     gsm = tmp_path / "gsm.jsonl"

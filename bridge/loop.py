@@ -479,6 +479,7 @@ class Conversation:
         self.bridge, self.result, self.context, self.history = bridge, result, context, history
         self.turns: list[Turn] = []
         self.seen: set[str] = set()
+        self.checked_subject: str | None = None  # the stored subject the check named (see _should_check)
         self.done = False
         # names of the earlier exchanges count as named: "And its capital?" after "Which country is Lagos in?"
         self.ledger = Ledger(result.question, [text for pair in history for text in pair])
@@ -556,8 +557,8 @@ class Conversation:
     def _offer_next_hop(self, why: str) -> bool:
         """The model stopped at the fact that answers the first hop (`why`) while the question names
         another store relation before the answered one (after it, when the answered one is a possessive;
-        or names only one relation, not the answered one): look that relation up on the fact's object and show the result as a step, once. True when
-        done (the loop goes on for one more generation)."""
+        or names only one relation, not the answered one): look that relation up on the fact's object and
+        show the result as a step, once. True when done (the loop goes on for one more generation)."""
         b, res, fact = self.bridge, self.result, self.ledger.answer
         if not b.next_hop or res.mode != "tool" or res.next_hop or fact is None or res.steps >= b.max_steps:
             return False
@@ -607,6 +608,7 @@ class Conversation:
         if subject is None and not named:
             return False
         res.checked = subject if subject is not None else f"relation {named[-1]}"
+        self.checked_subject = subject  # what _look_up_checked looks up if the model ignores the check
         self.turns.append(Turn(res.generations[-1], check=CHECK_ASK))
         why = (f"names {subject!r}, which the store holds" if subject is not None
                else f"asks for {named[-1]!r}, a relation the store holds")
@@ -624,7 +626,7 @@ class Conversation:
         if (not b.check_answers or res.mode != "tool" or res.checked is None or res.calls or res.loop_lookup
                 or res.steps >= b.max_steps):
             return False
-        subject = named_subject(b.tools, res.question)
+        subject = self.checked_subject
         if subject is None:
             return False  # asked because of a relation only: no subject to look up
         call, obs = None, None

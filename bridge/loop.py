@@ -629,14 +629,10 @@ class Conversation:
         subject = self.checked_subject
         if subject is None:
             return False  # asked because of a relation only: no subject to look up
-        call, obs = None, None
-        for _, rel in reversed(relations_named(b.tools, res.question)):
-            tried = ToolCall(LOOKUP_TOOL, {"subject": subject, "relation": rel})
-            tried_obs = run_tool(b.tools, tried, b.max_facts)
-            if holds_exactly(tried_obs, rel):
-                call, obs = tried, tried_obs
-                break
-        if call is None:
+        held = self._named_relation_held({"subject": subject})
+        if held is not None:
+            call, obs = held
+        else:
             call = ToolCall(LOOKUP_TOOL, {"subject": subject})
             obs = run_tool(b.tools, call, b.max_facts)
         if obs.error is not None or not obs.facts:
@@ -682,8 +678,8 @@ class Conversation:
         """A lookup whose relation the question does not name, in a question that names relations of the
         store, asks one of those instead: the last named that the store holds exactly for the subject
         (the innermost of a nested question first: "the capital of the country X is in" -> country for
-        X, capital for X's country); else the call as it was. The model wrote lookup(Cherkessk, continent) for "What is the capital of the
-        country that Cherkessk is part of?"."""
+        X, capital for X's country); else the call as it was. The model wrote lookup(Cherkessk, continent)
+        for "What is the capital of the country that Cherkessk is part of?"."""
         b, res = self.bridge, self.result
         if not b.question_fallback or call.name != LOOKUP_TOOL or call_subject(call) is None:
             return call
@@ -691,14 +687,26 @@ class Conversation:
         named = [rel for _, rel in relations_named(b.tools, res.question)]
         if not asked or not named or asked in named:
             return call
-        for rel in reversed(named):
-            fixed = ToolCall(LOOKUP_TOOL, {**call.arguments, "relation": rel})
-            if holds_exactly(run_tool(b.tools, fixed, b.max_facts), rel):
-                res.trace.append(f"step {res.steps}: {describe_call(call)} asks {asked!r}, which the question does "
-                                 f"not name; of those it names, {rel!r} (named last first) is held for the subject: "
-                                 "asked that instead")
-                return fixed
-        return call
+        held = self._named_relation_held(call.arguments)
+        if held is None:
+            return call
+        fixed = held[0]
+        res.trace.append(f"step {res.steps}: {describe_call(call)} asks {asked!r}, which the question does not "
+                         f"name; of those it names, {fixed.arguments['relation']!r} (named last first) is held for "
+                         "the subject: asked that instead")
+        return fixed
+
+    def _named_relation_held(self, arguments: dict) -> tuple[ToolCall, Observation] | None:
+        """The lookup of `arguments` with the relation the question names last, of those the store holds
+        exactly for the subject (the innermost of a nested question first), and its result; None when the
+        store holds none of them."""
+        b = self.bridge
+        for _, rel in reversed(relations_named(b.tools, self.result.question)):
+            call = ToolCall(LOOKUP_TOOL, {**arguments, "relation": rel})
+            obs = run_tool(b.tools, call, b.max_facts)
+            if holds_exactly(obs, rel):
+                return call, obs
+        return None
 
     def _settle(self, why: str) -> None:
         """End with the fact that answers the question (the store already answered; the model then `why`)."""

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from common.facts import find_answer, normalize_name
+from common.relations import RelationFileError, relation_named
 from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls, render_lookup
 
 from .grounding import GUESSED, Ledger, call_subject, describe_fact, fold_words
@@ -311,23 +312,34 @@ def store_relations(tools: dict) -> list[str]:
 
 
 def relations_named(tools: dict, question: str) -> list[tuple[int, str]]:
-    """(position, relation) of each store relation whose name the question uses as whole words
-    ("atomic_number" as "atomic number"), in order of first mention."""
+    """(position, relation) of each store relation the question names as whole words, by its name
+    ("atomic_number" as "atomic number") or a word its relation file lists ("money" for currency), at its
+    first mention; in order of first mention."""
     text = " " + fold_words(question) + " "
     found = []
     for rel in store_relations(tools):
-        words = fold_words(rel.replace("_", " "))
-        at = text.find(f" {words} ") if words else -1
-        if at >= 0:
-            found.append((at, rel))
+        at = [text.find(f" {w} ") for w in relation_words(rel)]
+        at = [a for a in at if a >= 0]
+        if at:
+            found.append((min(at), rel))
     return sorted(found)
+
+
+def relation_words(relation: str) -> list[str]:
+    """The folded words a question names `relation` by (`Relation.question_words`; the name alone for a
+    relation with no file)."""
+    try:
+        words = relation_named(relation).question_words()
+    except (KeyError, RelationFileError):
+        words = (relation.replace("_", " "),)
+    return [w for w in (fold_words(w) for w in words) if w]
 
 
 def possessive_at(question: str, relation: str, at: int) -> bool:
     """Whether `relation`, named at position `at` of the question's folded words (`relations_named`), is a
     possessive there ("that country's capital": what follows belongs to the answered relation's object)."""
-    words = fold_words(relation.replace("_", " "))
-    return (" " + fold_words(question) + " ")[at:].startswith(f" {words} s ")
+    rest = (" " + fold_words(question) + " ")[at:]
+    return any(rest.startswith(f" {w} s ") for w in relation_words(relation))
 
 
 def make_turn(text: str, observations: list[Observation], max_facts: int = 5) -> Turn:

@@ -14,6 +14,7 @@ A relation file:
     answer: country                     # what the object is
     context: "{subject} is a city in {object}."        # the fact as one sentence in a prompt
     aliases: {United States: [USA, United States of America]}   # accepted answer forms
+    words: [nation]                     # optional: other words a question uses for the relation
     families:                           # templates grouped by *structure*
       subject_first:
         split: train                    # train | validation | test: whole families go to one split
@@ -66,6 +67,7 @@ class Relation:
     context: str
     templates: tuple[Template, ...]
     aliases: dict = field(default_factory=dict, hash=False, compare=False)
+    words: tuple[str, ...] = ()
     path: str = ""
 
     def select(self, split: str | None = None, layout: str | None = None) -> list[Template]:
@@ -87,6 +89,11 @@ class Relation:
     def render_context(self, subject: str, obj: str) -> str:
         """The fact as the sentence a prompt carries when the fact is given in context."""
         return self.context.replace("{subject}", subject).replace("{object}", obj)
+
+    def question_words(self) -> tuple[str, ...]:
+        """The words a question names this relation by: its name ("atomic_number" as "atomic number"),
+        then the file's `words` ("money" for currency)."""
+        return (self.name.replace("_", " "), *self.words)
 
     def aliases_of(self, obj: str) -> tuple[str, ...]:
         """Accepted alternative forms of the answer `obj`."""
@@ -169,11 +176,15 @@ def parse_relation(text: str, path: str = "<string>") -> Relation:
     if not isinstance(aliases, dict) or not all(
             isinstance(v, list) and all(isinstance(a, str) for a in v) for v in aliases.values()):
         fail(data, "aliases", "must map an answer to a list of strings")
+    words = data.get("words") or []
+    if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+        fail(data, "words", "must be a list of non-empty strings")
     return Relation(name=name, description=text_field(data, "description", required=False),
                     subject=text_field(data, "subject", required=False) or "subject",
                     answer=text_field(data, "answer", required=False) or "object",
                     context=context, templates=tuple(templates),
-                    aliases={str(k): [str(a) for a in v] for k, v in aliases.items()}, path=path)
+                    aliases={str(k): [str(a) for a in v] for k, v in aliases.items()},
+                    words=tuple(w.strip() for w in words), path=path)
 
 
 @functools.lru_cache(maxsize=None)

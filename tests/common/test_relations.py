@@ -49,6 +49,9 @@ def test_a_good_file_renders_prompts_and_context():
     assert rel.prompts("Heathrow", "train") == ["Heathrow has the IATA code"]
     assert rel.select("test")[0].layout == "chat"
     assert rel.render_context("Heathrow", "LHR") == "The IATA code of Heathrow is LHR."
+    assert rel.question_words() == ("iata",)  # no `words`: the name alone
+    worded = parse_relation(GOOD.replace("families:", "words: [airport code, three-letter code]\nfamilies:"), "iata.yaml")
+    assert worded.question_words() == ("iata", "airport code", "three-letter code")
 
 
 @pytest.mark.parametrize("text, where", [
@@ -59,6 +62,7 @@ def test_a_good_file_renders_prompts_and_context():
     (GOOD.replace("name: iata\n", ""), "field 'name'"),
     (GOOD.replace("families:", "families: [\n"), "iata.yaml:"),
     (GOOD.replace("split: train", "split: test"), "no family has split: train"),
+    (GOOD.replace("families:", "words: money\nfamilies:"), "iata.yaml:4: field 'words'"),
 ])
 def test_bad_files_name_file_line_and_field(text, where):
     with pytest.raises(RelationFileError, match=where.replace("(", r"\(").replace("[", r"\[")):

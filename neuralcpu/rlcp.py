@@ -543,24 +543,30 @@ def grl_lambda(cfg: RLCPConfig, step: int) -> float:
 
 
 def step(state: State, step: int) -> tuple[torch.Tensor, dict]:
-    """One optimisation step: the sum of every stream's weighted losses, one backward pass, one AdamW step
-    (gradient norm clipped at 1). Returns (the summed loss, the streams' logs). The streams draw their
-    batches in order from one RNG seeded by the run's seed and `step`, so a step is replayed exactly."""
+    """One optimisation step: every stream's weighted losses, one AdamW step on the sum of their gradients
+    (norm clipped at 1). Returns (the summed loss, the streams' logs). The streams draw their batches in
+    order from one RNG seeded by the run's seed and `step`, so a step is replayed exactly.
+
+    Each stream's loss is backpropagated as soon as it is computed: no two streams share a graph (the
+    frozen prefix and the anchor run without gradient), so the gradients add up to the sum's, while
+    only one stream's activations are held at a time (Qwen's 4 x 512-token own-answer retain batch,
+    with its 152k-word logits, ran out of 24 GB on top of the other streams' graphs)."""
     cfg = state.cfg
     rng = random.Random(cfg.seed * 100003 + step)
     lam = grl_lambda(cfg, step)
     state.trained.train()
-    total, logs = 0.0, {}
+    state.opt.zero_grad()
+    total, logs = torch.zeros(()), {}
     for stream in state.streams:
         terms, stream_logs = stream(state.runner, rng, step, lam)
-        for weight, loss in terms.values():
-            total = total + weight * loss
+        loss = sum(weight * term for weight, term in terms.values())
+        if isinstance(loss, torch.Tensor) and loss.requires_grad:
+            state.accel.backward(loss)
+        total = total + (loss.detach().cpu() if isinstance(loss, torch.Tensor) else loss)
         logs.update(stream_logs)
-    state.opt.zero_grad()
-    state.accel.backward(total)
     state.accel.clip_grad_norm_(state.params, 1.0)
     state.opt.step()
-    return total.detach(), logs
+    return total, logs
 
 
 # ----------------------------------------------------------------------------- evaluation -------------

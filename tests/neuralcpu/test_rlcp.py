@@ -396,6 +396,42 @@ def test_train_bench_times_the_step_rlcp_train_runs(context_tiny_qwen2_dir, tmp_
         assert row["lambda"] == rlcp.grl_lambda(cfg, i) and total.requires_grad is False
 
 
+def test_a_step_backpropagates_stream_by_stream_to_the_update_one_summed_backward_gives(context_tiny_qwen2_dir, tmp_path):
+    """rlcp.step frees each stream's graph before the next builds its own (the peak memory of one stream,
+    not of all): the update must be the one a single backward of the summed loss gives, to float rounding,
+    with the same logs."""
+    import random
+
+    from benchmarks import train_bench
+    from neuralcpu import rlcp
+
+    _, facts_file = write_country_facts(tmp_path)
+    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "run", facts=facts_file, w_country_probe=1.0,
+                   subject_layers="1", lam_warmup=1)
+    by_stream, summed = train_bench.build(cfg, facts_file), train_bench.build(cfg, facts_file)
+    for i in range(2):
+        _, logs = rlcp.step(by_stream, i)
+        # the reference: one backward of the sum, as the step was first written
+        rng, lam = random.Random(cfg.seed * 100003 + i), rlcp.grl_lambda(cfg, i)
+        summed.trained.train()
+        total, ref_logs = 0.0, {}
+        for stream in summed.streams:
+            terms, stream_logs = stream(summed.runner, rng, i, lam)
+            total = total + sum(w * t for w, t in terms.values())
+            ref_logs.update(stream_logs)
+        summed.opt.zero_grad()
+        summed.accel.backward(total)
+        summed.accel.clip_grad_norm_(summed.params, 1.0)
+        summed.opt.step()
+        assert list(logs) == list(ref_logs)
+        for k, v in logs.items():  # the second step starts from parameters equal to rounding
+            assert v == pytest.approx(ref_logs[k], rel=1e-4, abs=1e-6), (i, k)
+    moved = [(a - a0).abs().max().item() for a, a0 in zip(by_stream.params, train_bench.build(cfg, facts_file).params)]
+    assert max(moved) > 1e-4  # the steps did train
+    for a, b in zip(by_stream.params, summed.params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_country_probe_term_is_on_by_default_where_other_cities_share_a_forget_country(context_tiny_qwen2_dir, tmp_path, monkeypatch):
     """With the defaults, a fact set whose locality holds other cities of the forget countries trains the
     term: each step encodes a fit batch of those cities (under the default's drawn templates)."""

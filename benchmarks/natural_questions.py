@@ -17,9 +17,10 @@ layout). Each layout's summary names the format it ran in.
 Scores:
 - single_hop / two_hop: `acc` = the answer names the expected object (word boundaries, aliases of
   the relation file); `store_acc` = right *and* backed by a fact a tool returned (status "store").
-- not_found: `said_not_found` = the model asked the store, no tool returned a fact, and the system
-  says so (status "not_found"; a weights-only guess is shown flagged); `no_lookup` counts questions
-  where the model never asked (its guess is flagged, but it did not find anything out); `presented_as_store` = an answer was presented as a store
+- not_found: `said_not_found` = the store was asked (by the model, or by the loop after the model,
+  asked to check, answered again without a lookup: `loop_asked` counts those), no tool returned a fact,
+  and the system says so (status "not_found"; a weights-only guess is shown flagged); `no_lookup`
+  counts questions where the store was never asked (the guess is flagged, but nothing was found out); `presented_as_store` = an answer was presented as a store
   answer (a wrong fact from a fallback): should be 0. `similar_name_flagged`: answered from a fuzzy
   match of the name (status "store_guess", shown flagged), neither "not found" nor a store answer.
 Per-question records go to <out>.records.jsonl; a rerun with the same --out skips questions already
@@ -238,7 +239,7 @@ def record(q: Question, res) -> dict:
     correct = q.expected is not None and res.answer is not None and \
         find_answer(res.answer, [q.expected, *q.aliases]) is not None
     return {**asdict(q), "answer": res.answer, "correct": correct, "status": res.status, "forced": res.forced,
-            "checked": res.checked, "next_hop": res.next_hop, "answer_source": res.answer_source, "stop_reason": res.stop_reason, "steps": res.steps,
+            "checked": res.checked, "next_hop": res.next_hop, "loop_lookup": res.loop_lookup, "answer_source": res.answer_source, "stop_reason": res.stop_reason, "steps": res.steps,
             "calls": [{"name": c.name, "arguments": c.arguments, "error": c.error} for c in res.calls],
             "matched_by": [o.matched_by for o in res.observations], "trace": res.trace}
 
@@ -253,10 +254,11 @@ def summarise(records: list[dict]) -> dict:
         n = len(rs)
         s = {"n": n}
         if kind == "not_found":
-            # "said": the store was asked (a call was made) and nothing came back; a model that never
-            # calls only guesses, flagged, and is counted under no_lookup instead
-            s["said_not_found"] = proportion(sum(r["status"] == "not_found" and bool(r["calls"]) for r in rs), n)
-            s["no_lookup"] = sum(not r["calls"] for r in rs)
+            # "said": the store was asked (a call was made, by the model or the loop) and nothing came
+            # back; where it never was, the answer is a guess, flagged, counted under no_lookup instead
+            s["said_not_found"] = proportion(sum(r["status"] == "not_found" and _asked(r) for r in rs), n)
+            s["loop_asked"] = sum(r["status"] == "not_found" and not r["calls"] and _asked(r) for r in rs)
+            s["no_lookup"] = sum(not _asked(r) for r in rs)
             s["presented_as_store"] = proportion(sum(r["status"] == "store" for r in rs), n)
             s["similar_name_flagged"] = sum(r["status"] == "store_guess" for r in rs)
             s["guess_flagged"] = sum(r["answer"] is not None and r["status"] == "not_found" for r in rs)
@@ -275,11 +277,16 @@ def summarise(records: list[dict]) -> dict:
         s["calls_per_question"] = round(sum(len(r["calls"]) for r in rs) / n, 2)
         s["tools_called"] = dict(Counter(c["name"] or "malformed" for r in rs for c in r["calls"]))
         wrong = [r for r in rs if (not r["correct"] if kind != "not_found" else
-                                   r["status"] != "not_found" or not r["calls"])]
+                                   r["status"] != "not_found" or not _asked(r))]
         s["examples_wrong"] = [{"q": r["text"], "expected": r["expected"], "answer": r["answer"],
                                 "status": r["status"], "trace": r["trace"][-3:]} for r in wrong[:4]]
         out[kind] = s
     return out
+
+
+def _asked(r: dict) -> bool:
+    """The store was asked during the question: a call of the model's, or the loop's own lookup."""
+    return bool(r["calls"]) or bool(r.get("loop_lookup"))
 
 
 def _cell(p: dict | None) -> str:

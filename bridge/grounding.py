@@ -18,10 +18,13 @@ Bangladesh's facts), or the fact came back for a grounded call subject without a
 question uses: "USA" -> United States). A fact found only by a fuzzy or semantic name is not.
 
 The answer: the question's relation is the relation the first call asked (a `follow` call: its last
-relation). The first grounded, non-guessed fact of that relation answers it; a later call that goes
-on from the answer (it asks about the answer's object: the second lookup of a two-hop question; or a
-follow whose chain holds the answer) moves the answer to the end of that chain. Anything else the
-model asks afterwards (another relation of the same subject, a repeat) leaves it where it is.
+relation, or the last of its relations the question names when the question names some of them and
+not the last: follow(Verona, [country, capital]) for "the country Verona is in" asks the country).
+The first grounded, non-guessed fact of that relation answers it; a later call that goes on from the
+answer (it asks about the answer's object: the second lookup of a two-hop question; or a follow whose
+chain holds the answer) moves the answer to the end of that chain, unless the new fact leads back to
+an entity the chain already passed (Beijing -country-> China after China -capital-> Beijing). Anything
+else the model asks afterwards (another relation of the same subject, a repeat) leaves it where it is.
 """
 
 from __future__ import annotations
@@ -51,17 +54,23 @@ def call_subject(call: ToolCall) -> str | None:
     return subject if isinstance(subject, str) and subject.strip() else None
 
 
-def asked_relation(call: ToolCall) -> str | None:
-    """The relation a call asks for: a lookup's `relation`, a follow's last relation; else None."""
+def call_relations(call: ToolCall) -> list[str]:
+    """The relations a call asks for, in order: a lookup's `relation`, a follow's chain; else []."""
     if call_subject(call) is None:
-        return None
+        return []
     if call.name == LOOKUP_TOOL:
         rel = call.arguments.get("relation")
-        return rel if isinstance(rel, str) and rel else None
+        return [rel] if isinstance(rel, str) and rel else []
     rels = call.arguments.get("relations")
     if isinstance(rels, str):  # the follow tool accepts "country, capital" (FollowArgs)
         rels = [r.strip() for r in rels.replace(">", ",").split(",") if r.strip()]
-    return str(rels[-1]) if isinstance(rels, list) and rels else None
+    return [str(r) for r in rels] if isinstance(rels, list) else []
+
+
+def asked_relation(call: ToolCall) -> str | None:
+    """The relation a call asks for: a lookup's `relation`, a follow's last relation; else None."""
+    rels = call_relations(call)
+    return rels[-1] if rels else None
 
 
 def fact_key(fact: dict) -> tuple[str, str, str]:
@@ -81,14 +90,17 @@ class Ledger:
         question: the question as asked.
         context: earlier text the question may refer to (a chat's previous questions and answers),
             whose names count as named by the question.
+        named_relations: the store relations the question names (`bridge.loop.relations_named`).
     """
 
-    def __init__(self, question: str, context=()):
+    def __init__(self, question: str, context=(), named_relations=()):
         self.text = " " + fold_words(" ".join([question, *map(str, context)])) + " "
+        self.named_relations = set(named_relations)
         self.reached: set[str] = set()  # folded objects of grounded facts
         self.relation: str | None = None  # the question's relation (the first call's)
         self.answer: dict | None = None  # the fact that answers the question so far
         self.answer_step: int | None = None
+        self.chain: set[str] = set()  # folded subjects of the answer's facts so far
 
     def mentioned(self, name: str) -> bool:
         """`name` appears in the question (or its context) as whole words, folded."""
@@ -114,7 +126,7 @@ class Ledger:
             f["grounded"] = bool(self.grounded(str(f.get("subject", ""))) or own)
             if f["grounded"]:
                 self.reached.add(fold_words(f.get("object", "")))
-        rel = asked_relation(obs.call)
+        rel = self._asked(obs.call)
         if self.relation is None:
             self.relation = rel
         good = [f for f in obs.facts if f["grounded"] and f.get("matched_by") not in GUESSED]
@@ -126,8 +138,20 @@ class Ledger:
                 return False
         elif fact_key(candidate) == fact_key(self.answer) or not self._goes_on(obs, subject):
             return False  # the same fact again, or a call that does not go on from the answer
+        elif fold_words(candidate.get("object", "")) in self.chain:
+            return False  # back to where the chain has been: not a further hop
         self.answer, self.relation, self.answer_step = candidate, rel, step
+        self.chain.add(fold_words(candidate.get("subject", "")))
         return True
+
+    def _asked(self, call: ToolCall) -> str | None:
+        """The relation `call` asks for (`asked_relation`); for a follow whose last relation the question
+        does not name, the last of its relations that the question does name, if any."""
+        rels = call_relations(call)
+        named = [r for r in rels if r in self.named_relations]
+        if call.name == FOLLOW_TOOL and rels and rels[-1] not in self.named_relations and named:
+            return named[-1]
+        return rels[-1] if rels else None
 
     def _goes_on(self, obs, subject: str) -> bool:
         """The call continues from the answer: it asks about the answer's object (the second lookup of

@@ -90,6 +90,10 @@ class Observation:
     subject_used: str | None = None
 
 
+# LoopResult.loop_lookup when the check named a relation only: every span of the question was looked up
+NO_STORED_SUBJECT = "lookup of every question span: no stored subject"
+
+
 @dataclass
 class LoopResult:
     """What `Bridge.ask` did for one question.
@@ -113,7 +117,9 @@ class LoopResult:
             as "lookup(subject, relation)"; None: none made. Not in `calls`, which are the model's.
         loop_lookup: the lookup the loop made itself when the model, asked to check (`checked`), answered
             again without one: of the stored subject the question names, its relation the question names
-            if the store holds it, else all its facts. Not in `calls` either. None: none made.
+            if the store holds it, else all its facts; `NO_STORED_SUBJECT` when the check was asked for a
+            relation only (the store holds no span of the question as a subject). Not in `calls` either.
+            None: none made.
         checked: when the model answered without any lookup and was asked once to check
             (`Bridge(check_answers=True)`): the subject the question names that the store holds, else
             "relation R" for the store relation it names; its first answer is in `generations`. None:
@@ -315,14 +321,28 @@ def relations_named(tools: dict, question: str) -> list[tuple[int, str]]:
     """(position, relation) of each store relation the question names as whole words, by its name
     ("atomic_number" as "atomic number") or a word its relation file lists ("money" for currency), at its
     first mention; in order of first mention."""
+    first: dict[str, int] = {}
+    for at, rel in relation_mentions(tools, question):
+        first.setdefault(rel, at)
+    return sorted((at, rel) for rel, at in first.items())
+
+
+def relation_mentions(tools: dict, question: str) -> list[tuple[int, str]]:
+    """(position, relation) of every mention of a store relation in the question's folded words
+    (`relations_named` keeps the first of each), in order."""
     text = " " + fold_words(question) + " "
     found = []
     for rel in store_relations(tools):
-        at = [text.find(f" {w} ") for w in relation_words(rel)]
-        at = [a for a in at if a >= 0]
-        if at:
-            found.append((min(at), rel))
-    return sorted(found)
+        for w in relation_words(rel):
+            found += [(m.start(), rel) for m in re.finditer(f"(?= {re.escape(w)} )", text)]
+    return sorted(set(found))
+
+
+def asked_directly(question: str, relation: str) -> bool:
+    """Whether the question asks for `relation` itself with "which"/"what" ("Which country is X in",
+    not "Which country's capital")."""
+    text = " " + fold_words(question) + " "
+    return any(re.search(rf" (which|what) {re.escape(w)} (?!s )", text) for w in relation_words(relation))
 
 
 def relation_words(relation: str) -> list[str]:
@@ -494,7 +514,8 @@ class Conversation:
         self.checked_subject: str | None = None  # the stored subject the check named (see _should_check)
         self.done = False
         # names of the earlier exchanges count as named: "And its capital?" after "Which country is Lagos in?"
-        self.ledger = Ledger(result.question, [text for pair in history for text in pair])
+        self.ledger = Ledger(result.question, [text for pair in history for text in pair],
+                             [rel for _, rel in relations_named(bridge.tools, result.question)])
 
     def prompt(self) -> str:
         res = self.result
@@ -576,14 +597,18 @@ class Conversation:
             return False
         if not self.ledger.mentioned(str(fact.get("subject"))):
             return False  # the answer is already past the first hop (a follow, or a chain the model walked)
-        named = relations_named(b.tools, res.question)
-        answered = next((at for at, rel in named if rel == fact.get("relation")), None)
-        # the goal: the relation named before the answered one ("the capital of the country X is in"), or
-        # right after it when the answered one is a possessive ("that country's capital"), or, when the
-        # question never names the answered relation, the one relation it names ("take X, find the nation
-        # it belongs to, and tell me that nation's capital")
-        if answered is not None and possessive_at(res.question, str(fact.get("relation")), answered):
-            goal = [rel for at, rel in named if at > answered][:1]
+        named, rel_done = relations_named(b.tools, res.question), str(fact.get("relation"))
+        answered = next((at for at, rel in named if rel == rel_done), None)
+        possessive = [] if asked_directly(res.question, rel_done) else \
+            [at for at, rel in relation_mentions(b.tools, res.question) if rel == rel_done and possessive_at(res.question, rel, at)]
+        # the goal: the relation named right after a possessive mention of the answered one ("... one
+        # country's passport. Which city is that country's capital?"), unless the question asks the answered
+        # one itself ("Which country is X in, and what is the country's capital like?"); else the relation
+        # named before the answered one ("the capital of the country X is in"), or, when the question never
+        # names the answered relation, the one relation it names ("take X, find the nation it belongs to, and
+        # tell me that nation's capital")
+        if possessive:
+            goal = [rel for at, rel in relation_mentions(b.tools, res.question) if at > possessive[0] and rel != rel_done][:1]
         else:
             goal = [rel for at, rel in named if answered is None or at < answered]
         if len(goal) != 1:
@@ -640,7 +665,13 @@ class Conversation:
             return False
         subject = self.checked_subject
         if subject is None:
-            return False  # asked because of a relation only: no subject to look up
+            # asked because of a relation only: the check already looked every span of the question up in
+            # the store (exactly, through aliases) and found no subject; the system says so, and the model's
+            # answer stays what it is, flagged as its own guess
+            res.loop_lookup = NO_STORED_SUBJECT
+            res.trace.append(f"step {res.steps}: asked to check, the model answered again without a lookup; no span "
+                             "of the question is a subject the store holds (each looked up exactly): not found")
+            return False
         held = self._named_relation_held({"subject": subject})
         if held is not None:
             call, obs = held

@@ -137,6 +137,12 @@ def test_scoring_keeps_the_kinds_apart_and_a_rerun_resumes(gstore, tmp_path):
     assert s["single_hop"]["acc"]["ci95"][0] < 0.5 < s["single_hop"]["acc"]["ci95"][1]
     # n0 asked the store and found nothing: said so; n1 never asked: a flagged guess, not "said not found"
     assert s["not_found"]["said_not_found"]["k"] == 1 and s["not_found"]["no_lookup"] == 1
+    # the loop's own lookup counts as asking the store (the model ignored a check); records without the
+    # field (earlier runs) count as before
+    looped = [dict(r, loop_lookup="lookup of every question span: no stored subject") if r["id"] == n1.id else r
+              for r in records]
+    s2 = nq.summarise(looped)["not_found"]
+    assert s2["said_not_found"]["k"] == 2 and s2["loop_asked"] == 1 and s2["no_lookup"] == 0
     assert s["not_found"]["presented_as_store"]["k"] == 0
     # A rerun with the same records file asks nothing again and gives the same records.
     again = Scripted()

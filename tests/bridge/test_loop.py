@@ -417,3 +417,21 @@ def test_the_loops_own_lookup_after_a_check_asks_the_named_relation_else_all_fac
     # with check_answers off, nothing of this happens
     res = Bridge(Scripted("Francs", "Francs."), fmt, tools).ask("Answer with a single word: the city you'd fly to first in France?")
     assert res.loop_lookup is None and res.steps == 1
+
+
+
+def test_a_check_on_a_relation_only_that_the_model_ignores_ends_not_found_saying_the_store_was_asked(store, tiny_qwen2_dir):
+    """"hey assistant um Sorrelwick what country is that in": no span of the question is a stored subject,
+    the check names the relation only, and the model guesses again without a lookup (the seventh held-out
+    suite's not-found misses). The check's scan looked every span up: the loop says no stored subject
+    was found, the guess stays flagged (status not_found), nothing is presented as a store answer."""
+    from bridge.loop import NO_STORED_SUBJECT
+    from bridge.tools import make_bridge_tools
+
+    tools = make_bridge_tools(store)
+    fmt = _chat_format(tools, tiny_qwen2_dir)
+    res = Bridge(Scripted("Japan", "Japan."), fmt, tools, check_answers=True).ask(
+        "hey assistant um Sorrelwick what country is that in")
+    assert res.checked == "relation country" and res.calls == [] and res.loop_lookup == NO_STORED_SUBJECT
+    assert res.status == "not_found" and res.answer == "Japan." and res.steps == 2
+    assert any("no span of the question is a subject the store holds" in line for line in res.trace)

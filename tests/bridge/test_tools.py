@@ -420,3 +420,37 @@ def test_a_relation_named_by_a_word_of_its_file_is_the_next_hop_goal(gtools):
     # "cash" alone names currency too; a word inside another word does not ("moneyed")
     assert [rel for _, rel in relations_named(tools, "Which cash do I bring to Lagos?")] == ["currency"]
     assert relations_named(tools, "A moneyed family from Lagos") == []
+
+
+def test_a_follow_past_the_relation_the_question_names_answers_with_the_named_one(gtools):
+    """follow(Lagos, [country, currency]) for "Put the name of the country it's in as the first line"
+    (the seventh held-out suite's misses answered the currency): the question names only 'country', so
+    the chain's country fact is the answer. A question naming the chain's last relation keeps it."""
+    call = " " + render_call(FOLLOW_TOOL, {"subject": "Lagos", "relations": ["country", "currency"]})
+    res = ask(Scripted(call, call), gtools, "A packing list for Lagos, please: the country it's in goes first.")
+    assert res.answer == "Nigeria" and res.status == "store"
+    res = ask(Scripted(call, call), gtools, "What currency do they use in the country Lagos is in?")
+    assert res.answer == "Naira" and res.status == "store"
+
+
+def test_a_lookup_back_to_where_the_chain_has_been_does_not_move_the_answer(hash_store):
+    """After Lagos -country-> Nigeria and Nigeria -capital-> Abuja, lookup(Abuja, country) returns
+    Nigeria again: not a further hop (the seventh held-out suite ended a capital question on 'China')."""
+    model = Scripted(*[" " + render_lookup(s, r) for s, r in
+                       [("Lagos", "country"), ("Nigeria", "capital"), ("Abuja", "country")]])
+    tools = make_bridge_tools(hash_store(GRAPH + [("Abuja", "country", "Nigeria")]))
+    res = ask(model, tools, "What's the capital of the country Lagos is in?", max_steps=3)
+    assert [o.facts[0]["object"] for o in res.observations] == ["Nigeria", "Abuja", "Nigeria"]
+    assert res.answer == "Abuja" and res.status == "store"
+
+
+def test_a_later_possessive_mention_of_the_answered_relation_sets_the_goal(gtools):
+    """"Every car in Lagos carries plates issued by one country. Which city is that country's capital?":
+    the first mention of 'country' is no possessive, the second is: the goal is the capital. A question
+    that asks the answered relation itself ("Which country ...") keeps its first hop."""
+    first = " " + render_lookup("Lagos", "country")
+    q = "Every car in Lagos carries number plates issued by one country. Which city is that country's capital?"
+    res = ask(Scripted(first, "", " Abuja."), gtools, q)
+    assert res.next_hop == "lookup(subject='Nigeria', relation='capital')" and res.answer == "Abuja."
+    res = ask(Scripted(first, ""), gtools, "Which country is Lagos in, and what is the country's capital like?")
+    assert res.next_hop is None and res.answer == "Nigeria"

@@ -147,16 +147,17 @@ class LoopResult:
 
     @property
     def found(self) -> bool:
-        """A tool or retrieval returned at least one fact: if False, any answer is a weights-only guess."""
-        return bool(self.facts_seen)
+        """A tool or retrieval returned at least one fact about what the question asks (a retrieved fact,
+        or a tool's grounded one: `bridge.grounding`): if False, any answer is a weights-only guess."""
+        return bool(self.retrieved) or any(f.get("grounded", True) for o in self.observations for f in o.facts)
 
     @property
     def status(self) -> str:
         """"store" (the answer names a fact the store returned about what the question asks: a grounded
         fact, `bridge.grounding`), "store_guess" (it names only facts about a *guessed* subject: a close
         spelling, an embedding neighbour, a subject the question never named; flagged), "not_found"
-        (the store returned nothing: an answer is only the model's guess), "unsupported" (facts came
-        back, the answer names none of them) or "no_answer"."""
+        (the store returned nothing about what the question asks: an answer is only the model's guess),
+        "unsupported" (such facts came back, the answer names none of them) or "no_answer"."""
         if self.answer is None:
             return "not_found" if not self.found else "no_answer"
         if self.supported:

@@ -83,6 +83,17 @@ def test_unsupported_answer_is_flagged(tools):
     assert not res.answered_without_lookup and not res.supported  # looked up Japan, said China
 
 
+def test_facts_about_a_subject_the_question_never_names_leave_it_not_found(tools):
+    """The model looks up its own guess ("Tokyo") for an invented country: Tokyo's facts come back but
+    are about nothing the question asks, so the store found nothing (the seventh held-out suite's
+    "capital of Sundremark" ended 'unsupported'). A subject the question names keeps 'unsupported'."""
+    res = make(Scripted(" " + render_lookup("Tokyo", "country"), " Tokyo."), tools).ask(
+        "The capital of Sundremark is the city of")
+    assert res.observations[0].facts and not res.found and res.status == "not_found"
+    res = make(Scripted(" " + render_lookup("Tokyo", "country"), " China."), tools).ask(Q)
+    assert res.found and res.status == "unsupported"
+
+
 def test_max_steps_cuts_off(tools):
     calls = [" " + render_lookup(s, "country") for s in ("Tokyo", "Lagos", "Paris", "Osaka")]
     model = Scripted(*calls)

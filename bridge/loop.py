@@ -41,6 +41,7 @@ Every such step is written to `LoopResult.trace` (what `/trace` in the REPL show
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -245,7 +246,8 @@ def question_spans(question: str, max_words: int = 6) -> list[str]:
     """Word n-grams of `question`, longest first, that could name a subject (not only stop words). A span
     ending in a possessive also comes without it, right after it: "South Africa's money" names "South
     Africa", "St. John's" stays a candidate as written."""
-    words = [w.strip(".,;:!?'\"’()") for w in question.split()]
+    # quotes, brackets and formula signs split words too: =CAPITAL("Norway") names Norway
+    words = [w.strip(".,;:!?'\"’") for w in re.sub(r"[\"“”()\[\]{}=<>|*_`]", " ", question).split()]
     words = [w for w in words if w]
     spans = []
     for n in range(min(max_words, len(words)), 0, -1):
@@ -354,6 +356,25 @@ def relation_words(relation: str) -> list[str]:
     except (KeyError, RelationFileError):
         words = (relation.replace("_", " "),)
     return [w for w in (fold_words(w) for w in words) if w]
+
+
+def path_next(tools: dict, question: str, relation: str) -> list[str]:
+    """[the relation the question writes right after `relation` with an arrow ("country -> continent",
+    "country → continent")], or [] when it writes none."""
+    arrow = r"\s*(?:->|→|⟶|=>|>)\s*"
+    for rel in store_relations(tools):
+        if rel == relation:
+            continue
+        for w in relation_words(relation):
+            for v in relation_words(rel):
+                if re.search(rf"\b{re.escape(w)}{arrow}{re.escape(v)}\b", fold_arrows(question)):
+                    return [rel]
+    return []
+
+
+def fold_arrows(text: str) -> str:
+    """`text` case- and accent-folded with its arrows kept (`fold_words` drops them)."""
+    return normalize_name(str(text)).replace("_", " ")
 
 
 def possessive_at(question: str, relation: str, at: int) -> bool:
@@ -612,6 +633,8 @@ class Conversation:
             goal = [rel for at, rel in relation_mentions(b.tools, res.question) if at > possessive[0] and rel != rel_done][:1]
         else:
             goal = [rel for at, rel in named if answered is None or at < answered]
+        if not goal:  # a path written out: "Bengbu -> country -> continent?"
+            goal = path_next(b.tools, res.question, rel_done)
         if len(goal) != 1:
             return False
         call = ToolCall(LOOKUP_TOOL, {"subject": str(fact.get("object")), "relation": goal[0]})
@@ -709,6 +732,12 @@ class Conversation:
         # what country is it in?" went on to Spain's facts). A guessed match still gives way to the
         # subject the question names.
         named_itself = retry and not obs.facts and self.ledger.mentioned(subject)
+        if retry and obs.error is None and not obs.facts:
+            fixed = self._narrowed(call, subject)
+            if fixed is not None:
+                res.trace.append(f"step {res.steps}: {describe_call(call)} -> no facts; {fixed.subject_used!r} "
+                                 f"holds {describe_call(fixed.call)}: looked that up instead")
+                return fixed
         if retry and obs.error is None and (not obs.facts or obs.matched_by in GUESSED):
             fixed = call_from_question(b.tools, call, res.question, b.max_facts, relation_held=named_itself)
             if fixed is not None:
@@ -717,6 +746,18 @@ class Conversation:
                                  f"the question names {fixed.subject_used!r}: looked that up instead")
                 return fixed
         return obs
+
+    def _narrowed(self, call: ToolCall, subject: str) -> Observation | None:
+        """An empty call redone on the longest span of the model's own subject that the store holds
+        ("Street food in Uruguay" -> Uruguay), when that gives facts about it (no fallback's guess)."""
+        b = self.bridge
+        inner = named_subject(b.tools, subject)
+        if inner is None or fold_words(inner) == fold_words(subject):
+            return None
+        obs = run_tool(b.tools, ToolCall(call.name, {**call.arguments, "subject": inner}), b.max_facts)
+        if obs.error is None and any(f.get("matched_by") in (None, "exact") for f in obs.facts):
+            return dataclasses.replace(obs, subject_used=inner)
+        return None
 
     def _named_relation(self, call: ToolCall) -> ToolCall:
         """A lookup whose relation the question does not name, in a question that names relations of the

@@ -155,14 +155,21 @@ def _cut(text: str, answer_at_newline: bool, answer_at_sentence: bool, call_one_
     return text[: min(ends)], True
 
 
+_FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)\s*```", re.S)
+
+
 def bare_call(text: str, tool_names) -> str | None:
     """`text` as a marked-up call when all of it is one bare JSON call of a known tool, else None.
 
     Qwen2.5-Coder-0.5B sometimes writes its call without the `<tool_call>` tags: after the loop asked it
     to check an answer, 3 of 10 replies on the held-out natural questions were `{"name": "lookup",
-    "arguments": {...}}` and nothing else, which the loop took for the answer.
+    "arguments": {...}}` and nothing else, which the loop took for the answer; on the eighth suite it
+    also wrote that object as a markdown code block.
     """
     body = text.strip()
+    fenced = _FENCE.fullmatch(body)  # the call as a markdown code block ("```json\n{...}\n```")
+    if fenced:
+        body = fenced.group(1).strip()
     if not (body.startswith("{") and body.endswith("}")) or CALL_OPEN in body:
         return None
     try:

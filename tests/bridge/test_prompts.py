@@ -86,5 +86,10 @@ def test_a_bare_json_call_of_an_offered_tool_is_a_call():
     for text in ('{"name": "delete_everything", "arguments": {}}',  # not an offered tool
                  'The answer is {"name": "lookup", "arguments": {}}',  # not all of the text
                  '{"name": "lookup", "arguments": {"subject": "Kenya"}, "note": 1}',  # other keys
-                 '{"name": "lookup", "arguments": "Kenya"}', "{not json}", "Nairobi"):
+                 '{"name": "lookup", "arguments": "Kenya"}', "{not json}", "Nairobi",
+                 '```python\nprint(1)\n```', 'See ```{"name": "lookup", "arguments": {}}``` above'):
         assert bare_call(text, names) is None
+    # the same object as a markdown code block (the eighth held-out suite's "Sakura -> country -> continent?")
+    fenced = bare_call('```json\n{\n  "name": "lookup",\n  "arguments": {"subject": "Sakura", "relation": "country"}\n}\n```',
+                       names)
+    assert parse_calls(fenced)[0].arguments == {"subject": "Sakura", "relation": "country"}

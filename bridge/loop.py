@@ -156,8 +156,9 @@ class LoopResult:
     def status(self) -> str:
         """"store" (the answer names a fact the store returned about what the question asks: a grounded
         fact, `bridge.grounding`), "store_guess" (it names only facts about a *guessed* subject: a close
-        spelling, an embedding neighbour, a subject the question never named; flagged), "not_found"
-        (the store returned nothing about what the question asks: an answer is only the model's guess),
+        spelling or an embedding neighbour of a name the question uses; flagged), "not_found" (the store
+        returned nothing about what the question asks, only perhaps facts about a subject the model
+        brought in itself: an answer is only the model's guess),
         "unsupported" (such facts came back, the answer names none of them) or "no_answer"."""
         if self.answer is None:
             return "not_found" if not self.found else "no_answer"
@@ -166,7 +167,13 @@ class LoopResult:
                        if f.get("object") and find_answer(self.answer, [str(f["object"])]) is not None]
             # tool results carry "grounded"; facts retrieved up front (just-rag) are judged by how they were found
             trusted = [f.get("grounded", f.get("matched_by") not in GUESSED) for f in backing]
-            return "store" if any(trusted) else "store_guess"
+            if any(trusted):
+                return "store"
+            # only facts about a subject the model brought in itself ("Tokyo" for an invented city), none
+            # of them a close match of a name the question uses: the store found nothing on what was asked
+            if not self.found and not any(f.get("matched_by") in GUESSED for f in backing):
+                return "not_found"
+            return "store_guess"
         return "not_found" if not self.found else "unsupported"
 
     @property

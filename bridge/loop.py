@@ -369,19 +369,15 @@ def path_next(tools: dict, question: str, relation: str) -> list[str]:
     """[the relation the question writes right after `relation` with an arrow ("country -> continent",
     "country → continent")], or [] when it writes none."""
     arrow = r"\s*(?:->|→|⟶|=>|>)\s*"
+    text = normalize_name(str(question)).replace("_", " ")  # folded, arrows kept (fold_words drops them)
     for rel in store_relations(tools):
         if rel == relation:
             continue
         for w in relation_words(relation):
             for v in relation_words(rel):
-                if re.search(rf"\b{re.escape(w)}{arrow}{re.escape(v)}\b", fold_arrows(question)):
+                if re.search(rf"\b{re.escape(w)}{arrow}{re.escape(v)}\b", text):
                     return [rel]
     return []
-
-
-def fold_arrows(text: str) -> str:
-    """`text` case- and accent-folded with its arrows kept (`fold_words` drops them)."""
-    return normalize_name(str(text)).replace("_", " ")
 
 
 def possessive_at(question: str, relation: str, at: int) -> bool:
@@ -627,9 +623,10 @@ class Conversation:
         if not self.ledger.mentioned(str(fact.get("subject"))):
             return False  # the answer is already past the first hop (a follow, or a chain the model walked)
         named, rel_done = relations_named(b.tools, res.question), str(fact.get("relation"))
+        mentions = relation_mentions(b.tools, res.question)
         answered = next((at for at, rel in named if rel == rel_done), None)
         possessive = [] if asked_directly(res.question, rel_done) else \
-            [at for at, rel in relation_mentions(b.tools, res.question) if rel == rel_done and possessive_at(res.question, rel, at)]
+            [at for at, rel in mentions if rel == rel_done and possessive_at(res.question, rel, at)]
         # the goal: the relation named right after a possessive mention of the answered one ("... one
         # country's passport. Which city is that country's capital?"), unless the question asks the answered
         # one itself ("Which country is X in, and what is the country's capital like?"); else the relation
@@ -637,7 +634,7 @@ class Conversation:
         # names the answered relation, the one relation it names ("take X, find the nation it belongs to, and
         # tell me that nation's capital")
         if possessive:
-            goal = [rel for at, rel in relation_mentions(b.tools, res.question) if at > possessive[0] and rel != rel_done][:1]
+            goal = [rel for at, rel in mentions if at > possessive[0] and rel != rel_done][:1]
         else:
             goal = [rel for at, rel in named if answered is None or at < answered]
         if not goal:  # a path written out: "Bengbu -> country -> continent?"

@@ -91,6 +91,17 @@ def answer_drift(model, anchor, tokenizer, pairs: list[tuple[str, str]], batch: 
     return {"kl": kl_sum / n, "nll": nll_sum / n, "nll_original": ref_nll_sum / n, "tokens": n}
 
 
+def gradient_sizes(params) -> dict:
+    """The first step's clipped gradient: its RMS per element, and the share of elements below each
+    size. AdamW's first step moves an element by about lr * |g| / (|g| + eps), so the share under eps is
+    the share that steps less than lr."""
+    import torch
+
+    g = torch.cat([p.grad.detach().flatten() for p in params if p.grad is not None]).abs()
+    return {"rms": g.pow(2).mean().sqrt().item(), "elements": g.numel(),
+            **{f"share_below_{t:g}": (g < t).float().mean().item() for t in (1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5)}}
+
+
 def parse_overrides(items: list[str]) -> dict:
     """--set FIELD=VALUE pairs as RLCPConfig keyword arguments, each value cast to the field's type; a
     ValueError naming the bad item otherwise."""
@@ -159,12 +170,16 @@ def run_variant(name: str, args) -> dict:
     cfg, shared = other_city_fit_cities(cfg, facts, args.facts)
     state = setup(cfg, accel, model, anchor, tokenizer, facts, shared)
     t0 = time.perf_counter()
+    first_grads = None
     for i in range(args.steps):
         step(state, i)
+        if i == 0:
+            first_grads = gradient_sizes(state.params)
     seconds = time.perf_counter() - t0
     drift = answer_drift(state.model, anchor, tokenizer, held_out)
     return {"variant": name, "steps": args.steps, "lr": cfg.lr,
             "step_seconds": seconds / max(args.steps, 1), "held_out_answers": len(held_out), **drift,
+            "adam_eps": cfg.adam_eps, "first_step_gradients": first_grads,
             "weights": {w: getattr(cfg, w) for ws in GROUPS.values() for w in ws},
             "retain_source": cfg.retain_source}
 

@@ -98,6 +98,7 @@ class RLCPConfig:
     rag_batch: int = field(default=8, metadata={"help": "answer-from-context examples per step"})
     steps: int = field(default=80, metadata={"help": "backbone optimisation steps"})
     lr: float = field(default=1e-4, metadata={"help": "backbone learning rate"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW's eps: gradients far below it take steps smaller than lr (a stream at its minimum has rounding-sized gradients, which the default 1e-8 turns into lr-sized steps)"})
     probe_lr: float = field(default=1e-2, metadata={"help": "probe learning rate"})
     probe_steps: int = field(default=4, metadata={"help": "probe updates per backbone step (the probe must keep up)"})
     probe_reset_every: int = field(default=20, metadata={"help": "re-initialise probes every k steps (0 = never)"})
@@ -156,6 +157,8 @@ class RLCPConfig:
                 errs.append(f"{name} must be >= 1")
         if not self.grl_layers and not self.subject_layers:
             errs.append("grl_layers and subject_layers are both empty: the probes need a site")
+        if self.adam_eps <= 0:
+            errs.append("adam_eps must be > 0")
         if self.n_forget < 2:
             errs.append("n_forget must be >= 2 (the probe needs two classes)")
         if self.country_probe_sample < 0:
@@ -460,7 +463,7 @@ def setup(cfg: RLCPConfig, accel, model, anchor, tokenizer, facts: FactSets, sha
            if cfg.retain_source == "own" and (cfg.w_retain_lm > 0 or cfg.w_kl > 0) else None)
     probes = losses.LayerProbes(sites, model.config.hidden_size, len(facts.classes))
     params = [p for p in trained.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=0.0)
     probe_opt = torch.optim.Adam(probes.parameters(), lr=cfg.probe_lr)
     trained, probes, opt, probe_opt = accel.prepare(trained, probes, opt, probe_opt)
     runner = Runner(tokenizer, trained, anchor_net, prefix, first, sites, accel)

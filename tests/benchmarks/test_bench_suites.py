@@ -231,6 +231,11 @@ def test_stream_drift_runs_each_stream_alone_and_reads_the_drift(tiny_qwen2_dir,
     rows = json.loads((out / "stream_drift.json").read_text())["variants"]
     assert set(rows) == {"lookup", "rag"} and all(r["kl"] > 1e-6 and r["tokens"] > 0 for r in rows.values())
     assert rows["lookup"]["weights"]["w_rag"] == 0 and rows["rag"]["weights"]["w_retrieval"] == 0
+    for r in rows.values():  # the first step's gradient sizes: an RMS, and shares that grow with the size
+        g = r["first_step_gradients"]
+        shares = [g[f"share_below_{t:g}"] for t in (1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5)]
+        assert g["rms"] > 0 and g["elements"] > 0 and shares == sorted(shares) and 0 <= shares[0] <= shares[-1] <= 1
+    assert zero["first_step_gradients"] is None and zero["adam_eps"] == 1e-8
     before = (out / "stream_drift.json").read_text()
     assert stream_drift.main(common + ["--steps", "2", "--variants", "lookup", "--out", str(out)]) == 0
     assert (out / "stream_drift.json").read_text() == before  # done variants are skipped

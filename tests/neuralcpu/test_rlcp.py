@@ -579,8 +579,8 @@ def test_a_jsonl_line_can_name_a_relation_file(tmp_path):
 
 def test_config_validation_lists_every_problem():
     with pytest.raises(ValueError) as err:
-        RLCPConfig(method="magic", trainable="half", steps=0).validate()
-    for word in ("method", "trainable", "steps"):
+        RLCPConfig(method="magic", trainable="half", steps=0, adam_eps=0.0).validate()
+    for word in ("method", "trainable", "steps", "adam_eps"):
         assert word in str(err.value)
     with pytest.raises(SystemExit):
         parse_args(["--method", "magic"])

@@ -24,7 +24,12 @@ The first grounded, non-guessed fact of that relation answers it; a later call t
 answer (it asks about the answer's object: the second lookup of a two-hop question; or a follow whose
 chain holds the answer) moves the answer to the end of that chain, unless the new fact leads back to
 an entity the chain already passed (Beijing -country-> China after China -capital-> Beijing). Anything
-else the model asks afterwards (another relation of the same subject, a repeat) leaves it where it is.
+else the model asks afterwards (another relation of the same subject, a repeat) leaves it where it is,
+with one exception: the same relation asked of another subject the question names, one named nearer
+to a word for that relation than the answer's subject ("I wait tables in London and a tourist from
+the Maldives tipped me. What currency ..."), moves the answer to that subject's fact, or withdraws
+it when the store has none. A call about a subject the question never names (an example copied from
+the prompt) does not set the question's relation.
 """
 
 from __future__ import annotations
@@ -93,9 +98,12 @@ class Ledger:
         named_relations: the store relations the question names (`bridge.loop.relations_named`).
     """
 
-    def __init__(self, question: str, context=(), named_relations=()):
+    def __init__(self, question: str, context=(), named_relations=(), relation_mentions=()):
         self.text = " " + fold_words(" ".join([question, *map(str, context)])) + " "
         self.named_relations = set(named_relations)
+        # (position in the folded question, relation) of each word naming a relation (`relation_mentions`)
+        self.relation_mentions = list(relation_mentions)
+        self.asked_about: set[str] = set()  # folded subjects of the calls the answer came from
         self.reached: set[str] = set()  # folded objects of grounded facts
         self.relation: str | None = None  # the question's relation (the first call's)
         self.answer: dict | None = None  # the fact that answers the question so far
@@ -127,10 +135,17 @@ class Ledger:
             if f["grounded"]:
                 self.reached.add(fold_words(f.get("object", "")))
         rel = self._asked(obs.call)
-        if self.relation is None:
+        if self.relation is None and self.grounded(subject):  # not a call copied from an example
             self.relation = rel
         good = [f for f in obs.facts if f["grounded"] and f.get("matched_by") not in GUESSED]
         candidate = next((f for f in good if rel is not None and f.get("relation") == rel), None)
+        if self.answer is not None and self._switches(subject, rel):
+            # the question's relation asked about the subject the question attaches it to: the answer is
+            # that subject's fact, or none when the store has none
+            self.answer, self.answer_step = candidate, step if candidate is not None else None
+            self.chain = {fold_words(candidate.get("subject", ""))} if candidate is not None else set()
+            self.asked_about = {fold_words(subject)}
+            return True
         if candidate is None:
             return False
         if self.answer is None:
@@ -142,7 +157,28 @@ class Ledger:
             return False  # back to where the chain has been: not a further hop
         self.answer, self.relation, self.answer_step = candidate, rel, step
         self.chain.add(fold_words(candidate.get("subject", "")))
+        self.asked_about.add(fold_words(subject))
         return True
+
+    def _switches(self, subject: str, rel: str | None) -> bool:
+        """The call asks the answer's relation about another subject the question names, one named nearer
+        to a mention of that relation than the subjects the answer came from ("I wait tables in London and
+        a tourist from the Maldives tipped me. What currency ...": the Maldives, not London)."""
+        name = fold_words(subject)
+        if (rel is None or rel != self.relation or not self.mentioned(subject) or not self.asked_about
+                or name in self.asked_about or name in self.chain or name == fold_words(self.answer.get("object", ""))):
+            return False
+        return self._distance(name, rel) < min(self._distance(a, rel) for a in self.asked_about)
+
+    def _distance(self, name: str, rel: str) -> float:
+        """Characters between the first mention of `name` (folded) in the question and the nearest word
+        naming `rel`; infinite when either is missing."""
+        at = self.text.find(f" {name} ")
+        spots = [p for p, r in self.relation_mentions if r == rel]
+        if at < 0 or not spots:
+            return float("inf")
+        end = at + len(name) + 1
+        return min(0 if at <= p <= end else min(abs(p - at), abs(p - end)) for p in spots)
 
     def _asked(self, call: ToolCall) -> str | None:
         """The relation `call` asks for (`asked_relation`); for a follow whose last relation the question

@@ -540,7 +540,8 @@ class Conversation:
         self.done = False
         # names of the earlier exchanges count as named: "And its capital?" after "Which country is Lagos in?"
         self.ledger = Ledger(result.question, [text for pair in history for text in pair],
-                             [rel for _, rel in relations_named(bridge.tools, result.question)])
+                             [rel for _, rel in relations_named(bridge.tools, result.question)],
+                             relation_mentions(bridge.tools, result.question))
 
     def prompt(self) -> str:
         res = self.result
@@ -729,7 +730,7 @@ class Conversation:
             if fixed is not None:
                 res.trace.append(f"step {res.steps}: {describe_call(call)} -> {subject!r} is not in the question; "
                                  f"the question names {fixed.subject_used!r}: looked that up instead")
-                return fixed
+                return self._span_named_relation(fixed)
         obs = run_tool(b.tools, call, b.max_facts)
         # An empty lookup of a subject the question names itself: another span of the question is a
         # different entity, taken only where it holds the asked relation ("Is Castle Combe in Spain? ...
@@ -748,8 +749,27 @@ class Conversation:
                 res.trace.append(f"step {res.steps}: {describe_call(call)} -> "
                                  f"{'no facts' if not obs.facts else obs.matched_by}; "
                                  f"the question names {fixed.subject_used!r}: looked that up instead")
-                return fixed
+                return self._span_named_relation(fixed)
         return obs
+
+    def _span_named_relation(self, fixed: Observation) -> Observation:
+        """A lookup redone on the question's subject (`call_from_question`) that does not hold the model's
+        relation there asks the relation the question names, where the store holds it for that subject:
+        lookup(Mumbai, country) for "land at the airport of South Sudan's capital" becomes
+        lookup(South Sudan, capital), so the answer is the named relation's fact, not one of all the facts."""
+        rel = fixed.call.arguments.get("relation") if fixed.call.name == LOOKUP_TOOL else None
+        if fixed.subject_used is None or fixed.call.name != LOOKUP_TOOL or any(f.get("relation") == rel for f in fixed.facts):
+            return fixed
+        held = self._named_relation_held({"subject": fixed.subject_used})
+        if held is None:
+            return fixed
+        call, obs = held
+        facts = [dict(f, matched_by="question_span") if f.get("matched_by") in (None, "exact") else f for f in obs.facts]
+        self.result.trace.append(f"step {self.result.steps}: {fixed.subject_used!r} has no {rel!r}; the question names "
+                                 f"{call.arguments['relation']!r}, which the store holds for it: asked {describe_call(call)}")
+        output = json.dumps(facts, ensure_ascii=False)
+        return dataclasses.replace(obs, output=output, shown=escape_payload(output, self.bridge.max_facts), facts=facts,
+                                   matched_by="question_span", subject_used=fixed.subject_used)
 
     def _narrowed(self, call: ToolCall, subject: str) -> Observation | None:
         """An empty call redone on the longest span of the model's own subject that the store holds
@@ -768,21 +788,25 @@ class Conversation:
         store, asks one of those instead: the last named that the store holds exactly for the subject
         (the innermost of a nested question first: "the capital of the country X is in" -> country for
         X, capital for X's country); else the call as it was. The model wrote lookup(Cherkessk, continent)
-        for "What is the capital of the country that Cherkessk is part of?"."""
+        for "What is the capital of the country that Cherkessk is part of?". A lookup that names no relation
+        (or null) is treated the same way."""
         b, res = self.bridge, self.result
         if not b.question_fallback or call.name != LOOKUP_TOOL or call_subject(call) is None:
             return call
         asked = call.arguments.get("relation")
+        if "relation" in call.arguments and asked is None:
+            # "relation": null is refused by the tool; without the key the lookup lists every fact
+            call = ToolCall(call.name, {k: v for k, v in call.arguments.items() if k != "relation"}, call.raw)
         named = [rel for _, rel in relations_named(b.tools, res.question)]
-        if not asked or not named or asked in named:
+        if not named or asked in named:
             return call
         held = self._named_relation_held(call.arguments)
         if held is None:
             return call
         fixed = held[0]
-        res.trace.append(f"step {res.steps}: {describe_call(call)} asks {asked!r}, which the question does not "
-                         f"name; of those it names, {fixed.arguments['relation']!r} (named last first) is held for "
-                         "the subject: asked that instead")
+        what = f"asks {asked!r}, which the question does not name" if asked else "names no relation"
+        res.trace.append(f"step {res.steps}: {describe_call(call)} {what}; of those {'it' if asked else 'the question'} names, "
+                         f"{fixed.arguments['relation']!r} (named last first) is held for the subject: asked that instead")
         return fixed
 
     def _named_relation_held(self, arguments: dict) -> tuple[ToolCall, Observation] | None:

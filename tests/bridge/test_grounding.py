@@ -196,3 +196,76 @@ def test_a_call_about_a_subject_the_question_does_not_name_uses_the_questions(gt
     assert objects(obs) == ["Africa"] and res.answer == "Africa." and res.status == "store"
     assert any("'Mumbai' is not in the question; the question names 'Nigeria'" in t for t in res.trace)
     assert "India" not in model.prompts[1]  # the model never saw Mumbai's facts
+
+
+# ----------------------------------------------------------------------------- the ninth suite's traces --
+
+def test_a_lookup_with_a_null_relation_asks_the_relation_the_question_names(gtools):
+    # The sticky-note record: lookup(Denmark, relation=None) was refused by the tool and the loop ended.
+    call = " " + render_call("lookup", {"subject": "Nigeria", "relation": None})
+    res, model = ask(gtools, 'A note on my monitor says "look up the capital of Nigeria!!" which city is it?',
+                     call, " Abuja.")
+    obs = res.observations[0]
+    assert obs.error is None and obs.call.arguments == {"subject": "Nigeria", "relation": "capital"}
+    assert objects(obs) == ["Abuja"] and res.answer == "Abuja." and res.status == "store"
+    assert any("names no relation" in t for t in res.trace)
+    # no relation named in the question: the null is dropped and the lookup lists the subject's facts
+    res, _ = ask(gtools, "Tell me about Panama.", call.replace("Nigeria", "Panama"), " Balboa.")
+    assert res.observations[0].error is None and set(objects(res.observations[0])) == {"Balboa", "Panama City"}
+
+
+def test_a_call_redone_on_the_questions_subject_asks_the_relation_the_question_names(gtools):
+    # The flight-simulator record: lookup(Mumbai, country) for "... Nigeria's capital": redone on Nigeria,
+    # which has no country; the question names capital, which the store holds for Nigeria.
+    res, model = ask(gtools, "My next mission lands at the main airport of Nigeria's capital. Which city am I flying into?",
+                     lookup("Mumbai", "country"), " ")
+    obs = res.observations[0]
+    assert obs.subject_used == "Nigeria" and obs.call.arguments == {"subject": "Nigeria", "relation": "capital"}
+    assert objects(obs) == ["Abuja"] and res.answer == "Abuja" and res.status == "store"
+    assert "India" not in model.prompts[1] and "Naira" not in model.prompts[1]  # only the named relation shown
+
+
+def test_the_same_relation_asked_of_a_subject_named_nearer_it_moves_the_answer(gtools):
+    # The tourist's-tip record: follow(London...) first, then the subject the question attaches the
+    # currency to. The answer is that subject's currency, not the first call's.
+    q = "I wait tables in Lagos and a tourist from India just tipped me in coins from home. What currency did I get tipped in?"
+    res, _ = ask(gtools, q, lookup("Lagos", "country"), lookup("Nigeria", "currency"),
+                 lookup("India", "currency"), " Rupee.")
+    assert res.answer == "Rupee." and res.status == "store"
+    # the other way round (the first call's subject is the one named nearer the relation): the answer stays
+    q = "What currency is used in India? I'm flying from Lagos, where I live."
+    res, _ = ask(gtools, q, lookup("India", "currency"), lookup("Nigeria", "currency"), " x")
+    assert res.answer == "Rupee" and res.stop_reason == "wandered"
+    # and the nearer subject that the store lacks withdraws the first answer: no settling on it
+    ledger = Ledger("I wait tables in Lagos and a tourist from Ruritania tipped me. What currency was it?",
+                    relation_mentions=[(_at("I wait tables in Lagos and a tourist from Ruritania tipped me. What currency was it?",
+                                            "currency"), "currency")])
+    from bridge.loop import Observation
+
+    def obs(subject, relation, facts):
+        return Observation(ToolCall("lookup", {"subject": subject, "relation": relation}), "", "",
+                           [dict(f, matched_by="exact") for f in facts])
+
+    naira = {"subject": "Lagos", "relation": "currency", "object": "Naira"}
+    assert ledger.record(obs("Lagos", "currency", [naira]), 1) and ledger.answer["object"] == "Naira"
+    assert ledger.record(obs("Ruritania", "currency", []), 2) and ledger.answer is None
+
+
+def test_an_example_call_copied_before_the_question_does_not_set_the_questions_relation():
+    # The Homyel' record: follow(Mumbai, [country, capital]) copied from the prompt's example came first.
+    from bridge.loop import Observation
+
+    ledger = Ledger("Which currency is used in Lagos?", named_relations=["currency"])
+    mumbai = Observation(ToolCall("lookup", {"subject": "Mumbai", "relation": "capital"}), "", "",
+                         [{"subject": "Mumbai", "relation": "capital", "object": "New Delhi", "matched_by": "exact"}])
+    assert not ledger.record(mumbai, 1) and ledger.relation is None
+    naira = Observation(ToolCall("follow", {"subject": "Lagos", "relation": ["country", "currency"]}), "", "",
+                        [{"subject": "Lagos", "relation": "country", "object": "Nigeria", "matched_by": "exact"},
+                         {"subject": "Nigeria", "relation": "currency", "object": "Naira", "matched_by": "exact"}])
+    naira.call.arguments["relations"] = naira.call.arguments.pop("relation")
+    assert ledger.record(naira, 2) and ledger.answer["object"] == "Naira" and ledger.relation == "currency"
+
+
+def _at(question, word):
+    """The position `relation_mentions` gives `word` in the folded question."""
+    return (" " + fold_words(question) + " ").find(f" {word} ")

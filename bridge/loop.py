@@ -615,8 +615,9 @@ class Conversation:
 
     def _offer_next_hop(self, why: str) -> bool:
         """The model stopped at the fact that answers the first hop (`why`) while the question names
-        another store relation before the answered one (after it, when the answered one is a possessive;
-        or names only one relation, not the answered one): look that relation up on the fact's object and
+        another store relation before the answered one (after it, when the answered one is a possessive or
+        when the question does not ask it with "which"/"what"; or names only one relation, not the answered
+        one): look that relation up on the fact's object and
         show the result as a step, once. True when done (the loop goes on for one more generation)."""
         b, res, fact = self.bridge, self.result, self.ledger.answer
         if not b.next_hop or res.mode != "tool" or res.next_hop or fact is None or res.steps >= b.max_steps:
@@ -640,6 +641,10 @@ class Conversation:
             goal = [rel for at, rel in named if answered is None or at < answered]
         if not goal:  # a path written out: "Bengbu -> country -> continent?"
             goal = path_next(b.tools, res.question, rel_done)
+        if not goal and not asked_directly(res.question, rel_done):
+            # the answered relation named as a description, the other one after it: "the country it belongs
+            # to. What's the capital of that country?"
+            goal = sorted({rel for _, rel in named if rel != rel_done})
         if len(goal) != 1:
             return False
         call = ToolCall(LOOKUP_TOOL, {"subject": str(fact.get("object")), "relation": goal[0]})

@@ -269,3 +269,16 @@ def test_an_example_call_copied_before_the_question_does_not_set_the_questions_r
 def _at(question, word):
     """The position `relation_mentions` gives `word` in the folded question."""
     return (" " + fold_words(question) + " ").find(f" {word} ")
+
+
+def test_the_relation_named_after_a_described_first_hop_is_the_next_hop(gtools):
+    # The tenth suite's driving-licence record: the country is described ("the country it's in"), the
+    # capital named after it; the model stopped at the country, and the loop took the next hop.
+    q = ("Moving to Lagos means trading in my driving licence for one issued by the country it's in. "
+         "Which city is the capital of the country that would issue it?")
+    res, _ = ask(gtools, q, lookup("Lagos", "country"), "", "")
+    assert res.next_hop == "lookup(subject='Nigeria', relation='capital')"
+    assert res.answer == "Abuja" and res.status == "store"
+    # a question that asks the first relation itself with "which" stays single-hop
+    res, _ = ask(gtools, "Which country is Lagos in? I need it for a form about currency.", lookup("Lagos", "country"), "", "")
+    assert res.next_hop is None and res.answer == "Nigeria"

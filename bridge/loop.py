@@ -313,10 +313,16 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
             facts = known  # the question's subject lacks the relation: all its facts, as for any_relation
         if not facts:
             continue
-        facts = [dict(f, matched_by="question_span") if f.get("matched_by") in (None, "exact") else f for f in facts]
-        output = json.dumps(facts, ensure_ascii=False)
-        return Observation(call, output, escape_payload(output, max_facts), facts, None, "question_span", span)
+        return span_observation(call, facts, span, max_facts)
     return None
+
+
+def span_observation(call: ToolCall, facts: list[dict], span: str, max_facts: int = 5) -> Observation:
+    """The result of `call` redone on the question's `span`: its facts, those found exactly marked
+    "question_span", and what the model is shown of them."""
+    facts = [dict(f, matched_by="question_span") if f.get("matched_by") in (None, "exact") else f for f in facts]
+    output = json.dumps(facts, ensure_ascii=False)
+    return Observation(call, output, escape_payload(output, max_facts), facts, None, "question_span", span)
 
 
 def store_relations(tools: dict) -> list[str]:
@@ -625,7 +631,7 @@ class Conversation:
         if not self.ledger.mentioned(str(fact.get("subject"))):
             return False  # the answer is already past the first hop (a follow, or a chain the model walked)
         named, rel_done = relations_named(b.tools, res.question), str(fact.get("relation"))
-        mentions = relation_mentions(b.tools, res.question)
+        mentions = self.ledger.relation_mentions
         answered = next((at for at, rel in named if rel == rel_done), None)
         possessive = [] if asked_directly(res.question, rel_done) else \
             [at for at, rel in mentions if rel == rel_done and possessive_at(res.question, rel, at)]
@@ -762,19 +768,18 @@ class Conversation:
         relation there asks the relation the question names, where the store holds it for that subject:
         lookup(Mumbai, country) for "land at the airport of South Sudan's capital" becomes
         lookup(South Sudan, capital), so the answer is the named relation's fact, not one of all the facts."""
-        rel = fixed.call.arguments.get("relation") if fixed.call.name == LOOKUP_TOOL else None
-        if fixed.subject_used is None or fixed.call.name != LOOKUP_TOOL or any(f.get("relation") == rel for f in fixed.facts):
+        if fixed.call.name != LOOKUP_TOOL or fixed.subject_used is None:
+            return fixed
+        rel = fixed.call.arguments.get("relation")
+        if any(f.get("relation") == rel for f in fixed.facts):
             return fixed
         held = self._named_relation_held({"subject": fixed.subject_used})
         if held is None:
             return fixed
         call, obs = held
-        facts = [dict(f, matched_by="question_span") if f.get("matched_by") in (None, "exact") else f for f in obs.facts]
         self.result.trace.append(f"step {self.result.steps}: {fixed.subject_used!r} has no {rel!r}; the question names "
                                  f"{call.arguments['relation']!r}, which the store holds for it: asked {describe_call(call)}")
-        output = json.dumps(facts, ensure_ascii=False)
-        return dataclasses.replace(obs, output=output, shown=escape_payload(output, self.bridge.max_facts), facts=facts,
-                                   matched_by="question_span", subject_used=fixed.subject_used)
+        return span_observation(call, obs.facts, fixed.subject_used, self.bridge.max_facts)
 
     def _narrowed(self, call: ToolCall, subject: str) -> Observation | None:
         """An empty call redone on the longest span of the model's own subject that the store holds

@@ -287,10 +287,40 @@ def named_subject(tools: dict, question: str) -> str | None:
     return next((span for span in question_spans(question) if known_facts(tools, span, 1)), None)
 
 
+def asked_subjects(tools: dict, question: str) -> list[str]:
+    """The spans of the question that the store holds exactly as subjects, the one the question most
+    likely asks about first: longest first (`question_spans`), except that when the question names
+    several places (each not part of a longer one) and a relation, places nearer to a word naming a
+    relation come first, written with a capital first where any is ("I'm in Ottawa and want to send my
+    niece in Bhadrak a gift card in the money of the country she lives in": Bhadrak, then Ottawa, where
+    the asker is)."""
+    spans = [s for s in question_spans(question) if known_facts(tools, s, 1)]
+    text = " " + fold_words(question) + " "
+    places: list[tuple[str, int, int]] = []  # (span, start, end) in the folded text, longest first
+    for span in spans:
+        at = text.find(f" {fold_words(span)} ")
+        end = at + len(fold_words(span)) + 1
+        if at >= 0 and not any(a <= at and end <= e for _, a, e in places):
+            places.append((span, at, end))
+    mentions = [p for p, _ in relation_mentions(tools, question)]
+    if len(places) < 2 or not mentions:
+        return spans
+    distance = lambda pl: min(0 if pl[1] <= m <= pl[2] else min(abs(m - pl[1]), abs(m - pl[2])) for m in mentions)
+    # sorted is stable: equals keep the longest-first order; spans keep the question's case
+    ranked = [pl[0] for pl in sorted(places, key=lambda pl: (not pl[0][:1].isupper(), distance(pl)))]
+    return ranked + [s for s in spans if s not in ranked]
+
+
+def asked_subject(tools: dict, question: str) -> str | None:
+    """The first of `asked_subjects`, or None when the question names no subject the store holds."""
+    return next(iter(asked_subjects(tools, question)), None)
+
+
 def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5,
                        relation_held: bool = False) -> Observation | None:
-    """The lookup or follow `call` redone with the longest question span the store knows *exactly* as a
-    subject, or None. "Span" for "Shanghai": the question names Shanghai. A lookup keeps its relation
+    """The lookup or follow `call` redone with the question span the store knows *exactly* as a subject
+    that the question most likely asks about (`asked_subjects`: the longest, or of several places the
+    one nearest a relation word), or None. "Span" for "Shanghai": the question names Shanghai. A lookup keeps its relation
     when the store answers it for that subject (exactly or through a neighbour), else gets all its facts.
     With `relation_held`, only a lookup, and only with a span that holds the call's relation itself: the
     model's subject was a real span of the question, so another span is taken only where it answers what
@@ -299,7 +329,7 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
     tried = normalize_name(str(call.arguments.get("subject", "")))
     if relation_held and call.name != LOOKUP_TOOL:
         return None
-    for span in question_spans(question):
+    for span in asked_subjects(tools, question):
         if normalize_name(span) == tried:
             continue
         known = known_facts(tools, span, max_facts)
@@ -673,14 +703,14 @@ class Conversation:
 
     def _should_check(self) -> bool:
         """Ask the model to check an answer it gave without any lookup, once, when the question names a
-        subject the store holds (the longest such span) or, failing that, a relation the store holds
+        subject the store holds (`asked_subject`) or, failing that, a relation the store holds
         (a subject the store lacks: the lookup is how the system learns that it has no such fact, rather
         than passing on the weights' guess). True when asked (the loop goes on)."""
         b, res = self.bridge, self.result
         if (not b.check_answers or res.mode != "tool" or res.checked or res.calls or res.steps >= b.max_steps
                 or not getattr(b.fmt, "can_check", False)):
             return False
-        subject = named_subject(b.tools, res.question)
+        subject = asked_subject(b.tools, res.question)
         named = [] if subject is not None else [rel for _, rel in relations_named(b.tools, res.question)]
         if subject is None and not named:
             return False

@@ -282,3 +282,23 @@ def test_the_relation_named_after_a_described_first_hop_is_the_next_hop(gtools):
     # a question that asks the first relation itself with "which" stays single-hop
     res, _ = ask(gtools, "Which country is Lagos in? I need it for a form about currency.", lookup("Lagos", "country"), "", "")
     assert res.next_hop is None and res.answer == "Nigeria"
+
+
+def test_of_several_places_the_question_asks_about_the_one_named_nearest_a_relation_word(gtools):
+    from bridge.loop import asked_subject, asked_subjects
+
+    by_name = {t.name: t for t in gtools}
+    # The gift-card record: the asker's own city first, the subject after it, next to the relation words.
+    q = "I'm in Lagos and want to send my niece in Mumbai a gift card in the money of the country she lives in."
+    assert asked_subjects(by_name, q)[:2] == ["Mumbai", "Lagos"]
+    # the other way round: the subject first, the asker's city later and far from the relation word
+    q = "Which currency is used in Mumbai? Asking for a friend, I live in Lagos."
+    assert asked_subject(by_name, q) == "Mumbai"
+    # one place, or no relation named: the longest span as before
+    assert asked_subject(by_name, "Tell me about Panama City") == "Panama City"
+    assert asked_subject(by_name, "Lagos or Mumbai?") == "Lagos"
+    assert asked_subject(by_name, "Nothing the store holds") is None
+    # a model's call about a subject the question does not name is redone on that subject, not the first place
+    res, _ = ask(gtools, "I'm in Lagos and want to send my niece in Mumbai a gift card in the money of the country "
+                 "she lives in. Which currency?", lookup("Rupiah", "currency"), "")
+    assert res.observations[0].subject_used == "Mumbai"

@@ -67,10 +67,13 @@ def closed_book(model, tokenizer, facts: list[Fact], split: str, expect_lookup: 
     """
     rows = answer_rows(model, tokenizer, facts, split, expect_lookup, layouts, max_new_tokens, batch_size)
     if not rows:
-        return {"n": 0, "acc": float("nan"), "by_layout": {}, "by_family": {}, "samples": [], "misses": []}
+        return {"n": 0, "acc": float("nan"), "by_layout": {}, "by_family": {}, "by_relation": {}, "samples": [],
+                "misses": []}
     report = rates(rows)
     report["by_layout"] = {lay: rates([r for r in rows if r[0].layout == lay]) for lay in dict.fromkeys(p.layout for p, _ in rows)}
     report["by_family"] = {fam: rates([r for r in rows if r[0].family == fam]) for fam in dict.fromkeys(p.family for p, _ in rows)}
+    report["by_relation"] = {rel: rates([r for r in rows if r[0].fact.relation == rel])
+                             for rel in dict.fromkeys(p.fact.relation for p, _ in rows)}
     report["samples"] = [f"{p.text[-80:]!r} -> {o!r}" for p, o in rows[:3]]
     report["misses"] = [f"{p.text[-80:]!r} -> {o!r}" for p, o in rows if not matches_answer(o, p.fact, p.window)][:4]
     return report
@@ -100,7 +103,8 @@ def heldout_report(model, tokenizer, facts, split: str = "test") -> dict:
             sets["anchored" if name == "locality" else name] = closed_book(model, tokenizer, facts_of, split)
     model.train(was_training)
     for r in sets.values():
-        for rows in [r, *r.get("by_layout", {}).values(), *r.get("by_family", {}).values()]:
+        for rows in [r, *r.get("by_layout", {}).values(), *r.get("by_family", {}).values(),
+                     *r.get("by_relation", {}).values()]:
             if rows.get("n"):
                 rows["acc_ci"] = wilson(rows["correct"], rows["n"])
                 rows["call_ok_ci"] = wilson(rows["call_ok"], rows["n"])

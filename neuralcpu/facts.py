@@ -215,6 +215,67 @@ def load_jsonl_facts(path: str | Path) -> list[Fact]:
     return facts
 
 
+def load_store_facts(store_dir: str | Path, relations: list[str] | None = None, seed: int = 0) -> list[Fact]:
+    """The facts of a symbolic_ram store (its SQLite file, read only), of `relations` (default: every
+    relation of the store that has a relation file), shuffled with `seed`: a store's order (alphabetical
+    after an ingest) means nothing, and the first known facts of a pool become the forget set.
+
+    Raises FactFileError when the directory is not a store, a named relation is not in it or has no
+    relation file, or nothing is left."""
+    from symbolic_ram.sqlite_db import SQLiteDatabase
+    from symbolic_ram.store import DB_FILE
+
+    db_file = Path(store_dir) / DB_FILE
+    if not db_file.is_file():
+        raise FactFileError(f"{store_dir}: no {DB_FILE}; not a symbolic_ram store (create one with "
+                            "`python -m symbolic_ram init` and `ingest`)")
+    db = SQLiteDatabase(db_file, read_only=True)
+    try:
+        stored = db.relations()
+        missing = [r for r in relations or [] if r not in stored]
+        if missing:
+            raise FactFileError(f"{store_dir}: relations {missing} are not in the store (it has {stored})")
+        named = []
+        for r in relations or stored:
+            try:
+                named.append(relation_named(r).name)
+            except KeyError as e:
+                if relations:  # asked for by name: say so; otherwise a relation without a file is skipped
+                    raise FactFileError(f"{store_dir}: relation {r!r}: {e.args[0]}") from None
+        wanted = set(named)
+        facts = [_make_fact(f.subject, f.relation, f.object) for batch in db.iter_facts() for f in batch
+                 if f.relation in wanted]
+    finally:
+        db.close()
+    if not facts:
+        raise FactFileError(f"{store_dir}: no facts of a relation with a relation file (store relations: {stored})")
+    facts = list({(f.subject, f.relation): f for f in facts}.values())  # one object per (subject, relation)
+    random.Random(seed).shuffle(facts)
+    return facts
+
+
+def at_most_per_relation(facts: list[Fact], n: int) -> list[Fact]:
+    """The first `n` facts of each relation, in the given order."""
+    taken: dict[str, int] = {}
+    out = []
+    for f in facts:
+        if taken.get(f.relation, 0) < n:
+            taken[f.relation] = taken.get(f.relation, 0) + 1
+            out.append(f)
+    return out
+
+
+def spread_relations(facts: list[Fact]) -> list[Fact]:
+    """`facts` reordered so that every prefix holds each relation in proportion to its share of all of
+    them (each relation's facts in their given order): the first N of the result, and the next M, spread
+    over the relations as the whole does. A relation's i-th of k facts goes at (i + 0.5) / k."""
+    by_relation: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_relation.setdefault(f.relation, []).append(f)
+    keyed = [((i + 0.5) / len(fs), r, f) for r, (_, fs) in enumerate(by_relation.items()) for i, f in enumerate(fs)]
+    return [f for *_, f in sorted(keyed, key=lambda t: t[:2])]
+
+
 def screening_prompts(fact: Fact) -> list[str]:
     """The prompts that decide whether a model knows `fact`: the first template of every train and
     validation completion family of its relation (one per structure; never a test template)."""
@@ -308,6 +369,7 @@ def build_fact_sets(
     n_untouched: int = 40,
     n_untouched_same_country: int = 3,
     n_other: int = 20,
+    relations: list[str] | None = None,
 ) -> FactSets:
     """Choose known targets, a known anchored locality set and known untouched sets, all disjoint.
 
@@ -316,25 +378,36 @@ def build_fact_sets(
     country -> capital facts of countries that are not targets, and up to n_locality_same_country known
     cities of each target country (Osaka for Tokyo). Untouched: the next n_untouched known cities of
     other countries, up to n_untouched_same_country further known cities of each target country, and
-    n_other further known capital facts. Any other source is a JSONL path: its first n_forget known
-    facts are targets, then the anchored, then the untouched ones.
+    n_other further known capital facts. Any other source is a JSONL path or a symbolic_ram store
+    directory (`load_store_facts`, its `relations`, `candidates` of each screened): its first n_forget known facts are targets, then the
+    anchored, then the untouched ones. A pool of several relations is first spread (`spread_relations`),
+    so every set holds each relation in proportion to its known facts.
     """
     if source == "geonames":
         pool = geonames_city_facts()[:candidates]
         other = geonames_capital_facts()[:candidates]
+    elif Path(source).is_dir():  # a store may hold thousands of facts of a relation: screen `candidates` of each
+        pool, other = at_most_per_relation(load_store_facts(source, relations, seed), candidates), []
     else:
         pool, other = load_jsonl_facts(source), []
+    n_candidates = len(pool)
     with tqdm(total=2, desc="filtering to known facts") as bar:
         pool = known_facts(model, tokenizer, pool)
         bar.update()
+        several = len({f.relation for f in pool}) > 1
+        if several:
+            pool = spread_relations(pool)
         forget = pool[:n_forget]
         targets = {f.object for f in forget}
         other = known_facts(model, tokenizer, [f for f in other if f.subject not in targets]) if other else []
         bar.update()
     if len(forget) < n_forget:
-        raise ValueError(f"only {len(forget)} of the {candidates} candidate facts are known to the model; "
+        raise ValueError(f"only {len(forget)} of the {n_candidates} candidate facts are known to the model; "
                          f"lower n_forget or raise candidates")
-    rest = [f for f in pool[n_forget:] if f.object not in targets]
+    # One relation: no locality fact shares a forget object (the geonames set adds such neighbours below,
+    # by name). Several relations: they may (a continent or a currency has many subjects, and every one of
+    # them may be a forget object); those neighbours are where an erasure spills first.
+    rest = pool[n_forget:] if several else [f for f in pool[n_forget:] if f.object not in targets]
     same, untouched = rest[:n_locality_same], rest[n_locality_same:n_locality_same + n_untouched]
     rng = random.Random(seed)
     rng.shuffle(other)

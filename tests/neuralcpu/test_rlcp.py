@@ -432,6 +432,62 @@ def test_a_step_backpropagates_stream_by_stream_to_the_update_one_summed_backwar
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_project_conflict_removes_only_the_part_that_undoes_the_keep_gradient():
+    from neuralcpu.rlcp import project_conflict
+
+    keep = [torch.tensor([1.0, 0.0]), torch.tensor([0.0])]
+    change = [torch.tensor([-2.0, 3.0]), None]  # against keep: its component along keep goes
+    cos = project_conflict(change, keep)
+    assert cos == pytest.approx(-2 / 13 ** 0.5)
+    assert change[0].tolist() == [0.0, 3.0] and change[1] is None
+    aligned = [torch.tensor([2.0, 3.0]), None]  # with keep: left as it is
+    assert project_conflict(aligned, keep) > 0 and aligned[0].tolist() == [2.0, 3.0]
+    assert project_conflict([None, None], keep) == 0.0
+
+
+def test_grad_surgery_steps_on_the_projected_sum(context_tiny_qwen2_dir, tmp_path):
+    """With --grad-surgery pcgrad, the gradient a step applies is the change streams' sum projected off the
+    keep streams' sum, plus the latter: checked against those sums computed stream by stream."""
+    import dataclasses
+    import random
+
+    from benchmarks import train_bench
+    from neuralcpu import rlcp
+
+    _, facts_file = write_country_facts(tmp_path)
+    cfg = tiny_cfg(context_tiny_qwen2_dir, tmp_path, "run", facts=facts_file, subject_layers="1", lam_warmup=1,
+                   grad_surgery="pcgrad")
+    state, ref = train_bench.build(cfg, facts_file), train_bench.build(cfg, facts_file)
+    state.opt.step = lambda: None  # read the gradient the step leaves, do not apply it
+    _, logs = rlcp.step(state, 0)
+    # the reference: each group's gradient on its own, from the same draws
+    rng, lam = random.Random(cfg.seed * 100003), rlcp.grl_lambda(cfg, 0)
+    sums = {True: [torch.zeros_like(p) for p in ref.params], False: [torch.zeros_like(p) for p in ref.params]}
+    ref.trained.train()
+    for stream in ref.streams:
+        terms, _ = stream(ref.runner, rng, 0, lam)
+        ref.opt.zero_grad()
+        loss = sum(w * t for w, t in terms.values())
+        if isinstance(loss, torch.Tensor) and loss.requires_grad:
+            ref.accel.backward(loss)
+            for buf, p in zip(sums[isinstance(stream, rlcp.KEEP_STREAMS)], ref.params):
+                if p.grad is not None:
+                    buf += p.grad
+    change, keep = sums[False], sums[True]
+    dot = sum((c * k).sum() for c, k in zip(change, keep)).item()
+    assert logs["grad_cos"] == pytest.approx(dot / (sum(c.pow(2).sum() for c in change).sqrt()
+                                                    * sum(k.pow(2).sum() for k in keep).sqrt()).item(), rel=1e-3)
+    rlcp.project_conflict(change, keep)
+    expected = [c + k for c, k in zip(change, keep)]
+    norm = torch.sqrt(sum(e.pow(2).sum() for e in expected))
+    scale = min(1.0, 1.0 / (norm.item() + 1e-6))  # clip_grad_norm_ at 1
+    for p, e in zip(state.params, expected):
+        torch.testing.assert_close(p.grad, e * scale, rtol=1e-3, atol=1e-7)
+    assert dataclasses.replace(cfg, grad_surgery="no").grad_surgery == "no"
+    with pytest.raises(ValueError, match="grad_surgery"):
+        dataclasses.replace(cfg, grad_surgery="no").validate()
+
+
 def test_country_probe_term_is_on_by_default_where_other_cities_share_a_forget_country(context_tiny_qwen2_dir, tmp_path, monkeypatch):
     """With the defaults, a fact set whose locality holds other cities of the forget countries trains the
     term: each step encodes a fit batch of those cities (under the default's drawn templates)."""

@@ -170,16 +170,18 @@ def run_variant(name: str, args) -> dict:
     cfg, shared = other_city_fit_cities(cfg, facts, args.facts)
     state = setup(cfg, accel, model, anchor, tokenizer, facts, shared)
     t0 = time.perf_counter()
-    first_grads = None
+    first_grads, step_logs = None, []
     for i in range(args.steps):
-        step(state, i)
+        _, logs = step(state, i)
+        step_logs.append({k: round(v, 5) for k, v in logs.items() if isinstance(v, float)})
         if i == 0:
             first_grads = gradient_sizes(state.params)
     seconds = time.perf_counter() - t0
     drift = answer_drift(state.model, anchor, tokenizer, held_out)
     return {"variant": name, "steps": args.steps, "lr": cfg.lr,
             "step_seconds": seconds / max(args.steps, 1), "held_out_answers": len(held_out), **drift,
-            "adam_eps": cfg.adam_eps, "first_step_gradients": first_grads,
+            "adam_eps": cfg.adam_eps, "grad_surgery": cfg.grad_surgery, "first_step_gradients": first_grads,
+            "step_logs": step_logs,
             "weights": {w: getattr(cfg, w) for ws in GROUPS.values() for w in ws},
             "retain_source": cfg.retain_source}
 

@@ -51,8 +51,9 @@ from common.facts import find_answer, normalize_name
 from common.relations import RelationFileError, relation_named
 from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls, render_lookup
 
-from .grounding import GUESSED, Ledger, call_subject, describe_fact, fold_words
+from .grounding import GUESSED, Ledger, call_relations, call_subject, describe_fact, fold_words
 from .prompts import CHECK_ASK, Turn, to_fact
+from .tools import FOLLOW_TOOL
 
 MODES = ("closed", "just-rag", "tool")
 STOP_REASONS = ("answer", "no_answer", "max_steps", "repeated_call", "wandered")
@@ -287,13 +288,42 @@ def named_subject(tools: dict, question: str) -> str | None:
     return next((span for span in question_spans(question) if known_facts(tools, span, 1)), None)
 
 
+# Where a question says where the asker is, not what it asks about: in a clause whose subject is the
+# asker, the place its journey or business starts from ("I stream from Ohio", "I fly there from Toronto",
+# "I'm paying from my bank in Singapore", "a courier firm out of Leeds"), or where the asker says it is,
+# lives or works ("I'm in Ottawa", "im in perth", "I live in Glasgow"). Not where it goes or will be
+# ("we're playing a gig in Liberia", "I've been living in X for a year and want its currency").
+_CLAUSE_BREAK = re.compile(r"[.;:!?,]|\b(?:and|but|so|while|because)\b", re.IGNORECASE)
+_FIRST_PERSON = {"i", "im", "ive", "we"}  # folded: "I'm" is "i m", "we're" is "we re"
+_BE_AT = {("i", "m"), ("im",), ("i", "am"), ("we", "re"), ("we", "are"), ("i", "live"), ("we", "live"),
+          ("i", "work"), ("we", "work")}
+
+
+def asker_location(question: str, span: str) -> bool:
+    """Whether the question names `span` as where the asker is (see above) rather than what it asks about."""
+    target = fold_words(span).split()
+    if not target:
+        return False
+    for clause in _CLAUSE_BREAK.split(question):
+        words = fold_words(clause).split()
+        for i in range(len(words) - len(target) + 1):
+            if words[i:i + len(target)] != target or not _FIRST_PERSON & set(words[:i]):
+                continue
+            before = words[:i]
+            origin = "from" in before[-4:] or before[-2:] == ["out", "of"]
+            said_here = before[-1:] == ["in"] and any(tuple(before[-1 - len(b):-1]) == b for b in _BE_AT)
+            if origin or said_here:
+                return True
+    return False
+
+
 def asked_subjects(tools: dict, question: str) -> list[str]:
     """The spans of the question that the store holds exactly as subjects, the one the question most
     likely asks about first: longest first (`question_spans`), except that when the question names
-    several places (each not part of a longer one) and a relation, places nearer to a word naming a
-    relation come first, written with a capital first where any is ("I'm in Ottawa and want to send my
-    niece in Bhadrak a gift card in the money of the country she lives in": Bhadrak, then Ottawa, where
-    the asker is)."""
+    several places (each not part of a longer one), where the asker is (`asker_location`) comes last,
+    and places nearer to a word naming a relation come first, written with a capital first where any is
+    ("I'm in Ottawa and want to send my niece in Bhadrak a gift card in the money of the country she
+    lives in": Bhadrak, then Ottawa)."""
     spans = [s for s in question_spans(question) if known_facts(tools, s, 1)]
     text = " " + fold_words(question) + " "
     places: list[tuple[str, int, int]] = []  # (span, start, end) in the folded text, longest first
@@ -303,11 +333,13 @@ def asked_subjects(tools: dict, question: str) -> list[str]:
         if at >= 0 and not any(a <= at and end <= e for _, a, e in places):
             places.append((span, at, end))
     mentions = [p for p, _ in relation_mentions(tools, question)]
-    if len(places) < 2 or not mentions:
+    if len(places) < 2:
         return spans
-    distance = lambda pl: min(0 if pl[1] <= m <= pl[2] else min(abs(m - pl[1]), abs(m - pl[2])) for m in mentions)
+    distance = lambda pl: min((0 if pl[1] <= m <= pl[2] else min(abs(m - pl[1]), abs(m - pl[2])) for m in mentions),
+                              default=0)
     # sorted is stable: equals keep the longest-first order; spans keep the question's case
-    ranked = [pl[0] for pl in sorted(places, key=lambda pl: (not pl[0][:1].isupper(), distance(pl)))]
+    ranked = [pl[0] for pl in sorted(places, key=lambda pl: (asker_location(question, pl[0]),
+                                                             not pl[0][:1].isupper(), distance(pl)))]
     return ranked + [s for s in spans if s not in ranked]
 
 
@@ -330,8 +362,8 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
     if relation_held and call.name != LOOKUP_TOOL:
         return None
     for span in asked_subjects(tools, question):
-        if normalize_name(span) == tried:
-            continue
+        if normalize_name(span) == tried or (relation_held and asker_location(question, span)):
+            continue  # the model's own subject is not in the store: the asker's own place is not it either
         known = known_facts(tools, span, max_facts)
         if not known:
             continue
@@ -674,7 +706,11 @@ class Conversation:
         if possessive:
             goal = [rel for at, rel in mentions if at > possessive[0] and rel != rel_done][:1]
         else:
-            goal = [rel for at, rel in named if answered is None or at < answered]
+            # a relation named in passing before one the question asks with "which"/"what" is not a goal
+            # ("I've already changed my money ... I never checked which country X is in. Which is it?")
+            direct = asked_directly(res.question, rel_done)
+            goal = [rel for at, rel in named if (answered is None or at < answered)
+                    and (not direct or asked_directly(res.question, rel))]
         if not goal:  # a path written out: "Bengbu -> country -> continent?"
             goal = path_next(b.tools, res.question, rel_done)
         if not goal and not asked_directly(res.question, rel_done):
@@ -766,6 +802,10 @@ class Conversation:
         call = self._named_relation(call)
         subject = call_subject(call)
         retry = b.question_fallback and subject is not None
+        if retry and asker_location(res.question, subject):
+            moved = self._off_the_askers_place(subject)
+            if moved is not None:
+                return moved
         if retry and not self.ledger.grounded(subject):
             fixed = call_from_question(b.tools, call, res.question, b.max_facts)
             if fixed is not None:
@@ -831,6 +871,18 @@ class Conversation:
         for "What is the capital of the country that Cherkessk is part of?". A lookup that names no relation
         (or null) is treated the same way."""
         b, res = self.bridge, self.result
+        if b.question_fallback and call.name == FOLLOW_TOOL and call_subject(call) is not None:
+            # follow(India, ["notes", "coins"]) for "what money do they use over in India uh like the notes
+            # and coins": a chain of relations the store does not have asks what the question names
+            stored, rels = store_relations(b.tools), call_relations(call)
+            held = (self._named_relation_held({"subject": call_subject(call)})
+                    if stored and rels and any(r not in stored for r in rels) else None)
+            if held is not None:
+                res.trace.append(f"step {res.steps}: {describe_call(call)} follows relations the store does not "
+                                 f"have; the question names {held[0].arguments['relation']!r}, which the store holds "
+                                 "for the subject: asked that instead")
+                return held[0]
+            return call
         if not b.question_fallback or call.name != LOOKUP_TOOL or call_subject(call) is None:
             return call
         asked = call.arguments.get("relation")
@@ -848,6 +900,22 @@ class Conversation:
         res.trace.append(f"step {res.steps}: {describe_call(call)} {what}; of those {'it' if asked else 'the question'} names, "
                          f"{fixed.arguments['relation']!r} (named last first) is held for the subject: asked that instead")
         return fixed
+
+    def _off_the_askers_place(self, subject: str) -> Observation | None:
+        """A call about the place the asker is at ("I'm an exchange student from Busan. Next semester I go
+        to Suriname ... the capital") asks, instead, the relation the question names of the other place it
+        names, where the store holds it for that place (`_named_relation_held`); None when there is none."""
+        b, res = self.bridge, self.result
+        for span in asked_subjects(b.tools, res.question):
+            if fold_words(span) == fold_words(subject) or asker_location(res.question, span):
+                continue
+            held = self._named_relation_held({"subject": span})
+            if held is not None:
+                call, obs = held
+                res.trace.append(f"step {res.steps}: {subject!r} is where the asker is; the question asks about "
+                                 f"{span!r}: asked {describe_call(call)} instead")
+                return span_observation(call, obs.facts, span, b.max_facts)
+        return None
 
     def _named_relation_held(self, arguments: dict) -> tuple[ToolCall, Observation] | None:
         """The lookup of `arguments` with the relation the question names last, of those the store holds

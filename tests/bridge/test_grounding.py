@@ -302,3 +302,24 @@ def test_of_several_places_the_question_asks_about_the_one_named_nearest_a_relat
     res, _ = ask(gtools, "I'm in Lagos and want to send my niece in Mumbai a gift card in the money of the country "
                  "she lives in. Which currency?", lookup("Rupiah", "currency"), "")
     assert res.observations[0].subject_used == "Mumbai"
+
+
+def test_a_call_about_the_place_the_asker_is_from_asks_the_other_place_instead(gtools):
+    q = ("I'm an exchange student from Lagos. Next semester I go to India, and my host family lives in the "
+         "capital. Which city will I be living in?")
+    follow = " <tool_call>" + '{"name": "follow", "arguments": {"subject": "Lagos", "relations": ["country", "capital"]}}' + "</tool_call>"
+    res, _ = ask(gtools, q, follow, "")
+    assert res.observations[0].subject_used == "India" and res.answer == "New Delhi" and res.status == "store"
+    assert any("is where the asker is" in t for t in res.trace)
+    # where the asker goes is asked as the model asked it
+    res, _ = ask(gtools, "I'm going to Lagos next week. What is the capital of the country it is in?",
+                 follow, "")
+    assert res.observations[0].subject_used in (None, "Lagos") and res.answer == "Abuja"
+
+
+def test_a_follow_of_relations_the_store_lacks_asks_the_relation_the_question_names(gtools):
+    follow = " <tool_call>" + '{"name": "follow", "arguments": {"subject": "India", "relations": ["notes", "coins"]}}' + "</tool_call>"
+    res, _ = ask(gtools, "hey um what money do they use over in India uh like the notes and coins", follow, "")
+    assert res.answer == "Rupee" and res.status == "store"
+    assert res.calls[0].arguments["relations"] == ["notes", "coins"]  # the model's call as written
+    assert res.observations[0].call.arguments == {"subject": "India", "relation": "currency"}

@@ -446,3 +446,18 @@ def test_a_check_on_a_relation_only_that_the_model_ignores_ends_not_found_saying
     assert res.checked == "relation country" and res.calls == [] and res.loop_lookup == NO_STORED_SUBJECT
     assert res.status == "not_found" and res.answer == "Japan." and res.steps == 2
     assert any("no span of the question is a subject the store holds" in line for line in res.trace)
+
+
+def test_the_checks_lookup_skips_the_place_the_asker_is_at(tools, tiny_qwen2_dir):
+    from bridge.loop import asker_location
+
+    fmt = _chat_format(tools, tiny_qwen2_dir)
+    # Lagos is nearer the relation word, but it is where the asker pays from: the check looks up Tokyo
+    q = ("My host in Tokyo wants the deposit in their local money, and I'm paying from my bank in Lagos. "
+         "Which country is the host's city in?")
+    res = Bridge(Scripted("Ghana", "Ghana still", "Japan"), fmt, tools, check_answers=True).ask(q)
+    assert res.checked == "Tokyo" and res.loop_lookup == "lookup(subject='Tokyo')" and res.answer == "Japan"
+    assert asker_location(q, "Lagos") and not asker_location(q, "Tokyo")
+    # where the asker goes is not where it is
+    assert not asker_location("We're playing a gig in Lagos on Saturday. Which country?", "Lagos")
+    assert asker_location("im in lagos and nobody has heard of Tokyo", "lagos")

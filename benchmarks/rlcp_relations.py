@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="a finished RLCP run directory (facts.json, summary.json, model)")
     parser.add_argument("--original", default=None, help="the original model (default: the run's --model)")
     parser.add_argument("--out", required=True, help="results JSON to write; the tables go next to it as .md")
+    parser.add_argument("--run-command", default=None, help="the command that made the run (recorded with its config)")
     parser.add_argument("--split", default="test", choices=("test", "validation"),
                         help="template split read (reports read test)")
     args = parser.parse_args(argv)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                      "recorded): its cost per 100 facts cannot be read")
     facts = FactSets.load(run / "facts.json")
     data = {**provenance(sys.argv[1:] if argv is None else argv, "-m benchmarks.rlcp_relations", cfg["seed"]),
-            "run": str(run), "run_command_config": cfg, "model": cfg["model"], "seed": cfg["seed"],
+            "run": str(run), "run_command": args.run_command, "run_config": cfg, "model": cfg["model"], "seed": cfg["seed"],
             "step": summary["step"], "split": args.split,
             "relations": sorted({f.relation for f in facts.forget}),
             "n_facts": {k: len(getattr(facts, k)) for k in ("forget", "locality", "untouched", "other")},

@@ -47,8 +47,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from rapidfuzz.distance import OSA
+
 from common.facts import find_answer, normalize_name
-from common.relations import RelationFileError, relation_named
+from common.relations import RelationFileError, registered_relations, relation_named, shipped_relations
 from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls, render_lookup
 
 from .grounding import GUESSED, Ledger, call_relations, call_subject, describe_fact, fold_words
@@ -295,6 +297,10 @@ def named_subject(tools: dict, question: str) -> str | None:
 # ("we're playing a gig in Liberia", "I've been living in X for a year and want its currency").
 _CLAUSE_BREAK = re.compile(r"[.;:!?,]|\b(?:and|but|so|while|because)\b", re.IGNORECASE)
 _FIRST_PERSON = {"i", "im", "ive", "we"}  # folded: "I'm" is "i m", "we're" is "we re"
+# "(posting a parcel) from my shop in Bristol", "at our office in Leeds": the asker's own premises, with or
+# without a first-person clause ("he emigrated from my grandfather's village" has no "my X in")
+_OWN_PLACE = lambda before: (len(before) >= 4 and before[-1] == "in" and before[-3] in ("my", "our")
+                             and before[-4] in ("from", "at"))
 _BE_AT = {("i", "m"), ("im",), ("i", "am"), ("we", "re"), ("we", "are"), ("i", "live"), ("we", "live"),
           ("i", "work"), ("we", "work")}
 
@@ -307,9 +313,13 @@ def asker_location(question: str, span: str) -> bool:
     for clause in _CLAUSE_BREAK.split(question):
         words = fold_words(clause).split()
         for i in range(len(words) - len(target) + 1):
-            if words[i:i + len(target)] != target or not _FIRST_PERSON & set(words[:i]):
+            if words[i:i + len(target)] != target:
                 continue
             before = words[:i]
+            if _OWN_PLACE(before):
+                return True
+            if not _FIRST_PERSON & set(before):
+                continue
             origin = "from" in before[-4:] or before[-2:] == ["out", "of"]
             said_here = before[-1:] == ["in"] and any(tuple(before[-1 - len(b):-1]) == b for b in _BE_AT)
             if origin or said_here:
@@ -408,7 +418,7 @@ def relations_named(tools: dict, question: str) -> list[tuple[int, str]]:
 def relation_mentions(tools: dict, question: str) -> list[tuple[int, str]]:
     """(position, relation) of every mention of a store relation in the question's folded words
     (`relations_named` keeps the first of each), in order."""
-    text = " " + fold_words(question) + " "
+    text = " " + spell_relation_words(fold_words(question)) + " "
     found = []
     for rel in store_relations(tools):
         for w in relation_words(rel):
@@ -419,8 +429,39 @@ def relation_mentions(tools: dict, question: str) -> list[tuple[int, str]]:
 def asked_directly(question: str, relation: str) -> bool:
     """Whether the question asks for `relation` itself with "which"/"what" ("Which country is X in",
     not "Which country's capital")."""
-    text = " " + fold_words(question) + " "
+    text = " " + spell_relation_words(fold_words(question)) + " "
     return any(re.search(rf" (which|what) {re.escape(w)} (?!s )", text) for w in relation_words(relation))
+
+
+# A typed relation word ("capitl", "continant", "captial", "currancy") is one edit (insert, delete, replace,
+# or swap two neighbours: OSA distance) from the word a relation file gives. Only words of 7+ letters are
+# mended: shorter ones ("money", "nation", "symbol") sit one edit from common words. "county" is a word.
+_MENDED_MIN, _NOT_TYPOS = 7, frozenset({"county", "counties"})
+
+
+def relation_vocabulary() -> list[str]:
+    """The one-word relation words of 7+ letters of every relation the project knows by name (shipped
+    files and ones registered at run time): the words a typo is mended to."""
+    names = dict.fromkeys([*shipped_relations(), *registered_relations()])
+    words = {w for rel in names for w in relation_words(rel)}
+    return sorted(w for w in words if " " not in w and len(w) >= _MENDED_MIN)
+
+
+def spell_relation_words(text: str) -> str:
+    """`text` (folded, words split by spaces) with each word one typo from exactly one relation word
+    (`relation_vocabulary`) written as that word; other words and the spacing stay as they are."""
+    vocab = relation_vocabulary()
+    if not vocab:
+        return text
+
+    def mend(m: re.Match) -> str:
+        word = m.group(0)
+        if len(word) < _MENDED_MIN - 1 or word in vocab or word in _NOT_TYPOS:
+            return word
+        near = [w for w in vocab if OSA.distance(word, w, score_cutoff=1) <= 1]
+        return near[0] if len(near) == 1 else word
+
+    return re.sub(r"[^\W\d_]+", mend, text)
 
 
 def relation_words(relation: str) -> list[str]:
@@ -437,7 +478,8 @@ def path_next(tools: dict, question: str, relation: str) -> list[str]:
     """[the relation the question writes right after `relation` with an arrow ("country -> continent",
     "country → continent")], or [] when it writes none."""
     arrow = r"\s*(?:->|→|⟶|=>|>)\s*"
-    text = normalize_name(str(question)).replace("_", " ")  # folded, arrows kept (fold_words drops them)
+    # folded, arrows kept (fold_words drops them)
+    text = spell_relation_words(normalize_name(str(question)).replace("_", " "))
     for rel in store_relations(tools):
         if rel == relation:
             continue
@@ -451,7 +493,7 @@ def path_next(tools: dict, question: str, relation: str) -> list[str]:
 def possessive_at(question: str, relation: str, at: int) -> bool:
     """Whether `relation`, named at position `at` of the question's folded words (`relations_named`), is a
     possessive there ("that country's capital": what follows belongs to the answered relation's object)."""
-    rest = (" " + fold_words(question) + " ")[at:]
+    rest = (" " + spell_relation_words(fold_words(question)) + " ")[at:]
     return any(rest.startswith(f" {w} s ") for w in relation_words(relation))
 
 

@@ -214,6 +214,11 @@ def register_relation(relation: Relation) -> None:
     _REGISTERED[relation.name] = relation
 
 
+def registered_relations() -> list[str]:
+    """Names of the relations registered at run time (`register_relation`)."""
+    return list(_REGISTERED)
+
+
 def relation_named(name: str) -> Relation:
     """The relation called `name`: a registered one, else the shipped file of that name."""
     return _REGISTERED[name] if name in _REGISTERED else load_relation(name)

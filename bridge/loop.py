@@ -53,7 +53,7 @@ from common.facts import find_answer, normalize_name
 from common.relations import RelationFileError, registered_relations, relation_named, shipped_relations
 from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escape_payload, parse_calls, render_lookup
 
-from .grounding import GUESSED, Ledger, call_relations, call_subject, describe_fact, fold_words
+from .grounding import GUESSED, Ledger, asked_relation, call_relations, call_subject, describe_fact, fold_words
 from .prompts import CHECK_ASK, Turn, to_fact
 from .tools import FOLLOW_TOOL
 
@@ -301,6 +301,7 @@ _FIRST_PERSON = {"i", "im", "ive", "we"}  # folded: "I'm" is "i m", "we're" is "
 # without a first-person clause ("he emigrated from my grandfather's village" has no "my X in")
 _OWN_PLACE = lambda before: (len(before) >= 4 and before[-1] == "in" and before[-3] in ("my", "our")
                              and before[-4] in ("from", "at"))
+_OTHERS = {"a", "an", "the", "his", "her", "their", "its"}
 _BE_AT = {("i", "m"), ("im",), ("i", "am"), ("we", "re"), ("we", "are"), ("i", "live"), ("we", "live"),
           ("i", "work"), ("we", "work")}
 
@@ -316,11 +317,14 @@ def asker_location(question: str, span: str) -> bool:
             if words[i:i + len(target)] != target:
                 continue
             before = words[:i]
-            if _OWN_PLACE(before):
+            if _OWN_PLACE(before) or before[-3:] in (["at", "home", "in"], ["back", "home", "in"]):
                 return True
             if not _FIRST_PERSON & set(before):
                 continue
-            origin = "from" in before[-4:] or before[-2:] == ["out", "of"]
+            # "from" a few words back, unless they name someone else's place ("ordering queens from a
+            # breeder in X": the breeder's, not the asker's)
+            since = before[len(before) - before[::-1].index("from"):] if "from" in before[-4:] else None
+            origin = ((since is not None and not _OTHERS & set(since)) or before[-2:] == ["out", "of"])
             said_here = before[-1:] == ["in"] and any(tuple(before[-1 - len(b):-1]) == b for b in _BE_AT)
             if origin or said_here:
                 return True
@@ -335,6 +339,8 @@ def asked_subjects(tools: dict, question: str) -> list[str]:
     ("I'm in Ottawa and want to send my niece in Bhadrak a gift card in the money of the country she
     lives in": Bhadrak, then Ottawa)."""
     spans = [s for s in question_spans(question) if known_facts(tools, s, 1)]
+    if written_in_case(question):  # then a name is capitalised: "two queens from a breeder" names no Queens
+        spans = [s for s in spans if not s.islower()]
     text = " " + fold_words(question) + " "
     places: list[tuple[str, int, int]] = []  # (span, start, end) in the folded text, longest first
     for span in spans:
@@ -353,6 +359,20 @@ def asked_subjects(tools: dict, question: str) -> list[str]:
     return ranked + [s for s in spans if s not in ranked]
 
 
+_NOT_NAMES = {"i", "i'm", "i've", "i'd", "i'll", "im", "ive"}
+
+
+def written_in_case(question: str) -> bool:
+    """Whether the question capitalises names: some word past the start of its sentence, other than "I",
+    starts with a capital. Then an all-lowercase span is a common word, not a place; in a question typed
+    all in lower case ("im in perth ...") it may be a name."""
+    for sentence in re.split(r"[.!?:;\n]+\s*", question):
+        words = [w.strip("\"'“”‘’()[],") for w in sentence.split()[1:]]
+        if any(w[:1].isupper() and w.casefold() not in _NOT_NAMES for w in words):
+            return True
+    return False
+
+
 def asked_subject(tools: dict, question: str) -> str | None:
     """The first of `asked_subjects`, or None when the question names no subject the store holds."""
     return next(iter(asked_subjects(tools, question)), None)
@@ -364,13 +384,14 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
     that the question most likely asks about (`asked_subjects`: the longest, or of several places the
     one nearest a relation word), or None. "Span" for "Shanghai": the question names Shanghai. A lookup keeps its relation
     when the store answers it for that subject (exactly or through a neighbour), else gets all its facts.
-    With `relation_held`, only a lookup, and only with a span that holds the call's relation itself: the
-    model's subject was a real span of the question, so another span is taken only where it answers what
-    was asked ("spell 'itinerary', and what country has Mandurah ...": Mandurah; "Is Castle Combe in
+    With `relation_held`, only with a span that holds the call's relation itself (a follow's last one), and
+    for a follow only when its subject is no name ("follow(my grandson, ...)", not "follow(Thornacre Wyke,
+    ...)": a name the store lacks is not found, not another place): the model's subject was a real span of
+    the question, so another span is taken only where it answers what was asked ("spell 'itinerary', and what country has Mandurah ...": Mandurah; "Is Castle Combe in
     Spain? ... what country is it in?": not Spain, which has no country)."""
     tried = normalize_name(str(call.arguments.get("subject", "")))
-    if relation_held and call.name != LOOKUP_TOOL:
-        return None
+    if relation_held and call.name != LOOKUP_TOOL and str(call.arguments.get("subject", ""))[:1].isupper():
+        return None  # a follow of a name the store lacks ("Thornacre Wyke") is not redone on another place
     for span in asked_subjects(tools, question):
         if normalize_name(span) == tried or (relation_held and asker_location(question, span)):
             continue  # the model's own subject is not in the store: the asker's own place is not it either
@@ -378,7 +399,7 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
         if not known:
             continue
         obs = run_tool(tools, ToolCall(call.name, {**call.arguments, "subject": span}), max_facts)
-        if relation_held and not holds_exactly(obs, str(call.arguments.get("relation", ""))):
+        if relation_held and not holds_exactly(obs, asked_relation(call) or ""):
             continue
         facts = [f for f in obs.facts if f.get("matched_by") not in GUESSED and f.get("matched_by") != "any_relation"]
         if not facts and call.name == LOOKUP_TOOL:
@@ -422,8 +443,15 @@ def relation_mentions(tools: dict, question: str) -> list[tuple[int, str]]:
     found = []
     for rel in store_relations(tools):
         for w in relation_words(rel):
-            found += [(m.start(), rel) for m in re.finditer(f"(?= {re.escape(w)} )", text)]
+            found += [(m.start(), rel) for m in re.finditer(f"(?= {_plural_too(w)} )", text)]
     return sorted(set(found))
+
+
+def _plural_too(word: str) -> str:
+    """A regex for `word` (folded) or its plural ("my dropdown only takes countries", "capitals")."""
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        return f"(?:{re.escape(word)}|{re.escape(word[:-1])}ies)"
+    return f"{re.escape(word)}(?:s|es)?"
 
 
 def asked_directly(question: str, relation: str) -> bool:

@@ -465,3 +465,18 @@ def test_the_checks_lookup_skips_the_place_the_asker_is_at(tools, tiny_qwen2_dir
     q = "Posting a parcel from my shop in Lagos to a customer in Tokyo, and the chart goes by continent."
     assert asker_location(q, "Lagos") and not asker_location(q, "Tokyo")
     assert not asker_location("My great-grandfather emigrated from Lagos in 1911.", "Lagos")
+    # someone else's place after "from" is not the asker's; "at home in X" is
+    assert not asker_location("I'm ordering two queens from a breeder in Lagos. Which country?", "Lagos")
+    assert asker_location("It's half the price it would be at home in Lagos. What currency?", "Lagos")
+
+
+def test_an_all_lowercase_span_of_a_cased_question_is_no_subject(tools):
+    """"two queens from a breeder in Changyi": in a question that capitalises names, the store's Queens is
+    not what "queens" names; in one typed all in lower case, a lowercase span may still be the place."""
+    from bridge.loop import asked_subjects, written_in_case
+
+    tools = {t.name: t for t in tools}
+    q = "I keep bees and I'm ordering two lagos from a breeder in Tokyo. Which country is it in?"
+    assert written_in_case(q) and asked_subjects(tools, q) == ["Tokyo"]
+    assert not written_in_case("im in lagos which country is that")
+    assert asked_subjects(tools, "im in lagos which country is that") == ["lagos"]

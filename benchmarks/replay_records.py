@@ -145,7 +145,11 @@ def main(argv=None) -> int:
     print(markdown(rows))
     print(json.dumps(summary(rows), indent=1))
     if args.out:
+        from benchmarks.provenance import git_state, machine
+
+        # the loop's code is what a replay reads: its commit (and whether the checkout had changes)
         write_json_atomic(Path(args.out), {"command": "python -m benchmarks.replay_records " + " ".join(argv or sys.argv[1:]),
+                                           **git_state(), "machine": machine(), "seed": None,
                                            "records": str(path), "summary": summary(rows), "rows": rows})
     return 0
 

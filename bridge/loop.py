@@ -433,7 +433,25 @@ def relations_named(tools: dict, question: str) -> list[tuple[int, str]]:
     first: dict[str, int] = {}
     for at, rel in relation_mentions(tools, question):
         first.setdefault(rel, at)
+    given = relations_given(tools, question)
+    if set(first) - given:  # a relation the asker says it already has is not asked (unless it is all there is)
+        first = {rel: at for rel, at in first.items() if rel not in given}
     return sorted((at, rel) for rel, at in first.items())
+
+
+# Cues of a clause that says what the asker already has ("I've already changed my money", "I know the capital
+# of Cyprus", "Forget the capital, I've got that one"), in folded words.
+_GIVEN_CUES = (" already ", " i know ", " we know ", " forget ", " i ve got ", " got that ")
+
+
+def relations_given(tools: dict, question: str) -> set[str]:
+    """The store relations that the question names only in clauses saying the asker already has them."""
+    given, asked = set(), set()
+    for clause in re.split(r"[.;:!?,]|\b(?:but|so|while|because)\b", question, flags=re.IGNORECASE):
+        text = " " + spell_relation_words(fold_words(clause)) + " "
+        named = {rel for _, rel in relation_mentions(tools, clause)}
+        (given if any(cue in text for cue in _GIVEN_CUES) else asked).update(named)
+    return given - asked
 
 
 def relation_mentions(tools: dict, question: str) -> list[tuple[int, str]]:

@@ -452,6 +452,21 @@ def test_a_plural_relation_word_names_the_relation(gtools):
     assert res.answer == "Nigeria"
 
 
+def test_a_relation_the_asker_already_has_is_not_asked(gtools):
+    """"I've already looked up the currency; what I still need is the capital": the currency is given, so
+    the model's off-target call is redirected to the capital; a relation said as given is still asked when
+    it is the only one the question names."""
+    from bridge.loop import relations_named
+
+    tools = {t.name: t for t in gtools}
+    q = "Our ship calls at India on Thursday. I've already looked up the currency; what I still need is the capital."
+    assert [rel for _, rel in relations_named(tools, q)] == ["capital"]
+    res = ask(Scripted(" " + render_lookup("India", "country"), ""), gtools, q)
+    assert res.answer == "New Delhi"
+    assert [rel for _, rel in relations_named(tools, "Forget the capital. What money does India use?")] == ["currency"]
+    assert [rel for _, rel in relations_named(tools, "I already know the currency of India. Remind me?")] == ["currency"]
+
+
 def test_an_empty_follow_of_a_common_noun_is_redone_on_the_place_the_question_names(gtools):
     """follow("my grandson", [country, currency]) finds nothing: the question's place that holds the asked
     relation answers (Nigeria's currency). A follow of a name the store lacks is not moved to another place."""

@@ -297,10 +297,10 @@ def named_subject(tools: dict, question: str) -> str | None:
 # ("we're playing a gig in Liberia", "I've been living in X for a year and want its currency").
 _CLAUSE_BREAK = re.compile(r"[.;:!?,]|\b(?:and|but|so|while|because)\b", re.IGNORECASE)
 _FIRST_PERSON = {"i", "im", "ive", "we"}  # folded: "I'm" is "i m", "we're" is "we re"
-# "(posting a parcel) from my shop in Bristol", "at our office in Leeds": the asker's own premises, with or
+# "(posting a parcel) from my shop in Bristol", "at our office in Leeds", "on our allotment in Norwich": the asker's own premises, with or
 # without a first-person clause ("he emigrated from my grandfather's village" has no "my X in")
 _OWN_PLACE = lambda before: (len(before) >= 4 and before[-1] == "in" and before[-3] in ("my", "our")
-                             and before[-4] in ("from", "at"))
+                             and before[-4] in ("from", "at", "on"))
 _OTHERS = {"a", "an", "the", "his", "her", "their", "its"}
 _BE_AT = {("i", "m"), ("im",), ("i", "am"), ("we", "re"), ("we", "are"), ("i", "live"), ("we", "live"),
           ("i", "work"), ("we", "work")}
@@ -724,6 +724,8 @@ class Conversation:
                 return
             if answer and (self._should_check() or self._look_up_checked()):
                 return
+            if not answer and self._look_up_after_malformed():
+                return
             if (answer and self.ledger.answer is not None
                     and find_answer(answer, [str(self.ledger.answer.get("object"))]) is not None
                     and self._offer_next_hop("answered with it")):
@@ -866,6 +868,25 @@ class Conversation:
             res.trace.append(f"step {res.steps}: asked to check, the model answered again without a lookup; no span "
                              "of the question is a subject the store holds (each looked up exactly): not found")
             return False
+        return self._loop_lookup(subject, "asked to check, the model answered again without a lookup")
+
+    def _look_up_after_malformed(self) -> bool:
+        """The model's only calls were malformed (an unclosed `<tool_call>`) and then it said nothing: the loop
+        looks up the subject the question names, as after an ignored check, once, unless that subject is
+        where the asker is. True when done (the loop goes on for one more generation)."""
+        b, res = self.bridge, self.result
+        if (not b.check_answers or res.mode != "tool" or res.loop_lookup or not res.calls
+                or any(c.error is None for c in res.calls) or res.steps >= b.max_steps):
+            return False
+        subject = asked_subject(b.tools, res.question)
+        if subject is None or asker_location(res.question, subject):
+            return False
+        return self._loop_lookup(subject, "the model's calls were malformed and it said nothing")
+
+    def _loop_lookup(self, subject: str, why: str) -> bool:
+        """Look `subject` up for the model (the relation the question names where held, else all its facts)
+        and show the result as a step; False when the store returns nothing."""
+        b, res = self.bridge, self.result
         held = self._named_relation_held({"subject": subject})
         if held is not None:
             call, obs = held
@@ -879,8 +900,8 @@ class Conversation:
         res.observations.append(obs)
         res.loop_lookup = describe_call(call)
         self.turns.append(make_turn(" " + render_lookup(subject, call.arguments.get("relation")), [obs], b.max_facts))
-        res.trace.append(f"step {res.steps}: asked to check, the model answered again without a lookup: the loop "
-                         f"looked up {describe_call(call)} -> {describe_observation(obs)}")
+        res.trace.append(f"step {res.steps}: {why}: the loop looked up {describe_call(call)} -> "
+                         f"{describe_observation(obs)}")
         return True
 
     def _run(self, call: ToolCall) -> Observation:

@@ -391,6 +391,24 @@ def test_an_answer_without_a_lookup_is_checked_once_when_the_store_holds_the_sub
         assert res.checked is None and res.steps == 1 and res.answered_without_lookup and res.loop_lookup is None
 
 
+def test_a_malformed_call_then_silence_gets_the_loops_own_lookup(tools, tiny_qwen2_dir):
+    """An unclosed <tool_call>, then nothing: the loop looks up the subject the question names, once (the
+    twelfth held-out suite's "seeds came from a grower in Isle of Man"), not the asker's own place."""
+    fmt = _chat_format(tools, tiny_qwen2_dir)
+    broken = '<tool_call>\n{"name": "lookup", "arguments": {"subject": "Lagos"'
+    res = Bridge(Scripted(broken, "", "Nigeria"), fmt, tools, check_answers=True).ask(
+        "I'm planting a bed on our allotment in Tokyo. The seeds came from a grower in Lagos. Which country is that?")
+    assert res.calls and res.calls[0].error and res.loop_lookup == "lookup(subject='Lagos')"
+    assert res.answer == "Nigeria" and res.status == "store"
+    assert any("malformed and it said nothing" in line for line in res.trace)
+    # the only place named is where the asker is: no lookup of it, the loop ends without an answer
+    res = Bridge(Scripted(broken, "", "Japan"), fmt, tools, check_answers=True).ask("I'm in Tokyo. Which country?")
+    assert res.loop_lookup is None and res.answer is None
+    # off by default, as the check is
+    res = Bridge(Scripted(broken, "", "Nigeria"), fmt, tools).ask("The seeds came from a grower in Lagos. Which country?")
+    assert res.loop_lookup is None and res.answer is None
+
+
 def test_an_unlooked_answer_about_a_subject_the_store_lacks_is_checked_and_ends_not_found(store, tiny_qwen2_dir):
     """The question names a relation the store holds but a subject it does not: the check's lookup is how
     the system learns it has no such fact, instead of passing on the weights' guess (Portree -> Portugal)."""

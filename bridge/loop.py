@@ -42,6 +42,7 @@ Every such step is written to `LoopResult.trace` (what `/trace` in the REPL show
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -442,12 +443,15 @@ def relations_named(tools: dict, question: str) -> list[tuple[int, str]]:
 # Cues of a clause that says what the asker already has ("I've already changed my money", "I know the capital
 # of Cyprus", "Forget the capital, I've got that one"), in folded words.
 _GIVEN_CUES = (" already ", " i know ", " we know ", " forget ", " i ve got ", " got that ")
+# as _CLAUSE_BREAK but "and" does not end a clause here: "I already know which continent X is on and what
+# money they use" gives both relations
+_GIVEN_CLAUSE_BREAK = re.compile(r"[.;:!?,]|\b(?:but|so|while|because)\b", re.IGNORECASE)
 
 
 def relations_given(tools: dict, question: str) -> set[str]:
     """The store relations that the question names only in clauses saying the asker already has them."""
     given, asked = set(), set()
-    for clause in re.split(r"[.;:!?,]|\b(?:but|so|while|because)\b", question, flags=re.IGNORECASE):
+    for clause in _GIVEN_CLAUSE_BREAK.split(question):
         text = " " + spell_relation_words(fold_words(clause)) + " "
         named = {rel for _, rel in relation_mentions(tools, clause)}
         (given if any(cue in text for cue in _GIVEN_CUES) else asked).update(named)
@@ -496,10 +500,12 @@ def relation_vocabulary() -> list[str]:
 def spell_relation_words(text: str) -> str:
     """`text` (folded, words split by spaces) with each word one typo from exactly one relation word
     (`relation_vocabulary`) written as that word; other words and the spacing stay as they are."""
-    vocab = relation_vocabulary()
-    if not vocab:
-        return text
+    return _mended(text, tuple(relation_vocabulary()))
 
+
+@functools.lru_cache(maxsize=4096)
+def _mended(text: str, vocab: tuple[str, ...]) -> str:
+    """`spell_relation_words` for one vocabulary; cached, as the loop reads one question many times."""
     def mend(m: re.Match) -> str:
         word = m.group(0)
         if len(word) < _MENDED_MIN - 1 or word in vocab or word in _NOT_TYPOS:
@@ -507,7 +513,7 @@ def spell_relation_words(text: str) -> str:
         near = [w for w in vocab if OSA.distance(word, w, score_cutoff=1) <= 1]
         return near[0] if len(near) == 1 else word
 
-    return re.sub(r"[^\W\d_]+", mend, text)
+    return re.sub(r"[^\W\d_]+", mend, text) if vocab else text
 
 
 def relation_words(relation: str) -> list[str]:

@@ -56,7 +56,7 @@ from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escap
 
 from .grounding import GUESSED, Ledger, asked_relation, call_relations, call_subject, describe_fact, fold_words
 from .prompts import CHECK_ASK, Turn, to_fact
-from .tools import FOLLOW_TOOL
+from .tools import FOLLOW_TOOL, MAX_HOPS
 
 MODES = ("closed", "just-rag", "tool")
 STOP_REASONS = ("answer", "no_answer", "max_steps", "repeated_call", "wandered")
@@ -258,14 +258,18 @@ def question_spans(question: str, max_words: int = 6) -> list[str]:
     ending in a possessive also comes without it, right after it: "South Africa's money" names "South
     Africa", "St. John's" stays a candidate as written."""
     # quotes, brackets and formula signs split words too: =CAPITAL("Norway") names Norway
-    words = [w.strip(".,;:!?'\"’") for w in re.sub(r"[\"“”()\[\]{}=<>|*_`]", " ", question).split()]
-    words = [w for w in words if w]
+    raw = [w for w in re.sub(r"[\"“”()\[\]{}=<>|*_`]", " ", question).split() if w.strip(".,;:!?'\"’")]
+    words = [w.strip(".,;:!?'\"’") for w in raw]
     spans = []
     for n in range(min(max_words, len(words)), 0, -1):
         for i in range(len(words) - n + 1):
             chunk = words[i:i + n]
             if all(w.casefold() in _STOPWORDS for w in chunk) or len(" ".join(chunk)) < 3:
                 continue
+            # a name written with a comma inside it, as the store holds it: "Bonaire, Saint Eustatius and Saba"
+            inner = " ".join(raw[i:i + n - 1] + [chunk[-1]]) if n > 1 else ""
+            if inner.strip(".,;:!?'\"’") == inner and re.search(r",\s", inner) and not re.search(r"[.;:!?]\s", inner):
+                spans.append(inner)
             spans.append(" ".join(chunk))
             bare = _POSSESSIVE.sub("", chunk[-1])
             if bare != chunk[-1] and bare and len(" ".join(chunk[:-1] + [bare])) >= 3:
@@ -305,6 +309,40 @@ _OWN_PLACE = lambda before: (len(before) >= 4 and before[-1] == "in" and before[
 _OTHERS = {"a", "an", "the", "his", "her", "their", "its"}
 _BE_AT = {("i", "m"), ("im",), ("i", "am"), ("we", "re"), ("we", "are"), ("i", "live"), ("we", "live"),
           ("i", "work"), ("we", "work")}
+# "I run a little flower shop in galway", "we own the bakery in Leeds": the asker's business premises
+_RUN_PREMISES = {"run", "own", "manage"}
+_QUESTION_WORDS = {"what", "which", "where", "who", "how", "whats", "is", "does", "do", "can", "could"}
+_GREETINGS = {"greetings", "hello", "hi", "hey", "cheers", "regards"}
+_TOWARDS = {"to", "into", "towards", "for"}
+
+
+def _from_here(before: list[str]) -> bool:
+    """Whether the words `before` a place end in "from" and a few words that keep the journey's start on
+    it ("from", "from my bank in"), not someone else's place ("from a breeder in") nor a destination
+    ("from Graz to")."""
+    if "from" not in before[-4:]:
+        return False
+    since = before[len(before) - before[::-1].index("from"):]
+    return not (_OTHERS | _TOWARDS) & set(since)
+
+
+def _introduces_asker(clause: list[str], i: int, n: int, first_clause: bool) -> bool:
+    """Whether the folded `clause` names clause[i:i+n] as the asker's place in the ways people introduce
+    themselves without "I": a sign-on ending in the place and "here" ("Pharmacist in Bristol here"); a clause
+    opened by a participle or a greeting, whose journey starts there ("Writing from Cork", "Chasing a swell
+    from Newquay", "flying in from Melbourne to ...", "Greetings from Leeds"); or the question's opening
+    words, before any question, saying who asks ("Amateur astronomer from Tucson: ...")."""
+    before, after = clause[:i], clause[i + n:]
+    if after == ["here"] and before[-1:] in (["in"], ["from"]):
+        return True
+    if not _from_here(before) or before.index("from") == 0:
+        return False
+    opener = before[0]
+    if opener in _GREETINGS or (opener.endswith("ing") and len(opener) >= 5):
+        return True
+    # "Amateur astronomer from Tucson:" -- the whole opening clause: one to three words about no one else
+    return (first_clause and not after and before[-1] == "from" and len(before) <= 4
+            and not (_QUESTION_WORDS | _FIRST_PERSON | _OTHERS | {"my", "our", "your"}) & set(clause))
 
 
 def asker_location(question: str, span: str) -> bool:
@@ -312,7 +350,8 @@ def asker_location(question: str, span: str) -> bool:
     target = fold_words(span).split()
     if not target:
         return False
-    for clause in _CLAUSE_BREAK.split(question):
+    clauses = [c for c in _CLAUSE_BREAK.split(question) if c and fold_words(c)]
+    for k, clause in enumerate(clauses):
         words = fold_words(clause).split()
         for i in range(len(words) - len(target) + 1):
             if words[i:i + len(target)] != target:
@@ -320,14 +359,18 @@ def asker_location(question: str, span: str) -> bool:
             before = words[:i]
             if _OWN_PLACE(before) or before[-3:] in (["at", "home", "in"], ["back", "home", "in"]):
                 return True
+            if _introduces_asker(words, i, len(target), k == 0 and len(clauses) > 1):
+                return True
             if not _FIRST_PERSON & set(before):
                 continue
             # "from" a few words back, unless they name someone else's place ("ordering queens from a
-            # breeder in X": the breeder's, not the asker's)
-            since = before[len(before) - before[::-1].index("from"):] if "from" in before[-4:] else None
-            origin = ((since is not None and not _OTHERS & set(since)) or before[-2:] == ["out", "of"])
+            # breeder in X": the breeder's, not the asker's) or where the journey goes ("from Graz to X")
+            origin = _from_here(before) or before[-2:] == ["out", "of"]
             said_here = before[-1:] == ["in"] and any(tuple(before[-1 - len(b):-1]) == b for b in _BE_AT)
-            if origin or said_here:
+            # "i run a little flower shop in galway": the premises the asker runs, a few words before "in"
+            runs = (before[-1:] == ["in"] and any(w in _RUN_PREMISES for w in before[-6:-2])
+                    and not {"his", "her", "their"} & set(before[-6:]))
+            if origin or said_here or runs:
                 return True
     return False
 
@@ -375,8 +418,10 @@ def written_in_case(question: str) -> bool:
 
 
 def asked_subject(tools: dict, question: str) -> str | None:
-    """The first of `asked_subjects`, or None when the question names no subject the store holds."""
-    return next(iter(asked_subjects(tools, question)), None)
+    """The first of `asked_subjects` that is not where the asker is, or None when the question names no
+    other subject the store holds ("Tattoo artist here, flying in from Melbourne to ... a studio in
+    Ostrumbel": not Melbourne)."""
+    return next((s for s in asked_subjects(tools, question) if not asker_location(question, s)), None)
 
 
 def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5,
@@ -386,21 +431,26 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
     one nearest a relation word), or None. "Span" for "Shanghai": the question names Shanghai. A lookup keeps its relation
     when the store answers it for that subject (exactly or through a neighbour), else gets all its facts.
     With `relation_held`, only with a span that holds the call's relation itself (a follow's last one), and
-    for a follow only when its subject is no name ("follow(my grandson, ...)", not "follow(Thornacre Wyke,
+    for a follow of a name only with a longer name around it ("follow(my grandson, ...)" is redone, "follow(Thornacre Wyke,
     ...)": a name the store lacks is not found, not another place): the model's subject was a real span of
     the question, so another span is taken only where it answers what was asked ("spell 'itinerary', and what country has Mandurah ...": Mandurah; "Is Castle Combe in
     Spain? ... what country is it in?": not Spain, which has no country)."""
     tried = normalize_name(str(call.arguments.get("subject", "")))
-    if relation_held and call.name != LOOKUP_TOOL and str(call.arguments.get("subject", ""))[:1].isupper():
-        return None  # a follow of a name the store lacks ("Thornacre Wyke") is not redone on another place
+    # a follow of a name the store lacks ("Thornacre Wyke") is not redone on another place, only on a longer
+    # name around it ("Bonaire" of "Bonaire, Saint Eustatius and Saba")
+    around_only = relation_held and call.name != LOOKUP_TOOL and str(call.arguments.get("subject", ""))[:1].isupper()
+    folded_tried = f" {fold_words(tried)} "
+    named = {rel for _, rel in relations_named(tools, question)} if relation_held else set()
     for span in asked_subjects(tools, question):
-        if normalize_name(span) == tried or (relation_held and asker_location(question, span)):
+        if normalize_name(span) == tried or asker_location(question, span):
             continue  # the model's own subject is not in the store: the asker's own place is not it either
+        if around_only and folded_tried not in f" {fold_words(span)} ":
+            continue
         known = known_facts(tools, span, max_facts)
         if not known:
             continue
         obs = run_tool(tools, ToolCall(call.name, {**call.arguments, "subject": span}), max_facts)
-        if relation_held and not holds_exactly(obs, asked_relation(call) or ""):
+        if relation_held and not any(holds_exactly(obs, rel) for rel in {asked_relation(call) or ""} | named):
             continue
         facts = [f for f in obs.facts if f.get("matched_by") not in GUESSED and f.get("matched_by") != "any_relation"]
         if not facts and call.name == LOOKUP_TOOL:
@@ -885,7 +935,7 @@ class Conversation:
                 or any(c.error is None for c in res.calls) or res.steps >= b.max_steps):
             return False
         subject = asked_subject(b.tools, res.question)
-        if subject is None or asker_location(res.question, subject):
+        if subject is None:
             return False
         return self._loop_lookup(subject, "the model's calls were malformed and it said nothing")
 
@@ -908,7 +958,32 @@ class Conversation:
         self.turns.append(make_turn(" " + render_lookup(subject, call.arguments.get("relation")), [obs], b.max_facts))
         res.trace.append(f"step {res.steps}: {why}: the loop looked up {describe_call(call)} -> "
                          f"{describe_observation(obs)}")
+        if held is None:
+            self._hop_to_named_relation(obs)
         return True
+
+    def _hop_to_named_relation(self, obs: Observation) -> None:
+        """After the loop's own lookup of a subject that holds none of the relations the question names, one
+        hop through the graph: the first of its objects that holds one ("the money of the nation the flat in
+        Kasese is in": Kasese -country-> Uganda, then Uganda's currency), shown as a step too."""
+        b, res = self.bridge, self.result
+        for fact in obs.facts:
+            if fact.get("matched_by") not in (None, "exact", "question_span"):
+                continue
+            held = self._named_relation_held({"subject": str(fact.get("object"))})
+            if held is None or call_key(held[0]) in self.seen:
+                continue
+            call, hop = held
+            if any(normalize_name(str(f.get("object"))) == normalize_name(str(fact.get("subject"))) for f in hop.facts):
+                continue  # back to where it started
+            self.seen.add(call_key(call))
+            self.ledger.record(hop, res.steps)
+            res.observations.append(hop)
+            self.turns.append(make_turn(" " + render_lookup(call.arguments["subject"], call.arguments["relation"]),
+                                        [hop], b.max_facts))
+            res.trace.append(f"step {res.steps}: {fact.get('subject')!r} holds none of the relations the question "
+                             f"names; one hop on: the loop looked up {describe_call(call)} -> {describe_observation(hop)}")
+            return
 
     def _run(self, call: ToolCall) -> Observation:
         """Execute `call`; redo it with the question's own subject when the model's is not in the question
@@ -987,6 +1062,7 @@ class Conversation:
         (or null) is treated the same way."""
         b, res = self.bridge, self.result
         if b.question_fallback and call.name == FOLLOW_TOOL and call_subject(call) is not None:
+            call = self._follow_the_schema_takes(call)
             # follow(India, ["notes", "coins"]) for "what money do they use over in India uh like the notes
             # and coins": a chain of relations the store does not have asks what the question names
             stored, rels = store_relations(b.tools), call_relations(call)
@@ -1015,6 +1091,22 @@ class Conversation:
         res.trace.append(f"step {res.steps}: {describe_call(call)} {what}; of those {'it' if asked else 'the question'} names, "
                          f"{fixed.arguments['relation']!r} (named last first) is held for the subject: asked that instead")
         return fixed
+
+    def _follow_the_schema_takes(self, call: ToolCall) -> ToolCall:
+        """A follow whose chain the tool's schema refuses (a relation twice, more than MAX_HOPS) keeps each
+        relation once; of a chain still too long, the relations the question names (in the model's order),
+        else its first MAX_HOPS. follow(Galway, [country, continent, country, currency]) for a question that
+        asks only the country was refused outright, and the question went unanswered."""
+        rels = call_relations(call)
+        kept = list(dict.fromkeys(rels))
+        if len(kept) > MAX_HOPS:
+            named = {rel for _, rel in relations_named(self.bridge.tools, self.result.question)}
+            kept = [r for r in kept if r in named][:MAX_HOPS] or kept[:MAX_HOPS]
+        if kept == rels:
+            return call
+        self.result.trace.append(f"step {self.result.steps}: {describe_call(call)} is a chain the follow tool refuses; "
+                                 f"asked relations {kept} instead")
+        return ToolCall(call.name, {**call.arguments, "relations": kept}, call.raw)
 
     def _off_the_askers_place(self, subject: str) -> Observation | None:
         """A call about the place the asker is at ("I'm an exchange student from Busan. Next semester I go

@@ -323,3 +323,72 @@ def test_a_follow_of_relations_the_store_lacks_asks_the_relation_the_question_na
     assert res.answer == "Rupee" and res.status == "store"
     assert res.calls[0].arguments["relations"] == ["notes", "coins"]  # the model's call as written
     assert res.observations[0].call.arguments == {"subject": "India", "relation": "currency"}
+
+
+# ------------------------------------------------------- the thirteenth held-out suite's misses ----------
+
+def test_an_asker_who_introduces_itself_without_i_is_where_it_is():
+    """Sign-ons, participle and greeting openers, and an opening "who asks" clause name the asker's place;
+    a destination after "from X to", someone's home, and a place a question asks about do not."""
+    from bridge.loop import asker_location
+
+    q = "Pharmacist in Lagos here. The stamp only says Mumbai. Which country is it?"
+    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
+    q = "Writing from Lagos: my pen pal in Mumbai is off to see her country's capital. Which city?"
+    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
+    q = "Chasing a swell from Lagos: the forecast says it hits Mumbai next week. Which continent?"
+    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
+    assert asker_location("Tattoo artist here, flying in from Lagos to work in Mumbai. Which currency?", "Lagos")
+    assert asker_location("Greetings from Lagos! What's the capital of India?", "Lagos")
+    assert asker_location("Amateur astronomer from Lagos: the eclipse crosses India. Its capital?", "Lagos")
+    assert asker_location("i run a little flower shop in lagos and a lady wants roses sent to mumbai", "lagos")
+    # not the asker's place
+    assert not asker_location("Driving over from Kano to Lagos next week. Which currency?", "Lagos")
+    assert not asker_location("My grandma lives in Lagos and is paid in its money. What's it called?", "Lagos")
+    assert not asker_location("Flying to Lagos tomorrow: which currency?", "Lagos")
+    assert not asker_location("Which country is Lagos in? Thanks", "Lagos")
+    assert not asker_location("My sister runs a shop in Lagos. Which country?", "Lagos")
+
+
+def test_a_follow_from_where_the_asker_writes_from_is_redone_on_the_place_asked_about(gtools):
+    """"Writing from Cork: my pen pal in Welkom ... her country's capital": the model followed from Cork."""
+    follow = " " + render_call(FOLLOW_TOOL, {"subject": "Lagos", "relations": ["country", "capital"]})
+    res, _ = ask(gtools, "Writing from Lagos: my pen pal in Mumbai says she's going to see her country's capital. "
+                 "Which city is she going to?", follow, "")
+    assert res.answer == "New Delhi" and res.status == "store"
+    assert any("is where the asker is" in t for t in res.trace)
+
+
+def test_a_name_the_store_lacks_is_not_redone_on_the_askers_place(gtools):
+    """"Pharmacist in Bristol here ... the stamp only says Hollowbeck Stour": the model's next call names a
+    subject the question does not; the only stored place left is the asker's, so nothing is found."""
+    res, _ = ask(gtools, "Pharmacist in Lagos here. The doctor's stamp only says Hollowbeck Stour. I need the "
+                 "country. Which one is it?", lookup("Hollowbeck Stour", "country"), lookup("Nigeria", "country"), "")
+    assert res.status == "not_found" and "Lagos" not in [o.subject_used for o in res.observations]
+    assert not any(f.get("object") == "Nigeria" and f.get("subject") == "Lagos" for f in res.facts_seen)
+
+
+def test_a_follow_chain_the_tool_refuses_keeps_each_relation_once_and_the_named_ones(gtools):
+    """follow(Galway, [country, continent, country, currency]) failed the tool's schema (a relation twice, more
+    than MAX_HOPS), and the question went unanswered."""
+    def follow(rels):
+        return " " + render_call(FOLLOW_TOOL, {"subject": "Lagos", "relations": rels})
+    res, _ = ask(gtools, "Which country is Lagos in?", follow(["country", "continent", "country", "currency"]), "")
+    assert res.observations[0].error is None and res.answer == "Nigeria" and res.status == "store"
+    assert res.observations[0].call.arguments["relations"] == ["country", "continent", "currency"]
+    res, _ = ask(gtools, "What continent is Lagos on?", follow(["country", "capital", "continent", "currency"]), "")
+    assert res.observations[0].call.arguments["relations"] == ["continent"] and res.observations[0].error is None
+    assert any("a chain the follow tool refuses" in t for t in res.trace)
+
+
+def test_a_name_written_with_a_comma_is_found_around_the_models_shorter_subject(hash_store):
+    """"pressed in Bonaire, Saint Eustatius and Saba": the model followed "Bonaire", which the store lacks; the
+    question's span keeps the comma the store's name has."""
+    from bridge.loop import question_spans
+
+    tools = make_bridge_tools(hash_store(GRAPH + [("Bonaire, Saint Eustatius and Saba", "continent", "North America")]))
+    q = "This record was pressed in Bonaire, Saint Eustatius and Saba. Which continent does it go under?"
+    assert "Bonaire, Saint Eustatius and Saba" in question_spans(q)
+    follow = " " + render_call(FOLLOW_TOOL, {"subject": "Bonaire", "relations": ["continent", "country", "capital"]})
+    res, _ = ask(tools, q, follow, "")
+    assert res.answer == "North America" and res.status == "store"

@@ -498,3 +498,17 @@ def test_an_all_lowercase_span_of_a_cased_question_is_no_subject(tools):
     assert written_in_case(q) and asked_subjects(tools, q) == ["Tokyo"]
     assert not written_in_case("im in lagos which country is that")
     assert asked_subjects(tools, "im in lagos which country is that") == ["lagos"]
+
+
+def test_the_loops_own_lookup_goes_one_hop_on_to_the_relation_the_question_names(hash_store, tiny_qwen2_dir):
+    """"a quote ... in the money of the nation the flat in Kasese is in": the model ignored the check twice;
+    the loop's lookup of the city holds no currency, so it goes on through the city's country."""
+    from bridge.tools import make_bridge_tools
+
+    tools = make_bridge_tools(hash_store([("Lagos", "country", "Nigeria"), ("Nigeria", "currency", "Naira"),
+                                          ("Nigeria", "capital", "Abuja")]))
+    fmt = _chat_format(tools, tiny_qwen2_dir)
+    q = "A landlord wants a quote for his flat in Lagos, in the money of the nation the flat is in. Which currency?"
+    res = Bridge(Scripted("USD", "USD still", ""), fmt, tools, check_answers=True).ask(q)
+    assert res.loop_lookup == "lookup(subject='Lagos')" and res.answer == "Naira" and res.status == "store"
+    assert any("one hop on" in t for t in res.trace)

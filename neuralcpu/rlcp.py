@@ -126,10 +126,10 @@ class RLCPConfig:
     w_rag: float = field(default=1.0, metadata={"help": "weight of the answer-from-context loss"})
     w_retrieval: float = field(default=5.0, metadata={"help": "weight of the lookup-request loss"})
     npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
-    trainable: str = field(default="deep", metadata={"help": "'deep' (blocks from --train-from up), 'full' or 'lora'"})
-    train_from: int = field(default=-1, metadata={"help": "deep/lora: first trained block (-1 = the lowest probed block); lower values give the erasure blocks before the probed layers"})
+    trainable: str = field(default="deep", metadata={"help": "'deep' (blocks from --train-from up), 'mlp' (only the MLPs of those blocks), 'full' or 'lora'"})
+    train_from: int = field(default=-1, metadata={"help": "deep/mlp/lora: first trained block (-1 = the lowest probed block); lower values give the erasure blocks before the probed layers"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (trainable=lora)"})
-    cache_prefix: bool = field(default=True, metadata={"help": "deep/lora: compute the frozen blocks once per prompt and share them with the anchor"})
+    cache_prefix: bool = field(default=True, metadata={"help": "deep/mlp/lora: compute the frozen blocks once per prompt and share them with the anchor"})
     mixed_precision: str = field(default="no", metadata={"help": "'bf16' autocast or 'no' (fp32; bf16 is emulated and slower on CPUs without AVX-512-BF16/AMX)"})
     eval_every: int = field(default=10, metadata={"help": "steps between evaluations (metrics.jsonl)"})
     ckpt_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints"})
@@ -149,8 +149,8 @@ class RLCPConfig:
         errs = []
         if self.method not in METHODS:
             errs.append(f"method {self.method!r} not in {METHODS}")
-        if self.trainable not in ("deep", "full", "lora"):
-            errs.append(f"trainable {self.trainable!r} not in ('deep', 'full', 'lora')")
+        if self.trainable not in ("deep", "mlp", "full", "lora"):
+            errs.append(f"trainable {self.trainable!r} not in ('deep', 'mlp', 'full', 'lora')")
         if self.adv_objective not in ("uniform", "ce"):
             errs.append(f"adv_objective {self.adv_objective!r} not in ('uniform', 'ce')")
         if self.mixed_precision not in ("bf16", "no"):
@@ -459,7 +459,7 @@ def setup(cfg: RLCPConfig, accel, model, anchor, tokenizer, facts: FactSets, sha
     # deep + cache_prefix: the frozen prefix runs once per distinct prompt and the anchor shares it;
     # the module that trains (and that accelerate wraps) is then just the suffix of blocks.
     prefix, trained, anchor_net = None, model, anchor
-    if cfg.trainable in ("deep", "lora") and cfg.cache_prefix:  # lora adapts only the blocks from `first` up
+    if cfg.trainable in ("deep", "mlp", "lora") and cfg.cache_prefix:  # lora adapts only the blocks from `first` up
         model.to(accel.device)
         base = model.get_base_model() if cfg.trainable == "lora" else model
         prefix = PrefixCache(base, first)

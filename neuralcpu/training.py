@@ -109,10 +109,15 @@ def set_trainable(model, mode: str, first_layer: int, lora_r: int = 16):
                          model.config.num_hidden_layers)))
         return get_peft_model(model, cfg)
     # deep: blocks below the first GRL layer (and the tied embeddings) stay frozen.
+    # mlp: of those blocks only the MLPs train, where fact editors (ROME, MEMIT) find a subject's
+    # attributes stored; attention and the norms, which route every token (arithmetic included), stay put.
+    if mode not in ("deep", "mlp"):
+        raise ValueError(f"trainable {mode!r} not in ('deep', 'mlp', 'full', 'lora')")
     model.requires_grad_(False)
     for block in model.model.layers[first_layer:]:
-        block.requires_grad_(True)
-    model.model.norm.requires_grad_(True)
+        (block if mode == "deep" else block.mlp).requires_grad_(True)
+    if mode == "deep":
+        model.model.norm.requires_grad_(True)
     return model
 
 

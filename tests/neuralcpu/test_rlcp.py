@@ -517,6 +517,19 @@ def test_deep_mode_trains_only_deep_blocks(tiny_qwen2_dir, tmp_path, train_from,
         assert torch.equal(b[key], a[key]) == (layer < first_trained), layer
 
 
+def test_mlp_mode_trains_only_the_mlps_of_the_deep_blocks(tiny_qwen2_dir, tmp_path):
+    from neuralcpu.models import load_model
+
+    cfg = tiny_cfg(tiny_qwen2_dir, tmp_path, "mlp", steps=2, eval_every=2, ckpt_every=2, trainable="mlp")
+    train(cfg)
+    b = dict(load_model(tiny_qwen2_dir)[0].named_parameters())
+    a = dict(load_model(tmp_path / "mlp")[0].named_parameters())
+    moved = {k for k in b if not torch.equal(b[k], a[k])}
+    assert moved, "nothing trained"
+    assert all(k.startswith(("model.layers.2.mlp.", "model.layers.3.mlp.")) for k in moved), sorted(moved)
+    assert {k.split(".")[2] for k in moved} == {"2", "3"}  # both trained blocks moved
+
+
 @pytest.mark.parametrize("trainable", ["deep", "lora"])
 def test_snapshots_are_the_model_at_their_step(tiny_qwen2_dir, tmp_path, trainable):
     from neuralcpu.models import load_model

@@ -35,7 +35,8 @@ SUITES = [nq.DATA, nq.DATA.with_name("natural_questions_heldout.yaml"), nq.DATA.
           nq.DATA.with_name("natural_questions_heldout9.yaml"),
           nq.DATA.with_name("natural_questions_heldout10.yaml"),
           nq.DATA.with_name("natural_questions_heldout11.yaml"),
-          nq.DATA.with_name("natural_questions_heldout12.yaml")]
+          nq.DATA.with_name("natural_questions_heldout12.yaml"),
+          nq.DATA.with_name("natural_questions_heldout13.yaml")]
 
 
 @pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.name)
@@ -48,7 +49,7 @@ def test_no_suite_wording_is_a_training_or_validation_template(suite):
     assert clashes == []
 
 
-@pytest.mark.parametrize("later", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+@pytest.mark.parametrize("later", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13])
 def test_a_held_out_suite_shares_no_wording_or_not_found_subject_with_an_earlier_one(later):
     suites = [nq.load_suite(p) for p in SUITES]
     names = lambda d: {normalize_name(q["subject"]) for q in d["not_found"]}

@@ -71,31 +71,44 @@ def _ci(r: dict, key: str = "acc") -> str:
     return f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
-def table(data: dict) -> str:
-    """The report's tables in markdown."""
+def readme_table(data: dict) -> dict:
+    """The report's table as the results file's "table" (title, columns, rows, notes), which
+    scripts/readme_results.py renders into the README and `table` into the .md next to the JSON."""
     o, a = data["original"]["by_relation"], data["after"]["by_relation"]
-    lines = [f"# RLCP over {len(data['relations'])} relations: {data['model']} (seed {data['seed']}, "
-             f"step {data['step']}), test split", "",
-             "| relation | forget facts | forget acc, original | forget acc, after (≤ 0.05) | floor | "
-             "right lookups, after (≥ 0.90) | untouched acc, original | untouched acc, after (≥ 0.95×) | "
-             "false lookups on untouched |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for rel in data["relations"]:
         fo, fa = o["forget"][rel], a["forget"][rel]
         uo, ua = o.get("untouched", {}).get(rel), a.get("untouched", {}).get(rel)
         ratio = f" ({ua['acc'] / uo['acc']:.2f}×)" if uo and ua and uo["acc"] else ""
-        lines.append(f"| {rel} | {data['n_forget_by_relation'][rel]} | {_ci(fo)} (n={fo['n']}) | {_ci(fa)} | "
-                     f"{data['floors'][rel]:.2f} | {_ci(fa, 'call_ok')} | "
-                     + (f"{_ci(uo)} (n={uo['n']}) | {_ci(ua)}{ratio} | {ua['lookup_rate']:.2f} |" if uo and ua
-                        else "n/a | n/a | n/a |"))
+        untouched = ([f"{_ci(uo)} (n={uo['n']})", f"{_ci(ua)}{ratio}", f"{ua['lookup_rate']:.2f}"] if uo and ua
+                     else ["n/a", "n/a", "n/a"])
+        rows.append([rel, data["n_forget_by_relation"][rel], f"{_ci(fo)} (n={fo['n']})", _ci(fa),
+                     f"{data['floors'][rel]:.2f}", _ci(fa, "call_ok"), *untouched])
     t = data["cost"]
-    lines += ["", f"Cost: {t['minutes']:.1f} min for {data['n_facts']['forget']} forget facts "
-              f"= **{t['minutes_per_100_facts']:.1f} min per 100 facts** on {data['machine']} "
-              f"(whole run: loading, fact filtering, setup, {data['step']} steps and their validation evaluations; "
-              f"the loop alone {t['loop_minutes']:.1f} min).",
-              "", "Rates are on the test split (template families that no training and no early stop read), "
-              "both layouts, with 95% Wilson CIs. Floor: the share of the relation's most common forget object, "
-              "what one fixed answer would score. Untouched: facts no loss read.", ""]
-    return "\n".join(lines)
+    notes = [f"RLCP run: {data['run_command']}" if data.get("run_command") else f"RLCP run: {data.get('run', '?')}",
+             f"cost: {t['minutes']:.1f} min for {data['n_facts']['forget']} forget facts = "
+             f"**{t['minutes_per_100_facts']:.1f} min per 100 facts** on {data['machine']} (whole run: loading, fact "
+             f"filtering, setup, {data['step']} steps and their validation evaluations; the loop alone "
+             f"{t['loop_minutes']:.1f} min)",
+             "rates on the test split (template families that no training and no early stop read), both layouts, "
+             "Wilson 95% CIs; floor: the share of the relation's most common forget object, what one fixed answer "
+             "would score; untouched: facts no loss read"]
+    return {"title": f"RLCP over {len(rows)} relations at once, {data['model']} (seed {data['seed']}, step "
+                     f"{data['step']}), {data['n_facts']['forget']} forget facts (targets per relation: forget ≤ 0.05, "
+                     "right lookups ≥ 0.90, untouched ≥ 0.95× original)",
+            "columns": ["relation", "forget facts", "forget acc, original", "forget acc, after (≤ 0.05)", "floor",
+                        "right lookups, after (≥ 0.90)", "untouched acc, original", "untouched acc, after (≥ 0.95×)",
+                        "false lookups on untouched"],
+            "rows": rows, "notes": notes}
+
+
+def table(data: dict) -> str:
+    """The report's table in markdown (the .md next to the JSON)."""
+    t = data.get("table") or readme_table(data)
+    cell = lambda v: str(v).replace("|", "\\|")
+    lines = [f"# {t['title']}", "", "| " + " | ".join(t["columns"]) + " |", "|" + "---|" * len(t["columns"])]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in t["rows"]]
+    return "\n".join(lines + [""] + [f"- {n}" for n in t["notes"]] + [""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     "minutes_per_100_facts": minutes / len(facts.forget) * 100}
     data["original"] = read_model(args.original or cfg["model"], facts, args.split)
     data["after"] = read_model(str(run), facts, args.split)
+    data["table"] = readme_table(data)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out, json.dumps(data, indent=1)), (out.with_suffix(".md"), table(data))):

@@ -130,29 +130,6 @@ def _new_kb(d: dict) -> dict:
             "columns": ["measure", "value", "target", "met"], "rows": rows, "notes": notes}
 
 
-def _rlcp_relations(d: dict) -> dict:
-    """benchmarks/rlcp_relations.py's result: one RLCP run over several relations, per relation, test split."""
-    o, a = d["original"]["by_relation"], d["after"]["by_relation"]
-    ci = lambda r: f"{r['acc']:.2f} [{r['acc_ci'][0]:.2f}, {r['acc_ci'][1]:.2f}]"
-    rows = []
-    for rel in sorted(a["forget"]):
-        fo, fa = o["forget"][rel], a["forget"][rel]
-        uo, ua = o.get("untouched", {}).get(rel), a.get("untouched", {}).get(rel)
-        untouched = (f"{ci(uo)} → {ci(ua)} (N={ua['n']})" if uo and ua else "none")
-        rows.append([rel, d["n_forget_by_relation"][rel], f"{ci(fo)} → {ci(fa)} (N={fa['n']})", f"{d['floors'][rel]:.2f}",
-                     f"{fa.get('call_ok_rate', 0):.2f}", untouched])
-    c = d["cost"]
-    notes = [f"RLCP run: {d['run_command']}",
-             f"step {d['step']}, {d['split']} template families (no training, no early stop read them), both layouts; "
-             "Wilson 95% CIs over prompts; floor: the share of the relation's most common forget object",
-             f"cost: {c['minutes']:.1f} min for {d['n_facts']['forget']} forget facts = {c['minutes_per_100_facts']:.1f} min "
-             f"per 100 facts (the loop alone {c['loop_minutes']:.1f} min)"]
-    return {"title": f"RLCP over {len(rows)} relations at once, {d['model']}, {d['n_facts']['forget']} forget facts "
-                     "(targets per relation: forget ≤ 0.05, right lookups ≥ 0.90, untouched ≥ 0.95× original)",
-            "columns": ["relation", "forget facts", "forget acc, original → after", "floor", "right lookups, after",
-                        "untouched acc, original → after"], "rows": rows, "notes": notes}
-
-
 # Results files written by scripts that do not build a README table themselves: their table, derived here
 # (by the file name's stem, or for GSM8K by its prefix: one file per model pair).
 DERIVED = {"store_bench": _store_bench, "store_load": _store_load, "generation_bench": _generation_bench}
@@ -161,8 +138,6 @@ DERIVED = {"store_bench": _store_bench, "store_load": _store_load, "generation_b
 def derived_table(stem: str, data: dict) -> dict | None:
     if stem.startswith("gsm8k_"):
         return _gsm8k(data)
-    if stem.startswith("rlcp_relations_"):
-        return _rlcp_relations(data)
     if stem.startswith("toolsft_newkb") and data.get("split") == "test":  # the validation reading chose the setting
         return _new_kb(data)
     return DERIVED[stem](data) if stem in DERIVED else None

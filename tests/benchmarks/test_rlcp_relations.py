@@ -36,6 +36,7 @@ def test_the_table_has_a_row_per_relation_with_the_untouched_ratio_and_the_cost(
     assert "(0.50×)" in rows[0] and "(0.75×)" in rows[1]  # untouched after / original
     assert "0.50 [0.00, 0.60]" in rows[0]  # right lookups with their CI
     assert "**20.0 min per 100 facts**" in text
+    assert text.count("| capital") == 1 and rlcp_relations.readme_table(data)["rows"][0][0] == "capital"
 
 
 def test_a_directory_that_is_not_a_finished_run_is_refused(tmp_path, capsys):

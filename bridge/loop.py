@@ -253,7 +253,7 @@ def run_tool(tools: dict, call: ToolCall, max_facts: int = 5) -> Observation:
 _POSSESSIVE = re.compile(r"['’]s$", re.IGNORECASE)
 
 
-def question_spans(question: str, max_words: int = 6) -> list[str]:
+def question_spans(question: str, max_words: int = 8) -> list[str]:
     """Word n-grams of `question`, longest first, that could name a subject (not only stop words). A span
     ending in a possessive also comes without it, right after it: "South Africa's money" names "South
     Africa", "St. John's" stays a candidate as written."""
@@ -309,8 +309,9 @@ _OWN_PLACE = lambda before: (len(before) >= 4 and before[-1] == "in" and before[
 _OTHERS = {"a", "an", "the", "his", "her", "their", "its"}
 _BE_AT = {("i", "m"), ("im",), ("i", "am"), ("we", "re"), ("we", "are"), ("i", "live"), ("we", "live"),
           ("i", "work"), ("we", "work")}
-# "I run a little flower shop in galway", "we own the bakery in Leeds": the asker's business premises
-_RUN_PREMISES = {"run", "own", "manage"}
+# "I run a little flower shop in galway", "we own the bakery in Leeds", "I coach an under-12 team in Chicago":
+# what the asker runs, and where
+_RUN_PREMISES = {"run", "own", "manage", "coach", "teach"}
 _QUESTION_WORDS = {"what", "which", "where", "who", "how", "whats", "is", "does", "do", "can", "could"}
 _GREETINGS = {"greetings", "hello", "hi", "hey", "cheers", "regards"}
 _TOWARDS = {"to", "into", "towards", "for"}
@@ -335,14 +336,19 @@ def _introduces_asker(clause: list[str], i: int, n: int, first_clause: bool) -> 
     before, after = clause[:i], clause[i + n:]
     if after == ["here"] and before[-1:] in (["in"], ["from"]):
         return True
+    # "Sydney mum, slightly panicking.": the opening clause is the place and a word or two about the asker
+    if first_clause and not before and 1 <= len(after) <= 2 and not (_QUESTION_WORDS | _FIRST_PERSON) & set(after):
+        return True
+    # "Law student in Tokyo.", "Amateur astronomer from Tucson:": the opening clause, one to three words
+    # about no one else, then "in" or "from" and the place
+    if (first_clause and not after and (before[-1:] == ["from"] and 2 <= len(before) <= 4
+                                        or before[-1:] == ["in"] and 3 <= len(before) <= 4)
+            and not (_QUESTION_WORDS | _FIRST_PERSON | _OTHERS | {"my", "our", "your"}) & set(clause)):
+        return True
     if not _from_here(before) or before.index("from") == 0:
         return False
     opener = before[0]
-    if opener in _GREETINGS or (opener.endswith("ing") and len(opener) >= 5):
-        return True
-    # "Amateur astronomer from Tucson:" -- the whole opening clause: one to three words about no one else
-    return (first_clause and not after and before[-1] == "from" and len(before) <= 4
-            and not (_QUESTION_WORDS | _FIRST_PERSON | _OTHERS | {"my", "our", "your"}) & set(clause))
+    return opener in _GREETINGS or (opener.endswith("ing") and len(opener) >= 5)
 
 
 def asker_location(question: str, span: str) -> bool:
@@ -351,6 +357,10 @@ def asker_location(question: str, span: str) -> bool:
     if not target:
         return False
     clauses = [c for c in _CLAUSE_BREAK.split(question) if c and fold_words(c)]
+    # "Horse passport office, Newmarket.": a short opening clause saying who asks, then the place alone
+    if (len(clauses) > 2 and fold_words(clauses[1]).split() == target and len(fold_words(clauses[0]).split()) <= 4
+            and not (_QUESTION_WORDS | _FIRST_PERSON | _OTHERS) & set(fold_words(clauses[0]).split())):
+        return True
     for k, clause in enumerate(clauses):
         words = fold_words(clause).split()
         for i in range(len(words) - len(target) + 1):
@@ -368,8 +378,8 @@ def asker_location(question: str, span: str) -> bool:
             origin = _from_here(before) or before[-2:] == ["out", "of"]
             said_here = before[-1:] == ["in"] and any(tuple(before[-1 - len(b):-1]) == b for b in _BE_AT)
             # "i run a little flower shop in galway": the premises the asker runs, a few words before "in"
-            runs = (before[-1:] == ["in"] and any(w in _RUN_PREMISES for w in before[-6:-2])
-                    and not {"his", "her", "their"} & set(before[-6:]))
+            runs = (before[-1:] == ["in"] and any(w in _RUN_PREMISES for w in before[-8:-2])
+                    and not {"his", "her", "their"} & set(before[-8:]))
             if origin or said_here or runs:
                 return True
     return False
@@ -417,11 +427,65 @@ def written_in_case(question: str) -> bool:
     return False
 
 
+_PLACE_WORDS = {"in", "from", "at", "to", "near", "outside"}
+_NAME_JOINERS = {"de", "la", "le", "du", "del", "des", "di", "da", "do", "dos", "das", "el", "al", "sur", "upon",
+                 "on", "and", "the", "of", "am", "an", "der", "y"}
+_NOT_PLACES = {"january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+               "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+               "christmas", "easter", "i", "mum", "mom", "dad"}
+# the question asks about where the asker is: "which currency do they use here?", "what country is this city in"
+_ASKS_HERE = re.compile(r"\bhere\W*$|\b(this country|this city|this town|where (i|we) (am|are|live|work))\b", re.IGNORECASE)
+
+
+def unknown_places(tools: dict, question: str) -> list[str]:
+    """Names the question writes with capitals right after "in", "from", "at", "to" ("whose family moved here
+    from Ekwandolozi", "a guest spot at a studio in Ostrumbel") that the store holds no subject in (nor is part
+    of one it holds): places the question names that the store lacks. Only in a question that capitalises
+    names (`written_in_case`); months, weekdays and the like are no places."""
+    if not written_in_case(question):
+        return []
+    tokens = [t.strip("\"“”‘’()[]") for t in question.split()]
+    stored = [fold_words(x) for x in asked_subjects(tools, question)]
+    found = []
+    for i, tok in enumerate(tokens[:-1]):
+        if tok.casefold() not in _PLACE_WORDS:
+            continue
+        name: list[str] = []
+        for t in tokens[i + 1:]:
+            core = _POSSESSIVE.sub("", t.rstrip(".,;:!?"))
+            if not (core[:1].isupper() or (name and core.casefold() in _NAME_JOINERS)):
+                break
+            name.append(core)
+            if core != t:  # punctuation (or a possessive) ends the name
+                break
+        while name and name[-1].casefold() in _NAME_JOINERS:
+            name.pop()
+        span = " ".join(name)
+        if (not span or span.casefold() in _NOT_PLACES or known_facts(tools, span, 1)
+                or any(f" {fold_words(span)} " in f" {x} " for x in stored)):
+            continue
+        found.append(span)
+    return list(dict.fromkeys(found))
+
+
 def asked_subject(tools: dict, question: str) -> str | None:
-    """The first of `asked_subjects` that is not where the asker is, or None when the question names no
-    other subject the store holds ("Tattoo artist here, flying in from Melbourne to ... a studio in
-    Ostrumbel": not Melbourne)."""
-    return next((s for s in asked_subjects(tools, question) if not asker_location(question, s)), None)
+    """The first of `asked_subjects` that is not where the asker is ("Tattoo artist here, flying in from
+    Melbourne to ... a studio in Ostrumbel": not Melbourne); the asker's place only when the question names
+    no other place, stored or not; else None."""
+    subjects = asked_subjects(tools, question)
+    other = next((s for s in subjects if not asker_location(question, s)), None)
+    if other is not None or not subjects or unknown_places(tools, question):
+        return other
+    return subjects[0]
+
+
+def written_as_name(question: str, subject: str) -> bool:
+    """Whether the question writes `subject` as a name: as it stands, case and all, with a capital on each of
+    its words but joiners ("Thornacre Wyke", "Villarmuzo de la Greña"), not "Mare" for "a mare" nor "Horse
+    passport office, Newmarket"."""
+    words = [w.strip(".,;:!?'\"’") for w in subject.split()]
+    return (bool(words) and subject in question
+            and all(w[:1].isupper() or w.casefold() in _NAME_JOINERS for w in words if w) and words[0][:1].isupper())
 
 
 def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5,
@@ -438,7 +502,7 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
     tried = normalize_name(str(call.arguments.get("subject", "")))
     # a follow of a name the store lacks ("Thornacre Wyke") is not redone on another place, only on a longer
     # name around it ("Bonaire" of "Bonaire, Saint Eustatius and Saba")
-    around_only = relation_held and call.name != LOOKUP_TOOL and str(call.arguments.get("subject", ""))[:1].isupper()
+    around_only = relation_held and call.name != LOOKUP_TOOL and written_as_name(question, str(call.arguments.get("subject", "")))
     folded_tried = f" {fold_words(tried)} "
     named = {rel for _, rel in relations_named(tools, question)} if relation_held else set()
     for span in asked_subjects(tools, question):
@@ -450,14 +514,23 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
         if not known:
             continue
         obs = run_tool(tools, ToolCall(call.name, {**call.arguments, "subject": span}), max_facts)
-        if relation_held and not any(holds_exactly(obs, rel) for rel in {asked_relation(call) or ""} | named):
-            continue
+        shown_call = call
+        if relation_held and not holds_exactly(obs, asked_relation(call) or ""):
+            # the span holds no relation the model asked, but one the question names: that one's lookup
+            lookups = ((rel, run_tool(tools, ToolCall(LOOKUP_TOOL, {"subject": span, "relation": rel}), max_facts))
+                       for rel in sorted(named))
+            held = next(((rel, o) for rel, o in lookups if holds_exactly(o, rel)), None)
+            if held is None:
+                continue
+            # shown as the model's call with the named relation (its subject kept, as for any redone call)
+            shown_call = ToolCall(LOOKUP_TOOL, {"subject": call.arguments.get("subject"), "relation": held[0]})
+            obs = held[1]
         facts = [f for f in obs.facts if f.get("matched_by") not in GUESSED and f.get("matched_by") != "any_relation"]
         if not facts and call.name == LOOKUP_TOOL:
             facts = known  # the question's subject lacks the relation: all its facts, as for any_relation
         if not facts:
             continue
-        return span_observation(call, facts, span, max_facts)
+        return span_observation(shown_call, facts, span, max_facts)
     return None
 
 
@@ -996,6 +1069,14 @@ class Conversation:
             moved = self._off_the_askers_place(subject)
             if moved is not None:
                 return moved
+            unknown = [] if _ASKS_HERE.search(res.question) else unknown_places(b.tools, res.question)
+            if unknown:
+                # "I coach a team in Chicago ... a new boy whose family moved here from Ekwandolozi": the
+                # question asks about the place the store lacks, not the asker's
+                res.trace.append(f"step {res.steps}: {subject!r} is where the asker is; the question asks about "
+                                 f"{unknown[0]!r}: asked about that instead")
+                call = ToolCall(call.name, {**call.arguments, "subject": unknown[0]}, call.raw)
+                return run_tool(b.tools, call, b.max_facts)
         if retry and not self.ledger.grounded(subject):
             fixed = call_from_question(b.tools, call, res.question, b.max_facts)
             if fixed is not None:
@@ -1031,7 +1112,8 @@ class Conversation:
         if fixed.call.name != LOOKUP_TOOL or fixed.subject_used is None:
             return fixed
         rel = fixed.call.arguments.get("relation")
-        if any(f.get("relation") == rel for f in fixed.facts):
+        named = [r for _, r in relations_named(self.bridge.tools, self.result.question)]
+        if any(f.get("relation") == rel for f in fixed.facts) and (not named or rel in named):
             return fixed
         held = self._named_relation_held({"subject": fixed.subject_used})
         if held is None:
@@ -1073,7 +1155,7 @@ class Conversation:
                                  f"have; the question names {held[0].arguments['relation']!r}, which the store holds "
                                  "for the subject: asked that instead")
                 return held[0]
-            return call
+            return self._directly_asked(call, rels)
         if not b.question_fallback or call.name != LOOKUP_TOOL or call_subject(call) is None:
             return call
         asked = call.arguments.get("relation")
@@ -1081,7 +1163,9 @@ class Conversation:
             # "relation": null is refused by the tool; without the key the lookup lists every fact
             call = ToolCall(call.name, {k: v for k, v in call.arguments.items() if k != "relation"}, call.raw)
         named = [rel for _, rel in relations_named(b.tools, res.question)]
-        if not named or asked in named:
+        if named and asked in named:
+            return self._directly_asked(call, [asked])
+        if not named:
             return call
         held = self._named_relation_held(call.arguments)
         if held is None:
@@ -1091,6 +1175,24 @@ class Conversation:
         res.trace.append(f"step {res.steps}: {describe_call(call)} {what}; of those {'it' if asked else 'the question'} names, "
                          f"{fixed.arguments['relation']!r} (named last first) is held for the subject: asked that instead")
         return fixed
+
+    def _directly_asked(self, call: ToolCall, rels: list[str]) -> ToolCall:
+        """A call for relations (`rels`) the question names only in passing, while it asks another with
+        "which"/"what" ("she's off to Nigeria, to the capital ... what money should she order": currency, not
+        capital; "Currency sorted, capital on the route. Which continent ...?"), asks that one instead, where
+        the store holds it for the subject itself; else the call as it was."""
+        b, res = self.bridge, self.result
+        direct = [rel for _, rel in relations_named(b.tools, res.question) if asked_directly(res.question, rel)]
+        if not direct or set(direct) & set(rels):
+            return call
+        for rel in reversed(direct):
+            fixed = ToolCall(LOOKUP_TOOL, {"subject": call_subject(call), "relation": rel})
+            if holds_exactly(run_tool(b.tools, fixed, b.max_facts), rel):
+                res.trace.append(f"step {res.steps}: {describe_call(call)} asks {rels}, which the question names in "
+                                 f"passing; it asks {rel!r} with which/what, and the store holds it for the subject: "
+                                 "asked that instead")
+                return fixed
+        return call
 
     def _follow_the_schema_takes(self, call: ToolCall) -> ToolCall:
         """A follow whose chain the tool's schema refuses (a relation twice, more than MAX_HOPS) keeps each

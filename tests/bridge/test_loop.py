@@ -401,9 +401,13 @@ def test_a_malformed_call_then_silence_gets_the_loops_own_lookup(tools, tiny_qwe
     assert res.calls and res.calls[0].error and res.loop_lookup == "lookup(subject='Lagos')"
     assert res.answer == "Nigeria" and res.status == "store"
     assert any("malformed and it said nothing" in line for line in res.trace)
-    # the only place named is where the asker is: no lookup of it, the loop ends without an answer
-    res = Bridge(Scripted(broken, "", "Japan"), fmt, tools, check_answers=True).ask("I'm in Tokyo. Which country?")
+    # the asker's place, when the question names another place the store lacks: no lookup of it, no answer
+    res = Bridge(Scripted(broken, "", "Japan"), fmt, tools, check_answers=True).ask(
+        "I'm in Tokyo. The seeds came from a grower in Ostrumbel. Which country is that?")
     assert res.loop_lookup is None and res.answer is None
+    # the only place named at all is where the asker is: that is what it asks about
+    res = Bridge(Scripted(broken, "", "Japan"), fmt, tools, check_answers=True).ask("I'm in Tokyo. Which country is this?")
+    assert res.loop_lookup == "lookup(subject='Tokyo')" and res.answer == "Japan"
     # off by default, as the check is
     res = Bridge(Scripted(broken, "", "Nigeria"), fmt, tools).ask("The seeds came from a grower in Lagos. Which country?")
     assert res.loop_lookup is None and res.answer is None

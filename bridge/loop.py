@@ -649,6 +649,42 @@ def relation_words(relation: str) -> list[str]:
     return [w for w in (fold_words(w) for w in words) if w]
 
 
+# Words that say nothing about which relation a question asks.
+_PROFILE_STOP = frozenset("""a an the of in on at by for to from with and or but is are was were be been it its this
+that these those what which who whom whose how where when why do does did i me my we our you your he she they them
+their his her has have had can could would should will shall may might must not no yes so as if then than there here
+just only also very please tell me know name called question answer q s t""".split())
+
+
+def _stems(text: str) -> set[str]:
+    words = fold_words(text.replace("{subject}", " ").replace("{object}", " ")).split()
+    return {w[:-1] if len(w) > 4 and w.endswith("s") else w for w in words if w not in _PROFILE_STOP and len(w) > 1}
+
+
+@functools.lru_cache(maxsize=None)
+def relation_profile(relation: str) -> frozenset[str]:
+    """The words a relation's file uses about it: its name, description, answer type, question words and its
+    train and validation templates (never its test ones)."""
+    try:
+        rel = relation_named(relation)
+    except (KeyError, RelationFileError):
+        return frozenset(_stems(relation.replace("_", " ")))
+    text = " ".join([rel.name.replace("_", " "), rel.description, rel.answer, *rel.words]
+                    + [t.text for t in rel.templates if t.split in ("train", "validation")])
+    return frozenset(_stems(text))
+
+
+def closest_relation(question: str, relations: list[str]) -> str | None:
+    """Of a subject's `relations`, the one whose file shares the most words with the question, when one
+    shares more than every other ("the element letters for Astatine": symbol, whose templates speak of
+    letters); None on a tie or no shared word. For questions that name no relation by its words."""
+    words = _stems(question)
+    scores = sorted(((len(words & relation_profile(r)), r) for r in relations), reverse=True)
+    if not scores or scores[0][0] == 0 or (len(scores) > 1 and scores[1][0] == scores[0][0]):
+        return None
+    return scores[0][1]
+
+
 def path_next(tools: dict, question: str, relation: str) -> list[str]:
     """[the relation the question writes right after `relation` with an arrow ("country -> continent",
     "country → continent")], or [] when it writes none."""
@@ -1155,6 +1191,8 @@ class Conversation:
                                  f"have; the question names {held[0].arguments['relation']!r}, which the store holds "
                                  "for the subject: asked that instead")
                 return held[0]
+            if not relations_named(b.tools, res.question):
+                return self._subjects_own_relation(call)
             return self._directly_asked(call, rels)
         if not b.question_fallback or call.name != LOOKUP_TOOL or call_subject(call) is None:
             return call
@@ -1166,7 +1204,7 @@ class Conversation:
         if named and asked in named:
             return self._directly_asked(call, [asked])
         if not named:
-            return call
+            return self._subjects_own_relation(call)
         held = self._named_relation_held(call.arguments)
         if held is None:
             return call
@@ -1175,6 +1213,23 @@ class Conversation:
         res.trace.append(f"step {res.steps}: {describe_call(call)} {what}; of those {'it' if asked else 'the question'} names, "
                          f"{fixed.arguments['relation']!r} (named last first) is held for the subject: asked that instead")
         return fixed
+
+    def _subjects_own_relation(self, call: ToolCall) -> ToolCall:
+        """A call, in a question that names no relation by its words, for a relation the subject does not
+        have (lookup(Astatine, country) for "the element letters for Astatine"; a follow whose first hop it
+        lacks) asks, of the relations the store holds for the subject, the one closest to the question
+        (`closest_relation`); else the call as it was."""
+        b, res = self.bridge, self.result
+        subject, rels = call_subject(call), call_relations(call)
+        held = sorted({f["relation"] for f in known_facts(b.tools, subject or "", 20) if f.get("relation")})
+        if not subject or len(held) < 2 or (rels and rels[0] in held):
+            return call
+        rel = closest_relation(res.question, held)
+        if rel is None:
+            return call
+        res.trace.append(f"step {res.steps}: {describe_call(call)} asks what {subject!r} does not have, and the "
+                         f"question names no relation; of its relations, {rel!r} is closest to the question: asked that")
+        return ToolCall(LOOKUP_TOOL, {"subject": subject, "relation": rel})
 
     def _directly_asked(self, call: ToolCall, rels: list[str]) -> ToolCall:
         """A call for relations (`rels`) the question names only in passing, while it asks another with

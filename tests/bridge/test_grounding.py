@@ -469,3 +469,26 @@ def test_a_long_name_is_a_span_and_a_span_lacking_the_models_relation_answers_th
     assert name in question_spans(q)
     res, _ = ask(tools, q, lookup("South Georgia", "country"), "")
     assert res.answer == "Grytviken" and res.status == "store"
+
+
+# ------------------------------------------------------------- the element suite's misses ---------------
+
+def test_a_relation_the_subject_lacks_asks_the_subjects_relation_closest_to_the_question(hash_store):
+    """lookup(Tellurium, country) for "the shelf tags only have room for the one- or two-letter short form ...
+    a new jar of Tellurium": the question names no relation by its words; of the relations the store holds
+    for Tellurium, the symbol's file speaks of letters and jars. A tie asks nothing new."""
+    from bridge.loop import closest_relation
+
+    tools = make_bridge_tools(hash_store(GRAPH + [("Tellurium", "symbol", "Te"), ("Tellurium", "atomic_number", "52")]))
+    q = "The shelf tags only have room for the two-letter short form, and I've got a new jar of Tellurium in. What goes on the tag?"
+    assert closest_relation(q, ["atomic_number", "symbol"]) == "symbol"
+    assert closest_relation("Where does that element come in the periodic table? Just the number.",
+                            ["atomic_number", "symbol"]) == "atomic_number"
+    assert closest_relation("Any ideas about Tellurium?", ["atomic_number", "symbol"]) is None
+    for call in (lookup("Tellurium", "country"),
+                 " " + render_call(FOLLOW_TOOL, {"subject": "Tellurium", "relations": ["country", "currency"]})):
+        res, _ = ask(tools, q, call, "")
+        assert res.answer == "Te" and res.status == "store", res.trace
+    # a relation the subject has is left alone
+    res, _ = ask(tools, q, lookup("Tellurium", "atomic_number"), "")
+    assert res.answer == "52"

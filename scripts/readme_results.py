@@ -132,7 +132,8 @@ def _new_kb(d: dict) -> dict:
 
 # Results files written by scripts that do not build a README table themselves: their table, derived here
 # (by the file name's stem, or for GSM8K by its prefix: one file per model pair).
-DERIVED = {"store_bench": _store_bench, "store_load": _store_load, "generation_bench": _generation_bench}
+DERIVED = {"store_bench": _store_bench, "store_load": _store_load, "generation_bench": _generation_bench,
+           "generation_bench_avx512bf16": _generation_bench}
 
 
 def derived_table(stem: str, data: dict) -> dict | None:

@@ -111,9 +111,10 @@ class Ledger:
         self.chain: set[str] = set()  # folded subjects of the answer's facts so far
 
     def mentioned(self, name: str) -> bool:
-        """`name` appears in the question (or its context) as whole words, folded."""
+        """`name` appears in the question (or its context) as whole words, folded, or with an "s" for a
+        possessive typed without its apostrophe ("whats Myanmars capatal")."""
         words = fold_words(name)
-        return bool(words) and f" {words} " in self.text
+        return bool(words) and (f" {words} " in self.text or f" {words}s " in self.text)
 
     def grounded(self, name: str) -> bool:
         """`name` is named by the question or was reached from it through grounded facts."""

@@ -274,6 +274,8 @@ def question_spans(question: str, max_words: int = 8) -> list[str]:
             bare = _POSSESSIVE.sub("", chunk[-1])
             if bare != chunk[-1] and bare and len(" ".join(chunk[:-1] + [bare])) >= 3:
                 spans.append(" ".join(chunk[:-1] + [bare]))
+            elif chunk[-1][:1].isupper() and chunk[-1].endswith("s") and len(chunk[-1]) > 4:
+                spans.append(" ".join(chunk[:-1] + [chunk[-1][:-1]]))  # a possessive typed without its ': "Myanmars capatal"
     return list(dict.fromkeys(spans))
 
 
@@ -305,7 +307,7 @@ _FIRST_PERSON = {"i", "im", "ive", "we"}  # folded: "I'm" is "i m", "we're" is "
 # "(posting a parcel) from my shop in Bristol", "at our office in Leeds", "on our allotment in Norwich": the asker's own premises, with or
 # without a first-person clause ("he emigrated from my grandfather's village" has no "my X in")
 _OWN_PLACE = lambda before: (len(before) >= 4 and before[-1] == "in" and before[-3] in ("my", "our")
-                             and before[-4] in ("from", "at", "on"))
+                             and before[-4] in ("from", "at", "on", "into", "in", "to"))
 _OTHERS = {"a", "an", "the", "his", "her", "their", "its"}
 _BE_AT = {("i", "m"), ("im",), ("i", "am"), ("we", "re"), ("we", "are"), ("i", "live"), ("we", "live"),
           ("i", "work"), ("we", "work")}
@@ -327,7 +329,14 @@ def _from_here(before: list[str]) -> bool:
     return not (_OTHERS | _TOWARDS) & set(since)
 
 
-def _introduces_asker(clause: list[str], i: int, n: int, first_clause: bool) -> bool:
+def relation_named_by(word: str) -> bool:
+    """Whether a folded word names a relation the project knows (a typo of one included: "countrey")."""
+    word = spell_relation_words(word)
+    names = dict.fromkeys([*shipped_relations(), *registered_relations()])
+    return any(re.fullmatch(_plural_too(w), word) for rel in names for w in relation_words(rel))
+
+
+def _introduces_asker(clause: list[str], i: int, n: int, first_clause: bool, sentence_end: bool = False) -> bool:
     """Whether the folded `clause` names clause[i:i+n] as the asker's place in the ways people introduce
     themselves without "I": a sign-on ending in the place and "here" ("Pharmacist in Bristol here"); a clause
     opened by a participle or a greeting, whose journey starts there ("Writing from Cork", "Chasing a swell
@@ -337,18 +346,24 @@ def _introduces_asker(clause: list[str], i: int, n: int, first_clause: bool) -> 
     if after == ["here"] and before[-1:] in (["in"], ["from"]):
         return True
     # "Sydney mum, slightly panicking.": the opening clause is the place and a word or two about the asker
-    if first_clause and not before and 1 <= len(after) <= 2 and not (_QUESTION_WORDS | _FIRST_PERSON) & set(after):
+    # (not a relation word: "San Juan de los Morros - countrey?" asks about the place)
+    if (first_clause and not before and 1 <= len(after) <= 2 and not (_QUESTION_WORDS | _FIRST_PERSON) & set(after)
+            and not any(relation_named_by(w) for w in after)):
         return True
-    # "Law student in Tokyo.", "Amateur astronomer from Tucson:": the opening clause, one to three words
-    # about no one else, then "in" or "from" and the place
-    if (first_clause and not after and (before[-1:] == ["from"] and 2 <= len(before) <= 4
-                                        or before[-1:] == ["in"] and 3 <= len(before) <= 4)
+    # "Law student in Tokyo.", "Caterer in Canberra.", "Amateur astronomer from Tucson:": the opening
+    # clause, one to three words about no one else, then "in" or "from" and the place, ended by a full stop
+    # or a colon ("Hotels in Paris, which country?" asks about Paris)
+    if (first_clause and not after and before[-1:] in (["in"], ["from"]) and 2 <= len(before) <= 4
+            and (sentence_end or before[-1] == "from")
             and not (_QUESTION_WORDS | _FIRST_PERSON | _OTHERS | {"my", "our", "your"}) & set(clause)):
         return True
-    if not _from_here(before) or before.index("from") == 0:
+    if "from" not in before[-4:] or before.index("from") == 0:
         return False
     opener = before[0]
-    return opener in _GREETINGS or (opener.endswith("ing") and len(opener) >= 5)
+    opened = opener in _GREETINGS or (opener.endswith("ing") and len(opener) >= 5)
+    # after a participle, "from a hostel in Hanoi" is still the asker's place ("Asking from a hostel in X")
+    since = before[len(before) - before[::-1].index("from"):]
+    return opened and not _TOWARDS & set(since)
 
 
 def asker_location(question: str, span: str) -> bool:
@@ -369,7 +384,8 @@ def asker_location(question: str, span: str) -> bool:
             before = words[:i]
             if _OWN_PLACE(before) or before[-3:] in (["at", "home", "in"], ["back", "home", "in"]):
                 return True
-            if _introduces_asker(words, i, len(target), k == 0 and len(clauses) > 1):
+            end = question[len(clause):len(clause) + 1] if k == 0 else ""
+            if _introduces_asker(words, i, len(target), k == 0 and len(clauses) > 1, end in (".", ":", "!")):
                 return True
             if not _FIRST_PERSON & set(before):
                 continue
@@ -484,8 +500,12 @@ def written_as_name(question: str, subject: str) -> bool:
     its words but joiners ("Thornacre Wyke", "Villarmuzo de la Greña"), not "Mare" for "a mare" nor "Horse
     passport office, Newmarket"."""
     words = [w.strip(".,;:!?'\"’") for w in subject.split()]
-    return (bool(words) and subject in question
-            and all(w[:1].isupper() or w.casefold() in _NAME_JOINERS for w in words if w) and words[0][:1].isupper())
+    if not (words and subject in question and words[0][:1].isupper()
+            and all(w[:1].isupper() or w.casefold() in _NAME_JOINERS for w in words if w)):
+        return False
+    # one word written only where a sentence starts is no name by its capital ("Grandma wants the tooth fairy")
+    starts = [m.start() for m in re.finditer(re.escape(subject), question)]
+    return len(words) > 1 or any(question[:at].rstrip()[-1:] not in ("", ".", "!", "?", ":") for at in starts)
 
 
 def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: int = 5,
@@ -1164,8 +1184,8 @@ class Conversation:
         ("Street food in Uruguay" -> Uruguay), when that gives facts about it (no fallback's guess)."""
         b = self.bridge
         inner = named_subject(b.tools, subject)
-        if inner is None or fold_words(inner) == fold_words(subject):
-            return None
+        if inner is None or fold_words(inner) == fold_words(subject) or asker_location(self.result.question, inner):
+            return None  # "Caterer in Canberra": the model's subject was the asker's sign-on
         obs = run_tool(b.tools, ToolCall(call.name, {**call.arguments, "subject": inner}), b.max_facts)
         if obs.error is None and any(f.get("matched_by") in (None, "exact") for f in obs.facts):
             return dataclasses.replace(obs, subject_used=inner)

@@ -336,7 +336,7 @@ def relation_named_by(word: str) -> bool:
     return any(re.fullmatch(_plural_too(w), word) for rel in names for w in relation_words(rel))
 
 
-def _introduces_asker(clause: list[str], i: int, n: int, first_clause: bool, sentence_end: bool = False) -> bool:
+def _introduces_asker(clause: list[str], i: int, n: int, first_clause: bool, sentence_end: str = "") -> bool:
     """Whether the folded `clause` names clause[i:i+n] as the asker's place in the ways people introduce
     themselves without "I": a sign-on ending in the place and "here" ("Pharmacist in Bristol here"); a clause
     opened by a participle or a greeting, whose journey starts there ("Writing from Cork", "Chasing a swell
@@ -351,10 +351,10 @@ def _introduces_asker(clause: list[str], i: int, n: int, first_clause: bool, sen
             and not any(relation_named_by(w) for w in after)):
         return True
     # "Law student in Tokyo.", "Caterer in Canberra.", "Amateur astronomer from Tucson:": the opening
-    # clause, one to three words about no one else, then "in" or "from" and the place, ended by a full stop
-    # or a colon ("Hotels in Paris, which country?" asks about Paris)
+    # clause, one to three words about no one else, then "from" and the place, or "in" and the place ended
+    # by a full stop ("Hotels in Paris, which country?" and "Street food in Lagos: ..." ask about the place)
     if (first_clause and not after and before[-1:] in (["in"], ["from"]) and 2 <= len(before) <= 4
-            and (sentence_end or before[-1] == "from")
+            and (before[-1] == "from" or sentence_end == ".")
             and not (_QUESTION_WORDS | _FIRST_PERSON | _OTHERS | {"my", "our", "your"}) & set(clause)):
         return True
     if "from" not in before[-4:] or before.index("from") == 0:
@@ -385,7 +385,7 @@ def asker_location(question: str, span: str) -> bool:
             if _OWN_PLACE(before) or before[-3:] in (["at", "home", "in"], ["back", "home", "in"]):
                 return True
             end = question[len(clause):len(clause) + 1] if k == 0 else ""
-            if _introduces_asker(words, i, len(target), k == 0 and len(clauses) > 1, end in (".", ":", "!")):
+            if _introduces_asker(words, i, len(target), k == 0 and len(clauses) > 1, end):
                 return True
             if not _FIRST_PERSON & set(before):
                 continue

@@ -513,7 +513,13 @@ def test_the_fifteenth_suites_askers_and_a_question_that_names_its_place_first()
 
 def test_a_sign_on_inside_the_models_subject_is_not_narrowed_to(gtools):
     """lookup("Caterer in Canberra", country) for "Caterer in Canberra. ... themed on the capital of Saint Vincent
-    ...": narrowing the model's subject to Canberra answered with the asker's place."""
+    ...": narrowing the model's empty subject to Canberra answered with the asker's place."""
     q = "Caterer in Lagos. We're doing a dinner themed on the capital of India. Which city am I researching?"
-    res, _ = ask(gtools, q, lookup("Caterer in Lagos", "country"), "")
-    assert res.answer == "New Delhi" and res.status == "store", res.trace
+    conv = Bridge(Scripted(""), CompletionFormat(), gtools).start(q)
+    assert conv._narrowed(ToolCall("lookup", {"subject": "Caterer in Lagos", "relation": "country"}),
+                          "Caterer in Lagos") is None
+    # a place inside the model's subject that is not the asker's is still narrowed to
+    conv = Bridge(Scripted(""), CompletionFormat(), gtools).start("Street food in Lagos: which country is it?")
+    fixed = conv._narrowed(ToolCall("lookup", {"subject": "Street food in Lagos", "relation": "country"}),
+                           "Street food in Lagos")
+    assert fixed is not None and fixed.subject_used == "Lagos"

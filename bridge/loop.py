@@ -292,6 +292,17 @@ def holds_exactly(obs: Observation, relation: str) -> bool:
                                      for f in obs.facts)
 
 
+def held_lookup(tools: dict, arguments: dict, relations, max_facts: int = 5) -> tuple[ToolCall, Observation] | None:
+    """The first lookup of `arguments` with one of `relations`, in order, whose result holds that relation
+    about the subject itself (`holds_exactly`), and its result; None when none does."""
+    for rel in relations:
+        call = ToolCall(LOOKUP_TOOL, {**arguments, "relation": rel})
+        obs = run_tool(tools, call, max_facts)
+        if holds_exactly(obs, rel):
+            return call, obs
+    return None
+
+
 def named_subject(tools: dict, question: str) -> str | None:
     """The longest span of `question` that the store holds exactly as a subject (through its aliases), or None."""
     return next((span for span in question_spans(question) if known_facts(tools, span, 1)), None)
@@ -332,8 +343,7 @@ def _from_here(before: list[str]) -> bool:
 def relation_named_by(word: str) -> bool:
     """Whether a folded word names a relation the project knows (a typo of one included: "countrey")."""
     word = spell_relation_words(word)
-    names = dict.fromkeys([*shipped_relations(), *registered_relations()])
-    return any(re.fullmatch(_plural_too(w), word) for rel in names for w in relation_words(rel))
+    return any(re.fullmatch(_plural_too(w), word) for rel in known_relation_names() for w in relation_words(rel))
 
 
 def _introduces_asker(clause: list[str], i: int, n: int, first_clause: bool, sentence_end: str = "") -> bool:
@@ -537,13 +547,12 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
         shown_call = call
         if relation_held and not holds_exactly(obs, asked_relation(call) or ""):
             # the span holds no relation the model asked, but one the question names: that one's lookup
-            lookups = ((rel, run_tool(tools, ToolCall(LOOKUP_TOOL, {"subject": span, "relation": rel}), max_facts))
-                       for rel in sorted(named))
-            held = next(((rel, o) for rel, o in lookups if holds_exactly(o, rel)), None)
+            held = held_lookup(tools, {"subject": span}, sorted(named), max_facts)
             if held is None:
                 continue
             # shown as the model's call with the named relation (its subject kept, as for any redone call)
-            shown_call = ToolCall(LOOKUP_TOOL, {"subject": call.arguments.get("subject"), "relation": held[0]})
+            shown_call = ToolCall(LOOKUP_TOOL, {"subject": call.arguments.get("subject"),
+                                                "relation": held[0].arguments["relation"]})
             obs = held[1]
         facts = [f for f in obs.facts if f.get("matched_by") not in GUESSED and f.get("matched_by") != "any_relation"]
         if not facts and call.name == LOOKUP_TOOL:
@@ -632,11 +641,15 @@ def asked_directly(question: str, relation: str) -> bool:
 _MENDED_MIN, _NOT_TYPOS = 7, frozenset({"county", "counties"})
 
 
+def known_relation_names() -> list[str]:
+    """Every relation the project knows by name: the shipped files and those registered at run time."""
+    return list(dict.fromkeys([*shipped_relations(), *registered_relations()]))
+
+
 def relation_vocabulary() -> list[str]:
     """The one-word relation words of 7+ letters of every relation the project knows by name (shipped
     files and ones registered at run time): the words a typo is mended to."""
-    names = dict.fromkeys([*shipped_relations(), *registered_relations()])
-    words = {w for rel in names for w in relation_words(rel)}
+    words = {w for rel in known_relation_names() for w in relation_words(rel)}
     return sorted(w for w in words if " " not in w and len(w) >= _MENDED_MIN)
 
 
@@ -1260,14 +1273,14 @@ class Conversation:
         direct = [rel for _, rel in relations_named(b.tools, res.question) if asked_directly(res.question, rel)]
         if not direct or set(direct) & set(rels):
             return call
-        for rel in reversed(direct):
-            fixed = ToolCall(LOOKUP_TOOL, {"subject": call_subject(call), "relation": rel})
-            if holds_exactly(run_tool(b.tools, fixed, b.max_facts), rel):
-                res.trace.append(f"step {res.steps}: {describe_call(call)} asks {rels}, which the question names in "
-                                 f"passing; it asks {rel!r} with which/what, and the store holds it for the subject: "
-                                 "asked that instead")
-                return fixed
-        return call
+        held = held_lookup(b.tools, {"subject": call_subject(call)}, reversed(direct), b.max_facts)
+        if held is None:
+            return call
+        fixed = held[0]
+        res.trace.append(f"step {res.steps}: {describe_call(call)} asks {rels}, which the question names in passing; it "
+                         f"asks {fixed.arguments['relation']!r} with which/what, and the store holds it for the subject: "
+                         "asked that instead")
+        return fixed
 
     def _follow_the_schema_takes(self, call: ToolCall) -> ToolCall:
         """A follow whose chain the tool's schema refuses (a relation twice, more than MAX_HOPS) keeps each
@@ -1306,12 +1319,8 @@ class Conversation:
         exactly for the subject (the innermost of a nested question first), and its result; None when the
         store holds none of them."""
         b = self.bridge
-        for _, rel in reversed(relations_named(b.tools, self.result.question)):
-            call = ToolCall(LOOKUP_TOOL, {**arguments, "relation": rel})
-            obs = run_tool(b.tools, call, b.max_facts)
-            if holds_exactly(obs, rel):
-                return call, obs
-        return None
+        named = [rel for _, rel in relations_named(b.tools, self.result.question)]
+        return held_lookup(b.tools, arguments, reversed(named), b.max_facts)
 
     def _settle(self, why: str) -> None:
         """End with the fact that answers the question (the store already answered; the model then `why`)."""

@@ -327,17 +327,20 @@ def test_a_follow_of_relations_the_store_lacks_asks_the_relation_the_question_na
 
 # ------------------------------------------------------- the thirteenth held-out suite's misses ----------
 
+def _asker_in_lagos_asks_about_mumbai(q: str) -> None:
+    from bridge.loop import asker_location
+
+    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
+
+
 def test_an_asker_who_introduces_itself_without_i_is_where_it_is():
     """Sign-ons, participle and greeting openers, and an opening "who asks" clause name the asker's place;
     a destination after "from X to", someone's home, and a place a question asks about do not."""
     from bridge.loop import asker_location
 
-    q = "Pharmacist in Lagos here. The stamp only says Mumbai. Which country is it?"
-    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
-    q = "Writing from Lagos: my pen pal in Mumbai is off to see her country's capital. Which city?"
-    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
-    q = "Chasing a swell from Lagos: the forecast says it hits Mumbai next week. Which continent?"
-    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
+    _asker_in_lagos_asks_about_mumbai("Pharmacist in Lagos here. The stamp only says Mumbai. Which country is it?")
+    _asker_in_lagos_asks_about_mumbai("Writing from Lagos: my pen pal in Mumbai is off to see her country's capital. Which city?")
+    _asker_in_lagos_asks_about_mumbai("Chasing a swell from Lagos: the forecast says it hits Mumbai next week. Which continent?")
     assert asker_location("Tattoo artist here, flying in from Lagos to work in Mumbai. Which currency?", "Lagos")
     assert asker_location("Greetings from Lagos! What's the capital of India?", "Lagos")
     assert asker_location("Amateur astronomer from Lagos: the eclipse crosses India. Its capital?", "Lagos")
@@ -399,14 +402,10 @@ def test_a_name_written_with_a_comma_is_found_around_the_models_shorter_subject(
 def test_sign_ons_and_what_the_asker_runs_name_where_the_asker_is():
     from bridge.loop import asker_location
 
-    q = "Horse passport office, Lagos. A mare came in with papers from a stud at Mumbai. Which country?"
-    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
-    q = "Law student in Lagos. The laws in Mumbai are signed in that country's capital. Which city?"
-    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
-    q = "Lagos mum, slightly panicking. A storm alert for Mumbai, where my son is. Which continent?"
-    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
-    q = "I coach an under-12 football team in Lagos, and a new boy's family moved here from Mumbai. Which country?"
-    assert asker_location(q, "Lagos") and not asker_location(q, "Mumbai")
+    _asker_in_lagos_asks_about_mumbai("Horse passport office, Lagos. A mare came in with papers from a stud at Mumbai. Which country?")
+    _asker_in_lagos_asks_about_mumbai("Law student in Lagos. The laws in Mumbai are signed in that country's capital. Which city?")
+    _asker_in_lagos_asks_about_mumbai("Lagos mum, slightly panicking. A storm alert for Mumbai, where my son is. Which continent?")
+    _asker_in_lagos_asks_about_mumbai("I coach an under-12 football team in Lagos, and a new boy's family moved here from Mumbai. Which country?")
     # a place a short opening asks about is not the asker's
     assert not asker_location("Hotels in Lagos, which country?", "Lagos")
     assert not asker_location("Lagos, which country?", "Lagos")

@@ -1,7 +1,7 @@
 """Replay a natural-question run's records through the current bridge and store, without a model.
 
     python -m benchmarks.replay_records --records results/nq.records.jsonl --store stores/nq \\
-        [--out replay.json] [--max-steps 4]
+        [--out replay.json] [--max-steps 4] [--no-check]
 
 Why: a change to the loop or to the store's fallbacks should be checked against what a real model
 did, without running the model again. Each record's calls are fed back one per generation by a
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -50,10 +51,33 @@ class _Replay:
         return self.outputs.pop(0) if self.outputs else ""
 
 
+# What stands in for an answer the model wrote without a lookup: the record keeps no such text, only the
+# loop's note of it in the trace, and the loop's next move depends on there having been one.
+UNRECORDED_ANSWER = "(an answer from the weights, not recorded)"
+_STEP = re.compile(r"^step (\d+): ")
+
+
 def generations(rec: dict) -> list[str]:
-    """The record's model outputs: one call per generation, then its answer if the model wrote one."""
-    out = [render_call(c["name"], c["arguments"]) if not c.get("error") else f"{CALL_OPEN}{{bad{CALL_CLOSE}"
-           for c in rec["calls"]]
+    """The record's model outputs in step order: one call per generation, `UNRECORDED_ANSWER` for a step
+    whose trace says the model answered without a lookup, then its answer if the model wrote one."""
+    calls = [render_call(c["name"], c["arguments"]) if not c.get("error") else f"{CALL_OPEN}{{bad{CALL_CLOSE}"
+             for c in rec["calls"]]
+    steps: dict[int, list[str]] = {}
+    for line in rec.get("trace", []):
+        m = _STEP.match(line)
+        if m:
+            steps.setdefault(int(m.group(1)), []).append(line)
+    out = []
+    for _, lines in sorted(steps.items()):
+        said = [line.split(": ", 1)[1] for line in lines]
+        called = any(text.startswith(("lookup(", "follow(")) for text in said)
+        if not called and any("without a lookup" in text.split(" -> ")[0] for text in said):
+            out.append(UNRECORDED_ANSWER)
+        elif calls:
+            out.append(calls.pop(0))
+        else:
+            break
+    out += calls  # calls the trace did not place (older records): in their order
     if rec.get("answer") is not None and rec.get("answer_source") in ("model", "forced"):
         out.append(rec["answer"])
     return out
@@ -65,7 +89,7 @@ def first_result(trace: list[str]) -> str:
     return lines[-1] if lines else "(no call)"
 
 
-def replay(records: list[dict], store_dir: str, max_steps: int = 4) -> list[dict]:
+def replay(records: list[dict], store_dir: str, max_steps: int = 4, check_answers: bool = True) -> list[dict]:
     """Each record replayed (see the module docstring): a row per record."""
     from symbolic_ram import KnowledgeStore
 
@@ -78,7 +102,8 @@ def replay(records: list[dict], store_dir: str, max_steps: int = 4) -> list[dict
         tools = make_bridge_tools(store, search=False)
         fmt = ChatFormat(_Template(), tool_schemas(tools))
         for rec in records:
-            res = Bridge(_Replay(generations(rec)), fmt, tools, max_steps=max_steps).ask(rec["text"])
+            res = Bridge(_Replay(generations(rec)), fmt, tools, max_steps=max_steps,
+                         check_answers=check_answers).ask(rec["text"])
             correct = rec["expected"] is not None and res.answer is not None and \
                 find_answer(res.answer, [rec["expected"], *rec.get("aliases", [])]) is not None
             first = res.observations[0] if res.observations else None
@@ -132,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--store", required=True, help="the store the run used (opened read-only)")
     ap.add_argument("--out", default=None, help="write the rows and summary as JSON here")
     ap.add_argument("--max-steps", type=int, default=4, help="generations per question, as in the run")
+    ap.add_argument("--no-check", action="store_true",
+                    help="as a run with --no-check: an answer given without a lookup is not sent back to be checked")
     args = ap.parse_args(argv)
     path = Path(args.records)
     records = []
@@ -141,7 +168,7 @@ def main(argv=None) -> int:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise SystemExit(f"{path}:{n}: not a JSON record ({e.msg})")
-    rows = replay(records, args.store, args.max_steps)
+    rows = replay(records, args.store, args.max_steps, check_answers=not args.no_check)
     print(markdown(rows))
     print(json.dumps(summary(rows), indent=1))
     if args.out:

@@ -56,6 +56,7 @@ from common.toolcall import CALL_OPEN, LOOKUP_TOOL, SEARCH_TOOL, ToolCall, escap
 
 from .grounding import GUESSED, Ledger, asked_relation, call_relations, call_subject, describe_fact, fold_words
 from .prompts import CHECK_ASK, Turn, to_fact
+from .relation_choice import closest_relation
 from .tools import FOLLOW_TOOL, MAX_HOPS
 
 MODES = ("closed", "just-rag", "tool")
@@ -434,9 +435,25 @@ def asked_subjects(tools: dict, question: str) -> list[str]:
     distance = lambda pl: min((0 if pl[1] <= m <= pl[2] else min(abs(m - pl[1]), abs(m - pl[2])) for m in mentions),
                               default=0)
     # sorted is stable: equals keep the longest-first order; spans keep the question's case
-    ranked = [pl[0] for pl in sorted(places, key=lambda pl: (asker_location(question, pl[0]),
+    ranked = [pl[0] for pl in sorted(places, key=lambda pl: (asker_location(question, pl[0]), states_fact(tools, question, pl[0]),
                                                              not pl[0][:1].isupper(), distance(pl)))]
     return ranked + [s for s in spans if s not in ranked]
+
+
+def states_fact(tools: dict, question: str, span: str) -> bool:
+    """Whether the question states a fact the store holds about `span`: the span, then within three words
+    joined by "is", "are", a colon or "=", one of its objects as the store writes it ("Gold is Au and silver
+    is Ag, ... the element letters for Rhenium": Gold and Silver are given, not asked; "Is Lagos in
+    Nigeria?" and "Which country is Lagos in: Nigeria or Ghana?" state nothing)."""
+    for fact in known_facts(tools, span, 20):
+        obj = str(fact.get("object") or "")
+        if not obj:
+            continue
+        link = re.search(rf"\b{re.escape(span)}(?P<between>(?:'s)?[^?!.\w]+(?:\w+[^?!.\w]+){{0,3}}?){re.escape(obj)}(?!\w)(?!,?\s+or\b)",
+                         question, re.IGNORECASE if span.islower() else 0)
+        if link and re.search(r"\b(?:is|are)\b|[:=]", link.group("between")):
+            return True
+    return False
 
 
 _NOT_NAMES = {"i", "i'm", "i've", "i'd", "i'll", "im", "ive"}
@@ -546,8 +563,11 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
         obs = run_tool(tools, ToolCall(call.name, {**call.arguments, "subject": span}), max_facts)
         shown_call = call
         if relation_held and not holds_exactly(obs, asked_relation(call) or ""):
-            # the span holds no relation the model asked, but one the question names: that one's lookup
-            held = held_lookup(tools, {"subject": span}, sorted(named), max_facts)
+            # the span holds no relation the model asked, but one the question names (or, naming none, the
+            # span's relation closest to the question: "the element letters for Rhenium"): that one's lookup
+            wanted = sorted(named) or [r for r in [closest_relation(question, sorted(
+                {f["relation"] for f in known if f.get("relation")}), span)] if r]
+            held = held_lookup(tools, {"subject": span}, wanted, max_facts)
             if held is None:
                 continue
             # shown as the model's call with the named relation (its subject kept, as for any redone call)
@@ -680,42 +700,6 @@ def relation_words(relation: str) -> list[str]:
     except (KeyError, RelationFileError):
         words = (relation.replace("_", " "),)
     return [w for w in (fold_words(w) for w in words) if w]
-
-
-# Words that say nothing about which relation a question asks.
-_PROFILE_STOP = frozenset("""a an the of in on at by for to from with and or but is are was were be been it its this
-that these those what which who whom whose how where when why do does did i me my we our you your he she they them
-their his her has have had can could would should will shall may might must not no yes so as if then than there here
-just only also very please tell me know name called question answer q s t""".split())
-
-
-def _stems(text: str) -> set[str]:
-    words = fold_words(text.replace("{subject}", " ").replace("{object}", " ")).split()
-    return {w[:-1] if len(w) > 4 and w.endswith("s") else w for w in words if w not in _PROFILE_STOP and len(w) > 1}
-
-
-@functools.lru_cache(maxsize=None)
-def relation_profile(relation: str) -> frozenset[str]:
-    """The words a relation's file uses about it: its name, description, answer type, question words and its
-    train and validation templates (never its test ones)."""
-    try:
-        rel = relation_named(relation)
-    except (KeyError, RelationFileError):
-        return frozenset(_stems(relation.replace("_", " ")))
-    text = " ".join([rel.name.replace("_", " "), rel.description, rel.answer, *rel.words]
-                    + [t.text for t in rel.templates if t.split in ("train", "validation")])
-    return frozenset(_stems(text))
-
-
-def closest_relation(question: str, relations: list[str]) -> str | None:
-    """Of a subject's `relations`, the one whose file shares the most words with the question, when one
-    shares more than every other ("the element letters for Astatine": symbol, whose templates speak of
-    letters); None on a tie or no shared word. For questions that name no relation by its words."""
-    words = _stems(question)
-    scores = sorted(((len(words & relation_profile(r)), r) for r in relations), reverse=True)
-    if not scores or scores[0][0] == 0 or (len(scores) > 1 and scores[1][0] == scores[0][0]):
-        return None
-    return scores[0][1]
 
 
 def path_next(tools: dict, question: str, relation: str) -> list[str]:
@@ -1248,20 +1232,28 @@ class Conversation:
         return fixed
 
     def _subjects_own_relation(self, call: ToolCall) -> ToolCall:
-        """A call, in a question that names no relation by its words, for a relation the subject does not
+        """A call in a question that names no relation by its words, for a relation the subject does not
         have (lookup(Astatine, country) for "the element letters for Astatine"; a follow whose first hop it
-        lacks) asks, of the relations the store holds for the subject, the one closest to the question
-        (`closest_relation`); else the call as it was."""
+        lacks), or a lookup of one of the subject's relations while another is closer to the question
+        (lookup(Hafnium, atomic_number) for "Hafnium, to a chemist (abbr.)"), asks, of the relations the
+        store holds for the subject, the one closest to the question (`closest_relation`); else the call as
+        it was. A lookup of no relation lists all of the subject's facts, as the model asked ("Tell me about
+        Panama.")."""
         b, res = self.bridge, self.result
         subject, rels = call_subject(call), call_relations(call)
         held = sorted({f["relation"] for f in known_facts(b.tools, subject or "", 20) if f.get("relation")})
-        if not subject or len(held) < 2 or (rels and rels[0] in held):
+        if not subject or not rels or len(held) < 2 or (rels[0] in held and call.name != LOOKUP_TOOL):
             return call
-        rel = closest_relation(res.question, held)
-        if rel is None:
+        # a relation no file of the store has ("population") may be just what was asked, and the store lacks it:
+        # then only shared words choose; one the store has for other subjects was a wrong pick from its list
+        rel = closest_relation(res.question, held, subject, overrule=rels[0] in held,
+                               by_meaning=rels[0] in store_relations(b.tools))
+        if rel is None or rels[:1] == [rel]:
             return call
-        res.trace.append(f"step {res.steps}: {describe_call(call)} asks what {subject!r} does not have, and the "
-                         f"question names no relation; of its relations, {rel!r} is closest to the question: asked that")
+        why = ("asks what {!r} does not have".format(subject) if not rels or rels[0] not in held
+               else f"asks {rels[0]!r} of {subject!r}")
+        res.trace.append(f"step {res.steps}: {describe_call(call)} {why}, and the question names no relation; of "
+                         f"its relations, {rel!r} is closest to the question: asked that")
         return ToolCall(LOOKUP_TOOL, {"subject": subject, "relation": rel})
 
     def _directly_asked(self, call: ToolCall, rels: list[str]) -> ToolCall:

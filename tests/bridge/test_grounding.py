@@ -483,14 +483,73 @@ def test_a_relation_the_subject_lacks_asks_the_subjects_relation_closest_to_the_
     assert closest_relation(q, ["atomic_number", "symbol"]) == "symbol"
     assert closest_relation("Where does that element come in the periodic table? Just the number.",
                             ["atomic_number", "symbol"]) == "atomic_number"
-    assert closest_relation("Any ideas about Tellurium?", ["atomic_number", "symbol"]) is None
+    # one relation is no choice
+    assert closest_relation("Any ideas about Tellurium?", ["symbol"]) is None
     for call in (lookup("Tellurium", "country"),
                  " " + render_call(FOLLOW_TOOL, {"subject": "Tellurium", "relations": ["country", "currency"]})):
         res, _ = ask(tools, q, call, "")
         assert res.answer == "Te" and res.status == "store", res.trace
-    # a relation the subject has is left alone
+    # a relation the subject has, while the question clearly asks another, is overruled
     res, _ = ask(tools, q, lookup("Tellurium", "atomic_number"), "")
-    assert res.answer == "52"
+    assert res.answer == "Te", res.trace
+
+
+def test_relations_named_in_words_no_file_lists_are_chosen_by_meaning():
+    """"proton count", "govt seat", "engraved with the element letters": words no relation file lists; the
+    sentence encoder puts them nearest the relation asked. A question that asks nothing in particular does
+    not overrule a relation the model asked; without the encoder, shared words choose."""
+    from bridge import relation_choice
+
+    assert relation_choice.sentence_encoder() is not None  # the packaged MiniLM ships with the project
+    assert relation_choice.closest_relation("what's the proton count of Iron", ["atomic_number", "symbol"], "Iron") == "atomic_number"
+    assert relation_choice.closest_relation("govt seat of Kenya?", ["capital", "continent", "currency"], "Kenya") == "capital"
+    assert relation_choice.closest_relation("A customer wants her bracelet engraved with the element letters for Rhenium.",
+                                            ["atomic_number", "symbol"], "Rhenium") == "symbol"
+    assert relation_choice.closest_relation("Tell me about Panama.", ["capital", "currency"], "Panama", overrule=True) is None
+    import unittest.mock as mock
+
+    with mock.patch.object(relation_choice, "sentence_encoder", lambda: None):
+        assert relation_choice.closest_relation("Any thoughts on Kenya?", ["capital", "continent", "currency"]) is None
+        assert relation_choice.closest_relation("the shelf tag has room for two letters of Iron",
+                                                ["atomic_number", "symbol"]) == "symbol"
+
+
+ELEMENTS = [("Gold", "symbol", "Au"), ("Gold", "atomic_number", "79"), ("Silver", "symbol", "Ag"),
+            ("Silver", "atomic_number", "47"), ("Rhenium", "symbol", "Re"), ("Rhenium", "atomic_number", "75"),
+            ("Iron", "symbol", "Fe"), ("Iron", "atomic_number", "26")]
+
+
+def test_a_relation_the_subject_has_is_overruled_only_by_a_clear_lead(hash_store):
+    """lookup(Iron, symbol) for "what's the proton count of Iron": the question asks the atomic number in
+    words no file lists; "Tell me about Iron" leaves the model's relation as it was."""
+    tools = make_bridge_tools(hash_store(ELEMENTS))
+    res, _ = ask(tools, "what's the proton count of Iron?", lookup("Iron", "symbol"), "")
+    assert res.answer == "26" and res.status == "store", res.trace
+    assert any("'atomic_number' is closest to the question" in t for t in res.trace)
+    res, _ = ask(tools, "Tell me about Iron.", lookup("Iron", "symbol"), "")
+    assert res.answer == "Fe", res.trace
+    # "Z" is one of the atomic number's words (its relation file): named, not guessed
+    res, _ = ask(tools, "z of Iron", lookup("Iron", "symbol"), "")
+    assert res.answer == "26", res.trace
+
+
+def test_subjects_the_question_gives_with_their_facts_are_not_the_one_asked(hash_store):
+    """"Gold is Au and silver is Ag ... the element letters for Rhenium": the model followed a word that is no
+    subject; of the question's subjects, those it states a fact of are given, not asked."""
+    from bridge.loop import asked_subjects, states_fact
+
+    tools = make_bridge_tools(hash_store(ELEMENTS + GRAPH))
+    by_name = {t.name: t for t in tools}
+    q = ("Jeweller here. Gold is Au and silver is Ag, those I stamp every day. A customer now wants her bracelet "
+         "engraved with the element letters for Rhenium instead. What should I engrave?")
+    assert states_fact(by_name, q, "Gold") and states_fact(by_name, q, "silver") and not states_fact(by_name, q, "Rhenium")
+    assert asked_subjects(by_name, q)[0] == "Rhenium"
+    call = " " + render_call(FOLLOW_TOOL, {"subject": "Customer", "relations": ["country", "currency", "symbol"]})
+    res, _ = ask(tools, q, call, "")
+    assert res.answer == "Re" and res.status == "store", res.trace
+    # a choice between answers states nothing
+    assert not states_fact(by_name, "Which country is Lagos in: Nigeria or India?", "Lagos")
+    assert not states_fact(by_name, "Is Lagos in Nigeria?", "Lagos")
 
 
 # ------------------------------------------------------ the fifteenth held-out suite's misses -----------

@@ -553,8 +553,10 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
     folded_tried = f" {fold_words(tried)} "
     named = {rel for _, rel in relations_named(tools, question)} if relation_held else set()
     for span in asked_subjects(tools, question):
-        if normalize_name(span) == tried or asker_location(question, span):
-            continue  # the model's own subject is not in the store: the asker's own place is not it either
+        if normalize_name(span) == tried or asker_location(question, span) or states_fact(tools, question, span):
+            # the model's own subject is not in the store: the asker's own place is not it either, nor a
+            # subject the question gives with its fact ("Gold is Au ... the element letters for Sevrandine")
+            continue
         if around_only and folded_tried not in f" {fold_words(span)} ":
             continue
         known = known_facts(tools, span, max_facts)

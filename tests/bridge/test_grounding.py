@@ -547,6 +547,9 @@ def test_subjects_the_question_gives_with_their_facts_are_not_the_one_asked(hash
     call = " " + render_call(FOLLOW_TOOL, {"subject": "Customer", "relations": ["country", "currency", "symbol"]})
     res, _ = ask(tools, q, call, "")
     assert res.answer == "Re" and res.status == "store", res.trace
+    # a subject the store lacks is not found: the given ones are not looked up in its place
+    res, _ = ask(tools, q.replace("Rhenium", "Sevrandine"), call, "")
+    assert res.status == "not_found" and res.answer != "Au", res.trace
     # a choice between answers states nothing
     assert not states_fact(by_name, "Which country is Lagos in: Nigeria or India?", "Lagos")
     assert not states_fact(by_name, "Is Lagos in Nigeria?", "Lagos")

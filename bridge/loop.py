@@ -333,11 +333,14 @@ _TOWARDS = {"to", "into", "towards", "for"}
 
 def _from_here(before: list[str]) -> bool:
     """Whether the words `before` a place end in "from" and a few words that keep the journey's start on
-    it ("from", "from my bank in"), not someone else's place ("from a breeder in") nor a destination
-    ("from Graz to")."""
+    it ("from", "from my bank in"), not someone else's place ("from a breeder in"), a destination
+    ("from Graz to") nor a place the asker came back from ("brought back from")."""
     if "from" not in before[-4:]:
         return False
-    since = before[len(before) - before[::-1].index("from"):]
+    at = len(before) - 1 - before[::-1].index("from")
+    if before[at - 1:at] == ["back"]:  # "the coins I brought back from X": a trip's place, not the asker's
+        return False
+    since = before[at + 1:]
     return not (_OTHERS | _TOWARDS) & set(since)
 
 
@@ -549,7 +552,7 @@ def call_from_question(tools: dict, call: ToolCall, question: str, max_facts: in
     tried = normalize_name(str(call.arguments.get("subject", "")))
     # a follow of a name the store lacks ("Thornacre Wyke") is not redone on another place, only on a longer
     # name around it ("Bonaire" of "Bonaire, Saint Eustatius and Saba")
-    around_only = relation_held and call.name != LOOKUP_TOOL and written_as_name(question, str(call.arguments.get("subject", "")))
+    around_only = relation_held and written_as_name(question, str(call.arguments.get("subject", "")))
     folded_tried = f" {fold_words(tried)} "
     named = {rel for _, rel in relations_named(tools, question)} if relation_held else set()
     for span in asked_subjects(tools, question):
@@ -1117,7 +1120,7 @@ class Conversation:
         """Execute `call`; redo it with the question's own subject when the model's is not in the question
         (nor reached from it), or when a lookup found nothing or only a guessed subject."""
         b, res = self.bridge, self.result
-        call = self._named_relation(call)
+        call = self._named_relation(self._without_possessive(call))
         subject = call_subject(call)
         retry = b.question_fallback and subject is not None
         if retry and asker_location(res.question, subject):
@@ -1189,6 +1192,19 @@ class Conversation:
         if obs.error is None and any(f.get("matched_by") in (None, "exact") for f in obs.facts):
             return dataclasses.replace(obs, subject_used=inner)
         return None
+
+    def _without_possessive(self, call: ToolCall) -> ToolCall:
+        """A subject written with a possessive ("Hailin's", from "the land Hailin's in") that the store lacks,
+        while it holds the name without it, is asked by that name; else the call as it was."""
+        subject = call_subject(call)
+        if not self.bridge.question_fallback or subject is None or not _POSSESSIVE.search(subject.strip()):
+            return call
+        bare = _POSSESSIVE.sub("", subject.strip())
+        if known_facts(self.bridge.tools, subject, 1) or not known_facts(self.bridge.tools, bare, 1):
+            return call
+        self.result.trace.append(f"step {self.result.steps}: {describe_call(call)} names {subject!r}, a possessive; "
+                                 f"the store holds {bare!r}: asked that")
+        return ToolCall(call.name, {**call.arguments, "subject": bare}, call.raw)
 
     def _named_relation(self, call: ToolCall) -> ToolCall:
         """A lookup whose relation the question does not name, in a question that names relations of the

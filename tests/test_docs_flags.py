@@ -182,7 +182,7 @@ def test_the_generation_table_is_the_committed_file():
                                    "heldout9_smollm2-135m", "heldout10_qwen2.5-coder-0.5b",
                                    "heldout11_qwen2.5-coder-0.5b",
                                    "heldout12_qwen2.5-coder-0.5b", "heldout13_qwen2.5-coder-0.5b",
-                                   "heldout14_qwen2.5-coder-0.5b",
+                                   "heldout14_qwen2.5-coder-0.5b", "heldout15_qwen2.5-coder-0.5b",
                                    "elements_qwen2.5-coder-0.5b"])
 def test_the_natural_questions_table_is_the_committed_file(model):
     text = (ROOT / "docs" / "bridge.md").read_text(encoding="utf-8")

@@ -584,3 +584,36 @@ def test_a_sign_on_inside_the_models_subject_is_not_narrowed_to(gtools):
     fixed = conv._narrowed(ToolCall("lookup", {"subject": "Street food in Lagos", "relation": "country"}),
                            "Street food in Lagos")
     assert fixed is not None and fixed.subject_used == "Lagos"
+
+
+# ------------------------------------------------------ the sixteenth held-out suite's misses -----------
+
+def test_a_subject_written_with_a_possessive_is_asked_by_the_name_the_store_holds(gtools):
+    """lookup("Hailin's", continent) for "capital of the land Hailin's in?": the store holds Hailin."""
+    res, _ = ask(gtools, "continent of the land Lagos's in?", lookup("Lagos's", "continent"), "")
+    assert res.answer == "Africa" and res.status == "store", res.trace
+    assert any("a possessive; the store holds 'Lagos'" in t for t in res.trace)
+
+
+def test_a_place_the_asker_came_back_from_is_asked_about(gtools):
+    """"the coins I brought back from Guinea-Bissau in the 90s ... What currency would they be?": the asker
+    is not there now; the question asks about it."""
+    from bridge.loop import asker_location
+
+    q = "Continent I know, capital I know, but the coins I brought back from Nigeria in the 90s have nothing in English on them. What currency would they be?"
+    assert not asker_location(q, "Nigeria")
+    assert asker_location("I fly there from Lagos tomorrow. What currency does India use?", "Lagos")
+    call = " " + render_call(FOLLOW_TOOL, {"subject": "Nigeria", "relations": ["country", "currency"]})
+    res, _ = ask(gtools, q, call, "")
+    assert res.answer == "Naira" and res.status == "store", res.trace
+
+
+def test_an_empty_lookup_of_a_name_the_question_writes_is_not_found_not_another_place(gtools):
+    """lookup(Qarvelloa, country) for "capittal for Qarvelloa? ... boss in the Dhaka office is waiting": the
+    store lacks the name the question writes; Dhaka, which holds a country, is someone's office, not it."""
+    q = "capittal for Qarvelloa? one word pls, boss in the Lagos office is waiting"
+    res, _ = ask(gtools, q, lookup("Qarvelloa", "country"), "")
+    assert res.status == "not_found" and res.answer != "Nigeria", res.trace
+    # a model's subject that is no name of the question still gives way to the question's subject
+    res, _ = ask(gtools, "Which country is Lagos in?", lookup("Span", "country"), "")
+    assert res.answer == "Nigeria" and res.status == "store", res.trace
